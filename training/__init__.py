@@ -1,0 +1,1 @@
+"""Training subpackage: import data, train (feature extraction / fine tuning), evaluate, export."""
