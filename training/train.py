@@ -1,0 +1,215 @@
+"""The thesis's two transfer-learning methods.
+
+- feature extraction: body frozen (BatchNorm layers stay trainable, as fastai does), new head,
+  `fit_one_cycle(epochs, lr)`;
+- fine tuning: optionally some frozen epochs first (or start from a feature-extraction run with
+  `init_from`), then unfreeze, run the learning-rate finder, and `fit_one_cycle(epochs,
+  slice(max_lr / lr_ratio, max_lr))` with discriminative rates.
+
+Every run writes into its own folder: config.yaml, history.csv, figures, report.md, metrics.json,
+and model/ (export.pkl + model_card.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.modelcard import load_exported
+from training.archs import create_model, get_spec
+from training.config import TrainConfig
+from training.data import assign_splits, build_dataloaders, fingerprint, scan_dataset
+from training.datasets.chula import DEFAULT_WINDOW
+from training.errors import ConfigError
+from training.export import export_learner
+from training.interpret import (
+    History,
+    interpret_split,
+    plot_loss_curves,
+    plot_lr_find,
+    predict,
+    write_report,
+)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def new_run_dir(out_dir: Path, name: str) -> Path:
+    """A fresh folder for the run; an earlier run of the same name is never overwritten."""
+    candidate, n = out_dir / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = out_dir / f"{name}-{n}"
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def _crop_window(data: Path) -> int | None:
+    """The native crop size of an imported set (from its import report), if known."""
+    report = data / "import_report.json"
+    if report.is_file():
+        window = json.loads(report.read_text()).get("arguments", {}).get("window")
+        return int(window) if window else DEFAULT_WINDOW
+    return None
+
+
+def _epoch_logger(learn: Any) -> Any:
+    """One readable line per epoch (fastai's Recorder hands over [epoch, *values, time])."""
+
+    def log_epoch(values: list[Any]) -> None:
+        names = list(learn.recorder.metric_names)
+        parts = [
+            f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
+            for n, v in zip(names, values, strict=False)
+        ]
+        print("  ".join(parts), flush=True)
+
+    return log_epoch
+
+
+def _fit(learn: Any, cfg: TrainConfig, history: History, run_dir: Path) -> dict[str, float] | None:
+    """Train as the method says; returns the learning-rate finder's figures when it ran."""
+    if cfg.method == "feature-extract":
+        learn.freeze()
+        learn.fit_one_cycle(cfg.epochs, cfg.lr)
+        history.add_stage("frozen", learn.recorder)
+        return None
+    if cfg.frozen_epochs:
+        learn.freeze()
+        learn.fit_one_cycle(cfg.frozen_epochs, cfg.lr)
+        history.add_stage("frozen", learn.recorder)
+    learn.unfreeze()
+    suggested = float(learn.lr_find(show_plot=False).valley)
+    max_lr = cfg.max_lr or suggested
+    plot_lr_find(learn.recorder.lrs, learn.recorder.losses, max_lr, run_dir / "lr_find.png")
+    learn.fit_one_cycle(cfg.epochs, slice(max_lr / cfg.lr_ratio, max_lr))
+    history.add_stage("unfrozen", learn.recorder)
+    return {"suggested": suggested, "used": max_lr}
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run one training method as configured; returns the run folder."""
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import F1Score, accuracy
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import default_split
+
+    spec = get_spec(cfg.arch)
+    device = resolve_device(cfg.device)
+    set_seed(cfg.seed, reproducible=True)
+    data = Path(cfg.data)
+    index = scan_dataset(data, cfg.classes, progress=progress)
+    items = assign_splits(index, cfg)
+    dls = build_dataloaders(items, cfg, spec.mean, spec.std, device)
+    classes = [str(c) for c in dls.vocab]
+    # Built before the run folder so that a weights error leaves no empty run behind.
+    model = create_model(cfg.arch, len(classes), cfg.weights)
+    if cfg.init_from:
+        previous, prev_card = load_exported(Path(cfg.init_from) / "model")
+        if prev_card.classes != classes or prev_card.architecture != cfg.arch:
+            raise ConfigError(
+                f"init_from {cfg.init_from} is a {prev_card.architecture} for {prev_card.classes}, "
+                f"not a {cfg.arch} for {classes}"
+            )
+        model.load_state_dict(previous.model.state_dict())
+    run_dir = new_run_dir(Path(cfg.out_dir), cfg.name)
+    cfg.save(run_dir / "config.yaml")
+    log.info("run folder %s", run_dir)
+
+    learn = Learner(
+        dls,
+        model,
+        loss_func=CrossEntropyLossFlat(),
+        metrics=[accuracy, F1Score(average="macro")],
+        splitter=default_split,
+        path=run_dir,
+    )
+    learn.logger = _epoch_logger(learn)
+    history = History()
+    started = time.perf_counter()
+    # Bars on a terminal; one printed line per epoch in logs, where bars turn into noise.
+    show_bars = progress and sys.stdout.isatty()
+    with contextlib.nullcontext() if show_bars else learn.no_bar():
+        lr_info = _fit(learn, cfg, history, run_dir)
+    train_seconds = time.perf_counter() - started
+    with contextlib.suppress(OSError):
+        (run_dir / "models").rmdir()  # lr_find's scratch folder, once empty
+
+    history.frame().to_csv(run_dir / "history.csv", index=False)
+    plot_loss_curves(history, run_dir / "loss_curves.png")
+    results = []
+    for split in ("valid", "test"):
+        split_items = items[items["split"] == split]
+        if len(split_items):
+            pred = predict(learn, split_items)
+            results.append(interpret_split(learn, pred, split, run_dir, cfg.top_losses))
+    card_metrics = {k: v for k, v in results[-1].items() if k != "top_losses"}
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+
+    split_counts = {s: int((items["split"] == s).sum()) for s in ("train", "valid", "test")}
+    summary: dict[str, Any] = {
+        "name": run_dir.name,
+        "method": cfg.method,
+        "arch": cfg.arch,
+        "weights": cfg.weights,
+        "input_size": cfg.input_size,
+        "epochs_run": len(history.epochs),
+        "train_seconds": train_seconds,
+        "device": str(device),
+        "data": str(data),
+        "layout": index.layout,
+        "fingerprint": fingerprint(items, data),
+        "split_counts": split_counts,
+        "lr_find": lr_info,
+    }
+    sample = learn.dls.test_dl(items[items["split"] == "valid"].head(16)).one_batch()[0]
+    export_learner(
+        learn,
+        run_dir / "model",
+        sample,
+        name=run_dir.name,
+        classes=classes,
+        architecture=cfg.arch,
+        input_size=cfg.input_size,
+        normalization={"mean": spec.mean, "std": spec.std},
+        crop_window_px=_crop_window(data),
+        resize_method="pad-border",
+        method=cfg.method,
+        metrics=card_metrics,
+        dataset={
+            "source": str(data),
+            "fingerprint": summary["fingerprint"],
+            "layout": index.layout,
+            "split_counts": split_counts,
+            "class_counts": {
+                str(k): int(v) for k, v in items[items["split"] == "train"]["label"].value_counts().items()
+            },
+            "skipped_files": len(index.skipped),
+        },
+        training_config={
+            **cfg.to_dict(),
+            "epochs_run": len(history.epochs),
+            "train_seconds": round(train_seconds, 1),
+            "lr_find": lr_info,
+        },
+    )
+    write_report(run_dir, summary, results)
+    log.info("train time %.0f s; %s", train_seconds, {r["split"]: r["accuracy"] for r in results})
+    return run_dir
