@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def grad_cam(model: nn.Sequential, x: torch.Tensor, class_idx: torch.Tensor | None = None) -> torch.Tensor:
+def grad_cam(
+    model: nn.Sequential, x: torch.Tensor, class_idx: torch.Tensor | None = None
+) -> torch.Tensor:
     """Heatmaps in [0, 1] of shape (N, H, W) for a normalised batch `x` of shape (N, 3, H, W).
 
     `class_idx` selects the class each map explains (default: the predicted class). The model

@@ -25,4 +25,5 @@ class EfficientNetLiteBody(nn.Module):
         self.net._dropout = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        features: torch.Tensor = self.net.extract_features(x)  # type: ignore[operator]
+        return features

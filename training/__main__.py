@@ -89,7 +89,9 @@ def _cmd_archs(args: argparse.Namespace) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser, fine_tune: bool) -> None:
     p.add_argument("--config", type=Path, help="YAML file of settings (see configs/)")
-    p.add_argument("--data", type=Path, help="folder-per-class data set (or an import-chula output)")
+    p.add_argument(
+        "--data", type=Path, help="folder-per-class data set (or an import-chula output)"
+    )
     p.add_argument("--name", help="run name (folder under --out-dir)")
     p.add_argument("--out-dir", type=Path, help="where run folders go (default runs/)")
     p.add_argument("--arch", help="architecture; `python -m training archs` lists them")

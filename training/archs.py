@@ -126,8 +126,14 @@ def _torchvision_body(name: str, net: nn.Module) -> nn.Module:
         return nn.Sequential(*list(net.children())[:-2])
     if name.startswith("densenet"):
         # torchvision's DenseNet applies this ReLU in forward(), outside `features`.
-        return nn.Sequential(net.features, nn.ReLU(inplace=False))
-    return net.features  # alexnet, vgg
+        return nn.Sequential(_module(net, "features"), nn.ReLU(inplace=False))
+    return _module(net, "features")  # alexnet, vgg
+
+
+def _module(net: nn.Module, name: str) -> nn.Module:
+    part = getattr(net, name)
+    assert isinstance(part, nn.Module)
+    return part
 
 
 def _lite_net(name: str, weights: str) -> nn.Module:

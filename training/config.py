@@ -16,7 +16,7 @@ METHODS = ("feature-extract", "fine-tune")
 
 @dataclass
 class AugmentConfig:
-    """The thesis's augmentation (fastai `aug_transforms`), plus stain jitter for colour variation."""
+    """The thesis's augmentation (fastai `aug_transforms`) plus stain jitter for colour."""
 
     flip_vert: bool = True
     max_rotate: float = 180.0

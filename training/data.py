@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.csv"
-# A crop set has small images; anything past this is not a cell crop and may be a decompression bomb.
+# A crop set has small images: anything past this is no cell crop, maybe a decompression bomb.
 MAX_PIXELS = 4096 * 4096
 
 
@@ -167,9 +167,9 @@ def assign_splits(index: DatasetIndex, cfg: TrainConfig) -> pd.DataFrame:
         raise DataError(f"unknown split {how!r}")
     if cfg.max_per_class:
         train = df[df["split"] == "train"]
-        capped = train.groupby("label", group_keys=False).apply(
-            lambda g: g.sample(n=min(len(g), cfg.max_per_class or len(g)), random_state=cfg.seed)
-        )
+        # Seeded shuffle, then the first max_per_class of each class.
+        shuffled = train.sample(frac=1.0, random_state=cfg.seed)
+        capped = shuffled.groupby("label").head(cfg.max_per_class)
         df = pd.concat([capped, df[df["split"] != "train"]]).sort_index()
     train_classes = set(df.loc[df["split"] == "train", "label"])
     if len(train_classes) < 2:

@@ -1,4 +1,4 @@
-"""Domain errors of the training pipeline. The CLI turns them into one clear line and exit code 2."""
+"""Domain errors of the training pipeline; the CLI prints them as one line and exits with 2."""
 
 
 class TrainingError(Exception):
@@ -6,7 +6,7 @@ class TrainingError(Exception):
 
 
 class DataError(TrainingError):
-    """A data folder or label file is unusable, or nothing usable is left after skipping bad parts."""
+    """A data folder or label file is unusable, or nothing usable is left after skipping."""
 
 
 class WeightsUnavailableError(TrainingError):

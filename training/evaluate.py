@@ -47,7 +47,9 @@ def evaluate(
         known = items["label"].isin(card.classes)
         unknown = items.loc[~known, "label"].value_counts()
         if len(unknown):
-            log.warning("skipping %d items of classes the model lacks: %s", unknown.sum(), dict(unknown))
+            log.warning(
+                "skipping %d items of classes the model lacks: %s", unknown.sum(), dict(unknown)
+            )
         items = items[known]
         if items.empty:
             raise DataError(f"no items of the model's classes ({card.classes}) in {data}")

@@ -34,7 +34,7 @@ class Predictions:
 
 @dataclass
 class History:
-    """Per-epoch losses and metrics across every stage of a run (fastai's Recorder resets per fit)."""
+    """Per-epoch losses and metrics over every stage of a run (fastai's Recorder resets per fit)."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     batch_losses: list[float] = field(default_factory=list)
@@ -191,9 +191,8 @@ def interpret_split(
 def _metrics_table(metrics: dict[str, Any]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, m in metrics["per_class"].items():
-        lines.append(
-            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-        )
+        figures = f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f}"
+        lines.append(f"| {name} | {figures} | {m['support']} |")
     return "\n".join(lines)
 
 
@@ -202,12 +201,13 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
     lines = [
         f"# Run report: {summary['name']}",
         "",
-        f"- method: {summary['method']}; architecture: {summary['arch']}; weights: {summary['weights']}",
+        f"- method: {summary['method']}; architecture: {summary['arch']}; "
+        f"weights: {summary['weights']}",
         f"- input size: {summary['input_size']} px; epochs: {summary['epochs_run']}; "
         f"training time: {summary['train_seconds']:.0f} s on {summary['device']}",
         f"- data: `{summary['data']}` ({summary['layout']} layout), fingerprint "
         f"`{summary['fingerprint'][:16]}…`; items per split: {summary['split_counts']}",
-        f"- the resolved configuration is in `config.yaml`; per-epoch figures in `history.csv`",
+        "- the resolved configuration is in `config.yaml`; per-epoch figures in `history.csv`",
         "",
         "## Training",
         "",
@@ -215,8 +215,10 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
         "",
     ]
     if summary.get("lr_find"):
+        suggested = summary["lr_find"]["suggested"]
         lines += [
-            f"Learning-rate finder: suggestion {summary['lr_find']['suggested']:.2e}, "
+            f"Learning-rate finder: suggestion "
+            f"{'none' if suggested is None else f'{suggested:.2e}'}, "
             f"max lr used {summary['lr_find']['used']:.2e}.",
             "",
             "![lr finder](lr_find.png)",
@@ -227,7 +229,8 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
         lines += [
             f"## Evaluation on the {split} split",
             "",
-            f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, n = {res['n']}",
+            f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, "
+            f"n = {res['n']}",
             "",
             _metrics_table(res),
             "",

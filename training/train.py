@@ -39,6 +39,8 @@ from training.interpret import (
 )
 
 log = logging.getLogger(__name__)
+# The thesis fine-tuned with slice(1e-6, 1e-4).
+THESIS_MAX_LR = 1e-4
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,7 +84,9 @@ def _epoch_logger(learn: Any) -> Any:
     return log_epoch
 
 
-def _fit(learn: Any, cfg: TrainConfig, history: History, run_dir: Path) -> dict[str, float] | None:
+def _fit(
+    learn: Any, cfg: TrainConfig, history: History, run_dir: Path
+) -> dict[str, float | None] | None:
     """Train as the method says; returns the learning-rate finder's figures when it ran."""
     if cfg.method == "feature-extract":
         learn.freeze()
@@ -94,8 +98,18 @@ def _fit(learn: Any, cfg: TrainConfig, history: History, run_dir: Path) -> dict[
         learn.fit_one_cycle(cfg.frozen_epochs, cfg.lr)
         history.add_stage("frozen", learn.recorder)
     learn.unfreeze()
-    suggested = float(learn.lr_find(show_plot=False).valley)
-    max_lr = cfg.max_lr or suggested
+    suggested: float | None
+    try:
+        suggested = float(learn.lr_find(show_plot=False).valley)
+    except IndexError:
+        # The finder stops when the loss diverges; on very small sets it can stop before it
+        # has recorded anything to suggest from.
+        suggested = None
+    if cfg.max_lr is None and suggested is None:
+        log.warning(
+            "the LR finder gave no suggestion; using max_lr %.0e (the thesis's)", THESIS_MAX_LR
+        )
+    max_lr = cfg.max_lr or suggested or THESIS_MAX_LR
     plot_lr_find(learn.recorder.lrs, learn.recorder.losses, max_lr, run_dir / "lr_find.png")
     learn.fit_one_cycle(cfg.epochs, slice(max_lr / cfg.lr_ratio, max_lr))
     history.add_stage("unfrozen", learn.recorder)
@@ -199,7 +213,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "layout": index.layout,
             "split_counts": split_counts,
             "class_counts": {
-                str(k): int(v) for k, v in items[items["split"] == "train"]["label"].value_counts().items()
+                str(k): int(v)
+                for k, v in items[items["split"] == "train"]["label"].value_counts().items()
             },
             "skipped_files": len(index.skipped),
         },
