@@ -70,6 +70,32 @@ def _crop_window(data: Path) -> int | None:
     return None
 
 
+def _batch_progress(every_s: float = 30.0) -> Any:
+    """A callback that prints where an epoch stands every `every_s` seconds, for logs where
+    fastai's bars are off (a long CPU epoch otherwise prints nothing for minutes)."""
+    from fastai.callback.core import Callback
+
+    class BatchProgress(Callback):
+        order = 60
+
+        def before_epoch(self) -> None:
+            self.started = self.last = time.perf_counter()
+
+        def after_batch(self) -> None:
+            now = time.perf_counter()
+            if self.training and now - self.last >= every_s:
+                self.last = now
+                done, total = self.iter + 1, self.n_iter
+                eta = (now - self.started) / done * (total - done)
+                print(
+                    f"  epoch {self.epoch + 1}/{self.n_epoch}: batch {done}/{total}, "
+                    f"loss {float(self.smooth_loss):.4f}, about {eta:.0f} s left in this epoch",
+                    flush=True,
+                )
+
+    return BatchProgress()
+
+
 def _epoch_logger(learn: Any) -> Any:
     """One readable line per epoch (fastai's Recorder hands over [epoch, *values, time])."""
 
@@ -160,8 +186,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     started = time.perf_counter()
     # Bars on a terminal; one printed line per epoch in logs, where bars turn into noise.
     show_bars = progress and sys.stdout.isatty()
+    # Added for the fit only: the exported learner must hold no callback of ours.
+    batch_log = _batch_progress() if progress and not show_bars else None
     with contextlib.nullcontext() if show_bars else learn.no_bar():
-        lr_info = _fit(learn, cfg, history, run_dir)
+        if batch_log is not None:
+            learn.add_cb(batch_log)
+        try:
+            lr_info = _fit(learn, cfg, history, run_dir)
+        finally:
+            if batch_log is not None:
+                learn.remove_cb(batch_log)
     train_seconds = time.perf_counter() - started
     with contextlib.suppress(OSError):
         (run_dir / "models").rmdir()  # lr_find's scratch folder, once empty
