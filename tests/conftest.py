@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-# Two cores: one thread each for torch ops keeps fastai from oversubscribing the CI machine.
+# The CI machine has two cores: more OpenMP threads than that only fight each other.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from tests.synthetic import make_chula_dir
+from training.config import TrainConfig, load_config
 
 WINDOW = 24  # synthetic cells are ~18 px across
 
@@ -33,8 +34,7 @@ def imported(chula_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def tiny_config(data: Path, out_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
-    from training.config import load_config
+def tiny_config(data: Path, out_dir: Path, **overrides: object) -> TrainConfig:
 
     settings: dict[str, object] = {
         "data": str(data),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,29 @@ class TrainConfig:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _number_type(hint: Any) -> type | None:
+    """float or int for a field annotated with one of them (optional or not), else None."""
+    members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return next((t for t in (float, int) if t in members), None)
+
+
+def _coerce(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Values converted to their fields' types: YAML reads `1e-3` as a string and `5` as an int."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        wanted = _number_type(hints.get(key))
+        if wanted is None or value is None:
+            continue
+        if isinstance(value, bool) or (wanted is int and isinstance(value, float)):
+            raise ConfigError(f"{source}: {key} must be {wanted.__name__}, not {value!r}")
+        try:
+            out[key] = wanted(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {key} must be {wanted.__name__}, not {value!r}") from None
+    return out
+
+
 def _from_mapping(raw: dict[str, Any], source: str) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(raw) - known
@@ -113,6 +138,8 @@ def _from_mapping(raw: dict[str, Any], source: str) -> TrainConfig:
     aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}
     if set(augment) - aug_known:
         raise ConfigError(f"{source}: unknown augment keys {sorted(set(augment) - aug_known)}")
+    values = _coerce(TrainConfig, values, source)
+    augment = _coerce(AugmentConfig, augment, source)
     try:
         return TrainConfig(**values, augment=AugmentConfig(**augment))
     except TypeError as exc:

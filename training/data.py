@@ -148,9 +148,10 @@ def assign_splits(index: DatasetIndex, cfg: TrainConfig) -> pd.DataFrame:
     df = index.items.copy()
     how = cfg.split
     if how == "auto":
-        has_split = df["split"].isin(SPLITS).any()
         how = {"manifest": "manifest", "folders": "folders"}.get(index.layout, "random")
-        if how == "manifest" and not has_split:
+        # A manifest without any split falls back to random; one with other splits ("all", an
+        # evaluation import) goes on to the check below and is refused.
+        if how == "manifest" and (df["split"] == "").all():
             how = "random"
     if how in ("manifest", "folders"):
         bad = sorted(set(df["split"]) - set(SPLITS))
