@@ -1,0 +1,87 @@
+"""Test-time preprocessing of an exported learner, without fastai.
+
+The training pipeline (training/data.py) feeds the network with fastai's
+`Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Border)` item transform (centred at test
+time), then `IntToFloatTensor` (divide by 255) and `Normalize` with the model's mean and std; the
+random augmentations run on the training split only. This module does exactly the same to a PIL
+image, reading size and statistics from the model card, so that serving and training cannot drift
+apart. tests/test_preprocess.py checks it against `learn.dls.test_dl` and `learn.predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.modelcard import ModelCard
+
+SUPPORTED_RESIZE = "pad-border"
+
+
+def pad_resize(image: Image.Image, size: int) -> Image.Image:
+    """Pad the shorter side with copies of the border pixels to a centred square, then resize to
+    `size` x `size` bilinearly: fastai's `Resize(size, ResizeMethod.Pad, PadMode.Border)` at test
+    time (its integer arithmetic is kept, so that the pixels agree exactly)."""
+    w, h = image.size
+    # fastai: m = the larger of w / size and h / size; the crop/pad window is m * size square.
+    m = w / size if w / size > h / size else h / size
+    side_w, side_h = int(m * size), int(m * size)
+    left, top = int(0.5 * (w - side_w)), int(0.5 * (h - side_h))
+    right, bottom = left + side_w, top + side_h
+    if left >= 0 or top >= 0 or right <= w or bottom <= h:
+        image = image.crop((max(left, 0), max(top, 0), min(right, w), min(bottom, h)))
+    if left < 0 or top < 0 or right >= w or bottom >= h:
+        pad_l, pad_t = max(-left, 0), max(-top, 0)
+        pad_r, pad_b = max(side_w - w + left, 0), max(side_h - h + top, 0)
+        if pad_l or pad_t or pad_r or pad_b:
+            arr = np.asarray(image)
+            widths = ((pad_t, pad_b), (pad_l, pad_r)) + ((0, 0),) * (arr.ndim - 2)
+            image = Image.fromarray(np.pad(arr, widths, mode="edge"), mode=image.mode)
+    return image.resize((size, size), Image.Resampling.BILINEAR)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """PIL image -> normalised float tensor (3, size, size), as the exported learner sees it."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> Preprocessor:
+        if card.resize_method != SUPPORTED_RESIZE:
+            raise ValueError(
+                f"model card asks for resize method {card.resize_method!r}; "
+                f"only {SUPPORTED_RESIZE!r} is implemented"
+            )
+        mean, std = card.normalization.get("mean"), card.normalization.get("std")
+        if not mean or not std or len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"model card normalization {card.normalization} is not 3 means/stds")
+        m = (float(mean[0]), float(mean[1]), float(mean[2]))
+        s = (float(std[0]), float(std[1]), float(std[2]))
+        return cls(size=int(card.input_size), mean=m, std=s)
+
+    def resized(self, image: Image.Image) -> Image.Image:
+        """The RGB image at the network's input size (what a heatmap is drawn over)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return pad_resize(image, self.size)
+
+    def to_tensor(self, resized: Image.Image) -> torch.Tensor:
+        """An RGB image already at input size -> normalised (3, size, size) float tensor."""
+        arr = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+        x = arr.float() / 255.0
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.to_tensor(self.resized(image))
+
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self(image) for image in images])
