@@ -186,3 +186,17 @@ def test_publish_copies_verified_model_and_report(trained_run: Path, tmp_path: P
         fh.write(b"\0")
     with pytest.raises(ModelFileError, match="sha256"):
         load_exported(dest)
+
+
+def test_feature_extraction_on_cached_features(imported: Path, tmp_path: Path) -> None:
+    from training.train import train
+
+    cfg = tiny_config(imported, tmp_path, cache_features=True, cache_views=2, epochs=2)
+    run = train(cfg, progress=False)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["stage"]) == ["frozen (cached)"] * 2
+    # The exported learner is the whole network, its test metrics measured through it.
+    learn, card = load_exported(run / "model")
+    assert card.training_config["cache_features"] is True
+    assert card.metrics["split"] == "test" and card.metrics["n"] > 0
+    assert learn.model(torch.zeros(1, 3, 32, 32)).shape == (1, len(card.classes))

@@ -53,6 +53,7 @@ def _train_overrides(args: argparse.Namespace, method: str) -> dict[str, object]
         "max_per_class": args.max_per_class,
         "classes": args.classes.split(",") if args.classes else None,
         "split": args.split,
+        "cache_features": True if args.cache_features else None,
     }
 
 
@@ -107,6 +108,11 @@ def _add_train_args(p: argparse.ArgumentParser, fine_tune: bool) -> None:
     p.add_argument("--split", choices=["auto", "manifest", "folders", "random"])
     p.add_argument("--classes", help="comma-separated subset of classes to train on")
     p.add_argument("--max-per-class", type=int, help="cap training items per class (quick runs)")
+    p.add_argument(
+        "--cache-features",
+        action="store_true",
+        help="frozen stage on cached body features (fast on a CPU; BatchNorm stays ImageNet's)",
+    )
     if fine_tune:
         p.add_argument("--frozen-epochs", type=int, help="frozen epochs before unfreezing")
         p.add_argument("--init-from", type=Path, help="start from this feature-extraction run")

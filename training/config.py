@@ -53,6 +53,10 @@ class TrainConfig:
     init_from: str = ""
     max_lr: float | None = None
     lr_ratio: float = 100.0
+    # Frozen stages on cached body features, `cache_views` augmented views per training image
+    # (training/cache.py): minutes instead of hours on a CPU.
+    cache_features: bool = False
+    cache_views: int = 4
     split: str = "auto"  # "auto", "manifest", "folders", "random"
     valid_pct: float = 0.2
     seed: int = 0
@@ -80,6 +84,7 @@ class TrainConfig:
             "epochs": self.epochs,
             "lr": self.lr,
             "lr_ratio": self.lr_ratio,
+            "cache_views": self.cache_views,
         }
         for key, value in positives.items():
             if value <= 0:

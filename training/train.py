@@ -24,6 +24,7 @@ import torch
 
 from core.modelcard import load_exported
 from training.archs import create_model, get_spec
+from training.cache import fit_head_on_cached_features
 from training.config import TrainConfig
 from training.data import assign_splits, build_dataloaders, fingerprint, scan_dataset
 from training.datasets.chula import DEFAULT_WINDOW
@@ -87,8 +88,9 @@ def _batch_progress(every_s: float = 30.0) -> Any:
                 self.last = now
                 done, total = self.iter + 1, self.n_iter
                 eta = (now - self.started) / done * (total - done)
+                stage = "lr_find" if hasattr(self.learn, "lr_finder") else "epoch"
                 print(
-                    f"  epoch {self.epoch + 1}/{self.n_epoch}: batch {done}/{total}, "
+                    f"  {stage} {self.epoch + 1}/{self.n_epoch}: batch {done}/{total}, "
                     f"loss {float(self.smooth_loss):.4f}, about {eta:.0f} s left in this epoch",
                     flush=True,
                 )
@@ -110,19 +112,27 @@ def _epoch_logger(learn: Any) -> Any:
     return log_epoch
 
 
+def _frozen_stage(learn: Any, cfg: TrainConfig, epochs: int, history: History) -> None:
+    """Body frozen, head trained: through fastai (BatchNorm trainable, the thesis's way) or on
+    cached body features (much faster on a CPU; see training/cache.py)."""
+    if cfg.cache_features:
+        head_learn = fit_head_on_cached_features(learn, epochs, cfg.lr, cfg.cache_views, cfg.seed)
+        history.add_stage("frozen (cached)", head_learn.recorder)
+    else:
+        learn.freeze()
+        learn.fit_one_cycle(epochs, cfg.lr)
+        history.add_stage("frozen", learn.recorder)
+
+
 def _fit(
     learn: Any, cfg: TrainConfig, history: History, run_dir: Path
 ) -> dict[str, float | None] | None:
     """Train as the method says; returns the learning-rate finder's figures when it ran."""
     if cfg.method == "feature-extract":
-        learn.freeze()
-        learn.fit_one_cycle(cfg.epochs, cfg.lr)
-        history.add_stage("frozen", learn.recorder)
+        _frozen_stage(learn, cfg, cfg.epochs, history)
         return None
     if cfg.frozen_epochs:
-        learn.freeze()
-        learn.fit_one_cycle(cfg.frozen_epochs, cfg.lr)
-        history.add_stage("frozen", learn.recorder)
+        _frozen_stage(learn, cfg, cfg.frozen_epochs, history)
     learn.unfreeze()
     suggested: float | None
     try:
