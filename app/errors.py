@@ -1,0 +1,98 @@
+"""Domain errors of the service, and the one place where they become HTTP answers.
+
+Every error body is `{"detail": "<plain words>"}`. Client mistakes get 4xx; a 500 means a bug here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error a client can act on; `status` is its HTTP code."""
+
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedFormat(ServiceError):
+    status = 415
+
+
+class BadImage(ServiceError):
+    """Empty, corrupt, truncated, not an image, or of a kind the model cannot take."""
+
+    status = 422
+
+
+class NotReady(ServiceError):
+    status = 503
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while the request body streams in, once it passes the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request is larger than the {limit:,}-byte limit")
+
+
+def error_response(status: int, detail: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "the request is malformed"
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    name = ".".join(loc) or "request"
+    if first.get("type") == "missing":
+        if name in ("file", "files"):
+            return f"no image was sent: put it in the multipart/form-data field '{name}'"
+        return f"the field '{name}' is missing"
+    return f"the field '{name}' is invalid: {first.get('msg', 'bad value')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = exc.__cause__
+        if isinstance(cause, MultiPartException):
+            # Starlette's form parser: too many files or fields, or a broken multipart body.
+            status = 413 if "Too many" in cause.message else 400
+            return error_response(status, f"the multipart body was refused: {cause.message}")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return error_response(500, "internal error in the service; it has been logged")

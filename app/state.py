@@ -1,0 +1,37 @@
+"""The model slot shared by the lifespan and the routes: empty until the loader fills it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from app.config import Settings
+from app.inference import ModelLoadError, Predictor
+
+log = logging.getLogger(__name__)
+
+
+class ModelSlot:
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.error: str | None = None
+        self.loaded = threading.Event()
+
+    def load(self, settings: Settings) -> None:
+        """Load the configured model; on failure keep the reason (and /readyz stays 503)."""
+        try:
+            self.predictor = Predictor.load(
+                settings.model_dir,
+                device=settings.device,
+                review_threshold=settings.review_threshold,
+                batch_size=settings.inference_batch_size,
+                threads=settings.torch_threads,
+            )
+        except ModelLoadError as exc:
+            self.error = str(exc)
+            log.error("the model could not be loaded: %s", exc)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the model could not be loaded")
+        finally:
+            self.loaded.set()
