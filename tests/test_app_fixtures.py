@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +22,8 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 
-READY_TIMEOUT_S = 60
+READY_TIMEOUT_S = 90
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cell_array(size: tuple[int, int] = (24, 24), seed: int = 0) -> np.ndarray:
@@ -64,3 +72,59 @@ def client(model_dir: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(model_dir))) as test_client:
         wait_ready(test_client)
         yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The service as users run it (`python -m app`, uvicorn) on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {
+        **os.environ,
+        "RBC_MODEL_DIR": str(model_dir),
+        "RBC_HOST": "127.0.0.1",
+        "RBC_PORT": str(port),
+        "RBC_DEVICE": "cpu",
+        "RBC_LOG_LEVEL": "warning",
+    }
+    env.pop("RBC_API_TOKEN", None)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server was not ready in time: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield LiveServer(url=url, process=process, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

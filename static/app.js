@@ -1,0 +1,278 @@
+// The upload page: plain JavaScript, no build step. User-supplied text (file names, class names,
+// error messages) only ever goes into the page through textContent, never as HTML.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const maxFiles = parseInt(document.body.dataset.maxFiles, 10) || 1;
+  const tokenRequired = document.body.dataset.tokenRequired === "true";
+  const state = { files: [], urls: [], rows: [], classes: [] };
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function percent(p) {
+    return (100 * p).toFixed(1) + " %";
+  }
+
+  function showError(message) {
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = !message;
+  }
+
+  function headers() {
+    const h = {};
+    if (tokenRequired) {
+      const token = $("token").value.trim();
+      sessionStorage.setItem("rbc-token", token);
+      if (token) h.Authorization = "Bearer " + token;
+    }
+    return h;
+  }
+
+  async function callApi(path, form) {
+    let response;
+    try {
+      response = await fetch(path, { method: "POST", body: form, headers: headers() });
+    } catch (err) {
+      throw new Error("The service could not be reached. Check your connection and try again.");
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      body = null;
+    }
+    if (!response.ok) {
+      const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
+      throw new Error(explain(response.status, detail));
+    }
+    return body;
+  }
+
+  function explain(status, detail) {
+    const lead = {
+      400: "The request was not understood",
+      401: "The API token is missing or wrong",
+      413: "Too large",
+      415: "This file type is not accepted",
+      422: "This file could not be read as an image",
+      503: "The model is not ready yet",
+    }[status] || "The service answered with an error (" + status + ")";
+    return lead + ": " + detail;
+  }
+
+  function clearResults() {
+    $("single").hidden = true;
+    $("batch").hidden = true;
+    showError("");
+  }
+
+  function setFiles(list) {
+    state.urls.forEach((u) => URL.revokeObjectURL(u));
+    state.files = Array.from(list);
+    state.urls = state.files.map((f) => URL.createObjectURL(f));
+    const box = $("previews");
+    box.replaceChildren();
+    state.files.forEach((file, i) => {
+      const img = el("img");
+      img.src = state.urls[i];
+      img.alt = file.name;
+      img.title = file.name;
+      box.appendChild(img);
+    });
+    $("analyze").disabled = state.files.length === 0;
+    $("clear").disabled = state.files.length === 0;
+    clearResults();
+  }
+
+  function bars(target, probabilities) {
+    target.replaceChildren();
+    Object.entries(probabilities)
+      .sort((a, b) => b[1] - a[1])
+      .forEach(([name, p]) => {
+        const li = el("li");
+        const bar = el("span", "bar");
+        const fill = el("span");
+        fill.style.width = (100 * p).toFixed(2) + "%";
+        bar.appendChild(fill);
+        li.append(el("span", "name", name), bar, el("span", "value", percent(p)));
+        target.appendChild(li);
+      });
+  }
+
+  function showSingle(prediction, imageUrl) {
+    $("single-image").src = imageUrl;
+    const heat = $("single-heatmap");
+    if (prediction.heatmap) heat.src = prediction.heatmap;
+    heat.parentElement.hidden = !prediction.heatmap;
+    $("single-label").textContent = prediction.label;
+    $("single-confidence").textContent = percent(prediction.confidence);
+    $("single-review").hidden = !prediction.needs_review;
+    bars($("single-bars"), prediction.probabilities);
+    $("single").hidden = false;
+  }
+
+  async function analyzeOne() {
+    const form = new FormData();
+    form.append("file", state.files[0], state.files[0].name);
+    const body = await callApi("predict?heatmap=true", form);
+    state.classes = Object.keys(body.probabilities);
+    state.rows = [{ filename: state.files[0].name, prediction: body, url: state.urls[0] }];
+    showSingle(body, state.urls[0]);
+  }
+
+  async function analyzeMany() {
+    const rows = [];
+    for (let start = 0; start < state.files.length; start += maxFiles) {
+      const form = new FormData();
+      state.files.slice(start, start + maxFiles).forEach((f) => form.append("files", f, f.name));
+      const body = await callApi("predict/batch?heatmap=true", form);
+      state.classes = Object.keys(body.summary.counts);
+      body.results.forEach((r) => {
+        rows.push({
+          filename: state.files[start + r.index].name,
+          prediction: r.prediction || null,
+          error: r.error ? r.error.detail : null,
+          url: state.urls[start + r.index],
+        });
+      });
+    }
+    state.rows = rows;
+    showBatch(rows);
+  }
+
+  function showBatch(rows) {
+    const done = rows.filter((r) => r.prediction);
+    const failed = rows.filter((r) => !r.prediction);
+    const review = done.filter((r) => r.prediction.needs_review).length;
+    $("batch-summary").textContent =
+      done.length + " of " + rows.length + " cells classified; " + review + " need review" +
+      (failed.length ? "; " + failed.length + " could not be analysed." : ".");
+    const tbody = $("batch-table").querySelector("tbody");
+    tbody.replaceChildren();
+    const counts = {};
+    state.classes.forEach((c) => (counts[c] = 0));
+    done.forEach((r) => (counts[r.prediction.label] += 1));
+    state.classes
+      .slice()
+      .sort((a, b) => counts[b] - counts[a])
+      .forEach((c) => {
+        const tr = el("tr");
+        const share = done.length ? (100 * counts[c]) / done.length : 0;
+        tr.append(el("td", "", c), el("td", "", String(counts[c])), el("td", "", share.toFixed(1)));
+        tbody.appendChild(tr);
+      });
+    const list = $("failed-list");
+    list.replaceChildren();
+    failed.forEach((r) => list.appendChild(el("li", "", r.error)));
+    $("failed").hidden = failed.length === 0;
+
+    const gallery = $("gallery");
+    gallery.replaceChildren();
+    state.classes
+      .filter((c) => counts[c] > 0)
+      .sort((a, b) => counts[b] - counts[a])
+      .forEach((c) => {
+        const group = el("section", "group");
+        group.dataset.label = c;
+        const share = ((100 * counts[c]) / done.length).toFixed(1);
+        group.appendChild(el("h3", "", c + " · " + counts[c] + " (" + share + " %)"));
+        const cells = el("div", "cells");
+        done
+          .filter((r) => r.prediction.label === c)
+          .forEach((r) => {
+            const card = el("button", "thumb" + (r.prediction.needs_review ? " flagged" : ""));
+            card.type = "button";
+            const img = el("img");
+            img.src = r.url;
+            img.alt = r.filename;
+            card.append(img, el("div", "", r.filename), el("div", "muted", percent(r.prediction.confidence)));
+            if (r.prediction.needs_review) card.appendChild(el("div", "review-mark", "needs review"));
+            card.addEventListener("click", () => showSingle(r.prediction, r.url));
+            cells.appendChild(card);
+          });
+        group.appendChild(cells);
+        gallery.appendChild(group);
+      });
+    $("batch").hidden = false;
+  }
+
+  function csvCell(value) {
+    let text = value === null || value === undefined ? "" : String(value);
+    // Spreadsheets run cells that start with these as formulas.
+    if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
+    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  function downloadCsv() {
+    const head = ["filename", "label", "confidence", "needs_review", "error"].concat(
+      state.classes.map((c) => "p_" + c));
+    const lines = [head.map(csvCell).join(",")];
+    state.rows.forEach((r) => {
+      const p = r.prediction;
+      const row = [r.filename, p ? p.label : "", p ? p.confidence.toFixed(6) : "",
+        p ? String(p.needs_review) : "", r.error || ""].concat(
+        state.classes.map((c) => (p ? p.probabilities[c].toFixed(6) : "")));
+      lines.push(row.map(csvCell).join(","));
+    });
+    const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
+    const link = el("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "rbc-results.csv";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  async function analyze() {
+    clearResults();
+    const button = $("analyze");
+    button.disabled = true;
+    button.textContent = "Analyzing…";
+    try {
+      if (state.files.length === 1) await analyzeOne();
+      else await analyzeMany();
+    } catch (err) {
+      showError(err.message);
+    } finally {
+      button.disabled = state.files.length === 0;
+      button.textContent = "Analyze";
+    }
+  }
+
+  async function checkModel() {
+    const status = $("model-status");
+    try {
+      const response = await fetch("readyz");
+      const body = await response.json();
+      status.textContent = response.ok
+        ? "Model: " + body.model + " (ready)"
+        : "The model is not ready: " + body.detail;
+      if (!response.ok) setTimeout(checkModel, 2000);
+    } catch (err) {
+      status.textContent = "The service could not be reached.";
+    }
+  }
+
+  const drop = $("drop");
+  ["dragenter", "dragover"].forEach((type) =>
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((type) =>
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => {
+    if (e.dataTransfer && e.dataTransfer.files.length) setFiles(e.dataTransfer.files);
+  });
+  $("file").addEventListener("change", (e) => setFiles(e.target.files));
+  $("analyze").addEventListener("click", analyze);
+  $("clear").addEventListener("click", () => { $("file").value = ""; setFiles([]); });
+  $("csv").addEventListener("click", downloadCsv);
+  if (tokenRequired) $("token").value = sessionStorage.getItem("rbc-token") || "";
+  checkModel();
+})();

@@ -1,0 +1,163 @@
+"""The page in real headless Chromium against the real server on loopback.
+
+Needs Debian's chromium (/usr/bin/chromium, or $RBC_CHROMIUM) and the `playwright` package (dev
+extras); scripts/test.sh installs both. Without them these tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_app_fixtures import LiveServer, cell_png
+
+pytest_plugins = ["tests.test_app_fixtures"]
+
+CHROMIUM = os.environ.get("RBC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine notes say: no sandbox as root, and nothing that calls out to the network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (scripts/test.sh does)")
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            accept_downloads=True,
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#model-status:has-text('ready')")
+    yield page
+    page.close()
+    # No script error and no Content-Security-Policy violation on the way.
+    assert not [p for p in problems if "status of 4" not in p], problems
+
+
+def write(folder: Path, name: str, data: bytes) -> str:
+    path = folder / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_single_cell(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
+    path = write(tmp_path, "cell.png", cell_png(seed=1))
+    page.set_input_files("#file", path)
+    page.wait_for_selector("#previews img")
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    expected = httpx.post(
+        live_server.url + "/predict", files={"file": ("cell.png", cell_png(seed=1))}
+    ).json()
+    assert page.text_content("#single-label") == expected["label"]
+    bars = page.locator("#single-bars li")
+    assert bars.count() == len(expected["probabilities"])
+    ranked = sorted(expected["probabilities"], key=expected["probabilities"].__getitem__)[::-1]
+    assert bars.first.locator(".name").text_content() == ranked[0]
+    assert page.eval_on_selector("#single-heatmap", "img => img.complete && img.naturalWidth") > 0
+    review = page.is_visible("#single-review")
+    assert review == expected["needs_review"]
+
+
+def test_batch_gallery_and_csv(page: Any, tmp_path: Path) -> None:
+    paths = [write(tmp_path, f"cell{i}.png", cell_png(seed=i)) for i in range(5)]
+    paths.append(write(tmp_path, "broken.png", b"not an image at all"))
+    page.set_input_files("#file", paths)
+    page.click("#analyze")
+    page.wait_for_selector("#batch:not([hidden])")
+    summary = page.text_content("#batch-summary")
+    assert summary.startswith("5 of 6 cells classified") and "1 could not be analysed" in summary
+    assert "'broken.png' is not an image" in page.text_content("#failed-list")
+    groups = page.locator("#gallery .group")
+    assert groups.count() >= 1
+    assert page.locator("#gallery .thumb").count() == 5
+    counts = page.locator("#batch-table tbody td:nth-child(2)").all_text_contents()
+    assert sum(int(c) for c in counts) == 5
+    with page.expect_download() as info:
+        page.click("#csv")
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+    assert [r["filename"] for r in rows] == [Path(p).name for p in paths]
+    assert rows[-1]["error"] and not rows[-1]["label"]
+    assert all(r["label"] for r in rows[:5])
+    # A thumbnail opens that cell's details.
+    page.locator("#gallery .thumb").first.click()
+    page.wait_for_selector("#single:not([hidden])")
+
+
+def test_error_in_plain_words(page: Any, tmp_path: Path) -> None:
+    page.set_input_files("#file", write(tmp_path, "notes.png", b"these are my notes"))
+    page.click("#analyze")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.text_content("#error")
+    assert text.startswith("This file could not be read as an image: 'notes.png' is not an image")
+    assert page.is_hidden("#single")
+
+
+def test_drag_and_drop(page: Any) -> None:
+    handle = page.evaluate_handle(
+        """async () => {
+            const canvas = document.createElement('canvas');
+            canvas.width = canvas.height = 24;
+            const ctx = canvas.getContext('2d');
+            ctx.fillStyle = '#ecccd2'; ctx.fillRect(0, 0, 24, 24);
+            ctx.fillStyle = '#cd5f69'; ctx.beginPath(); ctx.arc(12, 12, 8, 0, 7); ctx.fill();
+            const blob = await new Promise(r => canvas.toBlob(r, 'image/png'));
+            const dt = new DataTransfer();
+            dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+            return dt;
+        }"""
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": handle})
+    page.wait_for_selector("#previews img[alt='dropped.png']")
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    assert page.text_content("#single-label")
+
+
+def test_hostile_file_name_stays_text(page: Any, tmp_path: Path) -> None:
+    name = "<img src=x onerror=window.__pwned=1>.png"
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    paths = [write(folder, name, cell_png(3)), write(folder, "b.png", cell_png(4))]
+    page.set_input_files("#file", paths)
+    page.click("#analyze")
+    page.wait_for_selector("#batch:not([hidden])")
+    assert name in page.text_content("#gallery")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#gallery img[src='x']").count() == 0
