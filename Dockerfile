@@ -1,0 +1,45 @@
+# The web service with the shipped default model, CPU only.
+#   docker build -t rbc-morphology .
+#   docker run --rm -p 8000:8000 rbc-morphology      # then open http://localhost:8000/
+# Settings are RBC_* environment variables (docs/service.md); the model is models/default/.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    RBC_HOST=0.0.0.0 \
+    RBC_PORT=8000 \
+    RBC_DEVICE=cpu \
+    RBC_MODEL_DIR=/app/models/default
+
+RUN useradd --create-home --uid 10001 rbc
+WORKDIR /app
+
+# CPU wheels of the pinned torch and torchvision first (PyPI's Linux wheels are CUDA builds of
+# several GB); scripts/install.sh then finds them satisfied (2.14.1+cpu matches ==2.14.1).
+RUN python -m venv .venv \
+    && .venv/bin/pip install --quiet --index-url https://download.pytorch.org/whl/cpu \
+        torch==2.14.1 torchvision==0.29.1
+
+# The same install script as the README and CI.
+COPY pyproject.toml README.md ./
+COPY scripts/ scripts/
+COPY core/ core/
+COPY training/ training/
+COPY app/ app/
+RUN bash scripts/install.sh \
+    && .venv/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA torch got in'"
+
+COPY templates/ templates/
+COPY static/ static/
+COPY models/default/ models/default/
+# Refuse to build an image whose model does not pass its own hash check.
+RUN .venv/bin/python -c "from core.modelcard import verified_weights_path as v; v('models/default')"
+
+USER rbc
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["/app/.venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"RBC_PORT\"]}/readyz', timeout=4)"]
+CMD ["/app/.venv/bin/python", "-m", "app"]
