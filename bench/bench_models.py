@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.modelcard import load_exported  # noqa: E402
+from core.modelcard import load_exported
 
 
 def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -82,18 +82,28 @@ def main() -> None:
     rows = [bench_model(m, args.repeats) for m in args.models]
     predict_ms = bench_learn_predict(args.models[0], max(5, args.repeats // 5))
     print(f"torch threads: {torch.get_num_threads()}")
-    print(
-        f"{'model':50s} {'arch':20s} {'size':>4s} {'ms/cell b1':>10s} {'cells/s b64':>11s} {'MB':>6s}"
-    )
+    header = ("model", "arch", "size", "ms/cell b1", "cells/s b64", "MB")
+    print("{:50s} {:20s} {:>4s} {:>10s} {:>11s} {:>6s}".format(*header))
     for r in rows:
         print(
-            f"{str(r['model']):50s} {str(r['architecture']):20s} {r['input_size']:>4} "
-            f"{r['ms_per_cell_batch1']:>10} {r['cells_per_s_batch64']:>11} {r['weights_mb']:>6}"
+            "{:50s} {:20s} {:>4} {:>10} {:>11} {:>6}".format(
+                *(
+                    str(r[k])
+                    for k in (
+                        "model",
+                        "architecture",
+                        "input_size",
+                        "ms_per_cell_batch1",
+                        "cells_per_s_batch64",
+                        "weights_mb",
+                    )
+                )
+            )
         )
-    first = rows[0]
+    batch1_ms = float(str(rows[0]["ms_per_cell_batch1"]))
     print(
-        f"learn.predict on {first['model']}: {predict_ms:.1f} ms per cell, "
-        f"{predict_ms / float(first['ms_per_cell_batch1']):.1f}x the bare forward at batch 1"  # type: ignore[arg-type]
+        f"learn.predict on {rows[0]['model']}: {predict_ms:.1f} ms per cell, "
+        f"{predict_ms / batch1_ms:.1f}x the bare forward at batch 1"
     )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "learn_predict_ms": predict_ms}, indent=2))
