@@ -1,7 +1,10 @@
-"""The model card: the JSON file beside an exported learner that describes it.
+"""The model card: the JSON file beside an exported model that describes it.
 
-Training writes it; evaluation and the web service read it, check the weights' sha256 against it
-before anything is unpickled, and take class names, input size and normalisation from it.
+An exported model folder holds the fastai learner (export.pkl, for training and evaluation), the
+network's state dict (model_state.pt, what the web service loads, without fastai or unpickling
+code) and this card. Training writes it; evaluation and the service read it, check the sha256 of
+the file they load against it before reading that file, and take class names, input size and
+normalisation from it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "export.pkl"
+STATE_FILE = "model_state.pt"
 FORMAT_VERSION = 1
 
 
@@ -33,6 +37,9 @@ class ModelCard:
     resize_method: str
     weights_sha256: str
     weights_file: str = WEIGHTS_FILE
+    # The network's state dict (torch.save, tensors only); None on cards exported before it existed.
+    state_file: str | None = None
+    state_sha256: str | None = None
     method: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
@@ -76,26 +83,50 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _verified_file(model_dir: Path, card: ModelCard, file_name: str, expected: str) -> Path:
+    # The card names a file inside the model directory, never a path elsewhere.
+    path = model_dir / Path(file_name).name
+    if not path.is_file():
+        raise ModelFileError(f"weights file {path} is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelFileError(
+            f"sha256 of {path} is {actual}, but the model card says {expected}: "
+            "refusing to load a file that is not the one the card describes"
+        )
+    return path
+
+
+def _card_of(model_dir: Path) -> ModelCard:
+    if not model_dir.is_dir():
+        raise ModelFileError(f"model directory {model_dir} does not exist")
+    return ModelCard.load(model_dir)
+
+
 def verified_weights_path(model_dir: Path) -> tuple[Path, ModelCard]:
-    """The weights file of `model_dir`, only once its sha256 matches the card's.
+    """The exported learner (export.pkl) of `model_dir`, only once its sha256 matches the card's.
 
     Unpickling runs code, so an unknown or altered file is refused here, before any load.
     """
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelFileError(f"model directory {model_dir} does not exist")
-    card = ModelCard.load(model_dir)
-    # The card names a file inside the model directory, never a path elsewhere.
-    weights = model_dir / Path(card.weights_file).name
-    if not weights.is_file():
-        raise ModelFileError(f"weights file {weights} is missing")
-    actual = sha256_file(weights)
-    if actual != card.weights_sha256:
+    card = _card_of(model_dir)
+    return _verified_file(model_dir, card, card.weights_file, card.weights_sha256), card
+
+
+def verified_state_path(model_dir: Path) -> tuple[Path, ModelCard]:
+    """The network's state dict (model_state.pt) of `model_dir`, once its sha256 matches the card's.
+
+    A card written before state files existed names none: the model must be exported again.
+    """
+    model_dir = Path(model_dir)
+    card = _card_of(model_dir)
+    if not card.state_file or not card.state_sha256:
         raise ModelFileError(
-            f"sha256 of {weights} is {actual}, but the model card says {card.weights_sha256}: "
-            "refusing to load a file that is not the one the card describes"
+            f"the model card of {model_dir} names no state file ({STATE_FILE}): it was exported "
+            "before the service stopped unpickling learners; re-export it with "
+            "`python -m training export --run <run> --name <name>` (it adds the file)"
         )
-    return weights, card
+    return _verified_file(model_dir, card, card.state_file, card.state_sha256), card
 
 
 def load_exported(model_dir: Path, device: str = "cpu") -> tuple[Any, ModelCard]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.nets import EfficientNetLiteBody
+from core.nets import cut_body, imagenet_network, num_features
 from training.errors import WeightsUnavailableError
 
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -100,7 +100,7 @@ def _apply_state(net: nn.Module, state: dict[str, torch.Tensor], source: str, ar
 def _torchvision_net(name: str, weights: str) -> nn.Module:
     import torchvision.models as tvm
 
-    net: nn.Module = tvm.get_model(name, weights=None)
+    net = imagenet_network(name)
     if weights == "random":
         return net
     if weights == "imagenet":
@@ -121,26 +121,9 @@ def _torchvision_net(name: str, weights: str) -> nn.Module:
     return net
 
 
-def _torchvision_body(name: str, net: nn.Module) -> nn.Module:
-    if name.startswith("resnet"):
-        return nn.Sequential(*list(net.children())[:-2])
-    if name.startswith("densenet"):
-        # torchvision's DenseNet applies this ReLU in forward(), outside `features`.
-        return nn.Sequential(_module(net, "features"), nn.ReLU(inplace=False))
-    return _module(net, "features")  # alexnet, vgg
-
-
-def _module(net: nn.Module, name: str) -> nn.Module:
-    part = getattr(net, name)
-    assert isinstance(part, nn.Module)
-    return part
-
-
 def _lite_net(name: str, weights: str) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-
     variant = name.removeprefix("efficientnet_")  # "lite0"
-    net: nn.Module = EfficientNet.from_name(f"efficientnet-{variant}")
+    net = imagenet_network(name)
     if weights == "random":
         return net
     if weights == "imagenet":
@@ -167,20 +150,19 @@ def create_body(name: str, weights: str) -> nn.Module:
     """The convolutional body of `name` with `weights` ("imagenet", "random" or a file path)."""
     spec = get_spec(name)
     if spec.family == "efficientnet_lite":
-        return EfficientNetLiteBody(_lite_net(name, weights))
-    return _torchvision_body(name, _torchvision_net(name, weights))
+        return cut_body(name, _lite_net(name, weights))
+    return cut_body(name, _torchvision_net(name, weights))
 
 
 def create_model(name: str, n_classes: int, weights: str) -> nn.Sequential:
     """`Sequential(body, head)`, with the head of the thesis (fastai's `create_head` defaults):
-    concat pool, BN, dropout 0.25, linear to 512, ReLU, BN, dropout 0.5, linear to n classes."""
+    concat pool, BN, dropout 0.25, linear to 512, ReLU, BN, dropout 0.5, linear to n classes.
+
+    Training keeps fastai's own head (and its initialisation); `core.nets.build_head` is the same
+    layout in plain torch, which the service loads the exported state dict into."""
     from fastai.vision.learner import create_head
 
     body = create_body(name, weights)
-    was_training = body.training
-    with torch.no_grad():
-        n_features = body.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-    body.train(was_training)
     # create_head doubles the width itself for concat pooling (average + max).
-    head = create_head(n_features, n_classes, concat_pool=True, lin_ftrs=[512], ps=0.5)
+    head = create_head(num_features(body), n_classes, concat_pool=True, lin_ftrs=[512], ps=0.5)
     return nn.Sequential(body, head)
