@@ -1,4 +1,9 @@
-"""Export a trained learner with its model card, and prove the file reloads to the same model."""
+"""Export a trained learner with its model card, and prove the files reload to the same model.
+
+A model folder holds export.pkl (the fastai learner: training, evaluation), model_state.pt (the
+network's state dict: what the service loads, through `core.nets.load_network`, without fastai or
+unpickling code) and model_card.json (with the sha256 of both).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from core.modelcard import CARD_FILE, WEIGHTS_FILE, ModelCard, load_exported, sha256_file
+from core.modelcard import (
+    CARD_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    ModelCard,
+    load_exported,
+    sha256_file,
+)
+from core.nets import load_network
 from training.errors import TrainingError
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
@@ -31,30 +45,53 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _check_same_predictions(learn: Any, reloaded: Any, sample: torch.Tensor) -> None:
-    model = learn.model.eval()
-    other = reloaded.model.eval().to(sample.device)
+def _check_same_outputs(
+    model: nn.Module, other: nn.Module, sample: torch.Tensor, what: str
+) -> None:
+    model.eval()
+    other = other.eval().to(sample.device)
     with torch.no_grad():
         ours, theirs = model(sample), other(sample)
     if not torch.equal(ours.argmax(1), theirs.argmax(1)) or not torch.allclose(
         ours, theirs, atol=1e-5
     ):
         diff = (ours - theirs).abs().max().item()
-        raise ExportError(
-            f"the reloaded learner predicts differently (max logit difference {diff})"
-        )
+        raise ExportError(f"{what} predicts differently (max logit difference {diff})")
+
+
+def _check_same_predictions(learn: Any, reloaded: Any, sample: torch.Tensor) -> None:
+    _check_same_outputs(learn.model, reloaded.model, sample, "the reloaded learner")
+
+
+def _check_state_file(learn: Any, model_dir: Path, sample: torch.Tensor) -> None:
+    """The network rebuilt from model_state.pt by core (no fastai) predicts like the learner."""
+    network, _ = load_network(model_dir, device=sample.device)
+    _check_same_outputs(learn.model, network, sample, f"the network rebuilt from {STATE_FILE}")
+
+
+def save_state(model: nn.Module, model_dir: Path) -> tuple[str, str]:
+    """Write the network's state dict (plain CPU tensors) as model_state.pt; returns the card's
+    `state_file` and `state_sha256`."""
+    state = {k: v.detach().cpu().as_subclass(torch.Tensor) for k, v in model.state_dict().items()}
+    path = model_dir / STATE_FILE
+    torch.save(state, path)
+    return STATE_FILE, sha256_file(path)
 
 
 def export_learner(
     learn: Any, model_dir: Path, sample: torch.Tensor, **card_fields: Any
 ) -> ModelCard:
-    """Write export.pkl and model_card.json into `model_dir`, then reload and compare on `sample`
-    (a normalised batch) before returning the card."""
+    """Write export.pkl, model_state.pt and model_card.json into `model_dir`, then reload both
+    files (the learner through fastai, the network through core) and compare them with the learner
+    on `sample` (a normalised batch) before returning the card."""
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / WEIGHTS_FILE
     learn.export(weights.resolve())
+    state_file, state_sha256 = save_state(learn.model, model_dir)
     card = ModelCard(
         weights_sha256=sha256_file(weights),
+        state_file=state_file,
+        state_sha256=state_sha256,
         library_versions=library_versions(),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **card_fields,
@@ -62,11 +99,21 @@ def export_learner(
     card.save(model_dir)
     reloaded, _ = load_exported(model_dir)
     _check_same_predictions(learn, reloaded, sample)
+    _check_state_file(learn, model_dir, sample)
     return card
 
 
+def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
+    """A fixed random batch at the card's input size (normalised images are roughly N(0, 1))."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, card.input_size, card.input_size, generator=generator)
+
+
 def publish_run(run_dir: Path, models_dir: Path, name: str, overwrite: bool = False) -> Path:
-    """Copy a run's exported model and its report into `models_dir/name`, re-verified."""
+    """Copy a run's exported model and its report into `models_dir/name`, re-verified.
+
+    A run exported before model_state.pt existed gets one, written from its (verified) learner; the
+    run folder itself is left as it is."""
     source = run_dir / "model"
     learn, card = load_exported(source)  # hash check and reload before anything is copied
     dest = models_dir / name
@@ -75,13 +122,21 @@ def publish_run(run_dir: Path, models_dir: Path, name: str, overwrite: bool = Fa
     staging = models_dir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copy2(source / WEIGHTS_FILE, staging / WEIGHTS_FILE)
+    shutil.copy2(source / Path(card.weights_file).name, staging / WEIGHTS_FILE)
+    card.weights_file = WEIGHTS_FILE
+    if card.state_file and card.state_sha256:
+        shutil.copy2(source / Path(card.state_file).name, staging / STATE_FILE)
+        card.state_file = STATE_FILE
+    else:
+        card.state_file, card.state_sha256 = save_state(learn.model, staging)
     for pattern in (*REPORT_FILES, "*.png"):
         for path in run_dir.glob(pattern):
             shutil.copy2(path, staging / path.name)
     card.name = name
     card.save(staging)
     load_exported(staging)
+    # Both files of the published folder describe the learner that was verified above.
+    _check_state_file(learn, staging, _probe_batch(card))
     if dest.exists():
         shutil.rmtree(dest)
     staging.rename(dest)
