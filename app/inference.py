@@ -1,8 +1,9 @@
 """The predictor: load a verified exported model, preprocess, batched prediction, Grad-CAM.
 
-`learn.predict` is not used: it keeps per-call state on the Learner (not thread-safe) and is slow.
-The network (`learner.model`, in eval mode, gradients off) is called directly under
-`torch.inference_mode`, which is safe from many threads at once.
+The network is rebuilt without fastai (`core.nets.load_network`: the card's architecture, the
+state dict of model_state.pt after its sha256 check, tensors only). `learn.predict` is not used: it
+keeps per-call state on the Learner (not thread-safe) and is slow. The network, in eval mode with
+gradients off, is called directly under `torch.inference_mode`, which is safe from many threads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from PIL import Image
 from torch import nn
 
 from core.gradcam import grad_cam, overlay
-from core.modelcard import ModelCard, load_exported
+from core.modelcard import ModelCard, ModelFileError
+from core.nets import load_network
 from core.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -84,22 +86,20 @@ class Predictor:
         batch_size: int = 32,
         threads: int = 0,
     ) -> Predictor:
-        """Verify the weights' sha256 against the card, then unpickle, move and warm up."""
-        from core.modelcard import ModelFileError
-
+        """Verify the state file's sha256 against the card, then build the network, load the
+        state dict into it (tensors only, nothing unpickled) and warm it up."""
         started = time.perf_counter()
         target = resolve_device(device)
         if threads:
             torch.set_num_threads(threads)
         try:
-            learn, card = load_exported(model_dir, device=target.type)
+            network, card = load_network(model_dir, device=target)
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
-            predictor = cls(learn.model, card, target, review_threshold, batch_size)
+            predictor = cls(network, card, target, review_threshold, batch_size)
         except ValueError as exc:
             raise ModelLoadError(f"model card of {model_dir}: {exc}") from exc
-        del learn  # only the network is served; the Learner's data loaders are not needed
         predictor.warm_up()
         predictor.load_seconds = time.perf_counter() - started
         log.info(

@@ -1,9 +1,10 @@
 """The application factory: settings in, a FastAPI app out.
 
-The model is loaded once per process, in the lifespan: the cheap checks (directory, card, weights
+The model is loaded once per process, in the lifespan: the cheap checks (directory, card, state
 file, sha256) run before the server accepts requests, so a wrong model directory stops the start
-with a clear message; the unpickling and warm-up then run in a thread, so /healthz answers at
-once and /readyz turns 200 when the model is ready.
+with a clear message; building the network, loading the state dict and the warm-up then run in a
+thread, so /healthz answers at once and /readyz turns 200 when the model is ready. Nothing is
+unpickled and fastai is never imported: the network is rebuilt by `core.nets`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from app.errors import BodyTooLarge, error_response, install_error_handlers
 from app.inference import ModelLoadError, resolve_device
 from app.routes import api, health, pages
 from app.state import ModelSlot
-from core.modelcard import ModelFileError, verified_weights_path
+from core.modelcard import ModelFileError, verified_state_path
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,12 +87,12 @@ def check_model_dir(settings: Settings) -> None:
     """The fast start-up checks; raises RuntimeError with a message a person can act on."""
     try:
         resolve_device(settings.device)
-        verified_weights_path(settings.model_dir)
+        verified_state_path(settings.model_dir)
     except (ModelFileError, ModelLoadError) as exc:
         hint = ""
         if not Path(settings.model_dir).exists():
             hint = (
-                " Set RBC_MODEL_DIR to an exported model folder (export.pkl + model_card.json),"
+                " Set RBC_MODEL_DIR to an exported model folder (model_state.pt + model_card.json),"
                 " e.g. runs/<run>/model from `python -m training`, or models/<name>."
             )
         raise RuntimeError(f"cannot serve the model: {exc}.{hint}") from exc

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +23,8 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from app.state import ModelSlot
-from core.modelcard import load_exported
-from tests.test_app_fixtures import cell_png, make_settings, wait_ready
+from core.modelcard import CARD_FILE, STATE_FILE, load_exported
+from tests.test_app_fixtures import ROOT, cell_png, make_settings, wait_ready
 
 pytest_plugins = ["tests.test_app_fixtures"]
 
@@ -41,6 +46,7 @@ def test_model_card(client: TestClient, model_dir: Path) -> None:
     body = client.get("/model").json()
     assert body["classes"] == card.classes
     assert body["weights_sha256"] == card.weights_sha256
+    assert body["state_file"] == STATE_FILE and body["state_sha256"] == card.state_sha256
     assert body["input_size"] == card.input_size
 
 
@@ -90,22 +96,80 @@ def test_missing_model_dir_stops_the_start(tmp_path: Path) -> None:
         pass
 
 
-def test_hash_mismatch_stops_the_start_before_unpickling(
+def test_hash_mismatch_stops_the_start_before_loading(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The service loads model_state.pt (not export.pkl): that is the file whose hash must match.
     altered = tmp_path / "model"
     shutil.copytree(model_dir, altered)
-    with open(altered / "export.pkl", "ab") as fh:
+    with open(altered / STATE_FILE, "ab") as fh:
         fh.write(b"\0")
 
-    def no_unpickling(*args: object, **kwargs: object) -> None:
-        raise AssertionError("an unverified file was unpickled")
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an unverified file was loaded")
 
-    monkeypatch.setattr("fastai.learner.load_learner", no_unpickling)
-    monkeypatch.setattr("torch.load", no_unpickling)
+    monkeypatch.setattr("fastai.learner.load_learner", no_loading)
+    monkeypatch.setattr("torch.load", no_loading)
     app = create_app(make_settings(altered))
     with pytest.raises(RuntimeError, match="sha256"), TestClient(app):
         pass
+
+
+def test_card_without_state_file_stops_the_start(model_dir: Path, tmp_path: Path) -> None:
+    # A model exported before model_state.pt existed: the message says how to fix it.
+    old = tmp_path / "model"
+    shutil.copytree(model_dir, old)
+    (old / STATE_FILE).unlink()
+    raw = json.loads((old / CARD_FILE).read_text())
+    del raw["state_file"], raw["state_sha256"]
+    (old / CARD_FILE).write_text(json.dumps(raw))
+    app = create_app(make_settings(old))
+    with pytest.raises(RuntimeError, match="python -m training export"), TestClient(app):
+        pass
+
+
+def test_serves_without_the_pickled_learner(model_dir: Path, tmp_path: Path) -> None:
+    # The card and model_state.pt are all the service needs; export.pkl is never read.
+    bare = tmp_path / "model"
+    bare.mkdir()
+    for name in (CARD_FILE, STATE_FILE):
+        shutil.copy2(model_dir / name, bare / name)
+    with TestClient(create_app(make_settings(bare))) as c:
+        wait_ready(c)
+        response = c.post("/predict", files={"file": ("a.png", cell_png(4), "image/png")})
+    assert response.status_code == 200, response.text
+
+
+def test_start_up_never_imports_fastai(model_dir: Path) -> None:
+    # In a fresh interpreter (this one has imported fastai for other tests).
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        from fastapi.testclient import TestClient
+        from app.config import Settings
+        from app.main import create_app
+
+        settings = Settings(model_dir=Path(sys.argv[1]), device="cpu", api_token=None)
+        app = create_app(settings)
+        with TestClient(app) as client:
+            slot = app.state.model_slot
+            assert slot.loaded.wait(90) and slot.predictor is not None, slot.error
+            assert client.get("/readyz").status_code == 200
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "fastai")))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(model_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
 def test_not_ready_while_loading(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
