@@ -206,6 +206,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         finally:
             if batch_log is not None:
                 learn.remove_cb(batch_log)
+            learn.logger = print  # fastai's default; our closure is not for the exported file
     train_seconds = time.perf_counter() - started
     with contextlib.suppress(OSError):
         (run_dir / "models").rmdir()  # lr_find's scratch folder, once empty
