@@ -56,6 +56,8 @@ def test_model_card_describes_the_export(trained_run: Path, imported: Path) -> N
     assert card.metrics["n"] == int((manifest["split"] == "test").sum())
     assert set(card.metrics["per_class"]) == set(card.classes)
     assert len(card.dataset["fingerprint"]) == 64
+    test_rows = manifest["split"] == "test"
+    assert card.dataset["test_smears"] == sorted(manifest.loc[test_rows, "source_image"].unique())
     assert card.library_versions["torch"].startswith("2.14")
     assert card.training_config["seed"] == 0 and card.created
 

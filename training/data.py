@@ -91,7 +91,8 @@ def _read_manifest(root: Path, skipped: list[str]) -> pd.DataFrame:
             raise DataError(f"{root / MANIFEST} names a file outside the data set: {rel}")
         paths.append(path)
     df["path"] = paths
-    return df[["path", "label", "split"]]
+    # The source image (smear) travels along where the manifest has it: cards list test smears.
+    return df[[c for c in ("path", "label", "split", "source_image") if c in df.columns]]
 
 
 def scan_dataset(

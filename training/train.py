@@ -62,6 +62,13 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
     return candidate
 
 
+def test_smears(items: Any) -> list[str]:
+    """The smear images of the test split (for evaluating later on smears never trained on)."""
+    if "source_image" not in items.columns:
+        return []
+    return sorted(map(str, items.loc[items["split"] == "test", "source_image"].unique()))
+
+
 def _crop_window(data: Path) -> int | None:
     """The native crop size of an imported set (from its import report), if known."""
     report = data / "import_report.json"
@@ -262,6 +269,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 for k, v in items[items["split"] == "train"]["label"].value_counts().items()
             },
             "skipped_files": len(index.skipped),
+            "test_smears": test_smears(items),
         },
         training_config={
             **cfg.to_dict(),
