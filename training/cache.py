@@ -9,6 +9,7 @@ The difference from the thesis's method 1: the body's BatchNorm statistics stay 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -70,6 +71,9 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
         dls, tail.cpu(), loss_func=learn.loss_func, metrics=learn.metrics, path=learn.path
     )
     tail_learn.logger = learn.logger
-    tail_learn.fit_one_cycle(epochs, lr)
+    # Bars only where the main learner shows them (a terminal), epoch lines otherwise.
+    has_bar = any(type(cb).__name__ == "ProgressCallback" for cb in learn.cbs)
+    with contextlib.nullcontext() if has_bar else tail_learn.no_bar():
+        tail_learn.fit_one_cycle(epochs, lr)
     tail.to(next(body.parameters()).device)
     return tail_learn
