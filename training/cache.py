@@ -73,7 +73,14 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
     tail_learn.logger = learn.logger
     # Bars only where the main learner shows them (a terminal), epoch lines otherwise.
     has_bar = any(type(cb).__name__ == "ProgressCallback" for cb in learn.cbs)
-    with contextlib.nullcontext() if has_bar else tail_learn.no_bar():
-        tail_learn.fit_one_cycle(epochs, lr)
+    # A small MLP on 64-row batches gains nothing from threads, and loses much when another
+    # process holds a core (OpenMP threads then wait on each other at every op).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.nullcontext() if has_bar else tail_learn.no_bar():
+            tail_learn.fit_one_cycle(epochs, lr)
+    finally:
+        torch.set_num_threads(threads)
     tail.to(next(body.parameters()).device)
     return tail_learn
