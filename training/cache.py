@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+HEAD_BATCH_SIZE = 256
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
     train_ds = list(zip(torch.cat(train_x), torch.cat(train_y), strict=True))
     valid_ds = list(zip(valid_x, valid_y, strict=True))
     set_seed(seed)
-    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=learn.dls.bs, device=torch.device("cpu"))
+    # Large batches: a feature vector is cheap, and per-batch overhead dominates on a CPU.
+    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=HEAD_BATCH_SIZE, device=torch.device("cpu"))
     tail_learn = Learner(
         dls, tail.cpu(), loss_func=learn.loss_func, metrics=learn.metrics, path=learn.path
     )
