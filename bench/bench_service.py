@@ -5,7 +5,8 @@
 Starts the real server (`python -m app`, uvicorn) as a subprocess and measures:
 - time from process start to /readyz 200, and resident memory (RSS) then and after the requests;
 - one-cell POST /predict latency p50 / p95 over --requests sequential requests (keep-alive),
-  against the model's own forward time at batch 1 measured in this process;
+  against the model's own forward time at batch 1 measured in this process (the network as the
+  service loads it: `core.nets.load_network`, from model_state.pt);
 - POST /predict/batch throughput (cells/s) against the bare batched forward and against
   `learn.predict` called in a loop (the thesis's way);
 and checks the targets of issue #4. Prints a table, then one JSON line with every figure.
@@ -79,7 +80,9 @@ def load_cells(images: Path | None, count: int, size: int) -> list[tuple[str, by
     return cells
 
 
-def start_server(model: Path, port: int, threads: int) -> tuple[subprocess.Popen[bytes], float]:
+def start_server(
+    model: Path, port: int, threads: int, python: str
+) -> tuple[subprocess.Popen[bytes], float]:
     env = {
         **os.environ,
         "RBC_MODEL_DIR": str(model),
@@ -89,7 +92,7 @@ def start_server(model: Path, port: int, threads: int) -> tuple[subprocess.Popen
         "RBC_TORCH_THREADS": str(threads),
     }
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
+    process = subprocess.Popen([python, "-m", "app"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/readyz"
     while True:
         if process.poll() is not None:
@@ -111,20 +114,39 @@ def main() -> None:
     parser.add_argument("--batch-rounds", type=int, default=5)
     parser.add_argument("--predict-loop", type=int, default=64, help="cells for learn.predict")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--server-python",
+        default=sys.executable,
+        help="interpreter that runs the server, e.g. a venv with the CPU torch wheel the Docker "
+        "image installs (default: this one); the bare-model figures always use this one",
+    )
     args = parser.parse_args()
     if not (args.model / "model_card.json").is_file():
         raise SystemExit(f"no exported model at {args.model}: pass --model DIR")
 
     card = json.loads((args.model / "model_card.json").read_text())
+    if not card.get("state_file"):
+        raise SystemExit(
+            f"{args.model} has no model_state.pt (exported before the service stopped "
+            "unpickling): publish it with `python -m training export --run RUN --name NAME "
+            "--models-dir DIR` and pass --model DIR/NAME"
+        )
+    server_torch = subprocess.run(
+        [args.server_python, "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process, ready_s = start_server(args.model, port, args.threads)
+    process, ready_s = start_server(args.model, port, args.threads, args.server_python)
     figures: dict[str, Any] = {
         "model": card["name"],
         "architecture": card["architecture"],
         "input_size": card["input_size"],
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
+        "server_torch": server_torch,
         "time_to_ready_s": ready_s,
         "rss_after_start_mib": rss_mib(process.pid),
     }
@@ -165,12 +187,12 @@ def main() -> None:
     import torch
 
     from core.modelcard import load_exported
+    from core.nets import load_network
     from core.preprocess import Preprocessor
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    learn, model_card = load_exported(args.model)
-    model = learn.model.eval()
+    model, model_card = load_network(args.model)
     pre = Preprocessor.from_card(model_card)
     images = [Image.open(io.BytesIO(d)).convert("RGB") for _, d in cells]
     with torch.inference_mode():
@@ -191,6 +213,7 @@ def main() -> None:
         figures["bare_batched_forward_cells_per_s"] = (
             args.batch * args.batch_rounds / (time.perf_counter() - t0)
         )
+    learn, _ = load_exported(args.model)  # only for the learn.predict comparison
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for name, data in cells[: args.predict_loop]:
@@ -229,6 +252,7 @@ def main() -> None:
         "ready <= 10 s": (f["time_to_ready_s"], 10, f["time_to_ready_s"] <= 10),
     }
     print(f"model {f['model']} ({f['architecture']}, {f['input_size']} px), {f['cores']} cores")
+    print(f"  server torch {f['server_torch']}")
     for key, value in figures.items():
         if isinstance(value, float):
             print(f"  {key:36s} {value:10.2f}")
