@@ -68,7 +68,8 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
     valid_ds = list(zip(valid_x, valid_y, strict=True))
     set_seed(seed)
     # Large batches: a feature vector is cheap, and per-batch overhead dominates on a CPU.
-    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=HEAD_BATCH_SIZE, device=torch.device("cpu"))
+    batch_size = min(HEAD_BATCH_SIZE, max(1, len(train_ds) // 4))  # tiny sets get batches too
+    dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=batch_size, device=torch.device("cpu"))
     tail_learn = Learner(
         dls, tail.cpu(), loss_func=learn.loss_func, metrics=learn.metrics, path=learn.path
     )
