@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.progress import epoch_logger
+
 log = logging.getLogger(__name__)
 HEAD_BATCH_SIZE = 256
 
@@ -73,7 +75,7 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
     tail_learn = Learner(
         dls, tail.cpu(), loss_func=learn.loss_func, metrics=learn.metrics, path=learn.path
     )
-    tail_learn.logger = learn.logger
+    tail_learn.logger = epoch_logger(tail_learn)
     # Bars only where the main learner shows them (a terminal), epoch lines otherwise.
     has_bar = any(type(cb).__name__ == "ProgressCallback" for cb in learn.cbs)
     # A small MLP on 64-row batches gains nothing from threads, and loses much when another

@@ -38,6 +38,7 @@ from training.interpret import (
     predict,
     write_report,
 )
+from training.progress import batch_progress, epoch_logger
 
 log = logging.getLogger(__name__)
 # The thesis fine-tuned with slice(1e-6, 1e-4).
@@ -76,47 +77,6 @@ def _crop_window(data: Path) -> int | None:
         window = json.loads(report.read_text()).get("arguments", {}).get("window")
         return int(window) if window else DEFAULT_WINDOW
     return None
-
-
-def _batch_progress(every_s: float = 30.0) -> Any:
-    """A callback that prints where an epoch stands every `every_s` seconds, for logs where
-    fastai's bars are off (a long CPU epoch otherwise prints nothing for minutes)."""
-    from fastai.callback.core import Callback
-
-    class BatchProgress(Callback):
-        order = 60
-
-        def before_epoch(self) -> None:
-            self.started = self.last = time.perf_counter()
-
-        def after_batch(self) -> None:
-            now = time.perf_counter()
-            if self.training and now - self.last >= every_s:
-                self.last = now
-                done, total = self.iter + 1, self.n_iter
-                eta = (now - self.started) / done * (total - done)
-                stage = "lr_find" if hasattr(self.learn, "lr_finder") else "epoch"
-                print(
-                    f"  {stage} {self.epoch + 1}/{self.n_epoch}: batch {done}/{total}, "
-                    f"loss {float(self.smooth_loss):.4f}, about {eta:.0f} s left in this epoch",
-                    flush=True,
-                )
-
-    return BatchProgress()
-
-
-def _epoch_logger(learn: Any) -> Any:
-    """One readable line per epoch (fastai's Recorder hands over [epoch, *values, time])."""
-
-    def log_epoch(values: list[Any]) -> None:
-        names = list(learn.recorder.metric_names)
-        parts = [
-            f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
-            for n, v in zip(names, values, strict=False)
-        ]
-        print("  ".join(parts), flush=True)
-
-    return log_epoch
 
 
 def _frozen_stage(learn: Any, cfg: TrainConfig, epochs: int, history: History) -> None:
@@ -198,13 +158,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         splitter=default_split,
         path=run_dir,
     )
-    learn.logger = _epoch_logger(learn)
+    learn.logger = epoch_logger(learn)
     history = History()
     started = time.perf_counter()
     # Bars on a terminal; one printed line per epoch in logs, where bars turn into noise.
     show_bars = progress and sys.stdout.isatty()
     # Added for the fit only: the exported learner must hold no callback of ours.
-    batch_log = _batch_progress() if progress and not show_bars else None
+    batch_log = batch_progress() if progress and not show_bars else None
     with contextlib.nullcontext() if show_bars else learn.no_bar():
         if batch_log is not None:
             learn.add_cb(batch_log)
