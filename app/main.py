@@ -104,8 +104,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     check_model_dir(settings)
     slot = ModelSlot()
     app.state.model_slot = slot  # for tests and benchmarks that wait for readiness
-    threading.Thread(target=slot.load, args=(settings,), name="model-loader", daemon=True).start()
+    loader = threading.Thread(target=slot.load, args=(settings,), name="model-loader", daemon=True)
+    loader.start()
     yield {"model_slot": slot}
+    # A shutdown during the load waits for it: a process that exits while another thread runs
+    # torch code can abort ("terminate called without an active exception").
+    loader.join()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
