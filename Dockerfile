@@ -36,7 +36,7 @@ COPY templates/ templates/
 COPY static/ static/
 COPY models/default/ models/default/
 # Refuse to build an image whose model does not pass its own hash check.
-RUN .venv/bin/python -c "from core.modelcard import verified_weights_path as v; v('models/default')"
+RUN .venv/bin/python -c "from core.modelcard import verified_state_path as v; v('models/default')"
 
 USER rbc
 EXPOSE 8000
