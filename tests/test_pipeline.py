@@ -176,9 +176,9 @@ def test_runs_never_overwrite_each_other(imported: Path, tmp_path: Path) -> None
 
 
 def test_publish_copies_verified_model_and_report(trained_run: Path, tmp_path: Path) -> None:
-    dest = publish_run(trained_run, tmp_path / "models", "tiny")
+    dest = publish_run(trained_run, tmp_path / "models", "tiny", notes=["why this model"])
     card = ModelCard.load(dest)
-    assert card.name == "tiny"
+    assert card.name == "tiny" and card.notes == ["why this model"]
     assert (dest / "report.md").is_file() and (dest / "confusion_test.png").is_file()
     load_exported(dest)
     with pytest.raises(ExportError, match="already holds"):

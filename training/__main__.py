@@ -77,7 +77,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from training.export import publish_run
 
-    dest = publish_run(args.run, args.models_dir, args.name, overwrite=args.overwrite)
+    notes = [Path(n[1:]).read_text().strip() if n.startswith("@") else n for n in args.note]
+    dest = publish_run(args.run, args.models_dir, args.name, overwrite=args.overwrite, notes=notes)
     print(f"exported {args.run} to {dest}")
 
 
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="model name")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a note for the model card (repeatable; @FILE reads it from a file)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("archs", help="list the architectures")

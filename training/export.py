@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import shutil
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,15 @@ def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
     return torch.randn(n, 3, card.input_size, card.input_size, generator=generator)
 
 
-def publish_run(run_dir: Path, models_dir: Path, name: str, overwrite: bool = False) -> Path:
-    """Copy a run's exported model and its report into `models_dir/name`, re-verified.
+def publish_run(
+    run_dir: Path,
+    models_dir: Path,
+    name: str,
+    overwrite: bool = False,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Copy a run's exported model and its report into `models_dir/name`, re-verified; `notes`
+    (why this model, what it leaves out) are added to its card.
 
     A run exported before model_state.pt existed gets one, written from its (verified) learner; the
     run folder itself is left as it is."""
@@ -133,6 +141,7 @@ def publish_run(run_dir: Path, models_dir: Path, name: str, overwrite: bool = Fa
         for path in run_dir.glob(pattern):
             shutil.copy2(path, staging / path.name)
     card.name = name
+    card.notes = [*card.notes, *notes]
     card.save(staging)
     load_exported(staging)
     # Both files of the published folder describe the learner that was verified above.
