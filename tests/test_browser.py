@@ -161,3 +161,25 @@ def test_hostile_file_name_stays_text(page: Any, tmp_path: Path) -> None:
     assert name in page.text_content("#gallery")
     assert page.evaluate("window.__pwned") is None
     assert page.locator("#gallery img[src='x']").count() == 0
+
+
+def test_review_mark_follows_the_answer(page: Any, tmp_path: Path) -> None:
+    # The tiny test model is never confident, so the API's answer is stubbed here to show that a
+    # confident cell gets no "needs review" mark (a CSS rule once overrode the hidden attribute).
+    answer = {
+        "label": "a",
+        "confidence": 0.95,
+        "probabilities": {"a": 0.95, "b": 0.05},
+        "needs_review": False,
+        "review_threshold": 0.7,
+        "model": {"name": "stub", "architecture": "none", "weights_sha256": "0" * 64},
+    }
+    page.route(
+        "**/predict?heatmap=true",
+        lambda route: route.fulfill(status=200, json=answer),
+    )
+    page.set_input_files("#file", write(tmp_path, "cell.png", cell_png(seed=2)))
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    assert page.text_content("#single-label") == "a"
+    assert not page.is_visible("#single-review")
