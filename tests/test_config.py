@@ -95,6 +95,9 @@ def test_augment_must_be_a_mapping(tmp_path: Path) -> None:
         ("max_lr", 0.0, "max_lr must be positive"),
         ("max_lr", -1e-3, "max_lr must be positive"),
         ("max_per_class", 0, "max_per_class"),
+        ("class_weighting", "balanced", "class_weighting must be one of"),
+        ("label_smoothing", 1.0, "label_smoothing"),
+        ("label_smoothing", -0.1, "label_smoothing"),
     ],
 )
 def test_bad_values(key: str, value: object, message: str) -> None:

@@ -14,6 +14,7 @@ import yaml
 
 from core.modelcard import ModelCard, ModelFileError, load_exported
 from tests.conftest import tiny_config
+from training.config import load_config
 from training.errors import ConfigError
 from training.export import ExportError, _check_same_predictions, publish_run
 from training.interpret import predict
@@ -202,3 +203,40 @@ def test_feature_extraction_on_cached_features(imported: Path, tmp_path: Path) -
     assert card.training_config["cache_features"] is True
     assert card.metrics["split"] == "test" and card.metrics["n"] > 0
     assert learn.model(torch.zeros(1, 3, 32, 32)).shape == (1, len(card.classes))
+
+
+def test_class_weights_favour_rare_classes_and_keep_the_loss_scale() -> None:
+    from training.train import class_weights
+
+    labels = pd.Series(["a"] * 90 + ["b"] * 10)
+    assert class_weights(load_config(None, {"data": "x"}), ["a", "b"], labels) is None
+    for scheme, ratio in (("inverse_sqrt", 3.0), ("inverse", 9.0)):
+        cfg = load_config(None, {"data": "x", "class_weighting": scheme})
+        w = class_weights(cfg, ["a", "b"], labels)
+        assert w is not None
+        assert float(w[1] / w[0]) == pytest.approx(ratio)
+        # Mean weight over the training cells is 1.
+        assert float((w[0] * 90 + w[1] * 10) / 100) == pytest.approx(1.0)
+
+
+def test_fine_tuning_with_class_weights_and_label_smoothing(imported: Path, tmp_path: Path) -> None:
+    from training.train import train
+
+    cfg = tiny_config(
+        imported,
+        tmp_path,
+        method="fine-tune",
+        cache_features=True,
+        cache_views=1,
+        frozen_epochs=1,
+        epochs=1,
+        max_lr=1e-3,
+        class_weighting="inverse_sqrt",
+        label_smoothing=0.1,
+    )
+    run = train(cfg, progress=False)
+    learn, card = load_exported(run / "model")
+    assert card.training_config["class_weighting"] == "inverse_sqrt"
+    assert learn.loss_func.func.weight is not None
+    assert learn.loss_func.func.label_smoothing == pytest.approx(0.1)
+    assert list(pd.read_csv(run / "history.csv")["stage"]) == ["frozen (cached)", "unfrozen"]

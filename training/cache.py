@@ -41,9 +41,12 @@ def _pooled_features(
     return torch.cat(feats), torch.cat(targets)
 
 
-def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, seed: int) -> Any:
+def fit_head_on_cached_features(
+    learn: Any, epochs: int, lr: float, views: int, seed: int, loss_func: Any = None
+) -> Any:
     """Train `learn.model[1]` (the head) on cached body features; returns the head's Learner,
-    whose recorder holds the losses and metrics. `learn.model` is trained in place."""
+    whose recorder holds the losses and metrics. `learn.model` is trained in place.
+    `loss_func` (default: the learner's) must live on the CPU, where the head trains."""
     import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
@@ -73,7 +76,11 @@ def fit_head_on_cached_features(learn: Any, epochs: int, lr: float, views: int, 
     batch_size = min(HEAD_BATCH_SIZE, max(1, len(train_ds) // 4))  # tiny sets get batches too
     dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=batch_size, device=torch.device("cpu"))
     tail_learn = Learner(
-        dls, tail.cpu(), loss_func=learn.loss_func, metrics=learn.metrics, path=learn.path
+        dls,
+        tail.cpu(),
+        loss_func=loss_func if loss_func is not None else learn.loss_func,
+        metrics=learn.metrics,
+        path=learn.path,
     )
     tail_learn.logger = epoch_logger(tail_learn)
     # Bars only where the main learner shows them (a terminal), epoch lines otherwise.

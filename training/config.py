@@ -14,6 +14,7 @@ import yaml
 from training.errors import ConfigError
 
 METHODS = ("feature-extract", "fine-tune")
+CLASS_WEIGHTINGS = ("none", "inverse_sqrt", "inverse")
 
 
 @dataclass
@@ -57,6 +58,10 @@ class TrainConfig:
     # (training/cache.py): minutes instead of hours on a CPU.
     cache_features: bool = False
     cache_views: int = 4
+    # Loss: class weights against imbalance ("none", "inverse_sqrt": w ~ 1/sqrt(train count),
+    # "inverse": w ~ 1/count; mean weight 1 over the training cells), and label smoothing.
+    class_weighting: str = "none"
+    label_smoothing: float = 0.0
     split: str = "auto"  # "auto", "manifest", "folders", "random"
     valid_pct: float = 0.2
     seed: int = 0
@@ -76,6 +81,12 @@ class TrainConfig:
             raise ConfigError(
                 f"split must be auto, manifest, folders or random, not {self.split!r}"
             )
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise ConfigError(
+                f"class_weighting must be one of {CLASS_WEIGHTINGS}, not {self.class_weighting!r}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must lie in [0, 1), not {self.label_smoothing}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         positives = {

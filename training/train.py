@@ -79,11 +79,34 @@ def _crop_window(data: Path) -> int | None:
     return None
 
 
-def _frozen_stage(learn: Any, cfg: TrainConfig, epochs: int, history: History) -> None:
+def class_weights(cfg: TrainConfig, classes: list[str], train_labels: Any) -> torch.Tensor | None:
+    """Per-class loss weights in vocab order, or None; the mean weight over training cells is 1,
+    so the loss keeps its scale and the learning rates keep their meaning."""
+    if cfg.class_weighting == "none":
+        return None
+    counts = train_labels.value_counts()
+    n = torch.tensor([float(counts.get(c, 0)) for c in classes]).clamp(min=1)
+    power = 0.5 if cfg.class_weighting == "inverse_sqrt" else 1.0
+    w = n.pow(-power)
+    return w * n.sum() / (w * n).sum()
+
+
+def make_loss(cfg: TrainConfig, weights: torch.Tensor | None, device: torch.device) -> Any:
+    from fastai.losses import CrossEntropyLossFlat
+
+    weight = None if weights is None else weights.to(device)
+    return CrossEntropyLossFlat(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def _frozen_stage(
+    learn: Any, cfg: TrainConfig, epochs: int, history: History, head_loss: Any
+) -> None:
     """Body frozen, head trained: through fastai (BatchNorm trainable, the thesis's way) or on
     cached body features (much faster on a CPU; see training/cache.py)."""
     if cfg.cache_features:
-        head_learn = fit_head_on_cached_features(learn, epochs, cfg.lr, cfg.cache_views, cfg.seed)
+        head_learn = fit_head_on_cached_features(
+            learn, epochs, cfg.lr, cfg.cache_views, cfg.seed, head_loss
+        )
         history.add_stage("frozen (cached)", head_learn.recorder)
     else:
         learn.freeze()
@@ -92,14 +115,15 @@ def _frozen_stage(learn: Any, cfg: TrainConfig, epochs: int, history: History) -
 
 
 def _fit(
-    learn: Any, cfg: TrainConfig, history: History, run_dir: Path
+    learn: Any, cfg: TrainConfig, history: History, run_dir: Path, head_loss: Any
 ) -> dict[str, float | None] | None:
-    """Train as the method says; returns the learning-rate finder's figures when it ran."""
+    """Train as the method says; returns the learning-rate finder's figures when it ran.
+    `head_loss` is the loss on the CPU, for a head trained on cached features."""
     if cfg.method == "feature-extract":
-        _frozen_stage(learn, cfg, cfg.epochs, history)
+        _frozen_stage(learn, cfg, cfg.epochs, history, head_loss)
         return None
     if cfg.frozen_epochs:
-        _frozen_stage(learn, cfg, cfg.frozen_epochs, history)
+        _frozen_stage(learn, cfg, cfg.frozen_epochs, history, head_loss)
     learn.unfreeze()
     suggested: float | None
     try:
@@ -123,7 +147,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run one training method as configured; returns the run folder."""
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import F1Score, accuracy
     from fastai.torch_core import set_seed
     from fastai.vision.learner import default_split
@@ -150,10 +173,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     cfg.save(run_dir / "config.yaml")
     log.info("run folder %s", run_dir)
 
+    weights = class_weights(cfg, classes, items.loc[items["split"] == "train", "label"])
+    if weights is not None:
+        log.info(
+            "class weights %s", dict(zip(classes, weights.round(decimals=2).tolist(), strict=True))
+        )
     learn = Learner(
         dls,
         model,
-        loss_func=CrossEntropyLossFlat(),
+        loss_func=make_loss(cfg, weights, device),
         metrics=[accuracy, F1Score(average="macro")],
         splitter=default_split,
         path=run_dir,
@@ -169,7 +197,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if batch_log is not None:
             learn.add_cb(batch_log)
         try:
-            lr_info = _fit(learn, cfg, history, run_dir)
+            lr_info = _fit(
+                learn, cfg, history, run_dir, make_loss(cfg, weights, torch.device("cpu"))
+            )
         finally:
             if batch_log is not None:
                 learn.remove_cb(batch_log)
