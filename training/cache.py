@@ -52,6 +52,8 @@ def fit_head_on_cached_features(
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
+    # fastai moves the model to the data's device only when a fit starts; caching comes first.
+    learn.model.to(learn.dls.device)
     body, head = learn.model[0], learn.model[1]
     pool, tail = head[:2], head[2:]  # concat pool + flatten; then BN, dropout, linear, ...
     body.eval()

@@ -176,7 +176,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     weights = class_weights(cfg, classes, items.loc[items["split"] == "train", "label"])
     if weights is not None:
         log.info(
-            "class weights %s", dict(zip(classes, weights.round(decimals=2).tolist(), strict=True))
+            "class weights %s",
+            {c: round(float(w), 2) for c, w in zip(classes, weights, strict=True)},
         )
     learn = Learner(
         dls,

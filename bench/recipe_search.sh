@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Recipe search for the default model (issue #3): every config in configs/search trained at once
+# on one GPU, then each run's valid and test metrics printed as one JSON object.
+# Choose on "valid"; "test" is only reported. The CPU recipe (configs/default-lite0.yaml) came
+# from this search; see docs/comparison.md, "Recipe search".
+# Usage: bench/recipe_search.sh DATA_DIR [OUT_DIR] [SECONDS_PER_RUN]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:?usage: bench/recipe_search.sh DATA_DIR [OUT_DIR] [SECONDS_PER_RUN]}"
+OUT="${2:-runs/search}"
+LIMIT="${3:-3600}"
+PY="${PYTHON:-.venv/bin/python}"
+mkdir -p "$OUT"
+# Two threads each: the runs share the machine's cores for data loading and the cached head.
+export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+for config in configs/search/*.yaml; do
+  name=$(basename "$config" .yaml)
+  timeout "$LIMIT" "$PY" -m training fine-tune --config "$config" --data "$DATA" \
+    --device cuda --out-dir "$OUT" --name "$name" >"$OUT/$name.log" 2>&1 &
+done
+wait
+"$PY" - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+
+summary = {}
+for metrics in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
+    summary[metrics.parent.name] = {
+        r["split"]: {
+            "accuracy": r["accuracy"],
+            "macro_f1": r["macro_f1"],
+            "recall": {k: v["recall"] for k, v in r["per_class"].items()},
+        }
+        for r in json.loads(metrics.read_text())
+    }
+print(json.dumps(summary, indent=1))
+PY
