@@ -10,8 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import NotReady, Unauthorized
-from app.inference import Predictor
 from app.state import ModelSlot
+from core.predictor import Predictor
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -24,10 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.errors import BodyTooLarge, error_response, install_error_handlers
-from app.inference import ModelLoadError, resolve_device
 from app.routes import api, health, pages
 from app.state import ModelSlot
 from core.modelcard import ModelFileError, verified_state_path
+from core.predictor import ModelLoadError, resolve_device
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import logging
 import threading
 
 from app.config import Settings
-from app.inference import ModelLoadError, Predictor
+from core.predictor import ModelLoadError, Predictor
 
 log = logging.getLogger(__name__)
 

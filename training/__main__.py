@@ -7,9 +7,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from core.modelcard import ModelFileError
-from training.errors import TrainingError
+from training.errors import DataError, TrainingError
 
 log = logging.getLogger("training")
 
@@ -80,6 +81,67 @@ def _cmd_export(args: argparse.Namespace) -> None:
     notes = [Path(n[1:]).read_text().strip() if n.startswith("@") else n for n in args.note]
     dest = publish_run(args.run, args.models_dir, args.name, overwrite=args.overwrite, notes=notes)
     print(f"exported {args.run} to {dest}")
+
+
+def _load_predictor(model: Path, threads: int) -> Any:
+    from core.predictor import ModelLoadError, Predictor
+
+    try:
+        return Predictor.load(model, device="auto", threads=threads)
+    except ModelLoadError as exc:
+        raise DataError(f"cannot load the model: {exc}") from exc
+
+
+def _cmd_analyze_smear(args: argparse.Namespace) -> None:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from core.smear import SmearError, analyze_smear
+    from training.smear import write_result
+
+    predictor = _load_predictor(args.model, args.threads)
+    failed = 0
+    for path in args.images:
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+            result = analyze_smear(image, predictor, args.microns_per_pixel)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SmearError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        written = write_result(result, args.out, path.stem)
+        s = result.summary()
+        top = sorted(s["counts"].items(), key=lambda kv: -kv[1])[:4]
+        shown = ", ".join(f"{c} {n} ({s['percentages'][c]:.0f}%)" for c, n in top if n)
+        graded = ", ".join(f"{c} {g}" for c, g in s["grades"].items() if g != "none")
+        print(
+            f"{path}: {s['cells_counted']} cells counted ({s['cells_at_border']} at the edge not "
+            f"counted), {s['timings_ms']['total']:.0f} ms; {shown}; grades: {graded or 'none'}; "
+            f"-> {written['json']}"
+        )
+        for note in s["notes"]:
+            print(f"  note: {note}")
+    if failed:
+        raise DataError(f"{failed} of {len(args.images)} images could not be analysed")
+
+
+def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
+    from training.smear import evaluate_smears
+
+    predictor = _load_predictor(args.model, args.threads)
+    if args.smears == "test":
+        stems = [Path(s).stem for s in predictor.card.dataset.get("test_smears", [])]
+        if not stems:
+            raise DataError(f"the model card of {args.model} lists no test smears")
+    elif args.smears == "all":
+        stems = sorted(p.stem for p in (args.data / "Label").glob("*.txt"))
+    else:
+        stems = [s.strip() for s in args.smears.split(",") if s.strip()]
+    summary, rows = evaluate_smears(args.data, stems, predictor)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"summary": summary, "smears": rows}, indent=1))
+    print(json.dumps(summary))
 
 
 def _cmd_archs(args: argparse.Namespace) -> None:
@@ -161,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="a note for the model card (repeatable; @FILE reads it from a file)",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("analyze-smear", help="find, classify, count and grade cells in smears")
+    p.add_argument("images", type=Path, nargs="+", help="smear images (PNG, JPEG, TIFF, BMP)")
+    p.add_argument("--model", type=Path, default=Path("models/default"))
+    p.add_argument(
+        "--microns-per-pixel",
+        type=float,
+        help="the images' scale; without it they are taken to be at the training scale (0.19)",
+    )
+    p.add_argument("--out", type=Path, default=Path("smear-results"), help="output folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    p.set_defaults(func=_cmd_analyze_smear)
+
+    p = sub.add_parser("evaluate-smears", help="smear pipeline against Chula's point labels")
+    p.add_argument("--model", type=Path, default=Path("models/default"))
+    p.add_argument("--data", type=Path, required=True, help="Chula layout: Dataset/ and Label/")
+    p.add_argument(
+        "--smears", default="test", help='"test" (the model card\'s), "all", or stems "1,2,3"'
+    )
+    p.add_argument("--out", type=Path, help="JSON file for the summary and per-smear rows")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    p.set_defaults(func=_cmd_evaluate_smears)
 
     p = sub.add_parser("archs", help="list the architectures")
     p.set_defaults(func=_cmd_archs)

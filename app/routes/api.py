@@ -15,7 +15,6 @@ from app.config import Settings
 from app.deps import PredictorDep, SettingsDep, require_token
 from app.errors import ServiceError, TooLarge
 from app.imaging import decode_image, read_bounded
-from app.inference import Prediction, Predictor
 from app.schemas import (
     BatchItem,
     BatchOut,
@@ -25,6 +24,7 @@ from app.schemas import (
     ModelRef,
     PredictionOut,
 )
+from core.predictor import Prediction, Predictor
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "no file in the expected form field, or a malformed request"},

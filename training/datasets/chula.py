@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from core.crop import crop_cell, median_colour
 from training.errors import DataError
 from training.split import SPLITS, grouped_split, validate_fractions
 
@@ -50,35 +50,6 @@ NO_SPLIT = "all"
 def is_chula_layout(path: Path) -> bool:
     """True if `path` has the `Dataset/` and `Label/` folders of the Chula RBC-12 layout."""
     return (path / "Dataset").is_dir() and (path / "Label").is_dir()
-
-
-def crop_cell(
-    image: Image.Image, x: int, y: int, window: int, fill: tuple[int, int, int]
-) -> tuple[Image.Image, float]:
-    """Cut a `window` x `window` RGB crop centred on pixel (x, y), at native scale.
-
-    The crop covers columns `x - window // 2` to `x - window // 2 + window - 1` (rows likewise), so
-    (x, y) lands on pixel (window // 2, window // 2) of the crop. It is never rescaled, because cell
-    size is diagnostic (macrocyte, microcyte). Where the window runs past the image border it is
-    filled with `fill`; pass a background-like colour such as the image's median colour.
-
-    Returns the crop and the fraction of the window that lay outside the image (0.0 to 1.0).
-    Pure: `image` is not modified.
-    """
-    if image.mode != "RGB":
-        raise ValueError(f"crop_cell expects an RGB image, got mode {image.mode!r}")
-    if window < 1:
-        raise ValueError(f"window must be positive, got {window}")
-    left, top = x - window // 2, y - window // 2
-    width, height = image.size
-    # Intersection of the window with the image, in image coordinates.
-    x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + window, width), min(top + window, height)
-    crop = Image.new("RGB", (window, window), fill)
-    inside = max(x1 - x0, 0) * max(y1 - y0, 0)
-    if inside > 0:
-        crop.paste(image.crop((x0, y0, x1, y1)), (x0 - left, y0 - top))
-    return crop, 1.0 - inside / (window * window)
 
 
 @dataclass
@@ -326,8 +297,7 @@ def _write_crops(
             report.unreadable_images.append(f"{images[stem].name} ({exc})")
             continue
         width, height = image.size
-        # The median colour is background (plasma) on a smear: padding with it adds no fake edge.
-        red, green, blue = (int(v) for v in np.median(np.asarray(image).reshape(-1, 3), axis=0))
+        fill = median_colour(image)
         seen: set[tuple[int, int]] = set()
         used = False
         for x, y, class_id, where in parsed:
@@ -342,7 +312,7 @@ def _write_crops(
             if label not in wanted_set:
                 report.n_cells_filtered_out += 1
                 continue
-            crop, outside = crop_cell(image, x, y, window, (red, green, blue))
+            crop, outside = crop_cell(image, x, y, window, fill)
             if outside > 0:
                 report.n_border_cells += 1
                 if drop_border:

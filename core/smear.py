@@ -1,0 +1,272 @@
+"""Whole-smear analysis: find every red cell, crop it as training did, classify, count, grade.
+
+Used by `python -m training analyze-smear` and `POST /analyze/smear`. Cells cut by the image edge
+are found, classified and shown, but not counted: part of the cell is missing, and size classes
+(macrocyte, microcyte) cannot be judged on half a cell.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from core.crop import crop_cell, median_colour
+from core.detect import DetectionParams, NoCellsError, Segmentation, segment
+from core.grading import GRADING_SOURCE, grade, scales_for
+
+# The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
+# and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
+TRAINING_MICRONS_PER_PIXEL = 0.19
+DEFAULT_WINDOW = 72
+# Outline colour per class (normal green; the page's legend uses the same colours). Classes of
+# other models take the spare colours in order.
+CLASS_COLOURS = {
+    "normal": "#4daf4a",
+    "macrocyte": "#377eb8",
+    "microcyte": "#17becf",
+    "spherocyte": "#e41a1c",
+    "target_cell": "#ff7f00",
+    "stomatocyte": "#984ea3",
+    "ovalocyte": "#f781bf",
+    "teardrop": "#a65628",
+    "burr_cell": "#bcbd22",
+    "schistocyte": "#ffff33",
+    "uncategorised": "#999999",
+    "hypochromia": "#66c2a5",
+    "elliptocyte": "#fc8d62",
+}
+SPARE_COLOURS = ("#1f2f8f", "#8dd3c7", "#fb8072", "#80b1d3", "#b3de69", "#bc80bd")
+BORDER_COLOUR = "#ffffff"
+
+
+class SmearError(ValueError):
+    """The image cannot be analysed as a smear; the message says why in plain words."""
+
+
+class CellClassifier(Protocol):
+    """What the analysis needs from a predictor (core.predictor.Predictor is one)."""
+
+    classes: list[str]
+    review_threshold: float
+
+    def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Any]: ...
+
+
+@dataclass
+class SmearCell:
+    id: int
+    x: float  # centre in the uploaded image's pixels
+    y: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the uploaded image's pixels
+    at_border: bool
+    counted: bool
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    needs_review: bool
+    crop: Image.Image | None = field(default=None, repr=False)  # as the classifier saw it
+
+
+@dataclass
+class SmearResult:
+    width: int
+    height: int
+    microns_per_pixel: float | None
+    cells: list[SmearCell]
+    other_objects: int  # dark regions (white cells, fibres, dirt) not counted as red cells
+    classes: list[str]
+    class_colours: dict[str, str]
+    overlay_png: bytes = field(repr=False)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    # The working image's segmentation (region map at the training scale), for evaluation.
+    segmentation: Segmentation | None = field(default=None, repr=False)
+
+    @property
+    def counted(self) -> list[SmearCell]:
+        return [c for c in self.cells if c.counted]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.classes, 0)
+        for cell in self.counted:
+            counts[cell.label] += 1
+        return counts
+
+    def percentages(self) -> dict[str, float]:
+        total = len(self.counted)
+        return {c: (100.0 * n / total if total else 0.0) for c, n in self.counts().items()}
+
+    def grades(self) -> dict[str, str]:
+        graded = {c: grade(c, p) for c, p in self.percentages().items()}
+        return {c: g for c, g in graded.items() if g is not None}
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the cells and the overlay: counts, percentages, grades, scale, notes."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "scale": {
+                "microns_per_pixel": self.microns_per_pixel,
+                "known": self.microns_per_pixel is not None,
+                "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
+            },
+            "cells_found": len(self.cells),
+            "cells_counted": len(self.counted),
+            "cells_at_border": sum(c.at_border for c in self.cells),
+            "other_objects": self.other_objects,
+            "needs_review": sum(c.needs_review for c in self.counted),
+            "counts": self.counts(),
+            "percentages": self.percentages(),
+            "grades": self.grades(),
+            "grading": {"source": GRADING_SOURCE, "scales": scales_for(self.classes)},
+            "class_colours": self.class_colours,
+            "timings_ms": self.timings_ms,
+            "notes": self.notes,
+        }
+
+
+def class_colours(classes: Sequence[str]) -> dict[str, str]:
+    spare = iter(SPARE_COLOURS * (1 + len(classes) // len(SPARE_COLOURS)))
+    return {c: CLASS_COLOURS.get(c) or next(spare) for c in classes}
+
+
+def _hex_rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def draw_overlay(
+    image: Image.Image, labels: np.ndarray, colours: dict[int, str], factor: float
+) -> bytes:
+    """The image with each cell's outline in its class colour (PNG). `labels` is the working
+    image's region map; `colours` maps region ids to colours; `factor` = working / uploaded size."""
+    from scipy import ndimage as ndi
+
+    edge = labels != ndi.grey_erosion(labels, size=3)
+    edge &= labels > 0
+    lut = np.zeros((int(labels.max()) + 1, 3), dtype=np.uint8)
+    drawn = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for region, colour in colours.items():
+        lut[region] = _hex_rgb(colour)
+        drawn[region] = True
+    edge &= drawn[labels]
+    mask = Image.fromarray((edge * 255).astype(np.uint8))
+    paint = Image.fromarray(lut[labels])
+    if factor != 1.0:
+        mask = mask.resize(image.size, Image.Resampling.NEAREST)
+        paint = paint.resize(image.size, Image.Resampling.NEAREST)
+    out = image.copy()
+    out.paste(paint, (0, 0), mask)
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def analyze_smear(
+    image: Image.Image,
+    classifier: CellClassifier,
+    microns_per_pixel: float | None = None,
+    *,
+    window: int = DEFAULT_WINDOW,
+    max_working_pixels: int = 4096 * 4096,
+    keep_crops: bool = False,
+    params: DetectionParams | None = None,
+) -> SmearResult:
+    """Find, crop, classify, count and grade the red cells of one RGB smear image.
+
+    With `microns_per_pixel`, the image is first rescaled to the training scale, so that cells
+    have the size the classifier learnt and the size classes keep their meaning. Without it the
+    image is taken to be at the training scale, and a note in the result says so.
+    Raises SmearError for images that cannot be a smear (no contrast, too large once rescaled).
+    """
+    started = time.perf_counter()
+    if image.mode != "RGB":
+        raise ValueError(f"analyze_smear expects an RGB image, got mode {image.mode!r}")
+    notes: list[str] = []
+    factor = 1.0
+    if microns_per_pixel is not None:
+        if not 0.01 <= microns_per_pixel <= 5.0:
+            raise SmearError(
+                f"microns_per_pixel {microns_per_pixel} is outside 0.01-5 um per pixel"
+            )
+        factor = microns_per_pixel / TRAINING_MICRONS_PER_PIXEL
+    else:
+        notes.append(
+            "scale unknown: the image was taken to be at the training scale "
+            f"({TRAINING_MICRONS_PER_PIXEL} um per pixel, 100x objective on the Chula camera); "
+            "give microns_per_pixel for other microscopes, or size classes (macrocyte, "
+            "microcyte) may be wrong"
+        )
+    width, height = image.size
+    work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if work_size[0] * work_size[1] > max_working_pixels:
+        raise SmearError(
+            f"the image is {work_size[0]}x{work_size[1]} pixels at the training scale; at most "
+            f"{max_working_pixels:,} pixels can be analysed at once: send a smaller field"
+        )
+    work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
+    try:
+        segmentation = segment(np.asarray(work), params)
+    except NoCellsError as exc:
+        raise SmearError(str(exc)) from exc
+    segmented = time.perf_counter()
+
+    red = [(i + 1, d) for i, d in enumerate(segmentation.detections) if d.kind == "red_cell"]
+    fill = median_colour(work)
+    crops = [crop_cell(work, round(d.x), round(d.y), window, fill)[0] for _, d in red]
+    predictions = classifier.predict(crops)
+    classified = time.perf_counter()
+
+    colours = class_colours(classifier.classes)
+    cells: list[SmearCell] = []
+    region_colours: dict[int, str] = {}
+    for (region, d), p, crop in zip(red, predictions, crops, strict=True):
+        x0, y0, x1, y1 = d.box
+        cells.append(
+            SmearCell(
+                id=len(cells) + 1,
+                x=d.x / factor,
+                y=d.y / factor,
+                box=(
+                    int(x0 / factor),
+                    int(y0 / factor),
+                    min(width, int(np.ceil(x1 / factor))),
+                    min(height, int(np.ceil(y1 / factor))),
+                ),
+                at_border=d.at_border,
+                counted=not d.at_border,
+                label=p.label,
+                confidence=p.confidence,
+                probabilities=p.probabilities,
+                needs_review=p.needs_review,
+                crop=crop if keep_crops else None,
+            )
+        )
+        region_colours[region] = BORDER_COLOUR if d.at_border else colours[p.label]
+    if not cells:
+        notes.append("no red cells were found in this image")
+    overlay = draw_overlay(image, segmentation.labels, region_colours, factor)
+    done = time.perf_counter()
+    return SmearResult(
+        width=width,
+        height=height,
+        microns_per_pixel=microns_per_pixel,
+        cells=cells,
+        other_objects=len(segmentation.detections) - len(red),
+        classes=list(classifier.classes),
+        class_colours=colours,
+        overlay_png=overlay,
+        timings_ms={
+            "segment": 1000 * (segmented - started),
+            "classify": 1000 * (classified - segmented),
+            "overlay": 1000 * (done - classified),
+            "total": 1000 * (done - started),
+        },
+        notes=notes,
+        segmentation=segmentation,
+    )

@@ -1,0 +1,224 @@
+"""Whole-smear analysis from the command line, and its evaluation against Chula's point labels.
+
+`analyze-smear IMAGE...` writes, per image, the result JSON, a CSV of the cells and the overlay.
+`evaluate-smears` runs the pipeline on labelled smears (the model card's test smears by default)
+and measures:
+- detection recall: label points with a detected red cell whose centre lies within `radius` px
+  (one-to-one matching, closest pairs first);
+- interior precision: detected red cells not touching the image edge that match a label, on the
+  smears whose labels cover the whole field (many Chula smears label only some cells; see
+  `label_coverage`);
+- per-smear percentage of each class, pipeline (counted cells) against labels, on those smears:
+  the mean absolute difference per class in percentage points.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core.smear import SmearError, SmearResult, analyze_smear
+from training.datasets.chula import CHULA_CLASSES
+from training.errors import DataError
+
+log = logging.getLogger(__name__)
+MATCH_RADIUS_PX = 20  # about one cell radius: the label point lies inside the detected cell
+COVERAGE_RADIUS_PX = 30  # label points are approximate centres, often ~10 px off
+FULL_COVERAGE = 0.8
+COMMON_SHARE = 0.05  # "common" classes: at least 5 % of the evaluated labels
+CSV_COLUMNS = (
+    "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "confidence",
+    "needs_review",
+)  # fmt: skip
+
+
+def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Path]:
+    """<stem>.json (summary and cells), <stem>_cells.csv and <stem>_overlay.png in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out_dir / f"{stem}.json",
+        "csv": out_dir / f"{stem}_cells.csv",
+        "overlay": out_dir / f"{stem}_overlay.png",
+    }
+    cells = [
+        {
+            "id": c.id,
+            "x": round(c.x, 1),
+            "y": round(c.y, 1),
+            "box": list(c.box),
+            "at_border": c.at_border,
+            "counted": c.counted,
+            "label": c.label,
+            "confidence": round(c.confidence, 4),
+            "needs_review": c.needs_review,
+            "probabilities": {k: round(v, 4) for k, v in c.probabilities.items()},
+        }
+        for c in result.cells
+    ]
+    paths["json"].write_text(json.dumps({**result.summary(), "cells": cells}, indent=1))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for c in result.cells:
+            x0, y0, x1, y1 = c.box
+            row = (c.id, f"{c.x:.1f}", f"{c.y:.1f}", x0, y0, x1, y1, c.at_border, c.counted)
+            writer.writerow([*row, c.label, f"{c.confidence:.4f}", c.needs_review])
+    paths["overlay"].write_bytes(result.overlay_png)
+    return paths
+
+
+def read_points(label_file: Path) -> list[tuple[int, int, str]]:
+    """Chula label points (x, y, class name); malformed lines are skipped."""
+    points = []
+    for line in label_file.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and all(p.lstrip("-").isdigit() for p in parts[:3]):
+            x, y, class_id = (int(p) for p in parts[:3])
+            if class_id in CHULA_CLASSES:
+                points.append((x, y, CHULA_CLASSES[class_id]))
+    return points
+
+
+def match_points(
+    detected: Sequence[tuple[float, float]], points: Sequence[tuple[float, float]], radius: float
+) -> list[tuple[int, int]]:
+    """One-to-one (detection, point) pairs within `radius`, closest pairs first."""
+    if not detected or not points:
+        return []
+    d = np.asarray(detected, dtype=float)
+    p = np.asarray(points, dtype=float)
+    dist = np.hypot(d[:, None, 0] - p[None, :, 0], d[:, None, 1] - p[None, :, 1])
+    pairs = []
+    used_d, used_p = set(), set()
+    for flat in np.argsort(dist, axis=None):
+        i, j = divmod(int(flat), len(p))
+        if dist[i, j] > radius:
+            break
+        if i not in used_d and j not in used_p:
+            used_d.add(i)
+            used_p.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def label_coverage(rgb: np.ndarray, points: Sequence[tuple[float, float]]) -> float:
+    """Share of the cell-covered pixels within COVERAGE_RADIUS_PX of a label point: near 1 on a
+    smear whose every cell is labelled, low where only some cells (say, the abnormal ones) are.
+    "Cell-covered" is a plain Otsu cut of the green channel, fixed on purpose: the set of smears
+    that count as fully labelled must not move when the detector's settings do."""
+    from scipy import ndimage as ndi
+
+    from core.detect import otsu_threshold
+
+    green = ndi.gaussian_filter(rgb[..., 1].astype(np.float32), 1.0)
+    foreground = green < otsu_threshold(green)
+    if not foreground.any():
+        return 0.0
+    height, width = foreground.shape[:2]
+    seeds = np.zeros((height, width), dtype=bool)
+    for x, y in points:
+        if 0 <= int(y) < height and 0 <= int(x) < width:
+            seeds[int(y), int(x)] = True
+    if not seeds.any():
+        return 0.0
+    near = ndi.distance_transform_edt(~seeds) <= COVERAGE_RADIUS_PX
+    return float((foreground & near).sum() / foreground.sum())
+
+
+def evaluate_smear(result: SmearResult, rgb: np.ndarray, points: list[Any]) -> dict[str, Any]:
+    """Detection and counting figures of one analysed smear against its label points."""
+    known = [p for p in points if p[2] in result.classes]
+    cells = result.cells
+    pairs = match_points(
+        [(c.x, c.y) for c in cells], [(x, y) for x, y, _ in points], MATCH_RADIUS_PX
+    )
+    matched_cells = {i for i, _ in pairs}
+    interior = [i for i, c in enumerate(cells) if not c.at_border]
+    label_counts = {c: 0 for c in result.classes}
+    for _, _, name in known:
+        label_counts[name] += 1
+    n_known = len(known)
+    return {
+        "labels": len(points),
+        "labels_unknown_to_model": len(points) - n_known,
+        "detected": len(cells),
+        "matched": len(pairs),
+        "interior_detected": len(interior),
+        "interior_matched": len(matched_cells.intersection(interior)),
+        "coverage": round(label_coverage(rgb, [(x, y) for x, y, _ in points]), 3),
+        "pipeline_pct": result.percentages(),
+        "label_pct": {
+            c: (100.0 * n / n_known if n_known else 0.0) for c, n in label_counts.items()
+        },
+        "label_counts": label_counts,
+        "other_objects": result.other_objects,
+    }
+
+
+def summarise(rows: dict[str, dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Recall over every smear; precision and percentage errors over fully labelled smears."""
+    full = {k: r for k, r in rows.items() if r["coverage"] >= FULL_COVERAGE}
+    labels = sum(r["labels"] for r in rows.values())
+    matched = sum(r["matched"] for r in rows.values())
+    interior = sum(r["interior_detected"] for r in full.values())
+    interior_matched = sum(r["interior_matched"] for r in full.values())
+    total_by_class = {c: sum(r["label_counts"][c] for r in full.values()) for c in classes}
+    total = sum(total_by_class.values())
+    common = [c for c in classes if total and total_by_class[c] / total >= COMMON_SHARE]
+    mae = {
+        c: float(np.mean([abs(r["pipeline_pct"][c] - r["label_pct"][c]) for r in full.values()]))
+        for c in classes
+        if full
+    }
+    return {
+        "smears": len(rows),
+        "labels": labels,
+        "recall": matched / labels if labels else None,
+        "match_radius_px": MATCH_RADIUS_PX,
+        "fully_labelled_smears": len(full),
+        "full_coverage_threshold": FULL_COVERAGE,
+        "interior_precision": interior_matched / interior if interior else None,
+        "interior_detected": interior,
+        "percentage_mae_pp": mae,
+        "common_classes": common,
+        "common_mean_mae_pp": float(np.mean([mae[c] for c in common])) if common else None,
+    }
+
+
+def evaluate_smears(
+    chula_dir: Path, stems: Sequence[str], classifier: Any, progress: bool = True
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Analyse each labelled smear `stems` of a Chula-layout folder; (summary, per-smear rows)."""
+    rows: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for k, stem in enumerate(stems):
+        image_path = chula_dir / "Dataset" / f"{stem}.jpg"
+        label_path = chula_dir / "Label" / f"{stem}.txt"
+        if not image_path.is_file() or not label_path.is_file():
+            log.warning("smear %s: image or label file missing, skipped", stem)
+            continue
+        points = read_points(label_path)
+        if not points:
+            continue
+        with Image.open(image_path) as opened:
+            image = opened.convert("RGB")
+        try:
+            result = analyze_smear(image, classifier)
+        except SmearError as exc:
+            log.warning("smear %s: %s", stem, exc)
+            continue
+        rows[stem] = evaluate_smear(result, np.asarray(image), points)
+        if progress and (k + 1) % 10 == 0:
+            elapsed = time.perf_counter() - started
+            print(f"  {k + 1}/{len(stems)} smears, {elapsed:.0f} s", flush=True)
+    if not rows:
+        raise DataError(f"no labelled smear of {len(stems)} could be analysed in {chula_dir}")
+    return summarise(rows, list(classifier.classes)), rows
