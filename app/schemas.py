@@ -64,3 +64,54 @@ class Ready(BaseModel):
     status: str
     model: str
     load_seconds: float
+
+
+class SmearCellOut(BaseModel):
+    id: int
+    x: float = Field(description="centre, pixels of the uploaded image")
+    y: float
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 (x1, y1 exclusive)")
+    at_border: bool = Field(description="the cell touches the image edge")
+    counted: bool = Field(description="in the counts (cells at the edge are not)")
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    needs_review: bool
+    crop: str | None = Field(
+        None, description="the crop the classifier saw (PNG data URL), with ?crops=true"
+    )
+
+
+class SmearScale(BaseModel):
+    microns_per_pixel: float | None
+    known: bool = Field(description="false: the image was taken to be at the training scale")
+    training_microns_per_pixel: float
+
+
+class SmearGrading(BaseModel):
+    source: str
+    scales: dict[str, dict[str, object]] = Field(
+        description="per graded class: lowest rounded percentage of 1+, 2+, 3+ and the rounding"
+    )
+
+
+class SmearOut(BaseModel):
+    width: int
+    height: int
+    scale: SmearScale
+    cells_found: int
+    cells_counted: int
+    cells_at_border: int
+    other_objects: int = Field(description="dark objects (white cells, fibres, dirt), not counted")
+    needs_review: int
+    counts: dict[str, int]
+    percentages: dict[str, float]
+    grades: dict[str, str] = Field(description="'none', '1+', '2+' or '3+' per graded class")
+    grading: SmearGrading
+    class_colours: dict[str, str]
+    timings_ms: dict[str, float]
+    notes: list[str]
+    cells: list[SmearCellOut]
+    overlay: str = Field(description="the image with every cell outlined by class (PNG data URL)")
+    review_threshold: float
+    model: ModelRef

@@ -49,6 +49,10 @@ class SmearError(ValueError):
     """The image cannot be analysed as a smear; the message says why in plain words."""
 
 
+class SmearTooLarge(SmearError):
+    """More pixels than can be analysed once the image is brought to the training scale."""
+
+
 class CellClassifier(Protocol):
     """What the analysis needs from a predictor (core.predictor.Predictor is one)."""
 
@@ -172,7 +176,7 @@ def analyze_smear(
     classifier: CellClassifier,
     microns_per_pixel: float | None = None,
     *,
-    window: int = DEFAULT_WINDOW,
+    window: int | None = None,
     max_working_pixels: int = 4096 * 4096,
     keep_crops: bool = False,
     params: DetectionParams | None = None,
@@ -182,11 +186,16 @@ def analyze_smear(
     With `microns_per_pixel`, the image is first rescaled to the training scale, so that cells
     have the size the classifier learnt and the size classes keep their meaning. Without it the
     image is taken to be at the training scale, and a note in the result says so.
+    `window` is the crop side at the training scale; by default the classifier's model card's
+    (`crop_window_px`), which is what its training crops were cut with.
     Raises SmearError for images that cannot be a smear (no contrast, too large once rescaled).
     """
     started = time.perf_counter()
     if image.mode != "RGB":
         raise ValueError(f"analyze_smear expects an RGB image, got mode {image.mode!r}")
+    if window is None:
+        card = getattr(classifier, "card", None)
+        window = getattr(card, "crop_window_px", None) or DEFAULT_WINDOW
     notes: list[str] = []
     factor = 1.0
     if microns_per_pixel is not None:
@@ -205,7 +214,7 @@ def analyze_smear(
     width, height = image.size
     work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
     if work_size[0] * work_size[1] > max_working_pixels:
-        raise SmearError(
+        raise SmearTooLarge(
             f"the image is {work_size[0]}x{work_size[1]} pixels at the training scale; at most "
             f"{max_working_pixels:,} pixels can be analysed at once: send a smaller field"
         )

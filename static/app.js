@@ -261,6 +261,18 @@
     }
   }
 
+  // Shared with smear.js (the whole-smear tab).
+  window.RBC = { $, el, percent, bars, callApi, csvCell };
+
+  function selectTab(name) {
+    ["cells", "smear"].forEach((t) => {
+      $("tab-" + t).setAttribute("aria-selected", String(t === name));
+      $("panel-" + t).hidden = t !== name;
+    });
+  }
+  $("tab-cells").addEventListener("click", () => selectTab("cells"));
+  $("tab-smear").addEventListener("click", () => selectTab("smear"));
+
   const drop = $("drop");
   ["dragenter", "dragover"].forEach((type) =>
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));

@@ -116,3 +116,34 @@ def make_folder_dataset(
             noisy = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(folder / f"{i}.png")
     return root
+
+
+# A smear field at the training scale (0.19 um per pixel): greenish-grey plasma, red cells
+# ~39 px across with a paler centre, platelets, one dark white-cell-like blob.
+SMEAR_BACKGROUND = (196, 212, 206)
+SMEAR_CELL = (150, 105, 150)
+SMEAR_PALLOR = (178, 150, 180)
+
+
+def make_smear(
+    size: tuple[int, int] = (320, 240), seed: int = 0
+) -> tuple[np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+    """(image, interior red-cell centres, border red-cell centres) of a synthetic smear: five
+    separate cells, one touching pair, one cell cut by the left edge, three platelets and one
+    dark white-cell-like blob (not red cells)."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = SMEAR_BACKGROUND
+    interior = [(60, 60), (160, 50), (260, 70), (70, 170), (250, 180), (140, 150), (174, 150)]
+    border = [(6, 115)]
+    for x, y in interior + border:
+        _disc(canvas, x, y, 19, SMEAR_CELL)
+    for x, y in interior + border:
+        _disc(canvas, x, y, 7, SMEAR_PALLOR)
+    for x, y in [(110, 100), (205, 110), (300, 130)]:  # platelets
+        _disc(canvas, x, y, 3, (120, 70, 150))
+    _disc(canvas, 200, 215, 16, (40, 8, 90))  # white-cell nucleus
+    noise = rng.integers(-4, 5, size=canvas.shape)
+    image = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    return image, interior, border

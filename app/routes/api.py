@@ -1,4 +1,4 @@
-"""The JSON API: one cell, many cells, the model card.
+"""The JSON API: one cell, many cells, a whole smear, the model card.
 
 Endpoints are plain `def`: FastAPI runs them in its thread pool, so decoding and inference never
 block the event loop; the predictor is safe to call from many threads at once.
@@ -6,14 +6,16 @@ block the event loop; the predictor is safe to call from many threads at once.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from app.config import Settings
 from app.deps import PredictorDep, SettingsDep, require_token
-from app.errors import ServiceError, TooLarge
+from app.errors import BadImage, ServiceError, TooLarge
 from app.imaging import decode_image, read_bounded
 from app.schemas import (
     BatchItem,
@@ -23,8 +25,11 @@ from app.schemas import (
     ItemError,
     ModelRef,
     PredictionOut,
+    SmearCellOut,
+    SmearOut,
 )
 from core.predictor import Prediction, Predictor
+from core.smear import SmearError, SmearTooLarge, analyze_smear
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "no file in the expected form field, or a malformed request"},
@@ -122,6 +127,68 @@ def predict_batch(
     return BatchOut(
         results=items,
         summary=summary,
+        review_threshold=predictor.review_threshold,
+        model=_model_ref(predictor),
+    )
+
+
+def _png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+@router.post("/analyze/smear", response_model=SmearOut, response_model_exclude_none=True)
+def analyze_smear_image(
+    file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    microns_per_pixel: Annotated[
+        float | None,
+        Query(gt=0, description="the image's scale; without it, the training scale is assumed"),
+    ] = None,
+    crops: Annotated[
+        bool, Query(description="add each cell's crop (PNG data URL), as the classifier saw it")
+    ] = False,
+) -> SmearOut:
+    """Find every red cell of a smear field, classify each, count, grade, and outline them."""
+    image = _load(file, settings)
+    try:
+        result = analyze_smear(
+            image,
+            predictor,
+            microns_per_pixel,
+            keep_crops=crops,
+            max_working_pixels=settings.max_pixels,
+        )
+    except SmearTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
+    except SmearError as exc:
+        raise BadImage(str(exc)) from exc
+    cells = []
+    for c in result.cells:
+        crop_url = None
+        if c.crop is not None:
+            buffer = io.BytesIO()
+            c.crop.save(buffer, format="PNG")
+            crop_url = _png_data_url(buffer.getvalue())
+        cells.append(
+            SmearCellOut(
+                id=c.id,
+                x=c.x,
+                y=c.y,
+                box=c.box,
+                at_border=c.at_border,
+                counted=c.counted,
+                label=c.label,
+                confidence=c.confidence,
+                probabilities=c.probabilities,
+                needs_review=c.needs_review,
+                crop=crop_url,
+            )
+        )
+    return SmearOut(
+        **result.summary(),
+        cells=cells,
+        overlay=_png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,
         model=_model_ref(predictor),
     )

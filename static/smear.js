@@ -1,0 +1,258 @@
+// The whole-smear tab: upload one field, show the overlay, counts and grades, a gallery of the
+// cells by class (least confident first), a cell's probabilities and heatmap, reclassification
+// with live recounting, CSV and PNG downloads. Text from the service only goes in via textContent.
+"use strict";
+
+(function () {
+  const { $, el, percent, bars, callApi, csvCell } = window.RBC;
+  const GRADES = ["none", "1+", "2+", "3+"];
+  const state = { file: null, result: null, cells: [], classes: [], selected: null };
+
+  function showError(message) {
+    const box = $("smear-error");
+    box.textContent = message;
+    box.hidden = !message;
+  }
+
+  function setFile(file) {
+    state.file = file || null;
+    $("smear-chosen").textContent = file ? "Chosen: " + file.name : "";
+    $("smear-analyze").disabled = !file;
+    $("smear-result").hidden = true;
+    showError("");
+  }
+
+  function dataUrlToBlob(url) {
+    const [head, data] = url.split(",");
+    const type = head.slice(5, head.indexOf(";"));
+    const bytes = atob(data);
+    const array = new Uint8Array(bytes.length);
+    for (let i = 0; i < bytes.length; i += 1) array[i] = bytes.charCodeAt(i);
+    return new Blob([array], { type });
+  }
+
+  function download(blob, name) {
+    const link = el("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = name;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  // The same rule as core/grading.py: round, then count the grade bounds reached.
+  function grade(label, pct) {
+    const scale = state.result.grading.scales[label];
+    if (!scale) return "";
+    const factor = Math.pow(10, scale.decimals);
+    const value = Math.round(pct * factor) / factor;
+    return GRADES[scale.bounds.filter((b) => value >= b).length];
+  }
+
+  function tally() {
+    const counted = state.cells.filter((c) => c.counted);
+    const counts = {};
+    state.classes.forEach((c) => (counts[c] = 0));
+    counted.forEach((c) => (counts[c.label] += 1));
+    return { counted, counts };
+  }
+
+  function renderSummary() {
+    const r = state.result;
+    const { counted } = tally();
+    const review = counted.filter((c) => c.needs_review && !c.reclassified).length;
+    const changed = state.cells.filter((c) => c.reclassified).length;
+    $("smear-summary").textContent =
+      counted.length + " red cells counted; " + r.cells_at_border + " cut by the edge (shown, not counted); " +
+      r.other_objects + " other objects (white cells, fibres, debris) left out; " + review +
+      " counted cells need review" + (changed ? "; " + changed + " reclassified by you" : "") +
+      ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
+    const notes = $("smear-notes");
+    notes.replaceChildren();
+    r.notes.forEach((n) => notes.appendChild(el("li", "", n)));
+  }
+
+  function renderTable() {
+    const { counted, counts } = tally();
+    const tbody = $("smear-table").querySelector("tbody");
+    tbody.replaceChildren();
+    state.classes
+      .slice()
+      .sort((a, b) => counts[b] - counts[a])
+      .forEach((c) => {
+        const share = counted.length ? (100 * counts[c]) / counted.length : 0;
+        const tr = el("tr");
+        tr.dataset.label = c;
+        const name = el("td");
+        const swatch = el("span", "swatch");
+        swatch.style.background = state.result.class_colours[c] || "#000";
+        name.append(swatch, document.createTextNode(c));
+        tr.append(name, el("td", "", String(counts[c])), el("td", "", share.toFixed(1)),
+          el("td", "grade", grade(c, share)));
+        tbody.appendChild(tr);
+      });
+    $("smear-grading").textContent = "Grades: " + state.result.grading.source + ".";
+  }
+
+  function renderGallery() {
+    const { counts } = tally();
+    const gallery = $("smear-gallery");
+    gallery.replaceChildren();
+    const present = state.classes.filter((c) => state.cells.some((cell) => cell.label === c));
+    present
+      .sort((a, b) => counts[b] - counts[a])
+      .forEach((c) => {
+        const members = state.cells
+          .filter((cell) => cell.label === c)
+          .sort((a, b) => a.confidence - b.confidence);
+        const group = el("section", "group");
+        group.dataset.label = c;
+        group.appendChild(el("h3", "", c + " · " + members.length));
+        const box = el("div", "cells");
+        members.forEach((cell) => {
+          const classes = ["thumb"];
+          if (cell.needs_review) classes.push("flagged");
+          if (cell.reclassified) classes.push("changed");
+          if (state.selected === cell) classes.push("selected");
+          const card = el("button", classes.join(" "));
+          card.type = "button";
+          card.dataset.cellId = String(cell.id);
+          const img = el("img");
+          if (cell.crop) img.src = cell.crop;
+          img.alt = "cell " + cell.id;
+          card.append(img, el("div", "", "#" + cell.id + (cell.counted ? "" : " (edge)")),
+            el("div", "muted", percent(cell.confidence)));
+          if (cell.needs_review) card.appendChild(el("div", "review-mark", "needs review"));
+          if (cell.reclassified) card.appendChild(el("div", "muted", "was " + cell.model_label));
+          card.addEventListener("click", () => showCell(cell));
+          box.appendChild(card);
+        });
+        group.appendChild(box);
+        gallery.appendChild(group);
+      });
+  }
+
+  function render() {
+    renderSummary();
+    renderTable();
+    renderGallery();
+  }
+
+  async function loadHeatmap(cell) {
+    const image = $("smear-cell-heatmap");
+    const caption = $("smear-cell-heatmap-caption");
+    image.removeAttribute("src");
+    caption.textContent = "Where the model looked (Grad-CAM): loading…";
+    if (!cell.crop) return;
+    if (!cell.heatmap) {
+      try {
+        const form = new FormData();
+        form.append("file", dataUrlToBlob(cell.crop), "cell-" + cell.id + ".png");
+        const body = await callApi("predict?heatmap=true", form);
+        cell.heatmap = body.heatmap;
+      } catch (err) {
+        caption.textContent = "The heatmap could not be made: " + err.message;
+        return;
+      }
+    }
+    if (state.selected === cell) {
+      image.src = cell.heatmap;
+      caption.textContent = "Where the model looked (Grad-CAM, for " + cell.model_label + ")";
+    }
+  }
+
+  function showCell(cell) {
+    state.selected = cell;
+    $("smear-cell-id").textContent = "#" + cell.id + (cell.counted ? "" : " (cut by the edge, not counted)");
+    if (cell.crop) $("smear-cell-image").src = cell.crop;
+    $("smear-cell-label").textContent = cell.label + (cell.reclassified ? " (you; model: " + cell.model_label + ")" : "");
+    $("smear-cell-confidence").textContent = percent(cell.confidence);
+    $("smear-cell-review").hidden = !cell.needs_review || cell.reclassified;
+    const select = $("smear-cell-reclass");
+    select.replaceChildren();
+    state.classes.forEach((c) => {
+      const option = el("option", "", c);
+      option.value = c;
+      option.selected = c === cell.label;
+      select.appendChild(option);
+    });
+    bars($("smear-cell-bars"), cell.probabilities);
+    $("smear-cell").hidden = false;
+    renderGallery();
+    loadHeatmap(cell);
+  }
+
+  function reclassify() {
+    const cell = state.selected;
+    if (!cell) return;
+    cell.label = $("smear-cell-reclass").value;
+    cell.reclassified = cell.label !== cell.model_label;
+    render();
+    showCell(cell);
+  }
+
+  async function analyze() {
+    if (!state.file) return;
+    showError("");
+    $("smear-result").hidden = true;
+    const button = $("smear-analyze");
+    button.disabled = true;
+    button.textContent = "Analyzing…";
+    try {
+      const form = new FormData();
+      form.append("file", state.file, state.file.name);
+      let query = "analyze/smear?crops=true";
+      const mpp = $("smear-mpp").value.trim();
+      if (mpp) {
+        const value = Number(mpp);
+        if (!(value > 0)) throw new Error("The scale must be a positive number of micrometres per pixel.");
+        query += "&microns_per_pixel=" + encodeURIComponent(String(value));
+      }
+      const body = await callApi(query, form);
+      state.result = body;
+      state.classes = Object.keys(body.counts);
+      state.cells = body.cells.map((c) => Object.assign({}, c, { model_label: c.label, reclassified: false }));
+      state.selected = null;
+      $("smear-overlay").src = body.overlay;
+      $("smear-cell").hidden = true;
+      render();
+      $("smear-result").hidden = false;
+    } catch (err) {
+      showError(err.message);
+    } finally {
+      button.disabled = !state.file;
+      button.textContent = "Analyze smear";
+    }
+  }
+
+  function downloadCsv() {
+    const head = ["id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label",
+      "model_label", "reclassified", "confidence", "needs_review"].concat(state.classes.map((c) => "p_" + c));
+    const lines = [head.map(csvCell).join(",")];
+    state.cells.forEach((c) => {
+      const row = [c.id, c.x.toFixed(1), c.y.toFixed(1)].concat(c.box).concat([
+        String(c.at_border), String(c.counted), c.label, c.model_label, String(c.reclassified),
+        c.confidence.toFixed(6), String(c.needs_review)]).concat(
+        state.classes.map((k) => c.probabilities[k].toFixed(6)));
+      lines.push(row.map(csvCell).join(","));
+    });
+    download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "smear-cells.csv");
+  }
+
+  const drop = $("smear-drop");
+  ["dragenter", "dragover"].forEach((type) =>
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((type) =>
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+  drop.addEventListener("drop", (e) => {
+    if (e.dataTransfer && e.dataTransfer.files.length) setFile(e.dataTransfer.files[0]);
+  });
+  $("smear-file").addEventListener("change", (e) => setFile(e.target.files[0]));
+  $("smear-analyze").addEventListener("click", analyze);
+  $("smear-cell-reclass").addEventListener("change", reclassify);
+  $("smear-csv").addEventListener("click", downloadCsv);
+  $("smear-png").addEventListener("click", () => {
+    if (state.result) download(dataUrlToBlob(state.result.overlay), "smear-overlay.png");
+  });
+})();

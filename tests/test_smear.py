@@ -1,0 +1,206 @@
+"""Whole-smear analysis: counting, scale, overlay, bad input, the command line, real smears."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.predictor import Prediction
+from core.smear import (
+    TRAINING_MICRONS_PER_PIXEL,
+    SmearError,
+    SmearTooLarge,
+    analyze_smear,
+)
+from tests.synthetic import make_smear
+
+pytest_plugins = ["tests.test_app_fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
+DEFAULT_MODEL = ROOT / "models" / "default"
+
+
+class FakeClassifier:
+    """Calls a crop 'dark' when its centre is darker than its corners, else 'pale'; records
+    the crops it was given."""
+
+    review_threshold = 0.7
+
+    def __init__(self) -> None:
+        self.classes = ["dark", "pale", "schistocyte"]
+        self.crops: list[Image.Image] = []
+
+    def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Prediction]:
+        out = []
+        for image in images:
+            self.crops.append(image)
+            a = np.asarray(image).astype(float)
+            c = a.shape[0] // 2
+            label = "dark" if a[c - 3 : c + 4, c - 3 : c + 4].mean() < a[:4, :4].mean() else "pale"
+            probs = {"dark": 0.0, "pale": 0.0, "schistocyte": 0.2}
+            probs[label] = 0.8
+            out.append(Prediction(label, self.classes.index(label), 0.8, probs, False))
+        return out
+
+
+def smear_image(**kwargs: object) -> tuple[Image.Image, list[tuple[int, int]]]:
+    array, interior, _ = make_smear(**kwargs)  # type: ignore[arg-type]
+    return Image.fromarray(array), interior
+
+
+def test_counts_exclude_cells_cut_by_the_edge() -> None:
+    image, interior = smear_image()
+    classifier = FakeClassifier()
+    result = analyze_smear(image, classifier, window=72)
+    summary = result.summary()
+    assert summary["cells_found"] == len(interior) + 1
+    assert summary["cells_counted"] == len(interior)
+    assert summary["cells_at_border"] == 1
+    assert summary["other_objects"] == 1
+    assert sum(summary["counts"].values()) == len(interior)
+    assert sum(summary["percentages"].values()) == pytest.approx(100.0)
+    assert summary["grades"] == {"schistocyte": "none"}  # the only graded class of this model
+    assert summary["grading"]["source"].startswith("ICSH 2015")
+    # Crops are 72 px, centred on the cells, as the importer cuts them.
+    assert {c.size for c in classifier.crops} == {(72, 72)}
+    assert all(c.label == "dark" for c in result.counted)
+    # The scale was not given: the result says so.
+    assert summary["scale"]["known"] is False
+    assert any("scale unknown" in n for n in summary["notes"])
+    assert set(summary["timings_ms"]) == {"segment", "classify", "overlay", "total"}
+
+
+def test_window_comes_from_the_model_card() -> None:
+    image, _ = smear_image()
+    classifier = FakeClassifier()
+    classifier.card = type("Card", (), {"crop_window_px": 40})()  # type: ignore[attr-defined]
+    analyze_smear(image, classifier)
+    assert {c.size for c in classifier.crops} == {(40, 40)}
+
+
+def test_overlay_outlines_cells_in_their_class_colour() -> None:
+    image, _ = smear_image()
+    result = analyze_smear(image, FakeClassifier(), window=72)
+    overlay = np.asarray(Image.open(io.BytesIO(result.overlay_png)).convert("RGB"))
+    assert overlay.shape == (image.height, image.width, 3)
+    dark = tuple(int(result.class_colours["dark"][i : i + 2], 16) for i in (1, 3, 5))
+    # The outline of the cell at (60, 60), radius 19: its left edge is drawn in "dark"'s colour.
+    row = overlay[60, 35:50]
+    assert any(tuple(px) == dark for px in row)
+    # The edge cell is outlined in white; the background is untouched.
+    assert (overlay[115, :30] == 255).all(axis=1).any()
+    assert (overlay[5, 150] == np.asarray(image)[5, 150]).all()
+
+
+def test_microns_per_pixel_rescales_to_the_training_scale() -> None:
+    image, interior = smear_image()
+    # The same field photographed at half the magnification: cells half as big.
+    small = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+    classifier = FakeClassifier()
+    result = analyze_smear(small, classifier, 2 * TRAINING_MICRONS_PER_PIXEL, window=72)
+    assert len(result.counted) == len(interior)
+    # Coordinates come back in the uploaded image's pixels.
+    for x, y in interior:
+        assert any(np.hypot(c.x - x / 2, c.y - y / 2) < 4 for c in result.counted)
+    assert result.summary()["scale"] == {
+        "microns_per_pixel": 2 * TRAINING_MICRONS_PER_PIXEL,
+        "known": True,
+        "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
+    }
+    assert not result.notes
+    # The classifier saw each cell at its training size (39 px across), not at half of it.
+    # (median: the touching pair and the edge cell measure otherwise along this row)
+    assert np.median([cell_width(c) for c in classifier.crops]) == pytest.approx(39, abs=3)
+    unscaled = FakeClassifier()
+    analyze_smear(small, unscaled, window=72)
+    assert np.median([cell_width(c) for c in unscaled.crops]) == pytest.approx(20, abs=3)
+
+
+def cell_width(crop: Image.Image) -> int:
+    """Pixels of the crop's middle row darker than halfway between cell and plasma."""
+    green = np.asarray(crop)[crop.height // 2, :, 1].astype(int)
+    return int((green < (105 + 212) / 2).sum())
+
+
+def test_bad_smears_get_clear_errors() -> None:
+    with pytest.raises(SmearError, match="uniform"):
+        analyze_smear(Image.new("RGB", (200, 150), (255, 255, 255)), FakeClassifier())
+    with pytest.raises(SmearError, match="contrast"):
+        noise = np.random.default_rng(0).integers(120, 124, size=(150, 200, 3)).astype(np.uint8)
+        analyze_smear(Image.fromarray(noise), FakeClassifier())
+    image, _ = smear_image()
+    with pytest.raises(SmearTooLarge, match="at most"):
+        analyze_smear(image, FakeClassifier(), 1.9, max_working_pixels=1_000_000)
+    with pytest.raises(SmearError, match="outside"):
+        analyze_smear(image, FakeClassifier(), 0.0001)
+    with pytest.raises(ValueError, match="RGB"):
+        analyze_smear(image.convert("L"), FakeClassifier())
+
+
+def test_a_field_without_red_cells_is_an_answer_not_an_error() -> None:
+    array, _, _ = make_smear()
+    array[:] = array[5, 150]
+    array[100:103, 100:103] = (90, 40, 120)  # specks of debris only
+    array[60:63, 200:203] = (90, 40, 120)
+    result = analyze_smear(Image.fromarray(array), FakeClassifier(), window=72)
+    assert result.cells == [] and result.other_objects == 0
+    assert "no red cells" in " ".join(result.notes)
+    assert result.percentages() == {"dark": 0.0, "pale": 0.0, "schistocyte": 0.0}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_analyze_smear_command(model_dir: Path, tmp_path: Path) -> None:
+    image, interior = smear_image()
+    path = tmp_path / "field.png"
+    image.save(path)
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    done = run_cli(
+        "analyze-smear", str(path), str(tmp_path / "broken.jpg"), "--model", str(model_dir),
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "broken.jpg" in done.stderr and "1 of 2 images could not be analysed" in done.stderr
+    assert f"{len(interior)} cells counted" in done.stdout
+    result = json.loads((out / "field.json").read_text())
+    assert result["cells_counted"] == len(interior) and len(result["cells"]) == len(interior) + 1
+    rows = list(csv.DictReader(io.StringIO((out / "field_cells.csv").read_text())))
+    assert len(rows) == len(interior) + 1 and rows[0]["label"]
+    with Image.open(out / "field_overlay.png") as overlay:
+        assert overlay.size == image.size
+
+
+def test_analyze_smear_command_without_a_model(tmp_path: Path) -> None:
+    done = run_cli("analyze-smear", "x.png", "--model", str(tmp_path / "none"))
+    assert done.returncode == 2 and "cannot load the model" in done.stderr
+
+
+@pytest.mark.skipif(not CHULA.is_dir(), reason="needs ../shared/datasets/chula-rbc-12")
+@pytest.mark.skipif(not DEFAULT_MODEL.is_dir(), reason="needs models/default")
+def test_real_test_smears_with_the_default_model() -> None:
+    from core.predictor import Predictor
+    from training.smear import evaluate_smears
+
+    predictor = Predictor.load(DEFAULT_MODEL, device="cpu")
+    stems = [Path(s).stem for s in predictor.card.dataset["test_smears"]][:3]
+    summary, rows = evaluate_smears(CHULA, stems, predictor, progress=False)
+    assert summary["smears"] == len(rows) >= 1
+    # Most labelled cells are found (the full figures: docs/smear.md).
+    assert summary["recall"] >= 0.85
+    for row in rows.values():
+        assert sum(row["label_pct"].values()) == pytest.approx(100.0)
