@@ -183,3 +183,87 @@ def test_review_mark_follows_the_answer(page: Any, tmp_path: Path) -> None:
     page.wait_for_selector("#single:not([hidden])")
     assert page.text_content("#single-label") == "a"
     assert not page.is_visible("#single-review")
+
+
+def smear_file(folder: Path) -> tuple[str, int]:
+    from PIL import Image
+
+    from tests.synthetic import make_smear
+
+    array, interior, _ = make_smear()
+    path = folder / "smear.png"
+    Image.fromarray(array).save(path)
+    return str(path), len(interior)
+
+
+def table_counts(page: Any) -> dict[str, int]:
+    rows = page.locator("#smear-table tbody tr")
+    return {
+        rows.nth(i).get_attribute("data-label"): int(
+            rows.nth(i).locator("td").nth(1).text_content()
+        )
+        for i in range(rows.count())
+    }
+
+
+def test_smear_tab(page: Any, tmp_path: Path) -> None:
+    page.click("#tab-smear")
+    assert page.is_visible("#panel-smear") and page.is_hidden("#panel-cells")
+    path, n_counted = smear_file(tmp_path)
+    page.set_input_files("#smear-file", path)
+    page.click("#smear-analyze")
+    page.wait_for_selector("#smear-result:not([hidden])")
+    summary = page.text_content("#smear-summary")
+    assert summary.startswith(f"{n_counted} red cells counted; 1 cut by the edge"), summary
+    assert "scale unknown" in page.text_content("#smear-notes")
+    assert page.eval_on_selector("#smear-overlay", "img => img.complete && img.naturalWidth") == 320
+    counts = table_counts(page)
+    assert sum(counts.values()) == n_counted
+    assert "ICSH 2015" in page.text_content("#smear-grading")
+    # The gallery: every cell, least confident first within each class.
+    assert page.locator("#smear-gallery .thumb").count() == n_counted + 1
+    for group in page.locator("#smear-gallery .group").all():
+        shown = [float(t.split()[0]) for t in group.locator(".thumb .muted").all_text_contents()]
+        assert shown == sorted(shown)
+    # A cell's details, with its heatmap from /predict.
+    first = page.locator("#smear-gallery .thumb").first
+    first.click()
+    page.wait_for_selector("#smear-cell:not([hidden])")
+    page.wait_for_function(
+        "() => { const i = document.getElementById('smear-cell-heatmap');"
+        " return i.complete && i.naturalWidth > 0; }"
+    )
+    assert page.locator("#smear-cell-bars li").count() == len(counts)
+    # Reclassify it: the counts follow.
+    old = page.text_content("#smear-cell-label")
+    new = next(c for c in counts if c != old)
+    cell_id = first.get_attribute("data-cell-id")
+    page.select_option("#smear-cell-reclass", new)
+    page.wait_for_selector(f"#smear-gallery .group[data-label='{new}'] .thumb.changed")
+    after = table_counts(page)
+    counted = "(edge)" not in page.locator(f".thumb[data-cell-id='{cell_id}']").text_content()
+    assert after[new] == counts[new] + counted and after[old] == counts[old] - counted
+    assert "reclassified by you" in page.text_content("#smear-summary")
+    # Downloads: the cells as CSV (with the change) and the overlay as PNG.
+    with page.expect_download() as info:
+        page.click("#smear-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+    assert len(rows) == n_counted + 1
+    changed = [r for r in rows if r["reclassified"] == "true"]
+    assert [(r["id"], r["label"], r["model_label"]) for r in changed] == [(cell_id, new, old)]
+    with page.expect_download() as info:
+        page.click("#smear-png")
+    assert Path(info.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smear_tab_explains_a_blank_image(page: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (320, 240), (255, 255, 255)).save(path)
+    page.click("#tab-smear")
+    page.set_input_files("#smear-file", str(path))
+    page.click("#smear-analyze")
+    page.wait_for_selector("#smear-error:not([hidden])")
+    assert "uniform" in page.text_content("#smear-error")
+    assert page.is_hidden("#smear-result")
