@@ -1,0 +1,136 @@
+"""Benchmark whole-smear analysis end to end, against classifying the same cells one
+`learn.predict` call at a time (the thesis's way), in one run.
+
+    .venv/bin/python bench/bench_smear.py --model models/default \
+        --chula ../shared/datasets/chula-rbc-12
+
+For each of --smears smear images (the model card's test smears, 640x480): decode the JPEG, find
+the cells, crop, classify (batched), count, grade, draw the overlay — `core.smear.analyze_smear`,
+as `POST /analyze/smear` and `python -m training analyze-smear` run it. Then the same crops through
+`learn.predict` one by one (the exported fastai learner) on --predict-smears of them. Prints a
+table, then one JSON line with every figure. The target of issue #5: under 1 s per 640x480 smear
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.crop import crop_cell, median_colour  # noqa: E402
+from core.predictor import Predictor  # noqa: E402
+from core.smear import analyze_smear  # noqa: E402
+
+TARGET_S = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
+    parser.add_argument("--smears", type=int, default=20, help="smears timed through the pipeline")
+    parser.add_argument("--predict-smears", type=int, default=3, help="smears via learn.predict")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.load(args.model, device="cpu", threads=args.threads)
+    stems = [Path(s).stem for s in predictor.card.dataset.get("test_smears", [])]
+    paths = [args.chula / "Dataset" / f"{s}.jpg" for s in stems]
+    paths = [p for p in paths if p.is_file()][: args.smears]
+    if not paths:
+        print(f"no test smears of {args.model}'s card found under {args.chula}", file=sys.stderr)
+        return 2
+
+    def analyse(path: Path) -> Any:
+        with Image.open(path) as opened:
+            return analyze_smear(opened.convert("RGB"), predictor)
+
+    analyse(paths[0])  # warm-up: first-call allocations, lazy imports
+    totals, parts, cells = [], [], []
+    for path in paths:
+        started = time.perf_counter()
+        result = analyse(path)
+        totals.append(time.perf_counter() - started)
+        parts.append(result.timings_ms)
+        cells.append(len(result.cells))
+
+    from core.modelcard import load_exported
+
+    learn, card = load_exported(args.model)
+    window = card.crop_window_px or 72
+    predict_times, predict_cells = [], []
+    for path in paths[: args.predict_smears]:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        started = time.perf_counter()
+        result = analyze_smear(image, predictor)  # the same cells, found the same way
+        found = time.perf_counter() - started - result.timings_ms["classify"] / 1000
+        fill = median_colour(image)
+        crops = [crop_cell(image, round(c.x), round(c.y), window, fill)[0] for c in result.cells]
+        started = time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            for crop in crops:
+                learn.predict(np.asarray(crop))
+        predict_times.append(found + time.perf_counter() - started)
+        predict_cells.append(len(crops))
+
+    mean_total = float(np.mean(totals))
+    mean_predict = float(np.mean(predict_times))
+    figures = {
+        "model": card.name,
+        "smears": len(paths),
+        "cells_per_smear_mean": float(np.mean(cells)),
+        "seconds_per_smear_mean": mean_total,
+        "seconds_per_smear_p50": float(np.percentile(totals, 50)),
+        "seconds_per_smear_max": float(np.max(totals)),
+        "ms_segment_mean": float(np.mean([p["segment"] for p in parts])),
+        "ms_classify_mean": float(np.mean([p["classify"] for p in parts])),
+        "ms_overlay_mean": float(np.mean([p["overlay"] for p in parts])),
+        "learn_predict_smears": len(predict_times),
+        "learn_predict_seconds_per_smear_mean": mean_predict,
+        "learn_predict_cells_per_smear_mean": float(np.mean(predict_cells)),
+        "speedup_vs_learn_predict": mean_predict / mean_total,
+        "target_seconds": TARGET_S,
+        "meets_target": bool(np.percentile(totals, 50) < TARGET_S),
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    f = figures
+    rows = [
+        ("smears timed (640x480)", f"{len(paths)}, {f['cells_per_smear_mean']:.0f} cells each"),
+        (
+            "pipeline s/smear mean/p50/max",
+            f"{mean_total:.3f} / {f['seconds_per_smear_p50']:.3f} / {f['seconds_per_smear_max']:.3f}",
+        ),
+        (
+            "  segment/classify/overlay ms",
+            f"{f['ms_segment_mean']:.0f} / {f['ms_classify_mean']:.0f} / {f['ms_overlay_mean']:.0f}",
+        ),
+        ("learn.predict loop s/smear", f"{mean_predict:.3f} ({len(predict_times)} smears)"),
+        ("speed-up", f"{f['speedup_vs_learn_predict']:.1f}x"),
+        ("target < 1 s/smear (p50)", "pass" if f["meets_target"] else "FAIL"),
+    ]
+    for name, value in rows:
+        print(f"{name:32s} {value}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
