@@ -116,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         ("smears timed (640x480)", f"{len(paths)}, {f['cells_per_smear_mean']:.0f} cells each"),
         (
             "pipeline s/smear mean/p50/max",
-            f"{mean_total:.3f} / {f['seconds_per_smear_p50']:.3f} / {f['seconds_per_smear_max']:.3f}",
+            f"{mean_total:.3f} / {f['seconds_per_smear_p50']:.3f} / "
+            f"{f['seconds_per_smear_max']:.3f}",
         ),
         (
             "  segment/classify/overlay ms",
-            f"{f['ms_segment_mean']:.0f} / {f['ms_classify_mean']:.0f} / {f['ms_overlay_mean']:.0f}",
+            f"{f['ms_segment_mean']:.0f} / {f['ms_classify_mean']:.0f} / "
+            f"{f['ms_overlay_mean']:.0f}",
         ),
         ("learn.predict loop s/smear", f"{mean_predict:.3f} ({len(predict_times)} smears)"),
         ("speed-up", f"{f['speedup_vs_learn_predict']:.1f}x"),
