@@ -167,7 +167,7 @@ def draw_overlay(
     out = image.copy()
     out.paste(paint, (0, 0), mask)
     buffer = io.BytesIO()
-    out.save(buffer, format="PNG")
+    out.save(buffer, format="PNG", compress_level=1)  # fast: the overlay is made per request
     return buffer.getvalue()
 
 
