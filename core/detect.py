@@ -1,18 +1,20 @@
 """Find red cells in a stained smear field: classical segmentation, no training needed.
 
 Steps (all sizes at the training scale, where a normal red cell is about 39 px across):
-1. Foreground = pixels darker than the background in the green channel (haemoglobin and the stain
-   absorb green; plasma does not), Otsu's threshold, a small opening, holes filled (the pale
-   centre of a red cell and the ring of a target cell belong to the cell).
+1. Foreground = pixels darker than the plasma in the green channel (haemoglobin and the stain
+   absorb green; plasma does not): Otsu's threshold moved 40 % of the way towards the plasma level
+   (pale cells' rims), a small opening, holes up to a cell's size filled (the pale centre of a red
+   cell and the ring of a target cell belong to the cell; plasma ringed by touching cells does not).
 2. Touching cells are cut apart by a watershed on the distance transform, seeded from its h-maxima:
    one seed per round bulge, so two touching cells get two seeds and an elongated cell keeps one.
 3. Regions smaller than a fragment of a red cell (platelets, debris) are dropped; regions much
    darker than the typical cell (white-cell nuclei, fibres, dirt) are kept aside as "other", not
    counted as red cells; regions that touch the image edge are marked `at_border`.
 
-Why classical: on the Chula smears it reaches the recall and precision targets (see docs/smear.md,
-measured by `python -m training evaluate-smears`) in ~0.1 s per 640x480 field on one core, with
-nothing to train and no labels needed beyond points.
+Why classical: on the Chula test smears it reaches the recall and precision targets
+(docs/smear.md, measured by `python -m training evaluate-smears`) in ~0.3 s per 640x480 field
+(bench/bench_smear.py), with nothing to train; the Chula labels are points, which suit
+evaluation but not a trained segmenter.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class DetectionParams:
     smoothing_sigma: float = 1.0
     # Below this green-channel gap between background and cells there is no smear to segment.
     min_contrast: float = 12.0
+    # Share of the way from Otsu's threshold to the plasma level where the cut lies (pale rims).
     threshold_shift: float = 0.4
     opening_radius: int = 2
-    closing_radius: int = 0
     max_hole_area: float = 1.2 * np.pi * CELL_RADIUS_PX**2
     # Smallest red cell kept (a schistocyte is ~28 px across, ~600 px^2; a platelet ~100 px^2).
     min_area: float = 0.25 * np.pi * CELL_RADIUS_PX**2
@@ -66,7 +68,6 @@ class Detection:
 class Segmentation:
     detections: list[Detection]
     labels: np.ndarray = field(repr=False)  # region id per pixel, 0 = background
-    background_rgb: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def red_cells(self) -> list[Detection]:
@@ -119,17 +120,14 @@ def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentat
     # pale edges of hypochromic and target cells.
     foreground = green < otsu + p.threshold_shift * (background_level - otsu)
     foreground = ndi.binary_opening(foreground, _disk(p.opening_radius))
-    # Close small gaps in pale cells' rims, then fill holes no larger than a cell (a cell's pale
-    # centre); larger holes are plasma enclosed by a ring of touching cells and stay background.
-    if p.closing_radius:
-        foreground = ndi.binary_closing(foreground, _disk(p.closing_radius))
+    # Fill holes no larger than a cell (a cell's pale centre); larger holes are plasma enclosed
+    # by a ring of touching cells and stay background.
     holes, n_holes = ndi.label(ndi.binary_fill_holes(foreground) & ~foreground)
     if n_holes:
         hole_area = np.bincount(holes.ravel(), minlength=n_holes + 1)
         small = hole_area <= p.max_hole_area
         small[0] = False
         foreground |= small[holes]
-    background_rgb = tuple(int(v) for v in np.median(rgb[~foreground], axis=0))
 
     distance = ndi.gaussian_filter(ndi.distance_transform_edt(foreground), p.distance_sigma)
     seeds, _ = ndi.label(h_maxima(distance, p.seed_height))
@@ -161,4 +159,4 @@ def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentat
             )
         )
         kept[index] = len(detections)
-    return Segmentation(detections, kept[labels], background_rgb)  # type: ignore[arg-type]
+    return Segmentation(detections, kept[labels])

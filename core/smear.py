@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from core.crop import crop_cell, median_colour
-from core.detect import DetectionParams, NoCellsError, Segmentation, segment
+from core.detect import DetectionParams, NoCellsError, segment
 from core.grading import GRADING_SOURCE, grade, scales_for
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
@@ -89,8 +89,6 @@ class SmearResult:
     overlay_png: bytes = field(repr=False)
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    # The working image's segmentation (region map at the training scale), for evaluation.
-    segmentation: Segmentation | None = field(default=None, repr=False)
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -277,5 +275,4 @@ def analyze_smear(
             "total": 1000 * (done - started),
         },
         notes=notes,
-        segmentation=segmentation,
     )
