@@ -2,7 +2,8 @@
 
 Scale: ICSH 2015 — L. Palmer et al., "ICSH recommendations for the standardization of nomenclature
 and grading of peripheral blood cell morphological features", Int J Lab Hematol 2015;37:287-303,
-its grading table for red cells, as this project reads it:
+its grading table for red cells, as this project reads it (transcribed, not re-checked against
+the PDF when written; docs/smear.md says so too):
 - most morphologies (macrocytes, microcytes, hypochromic, target, stomatocytes, ovalocytes,
   elliptocytes; echinocytes (burr cells) on the same general scale): 1+ 11-20 %, 2+ 21-50 %,
   3+ > 50 %;
