@@ -221,14 +221,28 @@
         state.classes.map((c) => (p ? p.probabilities[c].toFixed(6) : "")));
       lines.push(row.map(csvCell).join(","));
     });
-    const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
+    download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "rbc-results.csv");
+  }
+
+  function download(blob, name) {
     const link = el("a");
     link.href = URL.createObjectURL(blob);
-    link.download = "rbc-results.csv";
+    link.download = name;
     document.body.appendChild(link);
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  }
+
+  // A drop zone: highlighted while a file is dragged over it; `onFiles` gets the dropped files.
+  function wireDrop(zone, onFiles) {
+    ["dragenter", "dragover"].forEach((type) =>
+      zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((type) =>
+      zone.addEventListener(type, (e) => { e.preventDefault(); zone.classList.remove("over"); }));
+    zone.addEventListener("drop", (e) => {
+      if (e.dataTransfer && e.dataTransfer.files.length) onFiles(e.dataTransfer.files);
+    });
   }
 
   async function analyze() {
@@ -262,7 +276,7 @@
   }
 
   // Shared with smear.js (the whole-smear tab).
-  window.RBC = { $, el, percent, bars, callApi, csvCell };
+  window.RBC = { $, el, percent, bars, callApi, csvCell, download, wireDrop };
 
   function selectTab(name) {
     ["cells", "smear"].forEach((t) => {
@@ -273,14 +287,7 @@
   $("tab-cells").addEventListener("click", () => selectTab("cells"));
   $("tab-smear").addEventListener("click", () => selectTab("smear"));
 
-  const drop = $("drop");
-  ["dragenter", "dragover"].forEach((type) =>
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));
-  ["dragleave", "drop"].forEach((type) =>
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
-  drop.addEventListener("drop", (e) => {
-    if (e.dataTransfer && e.dataTransfer.files.length) setFiles(e.dataTransfer.files);
-  });
+  wireDrop($("drop"), setFiles);
   $("file").addEventListener("change", (e) => setFiles(e.target.files));
   $("analyze").addEventListener("click", analyze);
   $("clear").addEventListener("click", () => { $("file").value = ""; setFiles([]); });

@@ -4,7 +4,7 @@
 "use strict";
 
 (function () {
-  const { $, el, percent, bars, callApi, csvCell } = window.RBC;
+  const { $, el, percent, bars, callApi, csvCell, download, wireDrop } = window.RBC;
   const GRADES = ["none", "1+", "2+", "3+"];
   const state = { file: null, result: null, cells: [], classes: [], selected: null };
 
@@ -29,16 +29,6 @@
     const array = new Uint8Array(bytes.length);
     for (let i = 0; i < bytes.length; i += 1) array[i] = bytes.charCodeAt(i);
     return new Blob([array], { type });
-  }
-
-  function download(blob, name) {
-    const link = el("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = name;
-    document.body.appendChild(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
   }
 
   // The same rule as core/grading.py: round, then count the grade bounds reached.
@@ -240,14 +230,7 @@
     download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "smear-cells.csv");
   }
 
-  const drop = $("smear-drop");
-  ["dragenter", "dragover"].forEach((type) =>
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); }));
-  ["dragleave", "drop"].forEach((type) =>
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
-  drop.addEventListener("drop", (e) => {
-    if (e.dataTransfer && e.dataTransfer.files.length) setFile(e.dataTransfer.files[0]);
-  });
+  wireDrop($("smear-drop"), (files) => setFile(files[0]));
   $("smear-file").addEventListener("change", (e) => setFile(e.target.files[0]));
   $("smear-analyze").addEventListener("click", analyze);
   $("smear-cell-reclass").addEventListener("change", reclassify);
