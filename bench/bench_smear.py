@@ -30,7 +30,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.crop import crop_cell, median_colour  # noqa: E402
 from core.predictor import Predictor  # noqa: E402
 from core.smear import analyze_smear  # noqa: E402
 
@@ -71,16 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     from core.modelcard import load_exported
 
     learn, card = load_exported(args.model)
-    window = card.crop_window_px or 72
     predict_times, predict_cells = [], []
     for path in paths[: args.predict_smears]:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
         started = time.perf_counter()
-        result = analyze_smear(image, predictor)  # the same cells, found the same way
+        # The same cells, found and cropped the same way; only the classification differs.
+        result = analyze_smear(image, predictor, keep_crops=True)
         found = time.perf_counter() - started - result.timings_ms["classify"] / 1000
-        fill = median_colour(image)
-        crops = [crop_cell(image, round(c.x), round(c.y), window, fill)[0] for c in result.cells]
+        crops = [c.crop for c in result.cells if c.crop is not None]
         started = time.perf_counter()
         with learn.no_bar(), learn.no_logging():
             for crop in crops:

@@ -43,9 +43,18 @@ class Prediction:
     heatmap_png: bytes | None = None
 
     def heatmap_data_url(self) -> str | None:
-        if self.heatmap_png is None:
-            return None
-        return "data:image/png;base64," + base64.b64encode(self.heatmap_png).decode("ascii")
+        return None if self.heatmap_png is None else png_data_url(self.heatmap_png)
+
+
+def png_data_url(png: bytes) -> str:
+    """PNG bytes as a data URL, the form the API returns images in."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def image_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return png_data_url(buffer.getvalue())
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,9 +6,7 @@ block the event loop; the predictor is safe to call from many threads at once.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
@@ -28,7 +26,7 @@ from app.schemas import (
     SmearCellOut,
     SmearOut,
 )
-from core.predictor import Prediction, Predictor
+from core.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.smear import SmearError, SmearTooLarge, analyze_smear
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -132,10 +130,6 @@ def predict_batch(
     )
 
 
-def _png_data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 @router.post("/analyze/smear", response_model=SmearOut, response_model_exclude_none=True)
 def analyze_smear_image(
     file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
@@ -163,32 +157,14 @@ def analyze_smear_image(
         raise TooLarge(str(exc)) from exc
     except SmearError as exc:
         raise BadImage(str(exc)) from exc
-    cells = []
-    for c in result.cells:
-        crop_url = None
-        if c.crop is not None:
-            buffer = io.BytesIO()
-            c.crop.save(buffer, format="PNG")
-            crop_url = _png_data_url(buffer.getvalue())
-        cells.append(
-            SmearCellOut(
-                id=c.id,
-                x=c.x,
-                y=c.y,
-                box=c.box,
-                at_border=c.at_border,
-                counted=c.counted,
-                label=c.label,
-                confidence=c.confidence,
-                probabilities=c.probabilities,
-                needs_review=c.needs_review,
-                crop=crop_url,
-            )
-        )
+    cells = [
+        SmearCellOut(**{**vars(c), "crop": image_data_url(c.crop) if c.crop else None})
+        for c in result.cells
+    ]
     return SmearOut(
         **result.summary(),
         cells=cells,
-        overlay=_png_data_url(result.overlay_png),
+        overlay=png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,
         model=_model_ref(predictor),
     )
