@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+# Cells are ~40 px across (macrocytes ~50 px): 72 px keeps a whole cell plus some context.
+DEFAULT_WINDOW = 72
+
 
 def median_colour(image: Image.Image) -> tuple[int, int, int]:
     """The image's median RGB colour. On a smear that is background (plasma): padding a crop with

@@ -16,14 +16,13 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from core.crop import crop_cell, median_colour
+from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from core.detect import DetectionParams, NoCellsError, segment
 from core.grading import GRADING_SOURCE, grade, scales_for
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
 # and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
 TRAINING_MICRONS_PER_PIXEL = 0.19
-DEFAULT_WINDOW = 72
 # Outline colour per class (normal green; the page's legend uses the same colours). Classes of
 # other models take the spare colours in order.
 CLASS_COLOURS = {

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from core.crop import crop_cell, median_colour
+from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from training.errors import DataError
 from training.split import SPLITS, grouped_split, validate_fractions
 
@@ -37,8 +37,6 @@ CHULA_CLASSES: dict[int, str] = {
     12: "elliptocyte",
 }
 
-# Cells are ~40 px across (macrocytes ~50 px): 72 px keeps a whole cell plus some context.
-DEFAULT_WINDOW = 72
 MIN_WINDOW = 8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MANIFEST_COLUMNS = ["path", "label", "split", "source_image", "x", "y", "border_fraction"]
