@@ -51,6 +51,7 @@ def _train_overrides(args: argparse.Namespace, method: str) -> dict[str, object]
         "lr": args.lr,
         "seed": args.seed,
         "device": args.device,
+        "num_workers": args.workers,
         "max_per_class": args.max_per_class,
         "classes": args.classes.split(",") if args.classes else None,
         "split": args.split,
@@ -168,6 +169,7 @@ def _add_train_args(p: argparse.ArgumentParser, fine_tune: bool) -> None:
     p.add_argument("--lr", type=float, help="learning rate of the frozen stage")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers", type=int, help="data-loading worker processes (default 0)")
     p.add_argument("--split", choices=["auto", "manifest", "folders", "random"])
     p.add_argument("--classes", help="comma-separated subset of classes to train on")
     p.add_argument("--max-per-class", type=int, help="cap training items per class (quick runs)")
