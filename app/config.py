@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)
     # Cells per forward pass; larger batches are split.
     inference_batch_size: int = Field(default=32, ge=1)
+    # Test-time views averaged per cell (core/tta.py): unset takes the model card's; 1 is fastest.
+    tta_views: Literal[1, 2, 4, 8] | None = None
     max_upload_bytes: int = Field(default=10 * MIB, ge=1, description="per image")
     max_request_bytes: int = Field(default=64 * MIB, ge=1, description="whole request body")
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="width x height of one image")

@@ -9,6 +9,7 @@ class ModelRef(BaseModel):
     name: str
     architecture: str
     weights_sha256: str
+    tta_views: int = Field(description="test-time views averaged per cell (1: none)")
 
 
 class CellPrediction(BaseModel):

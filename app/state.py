@@ -26,6 +26,7 @@ class ModelSlot:
                 review_threshold=settings.review_threshold,
                 batch_size=settings.inference_batch_size,
                 threads=settings.torch_threads,
+                tta_views=settings.tta_views,
             )
         except ModelLoadError as exc:
             self.error = str(exc)

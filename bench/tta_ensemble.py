@@ -32,7 +32,8 @@ from training.metrics import classification_metrics
 
 def all_view_probs(predictor: Predictor, batch: torch.Tensor) -> np.ndarray:
     """(8, N, classes) softmax probabilities, one slice per symmetry of the square."""
-    return np.stack([predictor.forward(dihedral_view(batch, i)).numpy() for i in range(8)])
+    views = [predictor.forward(dihedral_view(batch, i), tta_views=1) for i in range(8)]
+    return np.stack([v.numpy() for v in views])
 
 
 def scores(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> dict[str, dict]:

@@ -25,6 +25,7 @@ from core.gradcam import grad_cam, overlay
 from core.modelcard import ModelCard, ModelFileError
 from core.nets import load_network
 from core.preprocess import Preprocessor
+from core.tta import tta_probabilities, view_indices
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Predictor:
         device: torch.device,
         review_threshold: float,
         batch_size: int = 32,
+        tta_views: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Sequential):
             raise ValueError("the network is not nn.Sequential(body, head), as training builds it")
@@ -84,6 +86,9 @@ class Predictor:
         self.review_threshold = review_threshold
         self.batch_size = batch_size
         self.preprocess = Preprocessor.from_card(card)
+        # The card's view count unless the caller asks for another (1 is fastest).
+        self.tta_views = card.tta_views if tta_views is None else tta_views
+        view_indices(self.tta_views)  # ValueError on an unsupported count
         self.load_seconds = 0.0
 
     @classmethod
@@ -94,6 +99,7 @@ class Predictor:
         review_threshold: float = 0.7,
         batch_size: int = 32,
         threads: int = 0,
+        tta_views: int | None = None,
     ) -> Predictor:
         """Verify the state file's sha256 against the card, then build the network, load the
         state dict into it (tensors only, nothing unpickled) and warm it up."""
@@ -106,16 +112,17 @@ class Predictor:
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
-            predictor = cls(network, card, target, review_threshold, batch_size)
+            predictor = cls(network, card, target, review_threshold, batch_size, tta_views)
         except ValueError as exc:
             raise ModelLoadError(f"model card of {model_dir}: {exc}") from exc
         predictor.warm_up()
         predictor.load_seconds = time.perf_counter() - started
         log.info(
-            "model %s (%s, %d classes) ready on %s in %.1f s",
+            "model %s (%s, %d classes, %d test-time views) ready on %s in %.1f s",
             card.name,
             card.architecture,
             len(card.classes),
+            predictor.tta_views,
             target,
             predictor.load_seconds,
         )
@@ -126,13 +133,15 @@ class Predictor:
         with torch.inference_mode():
             self.model(torch.zeros(1, 3, size, size, device=self.device))
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N, n_classes) for a normalised batch, in chunks of batch_size."""
+    def forward(self, batch: torch.Tensor, tta_views: int | None = None) -> torch.Tensor:
+        """Probabilities (N, n_classes) for a normalised batch, in chunks of batch_size, averaged
+        over the predictor's test-time views (or `tta_views`)."""
+        views = self.tta_views if tta_views is None else tta_views
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(batch), self.batch_size):
                 chunk = batch[start : start + self.batch_size].to(self.device)
-                outputs.append(torch.softmax(self.model(chunk).float(), dim=1).cpu())
+                outputs.append(tta_probabilities(self.model, chunk, views).cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
 
     def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Prediction]:

@@ -33,9 +33,11 @@ def view_indices(views: int) -> list[int]:
 def tta_probabilities(
     logits_of: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, views: int
 ) -> torch.Tensor:
-    """Mean softmax probabilities (N, classes) of `logits_of` over `views` views of `batch`."""
+    """Mean softmax probabilities (N, classes) of `logits_of` over `views` views of `batch`.
+
+    All views go through the network as one batch: on a CPU, one pass over 4N images costs less
+    than four passes over N (a single cell becomes a batch of 4)."""
     indices = view_indices(views)
-    total = torch.softmax(logits_of(batch).float(), dim=1)
-    for index in indices[1:]:
-        total += torch.softmax(logits_of(dihedral_view(batch, index)).float(), dim=1)
-    return total / len(indices)
+    stacked = torch.cat([dihedral_view(batch, i) for i in indices]) if views > 1 else batch
+    probs = torch.softmax(logits_of(stacked).float(), dim=1)
+    return probs.view(len(indices), len(batch), -1).mean(dim=0)

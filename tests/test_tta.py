@@ -1,12 +1,22 @@
-"""Test-time augmentation: the 8 views are the 8 distinct symmetries of the square, and the
-probabilities are their mean."""
+"""Test-time augmentation: the 8 views are the 8 distinct symmetries of the square, the
+probabilities are their mean, and evaluation, publishing and the service all use them alike."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from core.tta import TTA_VIEWS, dihedral_view, tta_probabilities, view_indices
+from training.export import ExportError, publish_run
+
+pytest_plugins = ["tests.test_app_fixtures"]
 
 
 def test_the_eight_views_are_distinct_symmetries_of_the_square() -> None:
@@ -54,3 +64,84 @@ def test_probabilities_are_the_mean_over_views() -> None:
     # A network that cannot see orientation gets nothing from extra views.
     pooled = tta_probabilities(lambda x: x.mean(dim=(2, 3)), batch, 8)
     assert torch.allclose(pooled, torch.softmax(batch.mean(dim=(2, 3)), 1), atol=1e-6)
+
+
+# --- Through the pipeline: evaluation, publishing and the service's predictor -----------------
+
+
+def _test_items(imported: Path) -> pd.DataFrame:
+    manifest = pd.read_csv(imported / "manifest.csv")
+    return manifest[manifest["split"] == "test"].assign(
+        path=lambda d: str(imported) + "/" + d["path"]
+    )
+
+
+def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path) -> None:
+    from core.modelcard import load_exported
+    from core.predictor import Predictor
+    from training.interpret import predict
+
+    learn, _ = load_exported(trained_run / "model")
+    items = _test_items(imported)
+    one, four = predict(learn, items), predict(learn, items, 4)
+    assert not np.allclose(one.probs, four.probs)  # the views do change the average
+    predictor = Predictor.load(trained_run / "model", device="cpu", tta_views=4)
+    assert predictor.tta_views == 4
+    images = [Image.open(p).convert("RGB") for p in items["path"]]
+    served = predictor.forward(predictor.preprocess.batch(images)).numpy()
+    assert np.allclose(served, four.probs, atol=1e-5)
+    assert np.allclose(four.losses, -np.log(four.probs[np.arange(len(items)), four.targets]))
+
+
+def test_publish_with_views_measures_again_and_serves_them(
+    trained_run: Path, imported: Path, tmp_path: Path
+) -> None:
+    from core.modelcard import ModelCard
+    from core.predictor import ModelLoadError, Predictor
+    from training.evaluate import evaluate
+
+    dest = publish_run(trained_run, tmp_path / "models", "viewed", tta_views=4)
+    card = ModelCard.load(dest)
+    assert card.tta_views == 4 and card.metrics["tta_views"] == 4
+    assert card.metrics["split"] == "test" and "per_class" in card.metrics
+    assert "Served with 4 test-time views" in (dest / "report.md").read_text()
+    # evaluate and the service take the card's views unless told otherwise.
+    result = evaluate(dest, imported, progress=False)
+    assert result["tta_views"] == 4 and result["accuracy"] == card.metrics["accuracy"]
+    assert evaluate(dest, imported, progress=False, tta_views=1)["tta_views"] == 1
+    assert Predictor.load(dest, device="cpu").tta_views == 4
+    assert Predictor.load(dest, device="cpu", tta_views=1).tta_views == 1
+    with pytest.raises(ModelLoadError, match="one of"):
+        Predictor.load(dest, device="cpu", tta_views=3)
+
+
+def test_publish_with_views_refuses_missing_or_changed_data(
+    trained_run: Path, imported: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    card_path = run / "model" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    changed = tmp_path / "changed"
+    shutil.copytree(imported, changed)
+    first = next(p for p in sorted(changed.rglob("*.png")))
+    Image.open(first).rotate(90).save(first)
+    for source, message in [(tmp_path / "gone", "not there"), (changed, "fingerprint")]:
+        card["dataset"]["source"] = str(source)
+        card_path.write_text(json.dumps(card))
+        with pytest.raises(ExportError, match=message):
+            publish_run(run, tmp_path / "models", "viewed", tta_views=4)
+        assert not list((tmp_path / "models").iterdir())  # nothing half-published
+
+
+def test_service_setting_overrides_the_card(model_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.test_app_fixtures import make_settings, wait_ready
+
+    with TestClient(create_app(make_settings(model_dir, tta_views=2))) as client:
+        wait_ready(client)
+        assert client.get("/model").json()["tta_views"] == 2
+    with pytest.raises(ValueError, match="tta_views"):
+        make_settings(model_dir, tta_views=3)

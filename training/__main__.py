@@ -71,7 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, split=args.split)
+    result = evaluate(args.model, args.data, split=args.split, tta_views=args.tta_views)
     # The last stdout line is the machine-readable result.
     print(json.dumps(result))
 
@@ -80,7 +80,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from training.export import publish_run
 
     notes = [Path(n[1:]).read_text().strip() if n.startswith("@") else n for n in args.note]
-    dest = publish_run(args.run, args.models_dir, args.name, overwrite=args.overwrite, notes=notes)
+    dest = publish_run(
+        args.run,
+        args.models_dir,
+        args.name,
+        overwrite=args.overwrite,
+        notes=notes,
+        tta_views=args.tta_views,
+    )
     print(f"exported {args.run} to {dest}")
 
 
@@ -211,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
     p.add_argument("--data", type=Path, required=True, help="folder-per-class set or Chula layout")
     p.add_argument("--split", help="train, valid, test or all (default: test where present)")
+    p.add_argument(
+        "--tta-views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="test-time views averaged per cell (default: the model card's, as the service)",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="publish a run's model and report under models/NAME")
@@ -223,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a note for the model card (repeatable; @FILE reads it from a file)",
+    )
+    p.add_argument(
+        "--tta-views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="serve with this many test-time views: re-measures valid and test with them on the "
+        "run's own data (which must still be there) and puts those figures on the card",
     )
     p.set_defaults(func=_cmd_export)
 

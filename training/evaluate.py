@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.modelcard import load_exported
+from core.tta import view_indices
 from training.data import SPLITS, scan_dataset
 from training.datasets.chula import DEFAULT_WINDOW, import_chula, is_chula_layout
 from training.errors import DataError
@@ -19,14 +20,24 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(
-    model_dir: Path, data: Path, split: str | None = None, progress: bool = True
+    model_dir: Path,
+    data: Path,
+    split: str | None = None,
+    progress: bool = True,
+    tta_views: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of the model on `data`.
 
     `split` picks one split of a split data set; by default the test split where the data set
     has one (so the figures are never on data used for training), otherwise every item.
+    `tta_views` test-time views are averaged per cell; by default the card's, as the service does.
     """
     learn, card = load_exported(model_dir)
+    views = card.tta_views if tta_views is None else tta_views
+    try:
+        view_indices(views)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
     with tempfile.TemporaryDirectory(prefix="rbc-eval-") as tmp:
         root = Path(data)
         source_layout = "folder"
@@ -53,7 +64,7 @@ def evaluate(
         items = items[known]
         if items.empty:
             raise DataError(f"no items of the model's classes ({card.classes}) in {data}")
-        pred = predict(learn, items)
+        pred = predict(learn, items, views)
     metrics = classification_metrics(pred.targets, pred.preds, list(card.classes))
     return {
         **metrics,
@@ -62,6 +73,7 @@ def evaluate(
         "data": str(data),
         "layout": source_layout,
         "split": split,
+        "tta_views": views,
         "skipped_unknown_class": {str(k): int(v) for k, v in unknown.items()},
         "skipped_files": len(index.skipped),
     }

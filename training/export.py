@@ -27,6 +27,7 @@ from core.modelcard import (
     sha256_file,
 )
 from core.nets import load_network
+from core.tta import view_indices
 from training.errors import TrainingError
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
@@ -110,15 +111,90 @@ def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
     return torch.randn(n, 3, card.input_size, card.input_size, generator=generator)
 
 
+def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict[str, Any]]:
+    """Metrics of the valid and test splits of the data the card was trained on, averaging
+    `tta_views` test-time views. Refuses data that is not byte for byte the training data."""
+    from training.config import TrainConfig
+    from training.data import assign_splits, fingerprint, scan_dataset
+    from training.interpret import predict
+    from training.metrics import classification_metrics, confusion_matrix, most_confused
+
+    view_indices(tta_views)
+    root = Path(str(card.dataset.get("source", "")))
+    if not card.dataset.get("source") or not root.is_dir():
+        raise ExportError(
+            f"measuring {tta_views} test-time views needs the run's data at {root}, which is not "
+            "there; import it again (or export without --tta-views)"
+        )
+    known = {f for f in TrainConfig.__dataclass_fields__ if f != "augment"}
+    cfg = TrainConfig(**{k: v for k, v in card.training_config.items() if k in known})
+    items = assign_splits(scan_dataset(root, card.classes, progress=False), cfg)
+    if fingerprint(items, root) != card.dataset.get("fingerprint"):
+        raise ExportError(
+            f"the data at {root} is not the data this model was trained and measured on "
+            "(fingerprint differs); its figures would not be comparable"
+        )
+    results = []
+    for split in ("valid", "test"):
+        split_items = items[items["split"] == split]
+        if len(split_items):
+            pred = predict(learn, split_items, tta_views)
+            metrics = classification_metrics(pred.targets, pred.preds, list(card.classes))
+            cm = confusion_matrix(pred.targets, pred.preds, len(card.classes))
+            results.append(
+                {
+                    "split": split,
+                    **metrics,
+                    "confusion_matrix": cm.tolist(),
+                    "most_confused": most_confused(cm, card.classes),
+                }
+            )
+    return results
+
+
+def views_section(tta_views: int, results: list[dict[str, Any]]) -> str:
+    """The report's section on the published model's figures with test-time views."""
+    from training.interpret import metrics_table
+
+    lines = [
+        "",
+        f"## Served with {tta_views} test-time views",
+        "",
+        f"The published model averages its probabilities over {tta_views} quarter turns and "
+        "mirror images of each cell (core/tta.py); the figures above are of one view. The model "
+        "card's metrics are the test figures below.",
+        "",
+    ]
+    for res in results:
+        lines += [
+            f"### {res['split']} split, {tta_views} views",
+            "",
+            f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, "
+            f"n = {res['n']}",
+            "",
+            metrics_table(res),
+            "",
+            "Most confused pairs (actual → predicted: count): "
+            + (", ".join(f"{a} → {p}: {n}" for a, p, n in res["most_confused"]) or "none"),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def publish_run(
     run_dir: Path,
     models_dir: Path,
     name: str,
     overwrite: bool = False,
     notes: Sequence[str] = (),
+    tta_views: int | None = None,
 ) -> Path:
     """Copy a run's exported model and its report into `models_dir/name`, re-verified; `notes`
     (why this model, what it leaves out) are added to its card.
+
+    With `tta_views` the model is served averaging that many test-time views: the valid and test
+    splits of the run's own data are measured again with them, the card's metrics become those
+    figures, and the report gets a section with them (the run's one-view figures stay above it).
 
     A run exported before model_state.pt existed gets one, written from its (verified) learner; the
     run folder itself is left as it is."""
@@ -140,6 +216,16 @@ def publish_run(
     for pattern in (*REPORT_FILES, "*.png"):
         for path in run_dir.glob(pattern):
             shutil.copy2(path, staging / path.name)
+    if tta_views is not None and tta_views != card.tta_views:
+        try:
+            results = measure_with_views(learn, card, tta_views)
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        card.tta_views = tta_views
+        card.metrics = {"tta_views": tta_views, **results[-1]}
+        with open(staging / "report.md", "a") as report:
+            report.write(views_section(tta_views, results))
     card.name = name
     card.notes = [*card.notes, *notes]
     card.save(staging)

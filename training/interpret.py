@@ -15,8 +15,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from core.gradcam import grad_cam, overlay
+from core.tta import tta_probabilities
 from training.metrics import classification_metrics, confusion_matrix, most_confused
 
 
@@ -51,11 +53,27 @@ class History:
         return pd.DataFrame(self.epochs)
 
 
-def predict(learn: Any, items: pd.DataFrame) -> Predictions:
-    """Probabilities and per-item losses for labelled items, without augmentation."""
+def predict(learn: Any, items: pd.DataFrame, tta_views: int = 1) -> Predictions:
+    """Probabilities and per-item losses for labelled items, without random augmentation;
+    averaged over `tta_views` test-time views (core/tta.py), as the service does.
+
+    With one view the losses are the training loss (class weights included); with more, the
+    cross-entropy of the averaged probabilities."""
     dl = learn.dls.test_dl(items, with_labels=True)
-    with learn.no_bar():
-        probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    if tta_views == 1:
+        with learn.no_bar():
+            probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
+    else:
+        model = learn.model.eval()
+        chunks, labels = [], []
+        with torch.inference_mode():
+            for xb, yb in dl:
+                # Plain tensors: fastai's TensorImage / TensorCategory types refuse nll_loss.
+                x = xb.as_subclass(torch.Tensor)
+                chunks.append(tta_probabilities(model, x, tta_views).cpu())
+                labels.append(yb.as_subclass(torch.Tensor).cpu())
+        probs, targets = torch.cat(chunks), torch.cat(labels)
+        losses = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")
     return Predictions(probs.numpy(), targets.numpy(), losses.numpy(), items.reset_index(drop=True))
 
 
@@ -188,7 +206,7 @@ def interpret_split(
     }
 
 
-def _metrics_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, m in metrics["per_class"].items():
         figures = f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f}"
@@ -232,7 +250,7 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
             f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, "
             f"n = {res['n']}",
             "",
-            _metrics_table(res),
+            metrics_table(res),
             "",
             f"![confusion matrix](confusion_{split}.png)",
             "",

@@ -48,7 +48,10 @@ HeatmapQuery = Annotated[
 def _model_ref(predictor: Predictor) -> ModelRef:
     card = predictor.card
     return ModelRef(
-        name=card.name, architecture=card.architecture, weights_sha256=card.weights_sha256
+        name=card.name,
+        architecture=card.architecture,
+        weights_sha256=card.weights_sha256,
+        tta_views=predictor.tta_views,
     )
 
 
@@ -172,5 +175,6 @@ def analyze_smear_image(
 
 @router.get("/model")
 def model_card(predictor: PredictorDep) -> dict[str, Any]:
-    """The model card: classes, architecture, input size, normalisation, metrics, sha256..."""
-    return dataclasses.asdict(predictor.card)
+    """The model card: classes, architecture, input size, normalisation, metrics, sha256...;
+    `tta_views` is what this service uses (the card's unless RBC_TTA_VIEWS overrides it)."""
+    return {**dataclasses.asdict(predictor.card), "tta_views": predictor.tta_views}
