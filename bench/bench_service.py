@@ -81,7 +81,7 @@ def load_cells(images: Path | None, count: int, size: int) -> list[tuple[str, by
 
 
 def start_server(
-    model: Path, port: int, threads: int, python: str
+    model: Path, port: int, threads: int, python: str, tta_views: int | None = None
 ) -> tuple[subprocess.Popen[bytes], float]:
     env = {
         **os.environ,
@@ -91,6 +91,8 @@ def start_server(
         "RBC_LOG_LEVEL": "warning",
         "RBC_TORCH_THREADS": str(threads),
     }
+    if tta_views is not None:
+        env["RBC_TTA_VIEWS"] = str(tta_views)
     started = time.perf_counter()
     process = subprocess.Popen([python, "-m", "app"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/readyz"
@@ -120,6 +122,13 @@ def main() -> None:
         help="interpreter that runs the server, e.g. a venv with the CPU torch wheel the Docker "
         "image installs (default: this one); the bare-model figures always use this one",
     )
+    parser.add_argument(
+        "--tta-views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="test-time views the server averages (default: the card's); the bare forward "
+        "computes the same views",
+    )
     args = parser.parse_args()
     if not (args.model / "model_card.json").is_file():
         raise SystemExit(f"no exported model at {args.model}: pass --model DIR")
@@ -139,9 +148,11 @@ def main() -> None:
     ).stdout.strip()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    process, ready_s = start_server(args.model, port, args.threads, args.server_python)
+    views = args.tta_views or int(card.get("tta_views", 1))
+    process, ready_s = start_server(args.model, port, args.threads, args.server_python, views)
     figures: dict[str, Any] = {
         "model": card["name"],
+        "tta_views": views,
         "architecture": card["architecture"],
         "input_size": card["input_size"],
         "cpu": platform.processor() or platform.machine(),
@@ -189,27 +200,33 @@ def main() -> None:
     from core.modelcard import load_exported
     from core.nets import load_network
     from core.preprocess import Preprocessor
+    from core.tta import tta_probabilities
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, model_card = load_network(args.model)
     pre = Preprocessor.from_card(model_card)
     images = [Image.open(io.BytesIO(d)).convert("RGB") for _, d in cells]
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        # The same computation as the server's: every view in one batched pass.
+        return tta_probabilities(model, batch, views)
+
     with torch.inference_mode():
         one = pre.batch(images[:1])
         for _ in range(20):
-            model(one)
+            forward(one)
         times = []
         for _ in range(200):
             t0 = time.perf_counter()
-            model(one)
+            forward(one)
             times.append(time.perf_counter() - t0)
         figures["bare_forward_b1_p50_ms"] = 1000 * percentile(times, 50)
         xb = pre.batch(images[: args.batch])
-        model(xb)
+        forward(xb)
         t0 = time.perf_counter()
         for _ in range(args.batch_rounds):
-            model(xb)
+            forward(xb)
         figures["bare_batched_forward_cells_per_s"] = (
             args.batch * args.batch_rounds / (time.perf_counter() - t0)
         )
