@@ -91,11 +91,11 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {args.run} to {dest}")
 
 
-def _load_predictor(model: Path, threads: int) -> Any:
+def _load_predictor(model: Path, threads: int, tta_views: int | None) -> Any:
     from core.predictor import ModelLoadError, Predictor
 
     try:
-        return Predictor.load(model, device="auto", threads=threads)
+        return Predictor.load(model, device="auto", threads=threads, tta_views=tta_views)
     except ModelLoadError as exc:
         raise DataError(f"cannot load the model: {exc}") from exc
 
@@ -106,7 +106,7 @@ def _cmd_analyze_smear(args: argparse.Namespace) -> None:
     from core.smear import SmearError, analyze_smear
     from training.smear import write_result
 
-    predictor = _load_predictor(args.model, args.threads)
+    predictor = _load_predictor(args.model, args.threads, args.tta_views)
     failed = 0
     for path in args.images:
         try:
@@ -136,7 +136,7 @@ def _cmd_analyze_smear(args: argparse.Namespace) -> None:
 def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
     from training.smear import evaluate_smears
 
-    predictor = _load_predictor(args.model, args.threads)
+    predictor = _load_predictor(args.model, args.threads, args.tta_views)
     if args.smears == "test":
         stems = [Path(s).stem for s in predictor.card.dataset.get("test_smears", [])]
         if not stems:
@@ -256,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("smear-results"), help="output folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    p.add_argument(
+        "--tta-views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="test-time views averaged per cell (default: the model card's)",
+    )
     p.set_defaults(func=_cmd_analyze_smear)
 
     p = sub.add_parser("evaluate-smears", help="smear pipeline against Chula's point labels")
@@ -266,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="JSON file for the summary and per-smear rows")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
+    p.add_argument(
+        "--tta-views",
+        type=int,
+        choices=[1, 2, 4, 8],
+        help="test-time views averaged per cell (default: the model card's)",
+    )
     p.set_defaults(func=_cmd_evaluate_smears)
 
     p = sub.add_parser("archs", help="list the architectures")
