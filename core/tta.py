@@ -35,8 +35,8 @@ def tta_probabilities(
 ) -> torch.Tensor:
     """Mean softmax probabilities (N, classes) of `logits_of` over `views` views of `batch`.
 
-    All views go through the network as one batch: on a CPU, one pass over 4N images costs less
-    than four passes over N (a single cell becomes a batch of 4)."""
+    All views go through the network as one batch (a single cell becomes a batch of `views`);
+    in eval mode BatchNorm uses its running statistics, so batching does not change the result."""
     indices = view_indices(views)
     stacked = torch.cat([dihedral_view(batch, i) for i in indices]) if views > 1 else batch
     probs = torch.softmax(logits_of(stacked).float(), dim=1)

@@ -203,6 +203,9 @@ def publish_run(
     dest = models_dir / name
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         raise ExportError(f"{dest} already holds a model; pass --overwrite to replace it")
+    # Measured before anything is written: a refusal leaves no half-published folder.
+    remeasured = tta_views is not None and tta_views != card.tta_views
+    results = measure_with_views(learn, card, tta_views) if remeasured and tta_views else []
     staging = models_dir / f".{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -216,16 +219,11 @@ def publish_run(
     for pattern in (*REPORT_FILES, "*.png"):
         for path in run_dir.glob(pattern):
             shutil.copy2(path, staging / path.name)
-    if tta_views is not None and tta_views != card.tta_views:
-        try:
-            results = measure_with_views(learn, card, tta_views)
-        except Exception:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        card.tta_views = tta_views
-        card.metrics = {"tta_views": tta_views, **results[-1]}
+    if remeasured:
+        card.tta_views = int(tta_views or 1)
+        card.metrics = {"tta_views": card.tta_views, **results[-1]}
         with open(staging / "report.md", "a") as report:
-            report.write(views_section(tta_views, results))
+            report.write(views_section(card.tta_views, results))
     card.name = name
     card.notes = [*card.notes, *notes]
     card.save(staging)
