@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.tta import TTA_VIEWS
+
 MIB = 1 << 20
 # What Pillow calls the formats a client may send; sniffed from the bytes, never from the name.
 DEFAULT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
@@ -24,7 +26,7 @@ class Settings(BaseSettings):
     # Cells per forward pass; larger batches are split.
     inference_batch_size: int = Field(default=32, ge=1)
     # Test-time views averaged per cell (core/tta.py): unset takes the model card's; 1 is fastest.
-    tta_views: Literal[1, 2, 4, 8] | None = None
+    tta_views: int | None = None
     max_upload_bytes: int = Field(default=10 * MIB, ge=1, description="per image")
     max_request_bytes: int = Field(default=64 * MIB, ge=1, description="whole request body")
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="width x height of one image")
@@ -53,6 +55,14 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one image format must be accepted")
         return tuple(v.upper() for v in value)
+
+    @field_validator("tta_views")
+    @classmethod
+    def _known_views(cls, value: int | None) -> int | None:
+        # An int field, so that "4" from the environment parses; then only the supported counts.
+        if value is not None and value not in TTA_VIEWS:
+            raise ValueError(f"tta_views must be one of {TTA_VIEWS}")
+        return value
 
     @field_validator("cors_origins")
     @classmethod

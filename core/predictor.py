@@ -137,10 +137,12 @@ class Predictor:
         """Probabilities (N, n_classes) for a normalised batch, in chunks of batch_size, averaged
         over the predictor's test-time views (or `tta_views`)."""
         views = self.tta_views if tta_views is None else tta_views
+        # Every view of a chunk goes through in one pass: keep that pass at batch_size images.
+        step = max(1, self.batch_size // views)
         outputs = []
         with torch.inference_mode():
-            for start in range(0, len(batch), self.batch_size):
-                chunk = batch[start : start + self.batch_size].to(self.device)
+            for start in range(0, len(batch), step):
+                chunk = batch[start : start + step].to(self.device)
                 outputs.append(tta_probabilities(self.model, chunk, views).cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
 

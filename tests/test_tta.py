@@ -146,3 +146,13 @@ def test_service_setting_overrides_the_card(model_dir: Path) -> None:
         assert client.get("/model").json()["tta_views"] == 2
     with pytest.raises(ValueError, match="tta_views"):
         make_settings(model_dir, tta_views=3)
+
+
+def test_service_reads_the_views_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    monkeypatch.setenv("RBC_TTA_VIEWS", "4")
+    assert Settings().tta_views == 4
+    monkeypatch.setenv("RBC_TTA_VIEWS", "3")
+    with pytest.raises(ValueError, match="one of"):
+        Settings()
