@@ -209,8 +209,15 @@ def main() -> None:
     images = [Image.open(io.BytesIO(d)).convert("RGB") for _, d in cells]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        # The same computation as the server's: every view in one batched pass.
-        return tta_probabilities(model, batch, views)
+        # The same computation as the server's: with several views, chunks of 32 // views cells
+        # (the server's default RBC_INFERENCE_BATCH_SIZE), every view of a chunk in one pass.
+        step = len(batch) if views == 1 else max(1, 32 // views)
+        return torch.cat(
+            [
+                tta_probabilities(model, batch[i : i + step], views)
+                for i in range(0, len(batch), step)
+            ]
+        )
 
     with torch.inference_mode():
         one = pre.batch(images[:1])
