@@ -143,7 +143,8 @@ def test_service_setting_overrides_the_card(model_dir: Path) -> None:
 
     with TestClient(create_app(make_settings(model_dir, tta_views=2))) as client:
         wait_ready(client)
-        assert client.get("/model").json()["tta_views"] == 2
+        body = client.get("/model").json()
+        assert body["served_tta_views"] == 2 and body["tta_views"] == 1  # the card's own
     with pytest.raises(ValueError, match="tta_views"):
         make_settings(model_dir, tta_views=3)
 

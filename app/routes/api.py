@@ -176,5 +176,6 @@ def analyze_smear_image(
 @router.get("/model")
 def model_card(predictor: PredictorDep) -> dict[str, Any]:
     """The model card: classes, architecture, input size, normalisation, metrics, sha256...;
-    `tta_views` is what this service uses (the card's unless RBC_TTA_VIEWS overrides it)."""
-    return {**dataclasses.asdict(predictor.card), "tta_views": predictor.tta_views}
+    the card's `tta_views` are those its metrics were measured with, `served_tta_views` those
+    this service averages (the card's unless RBC_TTA_VIEWS overrides them)."""
+    return {**dataclasses.asdict(predictor.card), "served_tta_views": predictor.tta_views}
