@@ -191,6 +191,10 @@ def _add_train_args(p: argparse.ArgumentParser, fine_tune: bool) -> None:
         p.add_argument("--max-lr", type=float, help="max learning rate (default: LR finder)")
 
 
+def _add_views_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--tta-views", type=int, choices=[1, 2, 4, 8], help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -218,11 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="exported model folder")
     p.add_argument("--data", type=Path, required=True, help="folder-per-class set or Chula layout")
     p.add_argument("--split", help="train, valid, test or all (default: test where present)")
-    p.add_argument(
-        "--tta-views",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="test-time views averaged per cell (default: the model card's, as the service)",
+    _add_views_arg(
+        p, "test-time views averaged per cell (default: the model card's, as the service)"
     )
     p.set_defaults(func=_cmd_evaluate)
 
@@ -237,11 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a note for the model card (repeatable; @FILE reads it from a file)",
     )
-    p.add_argument(
-        "--tta-views",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="serve with this many test-time views: re-measures valid and test with them on the "
+    _add_views_arg(
+        p,
+        "serve with this many test-time views: re-measures valid and test with them on the "
         "run's own data (which must still be there) and puts those figures on the card",
     )
     p.set_defaults(func=_cmd_export)
@@ -256,12 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("smear-results"), help="output folder")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
-    p.add_argument(
-        "--tta-views",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="test-time views averaged per cell (default: the model card's)",
-    )
+    _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
     p.set_defaults(func=_cmd_analyze_smear)
 
     p = sub.add_parser("evaluate-smears", help="smear pipeline against Chula's point labels")
@@ -272,12 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="JSON file for the summary and per-smear rows")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
-    p.add_argument(
-        "--tta-views",
-        type=int,
-        choices=[1, 2, 4, 8],
-        help="test-time views averaged per cell (default: the model card's)",
-    )
+    _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
     p.set_defaults(func=_cmd_evaluate_smears)
 
     p = sub.add_parser("archs", help="list the architectures")

@@ -154,7 +154,7 @@ def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict
 
 def views_section(tta_views: int, results: list[dict[str, Any]]) -> str:
     """The report's section on the published model's figures with test-time views."""
-    from training.interpret import metrics_table
+    from training.interpret import confused_pairs, split_figures
 
     lines = [
         "",
@@ -169,13 +169,8 @@ def views_section(tta_views: int, results: list[dict[str, Any]]) -> str:
         lines += [
             f"### {res['split']} split, {tta_views} views",
             "",
-            f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, "
-            f"n = {res['n']}",
-            "",
-            metrics_table(res),
-            "",
-            "Most confused pairs (actual → predicted: count): "
-            + (", ".join(f"{a} → {p}: {n}" for a, p, n in res["most_confused"]) or "none"),
+            *split_figures(res),
+            confused_pairs(res),
             "",
         ]
     return "\n".join(lines)

@@ -206,12 +206,27 @@ def interpret_split(
     }
 
 
-def metrics_table(metrics: dict[str, Any]) -> str:
+def _metrics_table(metrics: dict[str, Any]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for name, m in metrics["per_class"].items():
         figures = f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f}"
         lines.append(f"| {name} | {figures} | {m['support']} |")
     return "\n".join(lines)
+
+
+def split_figures(res: dict[str, Any]) -> list[str]:
+    """Report lines: a split's headline figures, then its per-class table."""
+    return [
+        f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, n = {res['n']}",
+        "",
+        _metrics_table(res),
+        "",
+    ]
+
+
+def confused_pairs(res: dict[str, Any]) -> str:
+    pairs = ", ".join(f"{a} → {p}: {n}" for a, p, n in res["most_confused"])
+    return "Most confused pairs (actual → predicted: count): " + (pairs or "none")
 
 
 def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> Path:
@@ -247,17 +262,12 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
         lines += [
             f"## Evaluation on the {split} split",
             "",
-            f"accuracy **{res['accuracy']:.4f}**, macro-F1 **{res['macro_f1']:.4f}**, "
-            f"n = {res['n']}",
-            "",
-            metrics_table(res),
-            "",
+            *split_figures(res),
             f"![confusion matrix](confusion_{split}.png)",
             "",
             f"![per-class figures](per_class_{split}.png)",
             "",
-            "Most confused pairs (actual → predicted: count): "
-            + (", ".join(f"{a} → {p}: {n}" for a, p, n in res["most_confused"]) or "none"),
+            confused_pairs(res),
             "",
             f"![top losses](top_losses_{split}.png)",
             "",
