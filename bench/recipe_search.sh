@@ -40,4 +40,6 @@ for metrics in sorted(Path(sys.argv[1]).glob("*/metrics.json")):
 print(json.dumps(summary, indent=1))
 PY
 models=$(ls -d "$OUT"/*/model 2>/dev/null)
-[ -n "$models" ] && "$PY" bench/tta_ensemble.py --data "$DATA" --save-probs "$OUT/probs" $models
+if [ -n "$models" ]; then
+  "$PY" bench/tta_ensemble.py --data "$DATA" --save-probs "$OUT/probs" $models
+fi

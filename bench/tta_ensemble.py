@@ -26,6 +26,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.predictor import Predictor
+from core.preprocess import Preprocessor
 from core.tta import TTA_VIEWS, dihedral_view, view_indices
 from training.metrics import classification_metrics
 
@@ -65,11 +66,15 @@ def main() -> None:
         items = manifest[(manifest["split"] == split) & manifest["label"].isin(classes)]
         targets = items["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         per_model = []
+        batches: dict[Preprocessor, torch.Tensor] = {}  # read the crops once per input size
         for name, predictor in zip(names, predictors, strict=True):
             started = time.perf_counter()
-            batch = torch.stack(
-                [predictor.preprocess(Image.open(args.data / p).convert("RGB")) for p in items.path]
-            )
+            pre = predictor.preprocess
+            if pre not in batches:
+                batches[pre] = torch.stack(
+                    [pre(Image.open(args.data / p).convert("RGB")) for p in items.path]
+                )
+            batch = batches[pre]
             probs = all_view_probs(predictor, batch)
             per_model.append(probs)
             result[name][split] = scores(probs, targets, classes)

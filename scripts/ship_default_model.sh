@@ -13,8 +13,9 @@ if [ -z "${RUN:-}" ]; then
   RUN=$(ls -td runs/default-lite0* | head -1)
 fi
 run="$RUN"
-figures="import json,sys; m=json.loads(sys.stdin.read()); print(f\"{m['accuracy']:.3f} {m['macro_f1']:.3f}\")"
-read -r acc f1 <<<"$($PY -c "import json; print(json.dumps(json.load(open('$run/model/model_card.json'))['metrics']))" | $PY -c "$figures")"
+# Accuracy and macro-F1 of a model card (its "metrics") or of an `evaluate` JSON line, on stdin.
+figures="import json,sys; m=json.load(sys.stdin); m=m.get('metrics', m); print(f\"{m['accuracy']:.3f} {m['macro_f1']:.3f}\")"
+read -r acc f1 <<<"$($PY -c "$figures" <"$run/model/model_card.json")"
 # Served with one view by default (the speed targets of the service and of smear analysis);
 # four test-time views are an option (RBC_TTA_VIEWS=4), measured here for the card's note.
 read -r acc4 f14 <<<"$($PY -m training evaluate --model "$run/model" --data data/chula --tta-views 4 | tail -1 | $PY -c "$figures")"
