@@ -31,6 +31,26 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MIB, ge=1, description="whole request body")
     max_pixels: int = Field(default=4096 * 4096, ge=1, description="width x height of one image")
     max_files: int = Field(default=256, ge=1, description="images per batch request")
+    # A cell image or field longer than this many times its width is refused from its header
+    # (a 20000x1 strip is no picture of a cell, and squaring it costs gigabytes).
+    max_aspect_ratio: float = Field(default=10.0, ge=1.0)
+    # Whole fields, at the training scale: what one request may ask of a 2-core, 512 MiB
+    # instance (docs/service.md, "Bounded cost per request", has the measured figures).
+    max_smear_pixels: int = Field(default=2048 * 2048, ge=1)
+    max_smear_cells: int = Field(default=1500, ge=1)
+    # Heavy requests (smears, batches of more than heavy_batch_files images) run at most
+    # heavy_concurrency at a time; the others wait up to heavy_wait_s, then get 503.
+    heavy_concurrency: int = Field(default=1, ge=1)
+    heavy_wait_s: float = Field(default=15.0, ge=0.0)
+    heavy_batch_files: int = Field(default=16, ge=1)
+    # Slow clients: headers must arrive within header_timeout_s of the connection (or of the
+    # previous answer), the body within body_timeout_s of the headers; idle keep-alive
+    # connections close after keep_alive_s; beyond max_connections the oldest connection that
+    # has no request in progress is closed to make room.
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    keep_alive_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
     accepted_formats: Annotated[tuple[str, ...], NoDecode] = DEFAULT_FORMATS
     # A prediction whose top probability is below this is marked needs_review.
     review_threshold: float = Field(default=0.7, ge=0.0, le=1.0)

@@ -6,6 +6,7 @@ Every error body is `{"detail": "<plain words>"}`. Client mistakes get 4xx; a 50
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,9 +22,10 @@ class ServiceError(Exception):
 
     status = 400
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
 
 
 class TooLarge(ServiceError):
@@ -44,8 +46,26 @@ class NotReady(ServiceError):
     status = 503
 
 
+class Busy(ServiceError):
+    """Every slot for heavy work is taken and the wait for one ran out; try again later."""
+
+    status = 503
+
+
 class Unauthorized(ServiceError):
     status = 401
+
+
+class BodyTimeout(ServiceError):
+    """The request body did not arrive within the time allowed (a stalled or trickling client)."""
+
+    status = 408
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection; its work was stopped. Nobody reads this answer."""
+
+    status = 499
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -55,9 +75,15 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request is larger than the {limit:,}-byte limit")
 
 
-def error_response(status: int, detail: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def error_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    merged = dict(headers or {})
+    if status == 401:
+        merged.setdefault("WWW-Authenticate", "Bearer")
+    if status == 408:
+        merged.setdefault("Connection", "close")
+    return JSONResponse({"detail": detail}, status_code=status, headers=merged or None)
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -77,7 +103,9 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.detail)
+        if isinstance(exc, ClientGone):
+            log.info("client disconnected; its request was stopped")
+        return error_response(exc.status, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -85,12 +113,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        cause = exc.__cause__
+        # Starlette's form parser raises HTTPException(400) *while handling* its
+        # MultiPartException (so it is the context, not the cause): too many files or fields
+        # are a size limit (413); a broken multipart body is a 400.
+        # FastAPI turns any error raised while it reads the body into a 400 "from" it: the
+        # body limits' own errors (413, 408) keep their status.
+        cause = exc.__cause__ or exc.__context__
         if isinstance(cause, MultiPartException):
-            # Starlette's form parser: too many files or fields, or a broken multipart body.
             status = 413 if "Too many" in cause.message else 400
             return error_response(status, f"the multipart body was refused: {cause.message}")
-        return error_response(exc.status_code, str(exc.detail))
+        if isinstance(cause, ServiceError):
+            return error_response(cause.status, cause.detail, cause.headers)
+        if isinstance(cause, BodyTooLarge):
+            return error_response(413, str(cause.detail), {"Connection": "close"})
+        # Keep the exception's headers: `Allow` on 405, `WWW-Authenticate` on 401.
+        return error_response(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -1,13 +1,17 @@
 """Bounded reading and safe decoding of uploaded images.
 
-The format is sniffed from the bytes (never from the file name or the declared type), the pixel
-count is checked from the header before any pixel is decoded (decompression bombs), and every
-image mode becomes the RGB image the model was trained on, or a clear error.
+The format is sniffed from the bytes (never from the file name or the declared type); the pixel
+count, the aspect ratio and the number of frames are checked from the header before any pixel is
+decoded (decompression bombs, 20000x1 strips, TIFFs of 100,000 pages); and an image far larger
+than its consumer needs is shrunk while it is decoded (JPEG draft mode) or right after, so that no
+request keeps more than a bounded number of pixels. Every image mode becomes the RGB image the
+model was trained on, or a clear error.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -16,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from app.errors import BadImage, TooLarge, UnsupportedFormat
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+# Called with the header's (width, height) before any pixel is decoded; raises to refuse.
+SizeCheck = Callable[[int, int], None]
 
 
 def read_bounded(stream: BinaryIO, max_bytes: int, name: str = "the file") -> bytes:
@@ -45,10 +52,44 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def has_more_frames(image: Image.Image) -> bool:
+    """Whether the file holds a second frame or page, in constant time: `n_frames` walks every
+    page of a TIFF (a 10 MB file of 100,000 one-pixel pages costs a minute); Pillow's
+    `is_animated` reads one header (TIFF: the next-page pointer; GIF, APNG: the first frames)."""
+    if hasattr(image, "is_animated"):
+        return bool(image.is_animated)
+    try:
+        image.seek(1)
+    except EOFError:
+        return False
+    return True
+
+
+def shrink_factor(width: int, height: int, max_side: int | None) -> int:
+    """The integer factor that brings the longer side to at most ~max_side (at least max_side
+    itself stays): box-averaging by an integer is exact, fast and needs no temporary copy."""
+    if max_side is None:
+        return 1
+    return max(1, max(width, height) // max_side)
+
+
 def decode_image(
-    data: bytes, *, max_pixels: int, accepted_formats: tuple[str, ...], name: str = "the file"
+    data: bytes,
+    *,
+    max_pixels: int,
+    accepted_formats: tuple[str, ...],
+    max_aspect_ratio: float = 10.0,
+    max_side: int | None = None,
+    check_size: SizeCheck | None = None,
+    name: str = "the file",
 ) -> Image.Image:
-    """Bytes of one uploaded cell image -> a loaded RGB PIL image, upright per its EXIF tag."""
+    """Bytes of one uploaded image -> a loaded RGB PIL image, upright per its EXIF tag.
+
+    `max_side`: the consumer needs no more than this many pixels along the longer side (a cell
+    classified at 96 px); larger images are decoded at a reduced scale where the format allows
+    (JPEG) and box-averaged by an integer factor otherwise, so that the longer side lies between
+    max_side and 2 * max_side. `check_size` may refuse the header's size with a ServiceError.
+    """
     if not data:
         raise BadImage(f"{name} is empty")
     try:
@@ -71,15 +112,32 @@ def decode_image(
             raise TooLarge(
                 f"{name} is {width}x{height} pixels, more than the limit of {max_pixels:,}"
             )
-        frames = int(getattr(image, "n_frames", 1))
-        if frames > 1:
+        if max(width, height) > max_aspect_ratio * min(width, height):
             raise BadImage(
-                f"{name} holds {frames} frames (animated or multi-page): "
-                "send one still image per cell"
+                f"{name} is {width}x{height} pixels: a cell image or smear field is not more "
+                f"than {max_aspect_ratio:g} times longer than it is wide"
             )
+        if check_size is not None:
+            check_size(width, height)
         try:
+            if has_more_frames(image):
+                raise BadImage(
+                    f"{name} holds several frames (animated or multi-page): "
+                    "send one still image per request"
+                )
+            factor = shrink_factor(width, height, max_side)
+            if factor > 1 and fmt == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale: the full-size pixels are never held.
+                image.draft("RGB", (width // factor, height // factor))
             image.load()
-            upright = ImageOps.exif_transpose(image)
+            decoded: Image.Image = image
+            factor = shrink_factor(*image.size, max_side)
+            if factor > 1:
+                try:
+                    decoded = image.reduce(factor)
+                except ValueError:  # a mode reduce() does not take (16-bit grey, palette...)
+                    decoded = to_rgb(image).reduce(factor)
+            upright = ImageOps.exif_transpose(decoded)
             return to_rgb(upright)
         except BadImage:
             raise

@@ -11,76 +11,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.errors import BodyTooLarge, error_response, install_error_handlers
-from app.routes import api, health, pages
+from app.deps import require_token
+from app.errors import install_error_handlers
+from app.limits import HeavyGate
+from app.middleware import BodyLimit, SecurityHeaders, TokenGate
+from app.routes import api, docs, health, pages
 from app.state import ModelSlot
 from core.modelcard import ModelFileError, verified_state_path
 from core.predictor import ModelLoadError, resolve_device
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, by Content-Length up front or by
-    counting the bytes as they stream in (neither Starlette nor FastAPI caps uploads alone)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", []))
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                await error_response(400, "the Content-Length header is not a number")(
-                    scope, receive, send
-                )
-                return
-            if int(length) > self.max_bytes:
-                await error_response(413, str(BodyTooLarge(self.max_bytes).detail))(
-                    scope, receive, send
-                )
-                return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as exc:
-            if started:
-                raise
-            await error_response(413, str(exc.detail))(scope, receive, send)
 
 
 def check_model_dir(settings: Settings) -> None:
@@ -114,6 +68,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    quiet_image_warnings()
     app = FastAPI(
         title="RBC morphology",
         summary="Red-blood-cell morphology classification of single-cell images.",
@@ -123,13 +78,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         version="0.1.0",
         lifespan=lifespan,
+        # The interactive docs are served from this service's own files (no CDN); ReDoc has
+        # no offline bundle here, so it is off.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
+    app.state.heavy_gate = HeavyGate(settings.heavy_concurrency, settings.heavy_wait_s)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(api.router)
+    # The token dependency marks the API as secured in the OpenAPI schema; TokenGate below
+    # enforces it before the body is read. Without a token, the schema asks for none.
+    token_deps = [Depends(require_token)] if settings.api_token is not None else []
+    app.include_router(api.router, dependencies=token_deps)
     app.include_router(pages.router)
+    app.include_router(docs.router)
+    docs.mount_assets(app)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     if settings.cors_origins:
         app.add_middleware(
@@ -138,5 +103,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Added last = runs first: the headers on every answer, then the token, then the body.
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s
+    )
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    api_paths = {route.path for route in api.router.routes if isinstance(route, APIRoute)}
+    app.add_middleware(TokenGate, token=token, paths=api_paths)
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+def quiet_image_warnings() -> None:
+    """Pillow warns once per bogus EXIF tag (a JPEG with 5,000 of them wrote 5,000 lines to
+    the log); the image is still decoded or refused on its own merits."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")

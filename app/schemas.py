@@ -5,6 +5,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class ErrorOut(BaseModel):
+    """Every error answer of the service."""
+
+    detail: str = Field(description="what went wrong, in plain words")
+
+
 class ModelRef(BaseModel):
     name: str
     architecture: str

@@ -12,7 +12,7 @@ import base64
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,25 +133,40 @@ class Predictor:
         with torch.inference_mode():
             self.model(torch.zeros(1, 3, size, size, device=self.device))
 
-    def forward(self, batch: torch.Tensor, tta_views: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        batch: torch.Tensor,
+        tta_views: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
         """Probabilities (N, n_classes) for a normalised batch, in chunks of batch_size, averaged
-        over the predictor's test-time views (or `tta_views`)."""
+        over the predictor's test-time views (or `tta_views`). `check` runs before each chunk
+        and may raise to stop the work (a client that went away)."""
         views = self.tta_views if tta_views is None else tta_views
         # Every view of a chunk goes through in one pass: keep that pass at batch_size images.
         step = max(1, self.batch_size // views)
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(batch), step):
+                if check is not None:
+                    check()
                 chunk = batch[start : start + step].to(self.device)
                 outputs.append(tta_probabilities(self.model, chunk, views).cpu())
         return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
 
-    def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Prediction]:
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        heatmap: bool = False,
+        check: Callable[[], None] | None = None,
+    ) -> list[Prediction]:
+        """Classify images of any size (each is brought to the input size first; an image
+        already at `preprocess.resized` gives the same answer). `check`: see `forward`."""
         if not images:
             return []
         resized = [self.preprocess.resized(image) for image in images]
         batch = torch.stack([self.preprocess.to_tensor(image) for image in resized])
-        probs = self.forward(batch)
+        probs = self.forward(batch, check=check)
         results = []
         for row in probs:
             index = int(row.argmax())

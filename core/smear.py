@@ -8,8 +8,9 @@ are found, classified and shown, but not counted: part of the cell is missing, a
 from __future__ import annotations
 
 import io
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +43,10 @@ CLASS_COLOURS = {
 }
 SPARE_COLOURS = ("#1f2f8f", "#8dd3c7", "#fb8072", "#80b1d3", "#b3de69", "#bc80bd")
 BORDER_COLOUR = "#ffffff"
+# The scales a field may be given at (um per pixel): from a 1000x oil objective on a fine camera
+# to a low-power overview.
+MIN_MICRONS_PER_PIXEL = 0.01
+MAX_MICRONS_PER_PIXEL = 5.0
 
 
 class SmearError(ValueError):
@@ -58,7 +63,12 @@ class CellClassifier(Protocol):
     classes: list[str]
     review_threshold: float
 
-    def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Any]: ...
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        heatmap: bool = False,
+        check: Callable[[], None] | None = None,
+    ) -> list[Any]: ...
 
 
 @dataclass
@@ -132,6 +142,47 @@ class SmearResult:
         }
 
 
+def scale_factor(microns_per_pixel: float | None) -> float:
+    """Working (training-scale) pixels per uploaded pixel along each side."""
+    if microns_per_pixel is None:
+        return 1.0
+    if not MIN_MICRONS_PER_PIXEL <= microns_per_pixel <= MAX_MICRONS_PER_PIXEL:
+        raise SmearError(
+            f"microns_per_pixel {microns_per_pixel} is outside "
+            f"{MIN_MICRONS_PER_PIXEL}-{MAX_MICRONS_PER_PIXEL} um per pixel"
+        )
+    return microns_per_pixel / TRAINING_MICRONS_PER_PIXEL
+
+
+def check_working_size(
+    size: tuple[int, int], microns_per_pixel: float | None, max_pixels: int
+) -> tuple[int, int]:
+    """The size an image of `size` is analysed at, or SmearTooLarge with how to split it.
+    Needs only the size, so a service can refuse a field from its header, before decoding."""
+    factor = scale_factor(microns_per_pixel)
+    width, height = size
+    work = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if work[0] * work[1] > max_pixels:
+        raise SmearTooLarge(
+            f"the image is {work[0]}x{work[1]} pixels at the training scale; at most "
+            f"{max_pixels:,} pixels are analysed per field: "
+            f"{split_hint(size, work[0] * work[1], max_pixels)}"
+        )
+    return work
+
+
+def split_hint(size: tuple[int, int], work_pixels: int, max_pixels: int) -> str:
+    """How to cut an uploaded image of `size` into tiles whose working pixels each fit."""
+    width, height = size
+    tiles = math.ceil(work_pixels / max_pixels)
+    across = math.ceil(math.sqrt(tiles * width / height))
+    down = math.ceil(tiles / across)
+    return (
+        f"split it into {across} x {down} tiles of at most {math.ceil(width / across)}x"
+        f"{math.ceil(height / down)} pixels and send each as a field of its own"
+    )
+
+
 def class_colours(classes: Sequence[str]) -> dict[str, str]:
     spare = iter(SPARE_COLOURS * (1 + len(classes) // len(SPARE_COLOURS)))
     return {c: CLASS_COLOURS.get(c) or next(spare) for c in classes}
@@ -175,8 +226,10 @@ def analyze_smear(
     *,
     window: int | None = None,
     max_working_pixels: int = 4096 * 4096,
+    max_cells: int | None = None,
     keep_crops: bool = False,
     params: DetectionParams | None = None,
+    check: Callable[[], None] | None = None,
 ) -> SmearResult:
     """Find, crop, classify, count and grade the red cells of one RGB smear image.
 
@@ -185,7 +238,9 @@ def analyze_smear(
     image is taken to be at the training scale, and a note in the result says so.
     `window` is the crop side at the training scale; by default the classifier's model card's
     (`crop_window_px`), which is what its training crops were cut with.
-    Raises SmearError for images that cannot be a smear (no contrast, too large once rescaled).
+    Raises SmearError for images that cannot be a smear (no contrast), SmearTooLarge for more
+    working pixels or red cells than allowed. `check` runs between stages and chunks of cells
+    and may raise to stop the work (a client that went away).
     """
     started = time.perf_counter()
     if image.mode != "RGB":
@@ -194,14 +249,7 @@ def analyze_smear(
         card = getattr(classifier, "card", None)
         window = getattr(card, "crop_window_px", None) or DEFAULT_WINDOW
     notes: list[str] = []
-    factor = 1.0
-    if microns_per_pixel is not None:
-        if not 0.01 <= microns_per_pixel <= 5.0:
-            raise SmearError(
-                f"microns_per_pixel {microns_per_pixel} is outside 0.01-5 um per pixel"
-            )
-        factor = microns_per_pixel / TRAINING_MICRONS_PER_PIXEL
-    else:
+    if microns_per_pixel is None:
         notes.append(
             "scale unknown: the image was taken to be at the training scale "
             f"({TRAINING_MICRONS_PER_PIXEL} um per pixel, 100x objective on the Chula camera); "
@@ -209,23 +257,26 @@ def analyze_smear(
             "microcyte) may be wrong"
         )
     width, height = image.size
-    work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    if work_size[0] * work_size[1] > max_working_pixels:
-        raise SmearTooLarge(
-            f"the image is {work_size[0]}x{work_size[1]} pixels at the training scale; at most "
-            f"{max_working_pixels:,} pixels can be analysed at once: send a smaller field"
-        )
+    work_size = check_working_size(image.size, microns_per_pixel, max_working_pixels)
+    factor = scale_factor(microns_per_pixel)
     work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
     try:
         segmentation = segment(np.asarray(work), params)
     except NoCellsError as exc:
         raise SmearError(str(exc)) from exc
     segmented = time.perf_counter()
+    if check is not None:
+        check()
 
     red = [(i + 1, d) for i, d in enumerate(segmentation.detections) if d.kind == "red_cell"]
+    if max_cells is not None and len(red) > max_cells:
+        raise SmearTooLarge(
+            f"the image holds {len(red):,} red cells; at most {max_cells:,} are classified per "
+            "request: send smaller fields (a field of a few hundred cells is what grading needs)"
+        )
     fill = median_colour(work)
     crops = [crop_cell(work, round(d.x), round(d.y), window, fill)[0] for _, d in red]
-    predictions = classifier.predict(crops)
+    predictions = classifier.predict(crops, check=check)
     classified = time.perf_counter()
 
     colours = class_colours(classifier.classes)

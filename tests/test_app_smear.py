@@ -93,8 +93,10 @@ def test_bad_scale_is_refused(client: TestClient, value: str) -> None:
 
 
 def test_scale_out_of_range_is_explained(client: TestClient) -> None:
+    # The range is the schema's (OpenAPI says 0.01-5), so it is checked with the other fields.
     data, _ = smear_png()
-    assert_error(post(client, data, "?microns_per_pixel=9"), 422, "outside")
+    assert_error(post(client, data, "?microns_per_pixel=9"), 400, "less than or equal to 5")
+    assert_error(post(client, data, "?microns_per_pixel=0.001"), 400, "greater than or equal")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The JSON API: one cell, many cells, a whole smear, the model card.
 
-Endpoints are plain `def`: FastAPI runs them in its thread pool, so decoding and inference never
-block the event loop; the predictor is safe to call from many threads at once.
+Decoding and inference never run on the event loop: plain `def` endpoints run in FastAPI's thread
+pool, and the heavy ones (`async`) first wait for a slot of the heavy-work gate in the loop, then
+hand their work to the thread pool (app/limits.py). The predictor is safe to call from many
+threads at once.
 """
 
 from __future__ import annotations
@@ -9,17 +11,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.deps import PredictorDep, SettingsDep, require_token
+from app.deps import PredictorDep, SettingsDep
 from app.errors import BadImage, ServiceError, TooLarge
-from app.imaging import decode_image, read_bounded
+from app.imaging import SizeCheck, decode_image, read_bounded
+from app.limits import HeavyGate, StopCheck, stop_when_disconnected
 from app.schemas import (
     BatchItem,
     BatchOut,
     BatchSummary,
     CellPrediction,
+    ErrorOut,
     ItemError,
     ModelRef,
     PredictionOut,
@@ -27,22 +33,51 @@ from app.schemas import (
     SmearOut,
 )
 from core.predictor import Prediction, Predictor, image_data_url, png_data_url
-from core.smear import SmearError, SmearTooLarge, analyze_smear
+from core.smear import (
+    MAX_MICRONS_PER_PIXEL,
+    MIN_MICRONS_PER_PIXEL,
+    SmearError,
+    SmearTooLarge,
+    analyze_smear,
+    check_working_size,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "no file in the expected form field, or a malformed request"},
-    401: {"description": "RBC_API_TOKEN is set and the bearer token is missing or wrong"},
-    413: {"description": "too many bytes, pixels or files"},
-    415: {"description": "an image format that is not accepted"},
-    422: {"description": "empty, corrupt, truncated or not an image"},
-    503: {"description": "the model is not loaded yet"},
+    400: {"model": ErrorOut, "description": "no file in the expected form field, or malformed"},
+    401: {
+        "model": ErrorOut,
+        "description": "RBC_API_TOKEN is set and the bearer token is missing or wrong",
+    },
+    408: {"model": ErrorOut, "description": "the body did not arrive in time"},
+    413: {"model": ErrorOut, "description": "too many bytes, pixels, cells, files or parts"},
+    415: {"model": ErrorOut, "description": "an image format that is not accepted"},
+    422: {
+        "model": ErrorOut,
+        "description": "empty, corrupt, truncated, multi-page, not an image, or of an "
+        "aspect ratio no cell image has",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "the model is not loaded yet, or (with Retry-After) every slot for "
+        "heavy work stayed busy",
+    },
 }
 
-router = APIRouter(tags=["api"], dependencies=[Depends(require_token)], responses=ERRORS)
+# The API's routes; create_app adds the token check (only when RBC_API_TOKEN is set).
+router = APIRouter(tags=["api"], responses=ERRORS)
 
 HeatmapQuery = Annotated[
     bool, Query(description="add a Grad-CAM heatmap (PNG data URL) for the predicted class")
 ]
+GATE_WHAT = {"smear": "whole fields", "batch": "large batches"}
+
+
+def get_gate(request: Request) -> HeavyGate:
+    gate: HeavyGate = request.app.state.heavy_gate
+    return gate
+
+
+GateDep = Annotated[HeavyGate, Depends(get_gate)]
 
 
 def _model_ref(predictor: Predictor) -> ModelRef:
@@ -65,15 +100,32 @@ def _cell(prediction: Prediction) -> dict[str, Any]:
     }
 
 
-def _load(upload: UploadFile, settings: Settings) -> Any:
+def _load(
+    upload: UploadFile,
+    settings: Settings,
+    *,
+    max_side: int | None = None,
+    check_size: SizeCheck | None = None,
+) -> Image.Image:
     name = f"'{upload.filename}'" if upload.filename else "the file"
     data = read_bounded(upload.file, settings.max_upload_bytes, name)
     return decode_image(
         data,
         max_pixels=settings.max_pixels,
         accepted_formats=settings.accepted_formats,
+        max_aspect_ratio=settings.max_aspect_ratio,
+        max_side=max_side,
+        check_size=check_size,
         name=name,
     )
+
+
+def _load_cell(upload: UploadFile, settings: Settings, predictor: Predictor) -> Image.Image:
+    """One cell image, at once brought to the network's input size: a request keeps
+    input-size images only, whatever was uploaded (32 images of 4096x4096 would otherwise hold
+    1.6 GB until the forward pass). Decoding already shrinks it to within 2x of 4x that size."""
+    size = predictor.preprocess.size
+    return predictor.preprocess.resized(_load(upload, settings, max_side=4 * size))
 
 
 @router.post("/predict", response_model=PredictionOut, response_model_exclude_none=True)
@@ -84,7 +136,7 @@ def predict(
     heatmap: HeatmapQuery = False,
 ) -> PredictionOut:
     """Classify one cell image: the top class, every class's probability, needs-review flag."""
-    image = _load(file, settings)
+    image = _load_cell(file, settings, predictor)
     (prediction,) = predictor.predict([image], heatmap=heatmap)
     return PredictionOut(
         **_cell(prediction),
@@ -94,24 +146,43 @@ def predict(
 
 
 @router.post("/predict/batch", response_model=BatchOut, response_model_exclude_none=True)
-def predict_batch(
+async def predict_batch(
+    request: Request,
     files: Annotated[list[UploadFile], File(description="many cell images, one cell each")],
     predictor: PredictorDep,
     settings: SettingsDep,
+    gate: GateDep,
     heatmap: HeatmapQuery = False,
 ) -> BatchOut:
     """Classify many cells: one result per file, in order (a bad file gets its own error and
-    does not fail the others), and a summary with counts and percentages per class."""
+    does not fail the others), and a summary with counts and percentages per class. Batches of
+    more than RBC_HEAVY_BATCH_FILES images share the slots for heavy work (503 when busy)."""
     if len(files) > settings.max_files:
         raise TooLarge(f"{len(files)} files sent; at most {settings.max_files} per request")
+    check = stop_when_disconnected(request)
+    if len(files) <= settings.heavy_batch_files:
+        return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
+    async with gate.slot(GATE_WHAT["batch"]):
+        return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
+
+
+def _batch(
+    files: list[UploadFile],
+    predictor: Predictor,
+    settings: Settings,
+    heatmap: bool,
+    check: StopCheck,
+) -> BatchOut:
     items = [BatchItem(index=i, filename=f.filename) for i, f in enumerate(files)]
-    good: list[tuple[int, Any]] = []
+    good: list[tuple[int, Image.Image]] = []
     for item, upload in zip(items, files, strict=True):
+        if item.index % 8 == 7:
+            check()
         try:
-            good.append((item.index, _load(upload, settings)))
+            good.append((item.index, _load_cell(upload, settings, predictor)))
         except ServiceError as exc:
             item.error = ItemError(status=exc.status, detail=exc.detail)
-    predictions = predictor.predict([image for _, image in good], heatmap=heatmap)
+    predictions = predictor.predict([image for _, image in good], heatmap=heatmap, check=check)
     counts = dict.fromkeys(predictor.classes, 0)
     for (index, _), prediction in zip(good, predictions, strict=True):
         items[index].prediction = CellPrediction(**_cell(prediction))
@@ -134,32 +205,65 @@ def predict_batch(
 
 
 @router.post("/analyze/smear", response_model=SmearOut, response_model_exclude_none=True)
-def analyze_smear_image(
+async def analyze_smear_image(
+    request: Request,
     file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
     predictor: PredictorDep,
     settings: SettingsDep,
+    gate: GateDep,
     microns_per_pixel: Annotated[
         float | None,
-        Query(gt=0, description="the image's scale; without it, the training scale is assumed"),
+        Query(
+            ge=MIN_MICRONS_PER_PIXEL,
+            le=MAX_MICRONS_PER_PIXEL,
+            description="the image's scale; without it, the training scale is assumed",
+        ),
     ] = None,
     crops: Annotated[
         bool, Query(description="add each cell's crop (PNG data URL), as the classifier saw it")
     ] = False,
 ) -> SmearOut:
-    """Find every red cell of a smear field, classify each, count, grade, and outline them."""
-    image = _load(file, settings)
+    """Find every red cell of a smear field, classify each, count, grade, and outline them.
+    A field may hold at most RBC_MAX_SMEAR_PIXELS pixels once brought to the training scale
+    and RBC_MAX_SMEAR_CELLS red cells (413 says how to split a larger one); fields share the
+    slots for heavy work (503 with Retry-After when they stay busy)."""
+    check = stop_when_disconnected(request)
+    async with gate.slot(GATE_WHAT["smear"]):
+        return await run_in_threadpool(
+            _smear, file, predictor, settings, microns_per_pixel, crops, check
+        )
+
+
+def _smear(
+    file: UploadFile,
+    predictor: Predictor,
+    settings: Settings,
+    microns_per_pixel: float | None,
+    crops: bool,
+    check: StopCheck,
+) -> SmearOut:
+    def fits(width: int, height: int) -> None:
+        try:
+            check_working_size((width, height), microns_per_pixel, settings.max_smear_pixels)
+        except SmearTooLarge as exc:
+            raise TooLarge(str(exc)) from exc
+
+    image = _load(file, settings, check_size=fits)
     try:
         result = analyze_smear(
             image,
             predictor,
             microns_per_pixel,
             keep_crops=crops,
-            max_working_pixels=settings.max_pixels,
+            max_working_pixels=settings.max_smear_pixels,
+            max_cells=settings.max_smear_cells,
+            check=check,
         )
     except SmearTooLarge as exc:
         raise TooLarge(str(exc)) from exc
     except SmearError as exc:
         raise BadImage(str(exc)) from exc
+    del image
     cells = [
         SmearCellOut(**{**vars(c), "crop": image_data_url(c.crop) if c.crop else None})
         for c in result.cells
