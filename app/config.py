@@ -35,9 +35,10 @@ class Settings(BaseSettings):
     # (a 20000x1 strip is no picture of a cell, and squaring it costs gigabytes).
     max_aspect_ratio: float = Field(default=10.0, ge=1.0)
     # Whole fields, at the training scale: what one request may ask of a 2-core, 512 MiB
-    # instance (docs/service.md, "Bounded cost per request", has the measured figures).
-    max_smear_pixels: int = Field(default=2048 * 2048, ge=1)
-    max_smear_cells: int = Field(default=1500, ge=1)
+    # instance. A 1920x1080 field fits (~8 s, +135 MiB on 2 cores); 2048x2048 cost +406 MiB
+    # (bench/bench_smear_budget.py; docs/service.md, "Bounded cost per request").
+    max_smear_pixels: int = Field(default=2_100_000, ge=1)
+    max_smear_cells: int = Field(default=1000, ge=1)
     # Heavy requests (smears, batches of more than heavy_batch_files images) run at most
     # heavy_concurrency at a time; the others wait up to heavy_wait_s, then get 503.
     heavy_concurrency: int = Field(default=1, ge=1)
