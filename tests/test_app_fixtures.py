@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,11 @@ class LiveServer:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The service as users run it (`python -m app`, uvicorn) on a free loopback port."""
+@contextmanager
+def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator[LiveServer]:
+    """The service as users run it (`python -m app`, uvicorn) on a free loopback port, with
+    RBC_* settings from `env_overrides`; stopped on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
         "RBC_MODEL_DIR": str(model_dir),
@@ -100,8 +101,10 @@ def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "RBC_PORT": str(port),
         "RBC_DEVICE": "cpu",
         "RBC_LOG_LEVEL": "warning",
+        **env_overrides,
     }
-    env.pop("RBC_API_TOKEN", None)
+    if "RBC_API_TOKEN" not in env_overrides:
+        env.pop("RBC_API_TOKEN", None)
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -128,3 +131,11 @@ def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The service with its default settings on a free loopback port."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(model_dir, log) as server:
+        yield server
