@@ -41,3 +41,9 @@ def test_render_blueprint() -> None:
 def test_dockerignore_keeps_the_default_model() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert "!models/default" in lines and ".venv" in lines
+
+
+def test_every_setting_is_documented() -> None:
+    text = (ROOT / "docs" / "service.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`RBC_{n.upper()}`" not in text]
+    assert missing == [], f"settings missing from docs/service.md: {missing}"
