@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # connections close after keep_alive_s; beyond max_connections the oldest connection that
     # has no request in progress is closed to make room.
     header_timeout_s: float = Field(default=10.0, gt=0.0)
-    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    body_timeout_s: float = Field(default=50.0, gt=0.0)
     keep_alive_s: int = Field(default=5, ge=1)
     max_connections: int = Field(default=1000, ge=1)
     accepted_formats: Annotated[tuple[str, ...], NoDecode] = DEFAULT_FORMATS

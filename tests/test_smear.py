@@ -7,7 +7,7 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,12 @@ class FakeClassifier:
         self.classes = ["dark", "pale", "schistocyte"]
         self.crops: list[Image.Image] = []
 
-    def predict(self, images: Sequence[Image.Image], heatmap: bool = False) -> list[Prediction]:
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        heatmap: bool = False,
+        check: Callable[[], None] | None = None,
+    ) -> list[Prediction]:
         out = []
         for image in images:
             self.crops.append(image)
