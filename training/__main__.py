@@ -152,6 +152,45 @@ def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
     print(json.dumps(summary))
 
 
+def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
+    from training.detection_eval import (
+        classical_detector,
+        evaluate_fields,
+        load_fields,
+        markdown_table,
+    )
+
+    if not (args.yolo or args.coco or args.chula):
+        raise DataError("nothing to evaluate on: give --yolo, --coco and/or --chula")
+    chula_stems = None
+    if args.chula and args.chula_smears == "test":
+        card = json.loads((args.model / "model_card.json").read_text())
+        chula_stems = [Path(s).stem for s in card.get("dataset", {}).get("test_smears", [])]
+        if not chula_stems:
+            raise DataError(f"the model card of {args.model} lists no test smears")
+    coco = [(c, args.coco_images) for c in args.coco]
+    fields, scales = load_fields(args.yolo, coco, args.chula, chula_stems)
+    splits = set(args.split.split(","))
+    fields = [f for f in fields if f.split in splits or f.source == "chula"]
+    if not fields:
+        raise DataError(f"no field in the split(s) {sorted(splits)}")
+    print("scales (um per pixel): " + ", ".join(f"{k} {v:.4f}" for k, v in scales.items()))
+    detector = classical_detector
+    results: dict[str, Any] = {}
+    for name, give in (("with scale", True), ("without scale", False)):
+        by_source, rows = evaluate_fields(fields, detector, lambda f: scales[f.source], give)
+        results[name] = by_source
+        if args.out:
+            results.setdefault("_rows", {})[name] = rows
+    table = markdown_table({k: v for k, v in results.items() if not k.startswith("_")})
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"detector": args.detector, "scales": scales, "splits": sorted(splits)}
+        args.out.write_text(json.dumps({**payload, **results}, indent=1))
+        args.out.with_suffix(".md").write_text(table + "\n")
+
+
 def _cmd_archs(args: argparse.Namespace) -> None:
     from training.archs import ARCHS
 
@@ -268,6 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
     p.set_defaults(func=_cmd_evaluate_smears)
+
+    p = sub.add_parser(
+        "evaluate-detector",
+        help="red cells, white cells and platelets found on labelled fields, per source",
+    )
+    p.add_argument("--yolo", type=Path, action="append", default=[], help="a YOLO-layout set")
+    p.add_argument("--coco", type=Path, action="append", default=[], help="a COCO JSON file")
+    p.add_argument("--coco-images", type=Path, help="images of the COCO files (default: beside)")
+    p.add_argument("--chula", type=Path, help="Chula layout: Dataset/ and Label/ (points)")
+    p.add_argument(
+        "--chula-smears",
+        choices=["test", "all"],
+        default="test",
+        help="the --model card's test smears, or all",
+    )
+    p.add_argument(
+        "--model", type=Path, default=Path("models/default"), help="for --chula-smears test"
+    )
+    p.add_argument("--split", default="test", help="splits of the YOLO/COCO sets, comma-separated")
+    p.add_argument("--detector", default="classical", help='"classical" (today\'s segmentation)')
+    p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
+    p.set_defaults(func=_cmd_evaluate_detector)
 
     p = sub.add_parser("archs", help="list the architectures")
     p.set_defaults(func=_cmd_archs)

@@ -1,0 +1,275 @@
+"""How well a detector finds red cells, white cells and platelets on labelled fields, per source.
+
+For each field the detector gives objects (kind, centre, box, at_border) in the image's pixels;
+they are matched one to one to the labels, closest centres first, a pair counting when the
+detected centre lies inside the label's box (or, for a point label, within POINT_RADIUS_UM of
+it). Figures per source, pooled over its fields:
+- red-cell recall (interior): labelled red cells clear of the border that a detected red cell
+  matches;
+- one-to-one precision: detected red cells clear of the border (the counted ones) that match a
+  labelled red cell; on fields whose every cell is labelled (`Field.complete`) only;
+- white cells counted as red cells: labelled white cells holding the centre of a counted red
+  cell that matches no labelled red cell, as a share of the labelled white cells;
+- platelet recall: labelled platelets that a detected platelet matches;
+- cells found / cells there: counted red cells over labelled red cells clear of the border,
+  the mean over fields (a count's error, whatever the matching).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from training.datasets.fields import Field, FieldObject
+
+# A point label (Chula) matches a detection within this distance: 20 px at Chula's 0.19 um/px,
+# about a red cell's radius.
+POINT_RADIUS_UM = 3.8
+CHULA_MICRONS_PER_PIXEL = 0.19
+
+
+@dataclass(frozen=True)
+class Found:
+    """One detected object, in the pixels of the image given to the detector."""
+
+    kind: str  # red_cell, white_cell or platelet
+    x: float
+    y: float
+    box: tuple[float, float, float, float]
+    at_border: bool
+
+
+# (RGB image, microns per pixel or None) -> the objects found.
+Detector = Callable[[np.ndarray, float | None], list[Found]]
+
+
+def match(
+    found: Sequence[Found], labels: Sequence[FieldObject], point_radius_px: float
+) -> list[tuple[int, int]]:
+    """One-to-one (found index, label index) pairs, closest centres first."""
+    if not found or not labels:
+        return []
+    f = np.asarray([(d.x, d.y) for d in found], dtype=float)
+    g = np.asarray([(o.x, o.y) for o in labels], dtype=float)
+    dist = np.hypot(f[:, None, 0] - g[None, :, 0], f[:, None, 1] - g[None, :, 1])
+    valid = np.empty_like(dist, dtype=bool)
+    for j, obj in enumerate(labels):
+        if obj.box is None:
+            valid[:, j] = dist[:, j] <= point_radius_px
+        else:
+            x0, y0, x1, y1 = obj.box
+            valid[:, j] = (f[:, 0] >= x0) & (f[:, 0] <= x1) & (f[:, 1] >= y0) & (f[:, 1] <= y1)
+    dist = np.where(valid, dist, np.inf)
+    pairs: list[tuple[int, int]] = []
+    used_f: set[int] = set()
+    used_g: set[int] = set()
+    for flat in np.argsort(dist, axis=None):
+        i, j = divmod(int(flat), len(labels))
+        if not np.isfinite(dist[i, j]):
+            break
+        if i not in used_f and j not in used_g:
+            used_f.add(i)
+            used_g.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def field_figures(item: Field, found: Sequence[Found], microns_per_pixel: float) -> dict[str, Any]:
+    """Counts of one field (summed per source by `summarise`)."""
+    radius = POINT_RADIUS_UM / microns_per_pixel
+    red_labels = item.of_kind("red_cell")
+    red_found = [d for d in found if d.kind == "red_cell"]
+    pairs = match(red_found, red_labels, radius)
+    matched_found = {i for i, _ in pairs}
+    matched_labels = {j for _, j in pairs}
+    interior = [j for j, o in enumerate(red_labels) if not item.at_border(o)]
+    counted = [i for i, d in enumerate(red_found) if not d.at_border]
+    stray = [red_found[i] for i in counted if i not in matched_found]
+    whites = item.of_kind("white_cell")
+    whites_hit = sum(
+        1
+        for w in whites
+        if w.box is not None
+        and any(w.box[0] <= d.x <= w.box[2] and w.box[1] <= d.y <= w.box[3] for d in stray)
+    )
+    platelets = item.of_kind("platelet")
+    platelet_pairs = match([d for d in found if d.kind == "platelet"], platelets, radius)
+    return {
+        "complete": item.complete,
+        "red_labels_interior": len(interior),
+        "red_recalled_interior": len(matched_labels.intersection(interior)),
+        "red_counted": len(counted),
+        "red_counted_matched": len(matched_found.intersection(counted)),
+        "white_labels": len(whites),
+        "white_counted_as_red": whites_hit,
+        "platelet_labels": len(platelets),
+        "platelets_recalled": len(platelet_pairs),
+        "white_found": sum(d.kind == "white_cell" for d in found),
+        "platelets_found": sum(d.kind == "platelet" for d in found),
+        "found_over_there": len(counted) / len(interior) if interior else None,
+    }
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    complete = [r for r in rows if r["complete"]]
+
+    def total(key: str, among: Sequence[dict[str, Any]] = rows) -> int:
+        return int(sum(r[key] for r in among))
+
+    ratios = [r["found_over_there"] for r in complete if r["found_over_there"] is not None]
+    return {
+        "fields": len(rows),
+        "complete_fields": len(complete),
+        "red_cells_interior": total("red_labels_interior"),
+        "red_recall_interior": _ratio(total("red_recalled_interior"), total("red_labels_interior")),
+        "red_precision_one_to_one": _ratio(
+            total("red_counted_matched", complete), total("red_counted", complete)
+        ),
+        "white_cells": total("white_labels"),
+        "white_counted_as_red": _ratio(total("white_counted_as_red"), total("white_labels")),
+        "platelets": total("platelet_labels"),
+        "platelet_recall": _ratio(total("platelets_recalled"), total("platelet_labels")),
+        "found_over_there_mean": float(np.mean(ratios)) if ratios else None,
+        "fields_with_red_recall_under_0_5": sum(
+            1
+            for r in rows
+            if r["red_labels_interior"]
+            and r["red_recalled_interior"] < 0.5 * r["red_labels_interior"]
+        ),
+    }
+
+
+def evaluate_fields(
+    fields: Sequence[Field],
+    detector: Detector,
+    scale_of: Callable[[Field], float],
+    give_scale: bool = True,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Run `detector` on every field (with the field's scale, or with none when `give_scale` is
+    false) and measure it: (summary per source, one row per field). `scale_of` gives the
+    field's true scale, used for matching point labels either way."""
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for item in tqdm(fields, desc="fields", disable=not progress, unit="img"):
+        with Image.open(item.image) as opened:
+            rgb = np.asarray(opened.convert("RGB"))
+        scale = scale_of(item)
+        t0 = time.perf_counter()
+        found = detector(rgb, scale if give_scale else None)
+        seconds = time.perf_counter() - t0
+        row = field_figures(item, found, scale)
+        rows.append({"image": item.image.name, "source": item.source, "seconds": seconds, **row})
+    by_source: dict[str, dict[str, Any]] = {}
+    for source in sorted({r["source"] for r in rows}):
+        mine = [r for r in rows if r["source"] == source]
+        by_source[source] = {
+            **summarise(mine),
+            "seconds_per_field": float(np.mean([r["seconds"] for r in mine])),
+        }
+    by_source["all"] = summarise(rows)
+    by_source["all"]["wall_seconds"] = time.perf_counter() - started
+    return by_source, rows
+
+
+def classical_detector(rgb: np.ndarray, microns_per_pixel: float | None) -> list[Found]:
+    """Today's threshold-and-watershed segmentation (core.detect) as a Detector: its dark
+    "other" regions are reported as white cells; it finds no platelets."""
+    from core.detect import NoCellsError, segment
+    from core.smear import scale_factor
+
+    factor = scale_factor(microns_per_pixel)
+    height, width = rgb.shape[:2]
+    work = rgb
+    if factor != 1.0:
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        work = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    try:
+        segmentation = segment(work)
+    except NoCellsError:
+        return []
+    out = []
+    for d in segmentation.detections:
+        x0, y0, x1, y1 = d.box
+        out.append(
+            Found(
+                kind="red_cell" if d.kind == "red_cell" else "white_cell",
+                x=d.x / factor,
+                y=d.y / factor,
+                box=(x0 / factor, y0 / factor, x1 / factor, y1 / factor),
+                at_border=d.at_border,
+            )
+        )
+    return out
+
+
+def load_fields(
+    yolo: Sequence[Any] = (),
+    coco: Sequence[tuple[Any, Any]] = (),
+    chula: Any | None = None,
+    chula_stems: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[list[Field], dict[str, float]]:
+    """Every field of the given sets, and each source's scale: Chula's known 0.19 um/px, the
+    others derived from their own red cells (training.datasets.fields.derived_microns_per_pixel,
+    over all of the source's fields)."""
+    from pathlib import Path
+
+    from training.datasets.fields import (
+        FieldReport,
+        derived_microns_per_pixel,
+        read_chula_points,
+        read_coco,
+        read_yolo,
+    )
+
+    reports: list[FieldReport] = [read_yolo(Path(root), progress=progress) for root in yolo]
+    reports += [read_coco(Path(j), Path(i) if i else None, progress=progress) for j, i in coco]
+    if chula is not None:
+        reports.append(read_chula_points(Path(chula), chula_stems, progress=progress))
+    for report in reports:
+        print(report.summary(), flush=True)
+    fields = [f for r in reports for f in r.fields]
+    scales: dict[str, float] = {}
+    for source in sorted({f.source for f in fields}):
+        if source == "chula":
+            scales[source] = CHULA_MICRONS_PER_PIXEL
+            continue
+        derived = derived_microns_per_pixel([f for f in fields if f.source == source])
+        if derived is not None:
+            scales[source] = derived
+    return fields, scales
+
+
+FIGURES = (
+    ("red_recall_interior", "red-cell recall (interior)"),
+    ("red_precision_one_to_one", "one-to-one precision"),
+    ("white_counted_as_red", "white cells counted as red"),
+    ("platelet_recall", "platelet recall"),
+    ("found_over_there_mean", "found / there"),
+    ("seconds_per_field", "s per field"),
+)
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """results: run name (e.g. "with scale") -> source -> figures."""
+    head = "| run | source | fields | " + " | ".join(name for _, name in FIGURES) + " |"
+    lines = [head, "|" + "---|" * (3 + len(FIGURES))]
+    for run, by_source in results.items():
+        for source, figures in by_source.items():
+            cells = []
+            for key, _ in FIGURES:
+                value = figures.get(key)
+                cells.append("-" if value is None else f"{value:.3f}")
+            lines.append(f"| {run} | {source} | {figures['fields']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
