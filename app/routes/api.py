@@ -159,10 +159,10 @@ async def predict_batch(
     more than RBC_HEAVY_BATCH_FILES images share the slots for heavy work (503 when busy)."""
     if len(files) > settings.max_files:
         raise TooLarge(f"{len(files)} files sent; at most {settings.max_files} per request")
-    check = stop_when_disconnected(request)
     if len(files) <= settings.heavy_batch_files:
-        return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
-    async with gate.slot(GATE_WHAT["batch"]):
+        async with stop_when_disconnected(request) as check:
+            return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
+    async with gate.slot(GATE_WHAT["batch"]), stop_when_disconnected(request) as check:
         return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
 
 
@@ -227,8 +227,7 @@ async def analyze_smear_image(
     A field may hold at most RBC_MAX_SMEAR_PIXELS pixels once brought to the training scale
     and RBC_MAX_SMEAR_CELLS red cells (413 says how to split a larger one); fields share the
     slots for heavy work (503 with Retry-After when they stay busy)."""
-    check = stop_when_disconnected(request)
-    async with gate.slot(GATE_WHAT["smear"]):
+    async with gate.slot(GATE_WHAT["smear"]), stop_when_disconnected(request) as check:
         return await run_in_threadpool(
             _smear, file, predictor, settings, microns_per_pixel, crops, check
         )
