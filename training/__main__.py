@@ -191,6 +191,30 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
         args.out.with_suffix(".md").write_text(table + "\n")
 
 
+def _cmd_train_detector(args: argparse.Namespace) -> None:
+    from training.detector import load_detector_config, train_detector
+
+    overrides = {
+        "name": args.name,
+        "out_dir": str(args.out_dir) if args.out_dir else None,
+        "epochs": args.epochs,
+        "leave_out": args.leave_out.split(",") if args.leave_out else None,
+        "device": args.device,
+        "threads": args.threads,
+        "max_fields": args.max_fields,
+        "workers": args.workers,
+        "prepared": str(args.prepared) if args.prepared else None,
+    }
+    cfg = load_detector_config(args.config, overrides)
+    if args.prepare_only:
+        from training.detector import prepare_samples
+
+        print(f"prepared fields written to {prepare_samples(cfg, args.prepare_only)}")
+        return
+    run_dir = train_detector(cfg)
+    print(f"detector run written to {run_dir}")
+
+
 def _cmd_archs(args: argparse.Namespace) -> None:
     from training.archs import ARCHS
 
@@ -329,6 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="classical", help='"classical" (today\'s segmentation)')
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
     p.set_defaults(func=_cmd_evaluate_detector)
+
+    p = sub.add_parser("train-detector", help="train the cell detector from a YAML config")
+    p.add_argument("--config", type=Path, required=True, help="e.g. configs/detector.yaml")
+    p.add_argument("--name", help="run name (folder under --out-dir)")
+    p.add_argument("--out-dir", type=Path, help="where run folders go (default runs/)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--leave-out", help="sources left out of training, comma-separated")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch threads (0: one per core)")
+    p.add_argument("--max-fields", type=int, help="cap the training fields (quick runs)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--prepared", type=Path, help="read a prepared copy of the fields instead")
+    p.add_argument(
+        "--prepare-only",
+        type=Path,
+        metavar="DIR",
+        help="write the fields at the working scale (JPEG) and their labels to DIR, then stop",
+    )
+    p.set_defaults(func=_cmd_train_detector)
 
     p = sub.add_parser("archs", help="list the architectures")
     p.set_defaults(func=_cmd_archs)

@@ -1,0 +1,294 @@
+"""A learned detector of red cells, white cells and platelets in a smear field.
+
+The network (`CentreNet`) puts a small feature pyramid on an EfficientNet-Lite body and predicts,
+at a quarter of the input's resolution, one centre heatmap per kind of object (red cell, white
+cell, platelet) and each object's box size: a cell is a peak of its kind's heatmap, so touching
+cells are two peaks, and a white cell is never a red cell. It works at one pixel scale
+(`DetectorCard.microns_per_pixel`, a red cell ~20 px across): an image is resampled to it from
+the scale given, or from a scale estimated from the field's own red cells (`CellDetector`).
+
+Trained by `python -m training train-detector` (training/detector.py); loaded here as the
+classifier is: the card's sha256 checked before the state dict is read, tensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from core.modelcard import ModelFileError, sha256_file
+
+KINDS = ("red_cell", "white_cell", "platelet")
+DETECTOR_CARD = "detector_card.json"
+DETECTOR_STATE = "detector_state.pt"
+STRIDE = 4
+# ImageNet statistics: the body's pretraining normalisation.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# A normal red cell is about this wide (the assumption behind an estimated scale).
+NORMAL_RED_CELL_UM = 7.5
+
+
+@dataclass
+class DetectorCard:
+    name: str
+    backbone: str
+    width: int
+    microns_per_pixel: float  # the working scale of the network's input
+    thresholds: dict[str, float]  # per kind: a heatmap peak above it is an object
+    state_file: str = DETECTOR_STATE
+    state_sha256: str = ""
+    kinds: list[str] = field(default_factory=lambda: list(KINDS))
+    metrics: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    library_versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / DETECTOR_CARD
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> DetectorCard:
+        path = Path(model_dir) / DETECTOR_CARD
+        if not path.is_file():
+            raise ModelFileError(
+                f"no detector card at {path}: is {model_dir} an exported detector?"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            known = set(cls.__dataclass_fields__)
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise ModelFileError(f"detector card {path} is malformed: {exc}") from exc
+
+
+def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class CentreNet(nn.Module):
+    """EfficientNet-Lite body, top-down feature pyramid to stride 4, two heads:
+    `heat` (logits, one channel per kind) and `size` (log of box width and height / STRIDE)."""
+
+    def __init__(self, backbone: str = "efficientnet_lite0", width: int = 64) -> None:
+        super().__init__()
+        from core.nets import imagenet_network
+
+        net: Any = imagenet_network(backbone)  # efficientnet_lite_pytorch.EfficientNet
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks: nn.ModuleList = net._blocks
+        self.drop_connect = float(net._global_params.drop_connect_rate or 0.0)
+        self.taps, channels = self._find_taps()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.smooth = _conv(width, width)
+        self.heat = nn.Sequential(_conv(width, width), nn.Conv2d(width, len(KINDS), 1))
+        self.size = nn.Sequential(_conv(width, width), nn.Conv2d(width, 2, 1))
+        # Focal-loss prior: start every heatmap near 0.1, not 0.5.
+        last = self.heat[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.constant_(last.bias, -2.19)
+
+    @torch.no_grad()
+    def _find_taps(self) -> tuple[list[int], list[int]]:
+        """Indices of the last block at strides 4, 8, 16 and 32, and their channels."""
+        was = self.training
+        self.eval()
+        x = self.stem(torch.zeros(1, 3, 64, 64))
+        last_at: dict[int, tuple[int, int]] = {}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            last_at[64 // x.shape[-1]] = (i, int(x.shape[1]))
+        self.train(was)
+        strides = [4, 8, 16, 32]
+        return [last_at[s][0] for s in strides], [last_at[s][1] for s in strides]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(x)
+        taps = []
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            rate = self.drop_connect * i / n if self.training else 0.0
+            x = block(x, drop_connect_rate=rate)
+            if i in self.taps:
+                taps.append(x)
+        top = self.lateral[-1](taps[-1])
+        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(taps[:-1]), strict=True):
+            top = F.interpolate(top, size=feature.shape[-2:], mode="nearest") + lateral(feature)
+        top = self.smooth(top)
+        return self.heat(top), self.size(top)
+
+
+@dataclass
+class Detected:
+    kind: str
+    x: float  # centre, pixels of the image given
+    y: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    score: float
+    at_border: bool
+
+
+def decode(
+    heat: torch.Tensor, size: torch.Tensor, thresholds: dict[str, float], max_objects: int = 2000
+) -> list[tuple[int, float, float, float, float, float]]:
+    """Peaks of one image's heatmaps (logits (K, h, w), sizes (2, h, w)) -> (kind index, x, y,
+    width, height, score) in input pixels. A peak is a local maximum of its 3x3 neighbourhood
+    above its kind's threshold."""
+    prob = torch.sigmoid(heat)
+    peaks = (prob == F.max_pool2d(prob[None], 3, stride=1, padding=1)[0]) & (prob > 0)
+    cut = torch.tensor([thresholds.get(k, 0.5) for k in KINDS], dtype=prob.dtype)[:, None, None]
+    kind, ys, xs = torch.nonzero(peaks & (prob >= cut), as_tuple=True)
+    scores = prob[kind, ys, xs]
+    order = torch.argsort(scores, descending=True)[:max_objects]
+    wh = torch.exp(size.clamp(-4, 6)) * STRIDE
+    out = []
+    for o in order.tolist():
+        k, y, x = int(kind[o]), int(ys[o]), int(xs[o])
+        out.append(
+            (
+                k,
+                (x + 0.5) * STRIDE,
+                (y + 0.5) * STRIDE,
+                float(wh[0, y, x]),
+                float(wh[1, y, x]),
+                float(scores[o]),
+            )
+        )
+    return out
+
+
+def to_input(rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(H, W, 3) uint8 -> normalised (1, 3, H', W') padded with the image's median colour to a
+    multiple of 32; and the unpadded (H, W)."""
+    height, width = rgb.shape[:2]
+    pad_h, pad_w = (-height) % 32, (-width) % 32
+    if pad_h or pad_w:
+        fill = np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8)
+        padded = np.empty((height + pad_h, width + pad_w, 3), dtype=np.uint8)
+        padded[:] = fill
+        padded[:height, :width] = rgb
+        rgb = padded
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    return ((x - mean) / std)[None], (height, width)
+
+
+def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+    if abs(factor - 1.0) < 1e-3:
+        return rgb
+    height, width = rgb.shape[:2]
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    filt = Image.Resampling.BILINEAR if factor > 1 else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(rgb).resize(size, filt))
+
+
+@dataclass
+class FieldDetection:
+    objects: list[Detected]
+    microns_per_pixel: float  # the scale used: given, or estimated
+    scale_estimated: bool
+    # When estimated: the candidate scales tried and the red cells each found.
+    scale_search: list[tuple[float, int]] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Detected]:
+        return [o for o in self.objects if o.kind == kind]
+
+
+class CellDetector:
+    """A loaded detector: `detect(rgb, microns_per_pixel)`; thread-safe (inference mode only)."""
+
+    # Scales tried when none is given (um per pixel): from a fine camera behind a 100x objective
+    # to Chula's 0.19 and beyond, in steps of 1.5x (the network is trained over 0.7x-1.4x).
+    CANDIDATE_SCALES = (0.04, 0.06, 0.09, 0.135, 0.2, 0.3, 0.45)
+    BORDER_MARGIN_PX = 2.0
+
+    def __init__(self, network: CentreNet, card: DetectorCard, device: str = "cpu") -> None:
+        self.network = network.eval().to(device)
+        self.network.requires_grad_(False)
+        self.card = card
+        self.device = device
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "cpu") -> CellDetector:
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelFileError(f"detector directory {model_dir} does not exist")
+        card = DetectorCard.load(model_dir)
+        path = model_dir / Path(card.state_file).name
+        if not path.is_file():
+            raise ModelFileError(f"detector weights {path} are missing")
+        actual = sha256_file(path)
+        if actual != card.state_sha256:
+            raise ModelFileError(
+                f"sha256 of {path} is {actual}, but the detector card says {card.state_sha256}: "
+                "refusing to load a file that is not the one the card describes"
+            )
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            network = CentreNet(card.backbone, card.width)
+            network.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise ModelFileError(f"cannot load the detector weights {path}: {exc}") from exc
+        return cls(network, card, device)
+
+    def run(self, rgb: np.ndarray) -> list[tuple[int, float, float, float, float, float]]:
+        """Peaks of an image already at the working scale (input pixels)."""
+        x, _ = to_input(rgb)
+        with torch.inference_mode():
+            heat, size = self.network(x.to(self.device))
+        return decode(heat[0].cpu(), size[0].cpu(), self.card.thresholds)
+
+    def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
+        """The field's scale from its own red cells: run the network at each candidate scale (the
+        one that finds the most red cells is about right, since it was trained near its working
+        scale only), then refine by the median red-cell size it measured there, taking a red
+        cell to be NORMAL_RED_CELL_UM across."""
+        work = self.card.microns_per_pixel
+        tried: list[tuple[float, int, list[float]]] = []
+        for candidate in self.CANDIDATE_SCALES:
+            peaks = self.run(resample(rgb, candidate / work))
+            sides = [(w + h) / 2 for k, _, _, w, h, _ in peaks if k == 0]
+            tried.append((candidate, len(sides), sides))
+        best, count, sides = max(tried, key=lambda t: t[1])
+        search = [(c, n) for c, n, _ in tried]
+        if count < 3:
+            return best, search
+        # A red cell measures median(sides) input pixels at the working scale.
+        diameter_um = float(np.median(sides)) * work
+        return best * NORMAL_RED_CELL_UM / diameter_um, search
+
+    def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
+        search: list[tuple[float, int]] = []
+        estimated = microns_per_pixel is None
+        if microns_per_pixel is None:
+            microns_per_pixel, search = self.estimate_scale(rgb)
+        factor = microns_per_pixel / self.card.microns_per_pixel
+        height, width = rgb.shape[:2]
+        objects = []
+        m = self.BORDER_MARGIN_PX
+        for k, x, y, w, h, score in self.run(resample(rgb, factor)):
+            cx, cy, bw, bh = x / factor, y / factor, w / factor, h / factor
+            x0, y0 = max(0.0, cx - bw / 2), max(0.0, cy - bh / 2)
+            x1, y1 = min(float(width), cx + bw / 2), min(float(height), cy + bh / 2)
+            if not (0 <= cx < width and 0 <= cy < height):
+                continue  # a peak in the padding
+            border = x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m
+            objects.append(Detected(KINDS[k], cx, cy, (x0, y0, x1, y1), score, border))
+        return FieldDetection(objects, microns_per_pixel, estimated, search)
