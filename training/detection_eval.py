@@ -11,8 +11,10 @@ it). Figures per source, pooled over its fields:
 - white cells counted as red cells: labelled white cells holding the centre of a counted red
   cell that matches no labelled red cell, as a share of the labelled white cells;
 - platelet recall: labelled platelets that a detected platelet matches;
-- cells found / cells there: counted red cells over labelled red cells clear of the border,
-  the mean over fields (a count's error, whatever the matching).
+- cells found / cells there: red cells found over red cells labelled, border cells included on
+  both sides (whether a cell touches the edge depends on its box, which a detector may draw a
+  little smaller than the label's), the mean over the fully labelled fields: a count's error,
+  whatever the matching.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def field_figures(item: Field, found: Sequence[Found], microns_per_pixel: float)
         "platelets_recalled": len(platelet_pairs),
         "white_found": sum(d.kind == "white_cell" for d in found),
         "platelets_found": sum(d.kind == "platelet" for d in found),
-        "found_over_there": len(counted) / len(interior) if interior else None,
+        "found_over_there": len(red_found) / len(red_labels) if red_labels else None,
     }
 
 
