@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RBC_", frozen=True, protected_namespaces=())
 
     model_dir: Path = Path("models/default")
+    # The cell detector for whole fields (core/celldet.py); when this folder does not exist the
+    # classical segmentation (core/detect.py) finds the red cells instead. "none" forces that.
+    detector_dir: Path = Path("models/detector")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op threads for torch; 0 keeps torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0)

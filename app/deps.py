@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.config import Settings
 from app.errors import NotReady, Unauthorized
 from app.state import ModelSlot
+from core.celldet import CellDetector
 from core.predictor import Predictor
 
 
@@ -54,3 +55,10 @@ def require_token(
     expected = settings.api_token.get_secret_value().encode()
     if not secrets.compare_digest(credentials.credentials.encode(), expected):
         raise Unauthorized("the token is not valid")
+
+
+def get_detector(slot: SlotDep) -> CellDetector | None:
+    return slot.detector
+
+
+DetectorDep = Annotated[CellDetector | None, Depends(get_detector)]

@@ -29,7 +29,8 @@ from app.errors import install_error_handlers
 from app.limits import HeavyGate
 from app.middleware import BodyLimit, SecurityHeaders, TokenGate
 from app.routes import api, docs, health, pages
-from app.state import ModelSlot
+from app.state import ModelSlot, detector_enabled
+from core.celldet import verified_detector_path
 from core.modelcard import ModelFileError, verified_state_path
 from core.predictor import ModelLoadError, resolve_device
 
@@ -42,6 +43,8 @@ def check_model_dir(settings: Settings) -> None:
     try:
         resolve_device(settings.device)
         verified_state_path(settings.model_dir)
+        if detector_enabled(settings):
+            verified_detector_path(settings.detector_dir)
     except (ModelFileError, ModelLoadError) as exc:
         hint = ""
         if not Path(settings.model_dir).exists():

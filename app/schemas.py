@@ -89,9 +89,23 @@ class SmearCellOut(BaseModel):
     )
 
 
+class FieldObjectOut(BaseModel):
+    id: int
+    kind: str = Field(description="white_cell or platelet")
+    x: float = Field(description="centre, pixels of the uploaded image")
+    y: float
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1")
+    at_border: bool
+    confidence: float = Field(description="the detector's score")
+
+
 class SmearScale(BaseModel):
-    microns_per_pixel: float | None
-    known: bool = Field(description="false: the image was taken to be at the training scale")
+    microns_per_pixel: float | None = Field(description="the scale the field was analysed at")
+    known: bool = Field(description="given with the request")
+    estimated: bool = Field(
+        False,
+        description="estimated from the field's own red cells (size classes are then relative)",
+    )
     training_microns_per_pixel: float
 
 
@@ -109,7 +123,17 @@ class SmearOut(BaseModel):
     cells_found: int
     cells_counted: int
     cells_at_border: int
-    other_objects: int = Field(description="dark objects (white cells, fibres, dirt), not counted")
+    other_objects: int = Field(
+        description="objects that are not red cells (white cells, platelets; with the classical "
+        "detector, dark objects: white cells, fibres, dirt), not counted"
+    )
+    detector: str = Field(description='"learned:<name>" or "classical"')
+    white_cells_found: int
+    platelets_found: int
+    white_cells: list[FieldObjectOut] = Field(default_factory=list)
+    platelets: list[FieldObjectOut] = Field(
+        default_factory=list, description="platelets of this field (the count feeds an estimate)"
+    )
     needs_review: int
     counts: dict[str, int]
     percentages: dict[str, float]

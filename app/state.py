@@ -6,6 +6,8 @@ import logging
 import threading
 
 from app.config import Settings
+from core.celldet import CellDetector
+from core.modelcard import ModelFileError
 from core.predictor import ModelLoadError, Predictor
 
 log = logging.getLogger(__name__)
@@ -14,12 +16,16 @@ log = logging.getLogger(__name__)
 class ModelSlot:
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
+        self.detector: CellDetector | None = None
         self.error: str | None = None
         self.loaded = threading.Event()
 
     def load(self, settings: Settings) -> None:
         """Load the configured model; on failure keep the reason (and /readyz stays 503)."""
         try:
+            if detector_enabled(settings):
+                self.detector = CellDetector.load(settings.detector_dir, device="cpu")
+                log.info("cell detector %s loaded", self.detector.card.name)
             self.predictor = Predictor.load(
                 settings.model_dir,
                 device=settings.device,
@@ -28,7 +34,7 @@ class ModelSlot:
                 threads=settings.torch_threads,
                 tta_views=settings.tta_views,
             )
-        except ModelLoadError as exc:
+        except (ModelLoadError, ModelFileError) as exc:
             self.error = str(exc)
             log.error("the model could not be loaded: %s", exc)
         except Exception as exc:
@@ -36,3 +42,8 @@ class ModelSlot:
             log.exception("the model could not be loaded")
         finally:
             self.loaded.set()
+
+
+def detector_enabled(settings: Settings) -> bool:
+    """A detector folder is configured and exists (else whole fields use the classical one)."""
+    return str(settings.detector_dir) != "none" and settings.detector_dir.exists()

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[4],
         help="also time the pipeline with these test-time view counts, on the same smears",
     )
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        help="also time the pipeline with this learned detector (core/celldet.py) on the same "
+        "smears, scale given (0.19) and scale estimated, against the classical segmentation",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -93,6 +99,32 @@ def main(argv: list[str] | None = None) -> int:
         }
     predictor.tta_views = served_views
 
+    # The same smears with the learned detector: scale given, then estimated from the field.
+    by_detector: dict[str, dict[str, float]] = {}
+    if args.detector is not None:
+        from core.celldet import CellDetector
+
+        detector = CellDetector.load(args.detector)
+        for label, scale in (("scale given", 0.19), ("scale estimated", None)):
+            with Image.open(paths[0]) as opened:
+                analyze_smear(opened.convert("RGB"), predictor, scale, detector=detector)
+            det_totals, det_detect, det_cells = [], [], []
+            for path in paths:
+                with Image.open(path) as opened:
+                    image = opened.convert("RGB")
+                started = time.perf_counter()
+                result = analyze_smear(image, predictor, scale, detector=detector)
+                det_totals.append(time.perf_counter() - started)
+                det_detect.append(result.timings_ms["detect"])
+                det_cells.append(len(result.cells))
+            by_detector[label] = {
+                "seconds_per_smear_mean": float(np.mean(det_totals)),
+                "seconds_per_smear_p50": float(np.percentile(det_totals, 50)),
+                "seconds_per_smear_max": float(np.max(det_totals)),
+                "ms_detect_mean": float(np.mean(det_detect)),
+                "cells_per_smear_mean": float(np.mean(det_cells)),
+            }
+
     from core.modelcard import load_exported
 
     learn, card = load_exported(args.model)
@@ -130,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_learn_predict": mean_predict / mean_total,
         "tta_views": served_views,
         "with_other_views": by_views,
+        "learned_detector": by_detector,
         "target_seconds": TARGET_S,
         "meets_target": bool(np.percentile(totals, 50) < TARGET_S),
         "threads": args.threads,
@@ -162,6 +195,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{other['seconds_per_smear_mean']:.3f} mean, "
                 f"{other['ms_classify_mean']:.0f} ms "
                 f"({other['ms_classify_mean'] / f['ms_classify_mean']:.1f}x)",
+            )
+        )
+    for label, other in by_detector.items():
+        rows.append(
+            (
+                f"learned detector, {label}",
+                f"{other['seconds_per_smear_mean']:.3f} s mean, p50 "
+                f"{other['seconds_per_smear_p50']:.3f}, max {other['seconds_per_smear_max']:.3f}; "
+                f"detect {other['ms_detect_mean']:.0f} ms; {other['cells_per_smear_mean']:.0f} "
+                "cells",
             )
         )
     for name, value in rows:

@@ -74,6 +74,24 @@ class DetectorCard:
             raise ModelFileError(f"detector card {path} is malformed: {exc}") from exc
 
 
+def verified_detector_path(model_dir: Path) -> tuple[Path, DetectorCard]:
+    """The detector's state dict, once its sha256 matches the card's (before it is read)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelFileError(f"detector directory {model_dir} does not exist")
+    card = DetectorCard.load(model_dir)
+    path = model_dir / Path(card.state_file).name  # inside the folder, never elsewhere
+    if not path.is_file():
+        raise ModelFileError(f"detector weights {path} are missing")
+    actual = sha256_file(path)
+    if actual != card.state_sha256:
+        raise ModelFileError(
+            f"sha256 of {path} is {actual}, but the detector card says {card.state_sha256}: "
+            "refusing to load a file that is not the one the card describes"
+        )
+    return path, card
+
+
 def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
@@ -227,19 +245,7 @@ class CellDetector:
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu") -> CellDetector:
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelFileError(f"detector directory {model_dir} does not exist")
-        card = DetectorCard.load(model_dir)
-        path = model_dir / Path(card.state_file).name
-        if not path.is_file():
-            raise ModelFileError(f"detector weights {path} are missing")
-        actual = sha256_file(path)
-        if actual != card.state_sha256:
-            raise ModelFileError(
-                f"sha256 of {path} is {actual}, but the detector card says {card.state_sha256}: "
-                "refusing to load a file that is not the one the card describes"
-            )
+        path, card = verified_detector_path(model_dir)
         try:
             state = torch.load(path, map_location=device, weights_only=True)
             network = CentreNet(card.backbone, card.width)

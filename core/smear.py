@@ -87,6 +87,19 @@ class SmearCell:
 
 
 @dataclass
+class FieldObject:
+    """A white cell or platelet: found, shown and counted apart, never classified as a red cell."""
+
+    id: int
+    kind: str  # "white_cell" or "platelet"
+    x: float  # centre in the uploaded image's pixels
+    y: float
+    box: tuple[int, int, int, int]
+    at_border: bool
+    confidence: float
+
+
+@dataclass
 class SmearResult:
     width: int
     height: int
@@ -98,6 +111,11 @@ class SmearResult:
     overlay_png: bytes = field(repr=False)
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    white_cells: list[FieldObject] = field(default_factory=list)
+    platelets: list[FieldObject] = field(default_factory=list)
+    # With the learned detector and no scale given: the scale estimated from the field's cells.
+    scale_estimated: bool = False
+    detector: str = "classical"
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -124,9 +142,13 @@ class SmearResult:
             "height": self.height,
             "scale": {
                 "microns_per_pixel": self.microns_per_pixel,
-                "known": self.microns_per_pixel is not None,
+                "known": self.microns_per_pixel is not None and not self.scale_estimated,
+                "estimated": self.scale_estimated,
                 "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
             },
+            "detector": self.detector,
+            "white_cells_found": len(self.white_cells),
+            "platelets_found": len(self.platelets),
             "cells_found": len(self.cells),
             "cells_counted": len(self.counted),
             "cells_at_border": sum(c.at_border for c in self.cells),
@@ -230,6 +252,7 @@ def analyze_smear(
     keep_crops: bool = False,
     params: DetectionParams | None = None,
     check: Callable[[], None] | None = None,
+    detector: Any | None = None,
 ) -> SmearResult:
     """Find, crop, classify, count and grade the red cells of one RGB smear image.
 
@@ -238,6 +261,9 @@ def analyze_smear(
     image is taken to be at the training scale, and a note in the result says so.
     `window` is the crop side at the training scale; by default the classifier's model card's
     (`crop_window_px`), which is what its training crops were cut with.
+    With a `detector` (core.celldet.CellDetector) red cells, white cells and platelets are found
+    by it, and without `microns_per_pixel` the scale is estimated from the field's own red
+    cells; without one, the classical segmentation of core.detect finds the red cells.
     Raises SmearError for images that cannot be a smear (no contrast), SmearTooLarge for more
     working pixels or red cells than allowed. `check` runs between stages and chunks of cells
     and may raise to stop the work (a client that went away).
@@ -248,6 +274,11 @@ def analyze_smear(
     if window is None:
         card = getattr(classifier, "card", None)
         window = getattr(card, "crop_window_px", None) or DEFAULT_WINDOW
+    if detector is not None:
+        return _analyze_detected(
+            image, classifier, detector, microns_per_pixel, window,
+            max_working_pixels, max_cells, keep_crops, check, started,
+        )  # fmt: skip
     notes: list[str] = []
     if microns_per_pixel is None:
         notes.append(
@@ -325,4 +356,142 @@ def analyze_smear(
             "total": 1000 * (done - started),
         },
         notes=notes,
+    )
+
+
+# Overlay styles of what is not a red cell.
+WHITE_CELL_COLOUR = "#1f4fff"
+PLATELET_COLOUR = "#7b2cbf"
+
+
+def draw_boxes_overlay(
+    image: Image.Image,
+    cells: Sequence[SmearCell],
+    colours: dict[str, str],
+    others: Sequence[FieldObject],
+) -> bytes:
+    """The image with each red cell's outline (the ellipse in its box) in its class colour, white
+    cells as thick boxes, platelets as small circles (PNG)."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(max(image.size) / 500))
+    for cell in cells:
+        colour = BORDER_COLOUR if cell.at_border else colours[cell.label]
+        draw.ellipse(cell.box, outline=colour, width=width)
+    for obj in others:
+        if obj.kind == "white_cell":
+            draw.rectangle(obj.box, outline=WHITE_CELL_COLOUR, width=2 * width)
+        else:
+            r = max(3.0, (obj.box[2] - obj.box[0]) / 2 + 2)
+            draw.ellipse(
+                (obj.x - r, obj.y - r, obj.x + r, obj.y + r), outline=PLATELET_COLOUR, width=width
+            )
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _analyze_detected(
+    image: Image.Image,
+    classifier: CellClassifier,
+    detector: Any,
+    microns_per_pixel: float | None,
+    window: int,
+    max_working_pixels: int,
+    max_cells: int | None,
+    keep_crops: bool,
+    check: Callable[[], None] | None,
+    started: float,
+) -> SmearResult:
+    """analyze_smear with the learned detector (see there)."""
+    notes: list[str] = []
+    if microns_per_pixel is not None:
+        scale_factor(microns_per_pixel)  # the range check
+    rgb = np.asarray(image)
+    found = detector.detect(rgb, microns_per_pixel)
+    used = float(found.microns_per_pixel)
+    if found.scale_estimated:
+        notes.append(
+            f"scale estimated from the field's own red cells: {used:.3f} um per pixel (a normal "
+            "red cell taken as 7.5 um across); size classes (macrocyte, microcyte) are then "
+            "relative to this field's cells: give microns_per_pixel for absolute sizes"
+        )
+    detected = time.perf_counter()
+    if check is not None:
+        check()
+    factor = used / TRAINING_MICRONS_PER_PIXEL
+    width, height = image.size
+    work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if work_size[0] * work_size[1] > max_working_pixels:
+        raise SmearTooLarge(
+            f"the image is {work_size[0]}x{work_size[1]} pixels at the training scale; at most "
+            f"{max_working_pixels:,} pixels are analysed per field: "
+            f"{split_hint(image.size, work_size[0] * work_size[1], max_working_pixels)}"
+        )
+    red = found.of_kind("red_cell")
+    if max_cells is not None and len(red) > max_cells:
+        raise SmearTooLarge(
+            f"the image holds {len(red):,} red cells; at most {max_cells:,} are classified per "
+            "request: send smaller fields (a field of a few hundred cells is what grading needs)"
+        )
+    work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
+    fill = median_colour(work)
+    crops = [
+        crop_cell(work, round(d.x * factor), round(d.y * factor), window, fill)[0] for d in red
+    ]
+    predictions = classifier.predict(crops, check=check)
+    classified = time.perf_counter()
+
+    def int_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = box
+        return int(x0), int(y0), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
+
+    cells = [
+        SmearCell(
+            id=k + 1,
+            x=d.x,
+            y=d.y,
+            box=int_box(d.box),
+            at_border=d.at_border,
+            counted=not d.at_border,
+            label=p.label,
+            confidence=p.confidence,
+            probabilities=p.probabilities,
+            needs_review=p.needs_review,
+            crop=crop if keep_crops else None,
+        )
+        for k, (d, p, crop) in enumerate(zip(red, predictions, crops, strict=True))
+    ]
+    others = [
+        FieldObject(k + 1, d.kind, d.x, d.y, int_box(d.box), d.at_border, d.score)
+        for k, d in enumerate(o for o in found.objects if o.kind != "red_cell")
+    ]
+    if not cells:
+        notes.append("no red cells were found in this image")
+    colours = class_colours(classifier.classes)
+    overlay = draw_boxes_overlay(image, cells, colours, others)
+    done = time.perf_counter()
+    card = getattr(detector, "card", None)
+    return SmearResult(
+        width=width,
+        height=height,
+        microns_per_pixel=used,
+        cells=cells,
+        other_objects=len(others),
+        classes=list(classifier.classes),
+        class_colours=colours,
+        overlay_png=overlay,
+        timings_ms={
+            "detect": 1000 * (detected - started),
+            "classify": 1000 * (classified - detected),
+            "overlay": 1000 * (done - classified),
+            "total": 1000 * (done - started),
+        },
+        notes=notes,
+        white_cells=[o for o in others if o.kind == "white_cell"],
+        platelets=[o for o in others if o.kind == "platelet"],
+        scale_estimated=bool(found.scale_estimated),
+        detector=f"learned:{getattr(card, 'name', 'detector')}",
     )

@@ -53,11 +53,24 @@
     const { counted } = tally();
     const review = counted.filter((c) => c.needs_review && !c.reclassified).length;
     const changed = state.cells.filter((c) => c.reclassified).length;
+    // The learned detector sets white cells and platelets apart; the classical one only
+    // knows "other" dark objects.
+    const others = r.detector === "classical"
+      ? r.other_objects + " other objects (white cells, fibres, debris) left out; "
+      : r.white_cells_found + " white cells (blue boxes) and " + r.platelets_found +
+        " platelets (purple circles) found, not counted as red cells; ";
     $("smear-summary").textContent =
       counted.length + " red cells counted; " + r.cells_at_border + " cut by the edge (shown, not counted); " +
-      r.other_objects + " other objects (white cells, fibres, debris) left out; " + review +
-      " counted cells need review" + (changed ? "; " + changed + " reclassified by you" : "") +
+      others + review + " counted cells need review" +
+      (changed ? "; " + changed + " reclassified by you" : "") +
       ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
+    const scaleNote = $("smear-scale-note");
+    scaleNote.hidden = !(r.scale && r.scale.estimated);
+    if (r.scale && r.scale.estimated) {
+      scaleNote.textContent = "Scale estimated from this field's own red cells: " +
+        r.scale.microns_per_pixel.toFixed(3) + " µm per pixel. Size classes (macrocyte, " +
+        "microcyte) are relative to this field's cells; enter the scale for absolute sizes.";
+    }
     const notes = $("smear-notes");
     notes.replaceChildren();
     r.notes.forEach((n) => notes.appendChild(el("li", "", n)));

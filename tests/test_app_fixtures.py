@@ -52,7 +52,13 @@ def cell_png(seed: int = 0, size: tuple[int, int] = (24, 24)) -> bytes:
 
 
 def make_settings(model_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"model_dir": model_dir, "device": "cpu", "api_token": None}
+    # The classical segmentation unless a test asks for the shipped detector (its own tests).
+    values: dict[str, Any] = {
+        "model_dir": model_dir,
+        "device": "cpu",
+        "api_token": None,
+        "detector_dir": Path("none"),
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -101,6 +107,7 @@ def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator
         "RBC_PORT": str(port),
         "RBC_DEVICE": "cpu",
         "RBC_LOG_LEVEL": "warning",
+        "RBC_DETECTOR_DIR": "none",
         **env_overrides,
     }
     if "RBC_API_TOKEN" not in env_overrides:

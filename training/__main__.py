@@ -100,6 +100,24 @@ def _load_predictor(model: Path, threads: int, tta_views: int | None) -> Any:
         raise DataError(f"cannot load the model: {exc}") from exc
 
 
+def _load_detector(choice: str) -> Any:
+    """ "classical" (or "none"): None, the classical segmentation; else a detector folder."""
+    if choice in ("classical", "none"):
+        return None
+    from core.celldet import CellDetector
+
+    try:
+        return CellDetector.load(Path(choice))
+    except ModelFileError as exc:
+        raise DataError(f"cannot load the detector: {exc}") from exc
+
+
+def _default_detector() -> str:
+    return (
+        "models/detector" if Path("models/detector/detector_card.json").is_file() else "classical"
+    )
+
+
 def _cmd_analyze_smear(args: argparse.Namespace) -> None:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -107,12 +125,13 @@ def _cmd_analyze_smear(args: argparse.Namespace) -> None:
     from training.smear import write_result
 
     predictor = _load_predictor(args.model, args.threads, args.tta_views)
+    detector = _load_detector(args.detector)
     failed = 0
     for path in args.images:
         try:
             with Image.open(path) as opened:
                 image = ImageOps.exif_transpose(opened).convert("RGB")
-            result = analyze_smear(image, predictor, args.microns_per_pixel)
+            result = analyze_smear(image, predictor, args.microns_per_pixel, detector=detector)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SmearError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             failed += 1
@@ -145,7 +164,9 @@ def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
         stems = sorted(p.stem for p in (args.data / "Label").glob("*.txt"))
     else:
         stems = [s.strip() for s in args.smears.split(",") if s.strip()]
-    summary, rows = evaluate_smears(args.data, stems, predictor)
+    summary, rows = evaluate_smears(
+        args.data, stems, predictor, detector=_load_detector(args.detector)
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"summary": summary, "smears": rows}, indent=1))
@@ -154,10 +175,12 @@ def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
     from training.detection_eval import (
+        LearnedDetector,
         classical_detector,
         evaluate_fields,
         load_fields,
         markdown_table,
+        scale_errors,
     )
 
     if not (args.yolo or args.coco or args.chula):
@@ -175,14 +198,20 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
     if not fields:
         raise DataError(f"no field in the split(s) {sorted(splits)}")
     print("scales (um per pixel): " + ", ".join(f"{k} {v:.4f}" for k, v in scales.items()))
-    detector = classical_detector
+    loaded = _load_detector(args.detector)
     results: dict[str, Any] = {}
     for name, give in (("with scale", True), ("without scale", False)):
+        learned = LearnedDetector(loaded) if loaded is not None else None
+        detector = learned or classical_detector
         by_source, rows = evaluate_fields(fields, detector, lambda f: scales[f.source], give)
         results[name] = by_source
+        if learned is not None and not give:
+            errors = scale_errors(rows, learned.scales_used, scales)
+            results["scale_estimate"] = errors
+            print("scale estimate, |estimated / true - 1|: " + json.dumps(errors))
         if args.out:
             results.setdefault("_rows", {})[name] = rows
-    table = markdown_table({k: v for k, v in results.items() if not k.startswith("_")})
+    table = markdown_table({k: results[k] for k in ("with scale", "without scale")})
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +242,14 @@ def _cmd_train_detector(args: argparse.Namespace) -> None:
         return
     run_dir = train_detector(cfg)
     print(f"detector run written to {run_dir}")
+
+
+def _cmd_export_detector(args: argparse.Namespace) -> None:
+    from training.detector import export_detector
+
+    notes = [Path(n[1:]).read_text().strip() if n.startswith("@") else n for n in args.note]
+    dest = export_detector(args.run, args.models_dir, args.name, notes, args.overwrite)
+    print(f"detector published to {dest}")
 
 
 def _cmd_archs(args: argparse.Namespace) -> None:
@@ -317,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the images' scale; without it they are taken to be at the training scale (0.19)",
     )
     p.add_argument("--out", type=Path, default=Path("smear-results"), help="output folder")
+    p.add_argument(
+        "--detector",
+        default=_default_detector(),
+        help='a detector folder (default models/detector when shipped) or "classical"',
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
     p.set_defaults(func=_cmd_analyze_smear)
@@ -328,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--smears", default="test", help='"test" (the model card\'s), "all", or stems "1,2,3"'
     )
     p.add_argument("--out", type=Path, help="JSON file for the summary and per-smear rows")
+    p.add_argument(
+        "--detector",
+        default=_default_detector(),
+        help='a detector folder (default models/detector when shipped) or "classical"',
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
     p.set_defaults(func=_cmd_evaluate_smears)
@@ -350,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, default=Path("models/default"), help="for --chula-smears test"
     )
     p.add_argument("--split", default="test", help="splits of the YOLO/COCO sets, comma-separated")
-    p.add_argument("--detector", default="classical", help='"classical" (today\'s segmentation)')
+    p.add_argument(
+        "--detector",
+        default="classical",
+        help='"classical" (the threshold segmentation) or a detector folder (models/detector)',
+    )
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
     p.set_defaults(func=_cmd_evaluate_detector)
 
@@ -372,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the fields at the working scale (JPEG) and their labels to DIR, then stop",
     )
     p.set_defaults(func=_cmd_train_detector)
+
+    p = sub.add_parser("export-detector", help="publish a detector run under models/NAME")
+    p.add_argument("--run", type=Path, required=True, help="a train-detector run folder")
+    p.add_argument("--name", default="detector")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--note", action="append", default=[], help="a note for the card (@FILE)")
+    p.set_defaults(func=_cmd_export_detector)
 
     p = sub.add_parser("archs", help="list the architectures")
     p.set_defaults(func=_cmd_archs)

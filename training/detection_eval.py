@@ -215,6 +215,36 @@ def classical_detector(rgb: np.ndarray, microns_per_pixel: float | None) -> list
     return out
 
 
+class LearnedDetector:
+    """A core.celldet.CellDetector as a Detector; keeps the scale it used for each field (the
+    estimate, when none was given)."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+        self.scales_used: list[float] = []
+
+    def __call__(self, rgb: np.ndarray, microns_per_pixel: float | None) -> list[Found]:
+        result = self.detector.detect(rgb, microns_per_pixel)
+        self.scales_used.append(float(result.microns_per_pixel))
+        return [Found(o.kind, o.x, o.y, o.box, o.at_border) for o in result.objects]
+
+
+def scale_errors(
+    rows: Sequence[dict[str, Any]], used: Sequence[float], true_scale: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Per source: the median and 90th percentile of |estimated / true - 1| over its fields."""
+    errors: dict[str, list[float]] = {}
+    for row, scale in zip(rows, used, strict=True):
+        errors.setdefault(row["source"], []).append(abs(scale / true_scale[row["source"]] - 1))
+    return {
+        source: {
+            "median_relative_error": float(np.median(e)),
+            "p90_relative_error": float(np.percentile(e, 90)),
+        }
+        for source, e in errors.items()
+    }
+
+
 def load_fields(
     yolo: Sequence[Any] = (),
     coco: Sequence[tuple[Any, Any]] = (),

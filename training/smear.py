@@ -194,7 +194,11 @@ def summarise(rows: dict[str, dict[str, Any]], classes: list[str]) -> dict[str, 
 
 
 def evaluate_smears(
-    chula_dir: Path, stems: Sequence[str], classifier: Any, progress: bool = True
+    chula_dir: Path,
+    stems: Sequence[str],
+    classifier: Any,
+    progress: bool = True,
+    detector: Any | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Analyse each labelled smear `stems` of a Chula-layout folder; (summary, per-smear rows)."""
     rows: dict[str, dict[str, Any]] = {}
@@ -211,7 +215,9 @@ def evaluate_smears(
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
         try:
-            result = analyze_smear(image, classifier)
+            # Chula's scale is known: the evaluation measures detection and counting at it.
+            scale = 0.19 if detector is not None else None
+            result = analyze_smear(image, classifier, scale, detector=detector)
         except SmearError as exc:
             log.warning("smear %s: %s", stem, exc)
             continue

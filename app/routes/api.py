@@ -16,7 +16,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.deps import PredictorDep, SettingsDep
+from app.deps import DetectorDep, PredictorDep, SettingsDep
 from app.errors import BadImage, ServiceError, TooLarge
 from app.imaging import SizeCheck, decode_image, read_bounded
 from app.limits import HeavyGate, StopCheck, stop_when_disconnected
@@ -26,12 +26,14 @@ from app.schemas import (
     BatchSummary,
     CellPrediction,
     ErrorOut,
+    FieldObjectOut,
     ItemError,
     ModelRef,
     PredictionOut,
     SmearCellOut,
     SmearOut,
 )
+from core.celldet import CellDetector
 from core.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.smear import (
     MAX_MICRONS_PER_PIXEL,
@@ -209,6 +211,7 @@ async def analyze_smear_image(
     request: Request,
     file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
     predictor: PredictorDep,
+    detector: DetectorDep,
     settings: SettingsDep,
     gate: GateDep,
     microns_per_pixel: Annotated[
@@ -216,7 +219,8 @@ async def analyze_smear_image(
         Query(
             ge=MIN_MICRONS_PER_PIXEL,
             le=MAX_MICRONS_PER_PIXEL,
-            description="the image's scale; without it, the training scale is assumed",
+            description="the image's scale; without it, the scale is estimated from the "
+            "field's own red cells (learned detector) or the training scale is assumed",
         ),
     ] = None,
     crops: Annotated[
@@ -229,13 +233,14 @@ async def analyze_smear_image(
     slots for heavy work (503 with Retry-After when they stay busy)."""
     async with gate.slot(GATE_WHAT["smear"]), stop_when_disconnected(request) as check:
         return await run_in_threadpool(
-            _smear, file, predictor, settings, microns_per_pixel, crops, check
+            _smear, file, predictor, detector, settings, microns_per_pixel, crops, check
         )
 
 
 def _smear(
     file: UploadFile,
     predictor: Predictor,
+    detector: CellDetector | None,
     settings: Settings,
     microns_per_pixel: float | None,
     crops: bool,
@@ -257,6 +262,7 @@ def _smear(
             max_working_pixels=settings.max_smear_pixels,
             max_cells=settings.max_smear_cells,
             check=check,
+            detector=detector,
         )
     except SmearTooLarge as exc:
         raise TooLarge(str(exc)) from exc
@@ -269,6 +275,8 @@ def _smear(
     ]
     return SmearOut(
         **result.summary(),
+        white_cells=[FieldObjectOut(**vars(o)) for o in result.white_cells],
+        platelets=[FieldObjectOut(**vars(o)) for o in result.platelets],
         cells=cells,
         overlay=png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,

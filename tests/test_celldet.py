@@ -1,0 +1,138 @@
+"""The learned cell detector's parts: network shapes, peak decoding, the hash-checked load, and
+training end to end on a tiny synthetic set (random weights, a few steps: the mechanics, not the
+accuracy; the shipped detector's figures come from `python -m training evaluate-detector`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.celldet import (
+    KINDS,
+    STRIDE,
+    CellDetector,
+    CentreNet,
+    DetectorCard,
+    decode,
+    to_input,
+    verified_detector_path,
+)
+from core.modelcard import ModelFileError
+from tests.test_fields import write_yolo
+from training.detector import (
+    export_detector,
+    load_detector_config,
+    stain_jitter,
+    targets,
+    train_detector,
+)
+
+
+def test_network_predicts_at_a_quarter_of_the_input() -> None:
+    net = CentreNet("efficientnet_lite0", width=16).eval()
+    x, size = to_input(np.full((100, 130, 3), 200, dtype=np.uint8))
+    assert x.shape == (1, 3, 128, 160) and size == (100, 130)  # padded to multiples of 32
+    with torch.no_grad():
+        heat, boxes = net(x)
+    assert heat.shape == (1, len(KINDS), 32, 40) and boxes.shape == (1, 2, 32, 40)
+
+
+def test_two_touching_peaks_are_two_cells_and_thresholds_are_per_kind() -> None:
+    heat = torch.full((3, 10, 10), -8.0)
+    heat[0, 4, 4] = heat[0, 4, 6] = 3.0  # two red-cell peaks two cells apart
+    heat[0, 4, 5] = 1.0  # the saddle between them: not a peak
+    heat[1, 8, 8] = 0.0  # a white cell at probability 0.5
+    heat[2, 1, 1] = -1.0  # a platelet at 0.27
+    size = torch.zeros(2, 10, 10)
+    size[:, 4, 4] = math.log(20 / STRIDE)
+    found = decode(heat, size, {"red_cell": 0.5, "white_cell": 0.4, "platelet": 0.3})
+    kinds = sorted(KINDS[k] for k, *_ in found)
+    assert kinds == ["red_cell", "red_cell", "white_cell"]
+    first = next(f for f in found if f[1] == (4 + 0.5) * STRIDE)
+    assert first[3] == pytest.approx(20.0) and first[2] == (4 + 0.5) * STRIDE
+
+
+def test_targets_put_a_peak_and_a_size_at_each_centre() -> None:
+    objects = np.array([[0, 40.0, 40.0, 20.0, 24.0], [2, 10.0, 50.0, 0.0, 0.0]], dtype=np.float32)
+    heat, size, mask = targets(objects, side=64, point_side=20.0)
+    assert heat.shape == (3, 16, 16) and heat[0].max() == 1.0 and heat[2].max() == 1.0
+    iy, ix = np.unravel_index(int(heat[0].argmax()), heat[0].shape)
+    assert mask[0, iy, ix] == 1.0
+    assert np.exp(size[:, iy, ix]) * STRIDE == pytest.approx([20.0, 24.0], rel=1e-5)
+    assert mask.sum() == 1.0  # a point (the platelet row here) has no size to learn
+
+
+def test_stain_jitter_keeps_white_white_and_changes_stain() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((8, 8, 3), 255, dtype=np.uint8)
+    image[:4] = (200, 90, 110)
+    out = stain_jitter(image, rng)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (out[4:] >= 240).all()  # background with no stain stays (near) white
+    assert not np.array_equal(out[:4], image[:4])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("yolo")
+    data = write_yolo(root / "set", bad=False)
+    (data / "images" / "val").mkdir()
+    (data / "labels" / "val").mkdir()
+    for folder in ("images", "labels"):
+        for item in (data / folder / "train").iterdir():
+            (data / folder / "val" / item.name).write_bytes(item.read_bytes())
+    config = root / "tiny.yaml"
+    settings = {
+        "yolo": [str(data)],
+        "weights": "random",
+        "width": 16,
+        "crop": 64,
+        "batch_size": 2,
+        "epochs": 2,
+        "microns_per_pixel": 0.38,
+        "out_dir": str(root / "runs"),
+        "name": "tiny",
+        "chula_test_from": "none",
+    }
+    config.write_text(yaml.safe_dump(settings))
+    # Two training fields make one batch of two per epoch.
+    extra = data / "images" / "train" / "a.png"
+    (data / "images" / "train" / "b.png").write_bytes(extra.read_bytes())
+    (data / "labels" / "train" / "b.txt").write_text(
+        (data / "labels" / "train" / "a.txt").read_text()
+    )
+    # The synthetic smear's scale is known: cells 38 px across, as at 0.19 um per pixel.
+    cfg = load_detector_config(config, {})
+    return train_detector(cfg, progress=False)
+
+
+def test_training_writes_a_verified_detector_with_its_figures(tiny_run: Path) -> None:
+    path, card = verified_detector_path(tiny_run / "detector")
+    assert path.name == "detector_state.pt"
+    assert set(card.thresholds) == set(KINDS)
+    assert "valid" in card.metrics and "test_with_scale" in card.metrics
+    assert card.dataset["sources"] == ["set"]
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    detector = CellDetector.load(tiny_run / "detector")
+    result = detector.detect(np.full((120, 160, 3), 230, dtype=np.uint8), 0.19)
+    assert result.microns_per_pixel == 0.19 and not result.scale_estimated
+
+
+def test_export_and_tampering(tiny_run: Path, tmp_path: Path) -> None:
+    dest = export_detector(tiny_run, tmp_path, "det", ["a note"])
+    card = DetectorCard.load(dest)
+    assert card.name == "det" and card.notes == ["a note"]
+    CellDetector.load(dest)
+    state = dest / "detector_state.pt"
+    state.write_bytes(state.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelFileError, match="sha256"):
+        CellDetector.load(dest)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        CellDetector.load(tmp_path / "absent")
