@@ -14,6 +14,7 @@ classifier is: the card's sha256 checked before the state dict is read, tensors 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,19 +176,19 @@ def decode(
     scores = prob[kind, ys, xs]
     order = torch.argsort(scores, descending=True)[:max_objects]
     wh = torch.exp(size.clamp(-4, 6)) * STRIDE
-    out = []
+    out: list[tuple[int, float, float, float, float, float]] = []
     for o in order.tolist():
         k, y, x = int(kind[o]), int(ys[o]), int(xs[o])
-        out.append(
-            (
-                k,
-                (x + 0.5) * STRIDE,
-                (y + 0.5) * STRIDE,
-                float(wh[0, y, x]),
-                float(wh[1, y, x]),
-                float(scores[o]),
-            )
-        )
+        cx, cy = (x + 0.5) * STRIDE, (y + 0.5) * STRIDE
+        w, h = float(wh[0, y, x]), float(wh[1, y, x])
+        # One object, one kind: a weaker peak of another kind near the centre of a stronger
+        # object (a red cell's faint "white cell" twin) is the same object.
+        if any(
+            other[0] != k and math.hypot(other[1] - cx, other[2] - cy) < (other[3] + other[4]) / 4
+            for other in out
+        ):
+            continue
+        out.append((k, cx, cy, w, h, float(scores[o])))
     return out
 
 
@@ -262,23 +263,36 @@ class CellDetector:
         return decode(heat[0].cpu(), size[0].cpu(), self.card.thresholds)
 
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
-        """The field's scale from its own red cells: run the network at each candidate scale (the
-        one that finds the most red cells is about right, since it was trained near its working
-        scale only), then refine by the median red-cell size it measured there, taking a red
-        cell to be NORMAL_RED_CELL_UM across."""
-        work = self.card.microns_per_pixel
-        tried: list[tuple[float, int, list[float]]] = []
+        """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM
+        across. The network runs at each candidate scale; each run that finds red cells implies
+        a scale from the median size it measured; the candidate closest to the scale it implies
+        (the network measures best near its working scale, where it was trained) is taken, and
+        its implied scale refined by one more run there."""
+        tried: list[tuple[float, int]] = []
+        consistent: list[tuple[float, float, int]] = []  # (|log implied / candidate|, implied, n)
         for candidate in self.CANDIDATE_SCALES:
-            peaks = self.run(resample(rgb, candidate / work))
-            sides = [(w + h) / 2 for k, _, _, w, h, _ in peaks if k == 0]
-            tried.append((candidate, len(sides), sides))
-        best, count, sides = max(tried, key=lambda t: t[1])
-        search = [(c, n) for c, n, _ in tried]
-        if count < 3:
-            return best, search
-        # A red cell measures median(sides) input pixels at the working scale.
+            implied, count = self._implied_scale(rgb, candidate)
+            tried.append((candidate, count))
+            if implied is not None:
+                consistent.append((abs(math.log(implied / candidate)), implied, count))
+        if not consistent:
+            return self.card.microns_per_pixel / 2, tried  # no red cell anywhere: Chula's scale
+        most = max(n for _, _, n in consistent)
+        _, implied, _ = min(c for c in consistent if c[2] >= most / 2)
+        refined, _ = self._implied_scale(rgb, implied)
+        return (refined or implied), tried
+
+    def _implied_scale(self, rgb: np.ndarray, candidate: float) -> tuple[float | None, int]:
+        """Run at `candidate` um per pixel: (the scale the red cells' median size implies, or
+        None under three red cells; the number of red cells)."""
+        work = self.card.microns_per_pixel
+        peaks = self.run(resample(rgb, candidate / work))
+        sides = [(w + h) / 2 for k, _, _, w, h, _ in peaks if k == 0]
+        if len(sides) < 3:
+            return None, len(sides)
+        # A red cell measured `median` input pixels at the working scale: that many um.
         diameter_um = float(np.median(sides)) * work
-        return best * NORMAL_RED_CELL_UM / diameter_um, search
+        return candidate * NORMAL_RED_CELL_UM / diameter_um, len(sides)
 
     def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
         search: list[tuple[float, int]] = []
