@@ -45,6 +45,9 @@ class DetectorCard:
     width: int
     microns_per_pixel: float  # the working scale of the network's input
     thresholds: dict[str, float]  # per kind: a heatmap peak above it is an object
+    # Predicted over labelled red-cell box side on validation fields (the scale estimate
+    # divides it out).
+    size_calibration: float = 1.0
     state_file: str = DETECTOR_STATE
     state_sha256: str = ""
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
@@ -264,35 +267,40 @@ class CellDetector:
 
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
         """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM
-        across. The network runs at each candidate scale; each run that finds red cells implies
-        a scale from the median size it measured; the candidate closest to the scale it implies
-        (the network measures best near its working scale, where it was trained) is taken, and
-        its implied scale refined by one more run there."""
+        across. The network runs at each candidate scale; the one where it finds the most red
+        cells, most confidently (the sum of their scores), is about right, since it learnt near
+        its working scale only. From there, each run implies a scale from the median red-cell
+        size it measured; running again at the implied scale converges on the field's scale
+        (the network's size errors shrink near its working scale)."""
         tried: list[tuple[float, int]] = []
-        consistent: list[tuple[float, float, int]] = []  # (|log implied / candidate|, implied, n)
+        best: tuple[float, float] | None = None  # (score sum, candidate)
         for candidate in self.CANDIDATE_SCALES:
-            implied, count = self._implied_scale(rgb, candidate)
+            implied, count, total = self._implied_scale(rgb, candidate)
             tried.append((candidate, count))
-            if implied is not None:
-                consistent.append((abs(math.log(implied / candidate)), implied, count))
-        if not consistent:
-            return self.card.microns_per_pixel / 2, tried  # no red cell anywhere: Chula's scale
-        most = max(n for _, _, n in consistent)
-        _, implied, _ = min(c for c in consistent if c[2] >= most / 2)
-        refined, _ = self._implied_scale(rgb, implied)
-        return (refined or implied), tried
+            if implied is not None and (best is None or total > best[0]):
+                best = (total, candidate)
+        if best is None:
+            return self.card.microns_per_pixel / 2, tried  # no red cells anywhere: Chula's
+        scale = best[1]
+        for _ in range(3):
+            implied, _, _ = self._implied_scale(rgb, scale)
+            if implied is None or abs(implied / scale - 1) < 0.02:
+                break
+            scale = implied
+        return scale, tried
 
-    def _implied_scale(self, rgb: np.ndarray, candidate: float) -> tuple[float | None, int]:
+    def _implied_scale(self, rgb: np.ndarray, candidate: float) -> tuple[float | None, int, float]:
         """Run at `candidate` um per pixel: (the scale the red cells' median size implies, or
-        None under three red cells; the number of red cells)."""
+        None under three red cells; the number of red cells; the sum of their scores)."""
         work = self.card.microns_per_pixel
         peaks = self.run(resample(rgb, candidate / work))
-        sides = [(w + h) / 2 for k, _, _, w, h, _ in peaks if k == 0]
-        if len(sides) < 3:
-            return None, len(sides)
-        # A red cell measured `median` input pixels at the working scale: that many um.
-        diameter_um = float(np.median(sides)) * work
-        return candidate * NORMAL_RED_CELL_UM / diameter_um, len(sides)
+        red = [((w + h) / 2, score) for k, _, _, w, h, score in peaks if k == 0]
+        total = float(sum(score for _, score in red))
+        if len(red) < 3:
+            return None, len(red), total
+        # A red cell measured `median` input pixels at the working scale, calibrated.
+        side = float(np.median([side for side, _ in red])) / (self.card.size_calibration or 1.0)
+        return candidate * NORMAL_RED_CELL_UM / (side * work), len(red), total
 
     def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
         search: list[tuple[float, int]] = []

@@ -136,3 +136,74 @@ def test_export_and_tampering(tiny_run: Path, tmp_path: Path) -> None:
         CellDetector.load(dest)
     with pytest.raises(ModelFileError, match="does not exist"):
         CellDetector.load(tmp_path / "absent")
+
+
+# --- the shipped detector (models/detector) ------------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "detector"
+TXL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "txl-pbc"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> CellDetector:
+    return CellDetector.load(SHIPPED)
+
+
+def test_shipped_detector_is_small_and_says_what_it_learnt_from() -> None:
+    _, card = verified_detector_path(SHIPPED)
+    total = sum(p.stat().st_size for p in SHIPPED.iterdir() if p.is_file())
+    assert total < 30e6, f"models/detector is {total / 1e6:.1f} MB"
+    assert card.kinds == list(KINDS) and card.microns_per_pixel > 0
+    assert {"bccd", "bcd", "raabin", "chula"} <= set(card.dataset["sources"])
+    assert set(card.metrics["test_with_scale"]) >= {"bccd", "bcd", "raabin", "chula"}
+
+
+def test_synthetic_field_touching_cells_white_cell_and_platelets(shipped: CellDetector) -> None:
+    from tests.synthetic import make_smear
+
+    image, interior, _ = make_smear()
+    result = shipped.detect(image, 0.19)
+    red = result.of_kind("red_cell")
+    # Every red cell, the touching pair (140, 150) and (174, 150) as two, the cut one at the edge.
+    for x, y in interior:
+        assert any(abs(d.x - x) < 12 and abs(d.y - y) < 12 and not d.at_border for d in red), (x, y)
+    assert len([d for d in red if not d.at_border]) == len(interior)
+    assert [d for d in red if d.at_border] and all(d.x < 30 for d in red if d.at_border)
+    # The dark white-cell nucleus at (200, 215) is a white cell, never a red one.
+    (white,) = result.of_kind("white_cell")
+    assert abs(white.x - 200) < 12 and abs(white.y - 215) < 12
+    assert not any(abs(d.x - 200) < 15 and abs(d.y - 215) < 15 for d in red)
+    platelets = result.of_kind("platelet")
+    assert len(platelets) >= 2 and all(d.kind == "platelet" for d in platelets)
+
+
+def test_scale_estimate_follows_a_known_rescaling(shipped: CellDetector) -> None:
+    from tests.synthetic import make_smear
+
+    image, _, _ = make_smear()
+    base = shipped.detect(image).microns_per_pixel  # drawn at 0.19 um per pixel
+    assert base == pytest.approx(0.19, rel=0.15)
+    from PIL import Image
+
+    for factor in (0.6, 1.5):
+        size = (round(image.shape[1] * factor), round(image.shape[0] * factor))
+        scaled = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        estimate = shipped.detect(scaled).microns_per_pixel
+        assert estimate == pytest.approx(base / factor, rel=0.15), factor
+
+
+@pytest.mark.skipif(not TXL.is_dir(), reason="needs ../shared/datasets/txl-pbc")
+def test_scale_estimate_on_another_laboratorys_field(shipped: CellDetector) -> None:
+    from PIL import Image
+
+    from training.datasets.fields import derived_microns_per_pixel, read_yolo
+
+    report = read_yolo(TXL, splits=("test",), progress=False)
+    bccd = [f for f in report.fields if f.source == "bccd"][:3]
+    true = derived_microns_per_pixel(bccd)
+    assert true is not None
+    for item in bccd:
+        with Image.open(item.image) as opened:
+            rgb = np.asarray(opened.convert("RGB"))
+        estimate = shipped.detect(rgb).microns_per_pixel
+        assert estimate == pytest.approx(true, rel=0.25), item.image.name

@@ -235,6 +235,12 @@ def _cmd_train_detector(args: argparse.Namespace) -> None:
         "prepared": str(args.prepared) if args.prepared else None,
     }
     cfg = load_detector_config(args.config, overrides)
+    if args.finish:
+        from training.detector import finish_detector
+
+        finish_detector(args.finish, cfg)
+        print(f"detector card rewritten in {args.finish / 'detector'}")
+        return
     if args.prepare_only:
         from training.detector import prepare_samples
 
@@ -416,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fields", type=int, help="cap the training fields (quick runs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--prepared", type=Path, help="read a prepared copy of the fields instead")
+    p.add_argument(
+        "--finish",
+        type=Path,
+        metavar="RUN",
+        help="on a trained run: choose thresholds, calibrate sizes, measure, rewrite the card",
+    )
     p.add_argument(
         "--prepare-only",
         type=Path,

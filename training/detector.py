@@ -594,7 +594,28 @@ def train_detector(cfg: DetectorConfig, progress: bool = True) -> Path:
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, {row['seconds']:.0f} s",
                 flush=True,
             )
-    network.eval()
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
+    model_dir = run_dir / "detector"
+    model_dir.mkdir(exist_ok=True)
+    torch.save(network.cpu().state_dict(), model_dir / DETECTOR_STATE)
+    finish_detector(run_dir, cfg, (train, valid, test, scales))
+    return run_dir
+
+
+def finish_detector(
+    run_dir: Path,
+    cfg: DetectorConfig,
+    data: tuple[list[Sample], list[Sample], list[Sample], dict[str, float]] | None = None,
+) -> DetectorCard:
+    """From a run's trained weights: choose the thresholds on validation, calibrate the box
+    sizes, measure the test fields per source, write the card. `train-detector --finish RUN`
+    runs it again on a finished run (after a change to how thresholds are chosen, say)."""
+    train, valid, test, scales = data or load_samples(cfg, progress=False)
+    model_dir = run_dir / "detector"
+    state_path = model_dir / DETECTOR_STATE
+    network = CentreNet(cfg.backbone, cfg.width)
+    network.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     card = DetectorCard(
         name=cfg.name,
         backbone=cfg.backbone,
@@ -602,20 +623,13 @@ def train_detector(cfg: DetectorConfig, progress: bool = True) -> Path:
         microns_per_pixel=cfg.microns_per_pixel,
         thresholds=dict.fromkeys(KINDS, 0.3),
     )
-    detector = CellDetector(network.cpu(), card)
-    thresholds, valid_figures = (
-        choose_thresholds(detector, valid, scales)
-        if valid
-        else (
-            card.thresholds,
-            {},
-        )
-    )
+    detector = CellDetector(network, card)
+    thresholds = card.thresholds
+    valid_figures: dict[str, Any] = {}
+    if valid:
+        thresholds, valid_figures = choose_thresholds(detector, valid, scales)
+        card.size_calibration = size_calibration(detector, valid)
     test_figures = figures_by_source(detector, test, scales)
-    model_dir = run_dir / "detector"
-    model_dir.mkdir(exist_ok=True)
-    state_path = model_dir / DETECTOR_STATE
-    torch.save(network.state_dict(), state_path)
     card.thresholds = thresholds
     card.state_sha256 = sha256_file(state_path)
     card.metrics = {"valid": valid_figures, "test_with_scale": test_figures}
@@ -624,18 +638,44 @@ def train_detector(cfg: DetectorConfig, progress: bool = True) -> Path:
         "left_out": cfg.leave_out,
         "train_fields": len(train),
         "valid_fields": len(valid),
+        "test_fields": len(test),
         "source_microns_per_pixel": scales,
+        "scale_note": "txl-pbc scales derived from each source's median red-cell box side "
+        "(7.5 um); Chula's 0.19 from its scale bar",
     }
     card.training_config = asdict(cfg)
     card.library_versions = {"torch": torch.__version__}
     card.created = time.strftime("%Y-%m-%d %H:%M:%S")
     card.save(model_dir)
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg)))
-    print(f"thresholds {thresholds}; valid {json.dumps(valid_figures)}", flush=True)
+    print(f"thresholds {thresholds}; size calibration {card.size_calibration:.3f}")
+    print(f"valid {json.dumps(valid_figures)}", flush=True)
     for source, figures in test_figures.items():
         print(f"test {source}: {json.dumps(figures)}", flush=True)
-    return run_dir
+    return card
+
+
+def size_calibration(detector: CellDetector, samples: list[Sample]) -> float:
+    """Median of (predicted red-cell box side / labelled box side) at the working scale, over
+    matched red cells of boxed validation fields: the scale estimate divides it out."""
+    from training.detection_eval import match
+
+    ratios = []
+    for sample in samples:
+        assert sample.field is not None
+        boxed = [o for o in sample.field.of_kind("red_cell") if o.box is not None]
+        if not boxed or sample.field.complete is False:
+            continue
+        found = _found(sample, detector.run(sample.rgb), detector.card.thresholds)
+        red = [d for d in found if d.kind == "red_cell" and not d.at_border]
+        for i, j in match(red, boxed, point_radius_px=0.0):
+            box = boxed[j].box
+            assert box is not None
+            if sample.field.at_border(boxed[j]):
+                continue
+            predicted = ((red[i].box[2] - red[i].box[0]) + (red[i].box[3] - red[i].box[1])) / 2
+            labelled = ((box[2] - box[0]) + (box[3] - box[1])) / 2
+            ratios.append(predicted / labelled)
+    return float(np.median(ratios)) if ratios else 1.0
 
 
 def export_detector(
