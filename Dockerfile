@@ -1,7 +1,8 @@
 # The web service with the shipped default model, CPU only.
 #   docker build -t rbc-morphology .
 #   docker run --rm -p 8000:8000 rbc-morphology      # then open http://localhost:8000/
-# Settings are RBC_* environment variables (docs/service.md); the model is models/default/.
+# Settings are RBC_* environment variables (docs/service.md); the models are models/default/
+# (the classifier) and models/detector/ (the cell detector).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RBC_HOST=0.0.0.0 \
     RBC_PORT=8000 \
     RBC_DEVICE=cpu \
-    RBC_MODEL_DIR=/app/models/default
+    RBC_MODEL_DIR=/app/models/default \
+    RBC_DETECTOR_DIR=/app/models/detector
 
 RUN useradd --create-home --uid 10001 rbc
 WORKDIR /app
@@ -35,8 +37,10 @@ RUN bash scripts/install.sh \
 COPY templates/ templates/
 COPY static/ static/
 COPY models/default/ models/default/
-# Refuse to build an image whose model does not pass its own hash check.
-RUN .venv/bin/python -c "from core.modelcard import verified_state_path as v; v('models/default')"
+COPY models/detector/ models/detector/
+# Refuse to build an image whose models do not pass their own hash checks.
+RUN .venv/bin/python -c "from core.modelcard import verified_state_path as v; v('models/default')" \
+    && .venv/bin/python -c "from core.celldet import verified_detector_path as v; v('models/detector')"
 
 USER rbc
 EXPOSE 8000

@@ -18,6 +18,7 @@ def test_dockerfile_uses_the_install_script_and_ships_the_model() -> None:
     assert "bash scripts/install.sh" in text
     assert "download.pytorch.org/whl/cpu" in text
     assert "COPY models/default/ models/default/" in text
+    assert "COPY models/detector/ models/detector/" in text and "verified_detector_path" in text
     assert re.search(r"^USER (?!root)\w+", text, re.M)
     assert "HEALTHCHECK" in text and "/readyz" in text
     for line in re.findall(r"^COPY (\S+)", text, re.M):
@@ -40,7 +41,7 @@ def test_render_blueprint() -> None:
 
 def test_dockerignore_keeps_the_default_model() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "!models/default" in lines and ".venv" in lines
+    assert "!models/default" in lines and "!models/detector" in lines and ".venv" in lines
 
 
 def test_every_setting_is_documented() -> None:

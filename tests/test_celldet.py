@@ -146,10 +146,12 @@ TXL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "txl-pbc"
 
 @pytest.fixture(scope="module")
 def shipped() -> CellDetector:
+    if not (SHIPPED / "detector_card.json").is_file():
+        pytest.skip("no detector shipped in models/")
     return CellDetector.load(SHIPPED)
 
 
-def test_shipped_detector_is_small_and_says_what_it_learnt_from() -> None:
+def test_shipped_detector_is_small_and_says_what_it_learnt_from(shipped: CellDetector) -> None:
     _, card = verified_detector_path(SHIPPED)
     total = sum(p.stat().st_size for p in SHIPPED.iterdir() if p.is_file())
     assert total < 30e6, f"models/detector is {total / 1e6:.1f} MB"

@@ -1,0 +1,75 @@
+"""POST /analyze/smear with the shipped cell detector (models/detector): white cells and platelets
+set apart, the scale estimated when none is given and said so, the same safety with bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from tests.synthetic import make_smear
+from tests.test_app_fixtures import encode, make_settings, wait_ready
+from tests.test_app_inputs import assert_error
+
+pytest_plugins = ["tests.test_app_fixtures"]
+
+DETECTOR = Path(__file__).resolve().parents[1] / "models" / "detector"
+pytestmark = pytest.mark.skipif(
+    not (DETECTOR / "detector_card.json").is_file(), reason="no detector shipped in models/"
+)
+
+
+@pytest.fixture(scope="module")
+def learned(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(model_dir, detector_dir=DETECTOR))) as c:
+        wait_ready(c)
+        yield c
+
+
+def post(client: TestClient, data: bytes, query: str = "") -> Any:
+    return client.post("/analyze/smear" + query, files={"file": ("f.png", data)})
+
+
+def test_white_cells_and_platelets_are_reported_apart(learned: TestClient) -> None:
+    image, interior, _ = make_smear()
+    response = post(learned, encode(Image.fromarray(image)), "?microns_per_pixel=0.19")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["detector"].startswith("learned:")
+    assert body["cells_counted"] == len(interior)
+    assert body["white_cells_found"] == 1 and len(body["white_cells"]) == 1
+    assert body["platelets_found"] >= 2
+    white = body["white_cells"][0]
+    assert abs(white["x"] - 200) < 12 and abs(white["y"] - 215) < 12
+    assert sum(body["counts"].values()) == len(interior)
+    assert body["scale"] == {
+        "microns_per_pixel": 0.19,
+        "known": True,
+        "estimated": False,
+        "training_microns_per_pixel": 0.19,
+    }
+
+
+def test_without_a_scale_it_is_estimated_and_said_so(learned: TestClient) -> None:
+    image, interior, _ = make_smear()
+    body = post(learned, encode(Image.fromarray(image))).json()
+    assert body["scale"]["estimated"] is True and body["scale"]["known"] is False
+    assert body["scale"]["microns_per_pixel"] == pytest.approx(0.19, rel=0.15)
+    assert any("estimated" in note and "relative" in note for note in body["notes"])
+    assert body["cells_counted"] == len(interior)
+
+
+def test_bad_fields_are_still_clear_4xx(learned: TestClient) -> None:
+    blank = encode(Image.new("RGB", (320, 240), (236, 204, 210)))
+    response = post(learned, blank)
+    assert response.status_code == 200  # a blank field: no cells, said so
+    assert response.json()["cells_found"] == 0
+    assert any("no red cells" in n for n in response.json()["notes"])
+    assert_error(post(learned, b"not an image"), 422)
+    huge = encode(Image.new("RGB", (4096, 4096), (236, 204, 210)), "JPEG")
+    assert_error(post(learned, huge), 413, "split it into")
