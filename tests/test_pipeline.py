@@ -137,7 +137,7 @@ def test_fine_tune_from_a_feature_extraction_run(
 
     cfg = tiny_config(imported, tmp_path, method="fine-tune", init_from=str(trained_run))
     run = train(cfg, progress=False)
-    assert (run / "lr_find.png").is_file()
+    assert (run / "lr_find.png").is_file()  # no max_lr given: the finder chose it
     history = pd.read_csv(run / "history.csv")
     assert list(history["stage"]) == ["unfrozen"]
     card = ModelCard.load(run / "model")
@@ -240,3 +240,6 @@ def test_fine_tuning_with_class_weights_and_label_smoothing(imported: Path, tmp_
     assert learn.loss_func.func.weight is not None
     assert learn.loss_func.func.label_smoothing == pytest.approx(0.1)
     assert list(pd.read_csv(run / "history.csv")["stage"]) == ["frozen (cached)", "unfrozen"]
+    # max_lr was given: the learning-rate finder's sweep is skipped (minutes on a CPU).
+    assert not (run / "lr_find.png").exists()
+    assert card.training_config["lr_find"] == {"suggested": None, "used": 1e-3, "finder": False}

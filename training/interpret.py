@@ -249,14 +249,18 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
     ]
     if summary.get("lr_find"):
         suggested = summary["lr_find"]["suggested"]
-        lines += [
-            f"Learning-rate finder: suggestion "
-            f"{'none' if suggested is None else f'{suggested:.2e}'}, "
-            f"max lr used {summary['lr_find']['used']:.2e}.",
-            "",
-            "![lr finder](lr_find.png)",
-            "",
-        ]
+        used = summary["lr_find"]["used"]
+        if summary["lr_find"].get("finder", True):  # runs from before "finder" ran it
+            lines += [
+                f"Learning-rate finder: suggestion "
+                f"{'none' if suggested is None else f'{suggested:.2e}'}, "
+                f"max lr used {used:.2e}.",
+                "",
+                "![lr finder](lr_find.png)",
+                "",
+            ]
+        else:
+            lines += [f"Max lr {used:.2e}, given (the learning-rate finder did not run).", ""]
     for res in results:
         split = res["split"]
         lines += [

@@ -116,7 +116,7 @@ def _frozen_stage(
 
 def _fit(
     learn: Any, cfg: TrainConfig, history: History, run_dir: Path, head_loss: Any
-) -> dict[str, float | None] | None:
+) -> dict[str, float | bool | None] | None:
     """Train as the method says; returns the learning-rate finder's figures when it ran.
     `head_loss` is the loss on the CPU, for a head trained on cached features."""
     if cfg.method == "feature-extract":
@@ -125,6 +125,11 @@ def _fit(
     if cfg.frozen_epochs:
         _frozen_stage(learn, cfg, cfg.frozen_epochs, history, head_loss)
     learn.unfreeze()
+    if cfg.max_lr is not None:
+        # The rate is given: the finder's sweep (minutes on a CPU) would change nothing.
+        learn.fit_one_cycle(cfg.epochs, slice(cfg.max_lr / cfg.lr_ratio, cfg.max_lr))
+        history.add_stage("unfrozen", learn.recorder)
+        return {"suggested": None, "used": cfg.max_lr, "finder": False}
     suggested: float | None
     try:
         suggested = float(learn.lr_find(show_plot=False).valley)
@@ -132,15 +137,15 @@ def _fit(
         # The finder stops when the loss diverges; on very small sets it can stop before it
         # has recorded anything to suggest from.
         suggested = None
-    if cfg.max_lr is None and suggested is None:
+    if suggested is None:
         log.warning(
             "the LR finder gave no suggestion; using max_lr %.0e (the thesis's)", THESIS_MAX_LR
         )
-    max_lr = cfg.max_lr or suggested or THESIS_MAX_LR
+    max_lr = suggested or THESIS_MAX_LR
     plot_lr_find(learn.recorder.lrs, learn.recorder.losses, max_lr, run_dir / "lr_find.png")
     learn.fit_one_cycle(cfg.epochs, slice(max_lr / cfg.lr_ratio, max_lr))
     history.add_stage("unfrozen", learn.recorder)
-    return {"suggested": suggested, "used": max_lr}
+    return {"suggested": suggested, "used": max_lr, "finder": True}
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
