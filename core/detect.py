@@ -92,15 +92,12 @@ def _disk(radius: int) -> np.ndarray:
     return np.asarray(xx**2 + yy**2 <= radius**2)
 
 
-def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentation:
-    """Segment an (H, W, 3) uint8 smear image at the training scale into red cells and others.
-
-    Raises NoCellsError when the image has no contrast to segment (blank, saturated, uniform).
-    An image with contrast but no cell-sized regions gives an empty list, not an error.
-    """
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
+def field_contrast(
+    rgb: np.ndarray, params: DetectionParams | None = None
+) -> tuple[np.ndarray, float, float, float]:
+    """(smoothed green channel, its Otsu threshold, the background and cell levels) of a field, or
+    NoCellsError when it has no contrast to hold cells (blank, saturated, uniform): the check
+    every detector makes first."""
     p = params or DetectionParams()
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
@@ -116,6 +113,20 @@ def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentat
             "the image has too little contrast to be a stained smear "
             f"(cells and background differ by {background_level - cell_level:.0f} grey levels)"
         )
+    return green, otsu, background_level, cell_level
+
+
+def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentation:
+    """Segment an (H, W, 3) uint8 smear image at the training scale into red cells and others.
+
+    Raises NoCellsError when the image has no contrast to segment (blank, saturated, uniform).
+    An image with contrast but no cell-sized regions gives an empty list, not an error.
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    p = params or DetectionParams()
+    green, otsu, background_level, cell_level = field_contrast(rgb, p)
     # Otsu's cut lies midway between rims and plasma; moving it towards the plasma keeps the
     # pale edges of hypochromic and target cells.
     foreground = green < otsu + p.threshold_shift * (background_level - otsu)

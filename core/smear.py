@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
-from core.detect import DetectionParams, NoCellsError, segment
+from core.detect import DetectionParams, NoCellsError, field_contrast, segment
 from core.grading import GRADING_SOURCE, grade, scales_for
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
@@ -410,6 +410,10 @@ def _analyze_detected(
     if microns_per_pixel is not None:
         scale_factor(microns_per_pixel)  # the range check
     rgb = np.asarray(image)
+    try:
+        field_contrast(rgb)  # blank, saturated or uniform: a clear error, as with the classical
+    except NoCellsError as exc:
+        raise SmearError(str(exc)) from exc
     found = detector.detect(rgb, microns_per_pixel)
     used = float(found.microns_per_pixel)
     if found.scale_estimated:

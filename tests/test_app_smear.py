@@ -80,6 +80,7 @@ def test_scale_parameter(client: TestClient) -> None:
     assert body["scale"] == {
         "microns_per_pixel": 0.38,
         "known": True,
+        "estimated": False,
         "training_microns_per_pixel": 0.19,
     }
     assert body["notes"] == []

@@ -120,6 +120,7 @@ def test_microns_per_pixel_rescales_to_the_training_scale() -> None:
     assert result.summary()["scale"] == {
         "microns_per_pixel": 2 * TRAINING_MICRONS_PER_PIXEL,
         "known": True,
+        "estimated": False,
         "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
     }
     assert not result.notes
