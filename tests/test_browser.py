@@ -267,3 +267,49 @@ def test_smear_tab_explains_a_blank_image(page: Any, tmp_path: Path) -> None:
     page.wait_for_selector("#smear-error:not([hidden])")
     assert "uniform" in page.text_content("#smear-error")
     assert page.is_hidden("#smear-result")
+
+
+DETECTOR = Path(__file__).resolve().parents[1] / "models" / "detector"
+
+
+@pytest.fixture(scope="module")
+def detector_server(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    from tests.test_app_fixtures import running_server
+
+    if not (DETECTOR / "detector_card.json").is_file():
+        pytest.skip("no detector shipped in models/")
+    log = tmp_path_factory.mktemp("detector-server") / "server.log"
+    with running_server(model_dir, log, RBC_DETECTOR_DIR=str(DETECTOR)) as server:
+        yield server
+
+
+def test_smear_tab_with_the_detector(
+    browser: Any, detector_server: LiveServer, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(detector_server.url + "/")
+    page.wait_for_selector("#model-status:has-text('ready')")
+    page.click("#tab-smear")
+    path, n_counted = smear_file(tmp_path)
+    # No scale given: estimated, and the page warns in plain words.
+    page.set_input_files("#smear-file", path)
+    page.click("#smear-analyze")
+    page.wait_for_selector("#smear-result:not([hidden])")
+    summary = page.text_content("#smear-summary")
+    assert summary.startswith(f"{n_counted} red cells counted"), summary
+    assert "1 white cells (blue boxes)" in summary and "platelets (purple circles)" in summary
+    warning = page.locator("#smear-scale-note")
+    assert warning.is_visible() and "estimated from this field's own red cells" in (
+        warning.text_content() or ""
+    )
+    # With the scale given, no warning.
+    page.fill("#smear-mpp", "0.19")
+    page.click("#smear-analyze")
+    page.wait_for_function("() => document.getElementById('smear-scale-note').hidden === true")
+    assert page.text_content("#smear-summary").startswith(f"{n_counted} red cells counted")
+    page.close()
+    assert problems == []
