@@ -80,3 +80,9 @@ def test_bad_fields_are_still_clear_4xx(learned: TestClient) -> None:
     assert_error(post(learned, b"not an image"), 422)
     huge = encode(Image.new("RGB", (4096, 4096), (236, 204, 210)), "JPEG")
     assert_error(post(learned, huge), 413, "split it into")
+
+
+def test_model_endpoint_shows_the_detector_card(learned: TestClient) -> None:
+    card = learned.get("/model").json()["detector"]
+    assert card["name"] == "detector" and len(card["state_sha256"]) == 64
+    assert {"bccd", "bcd", "raabin", "chula"} <= set(card["dataset"]["sources"])
