@@ -89,7 +89,7 @@ class SmearCellOut(BaseModel):
     )
 
 
-class FieldObjectOut(BaseModel):
+class OtherCellOut(BaseModel):
     id: int
     kind: str = Field(description="white_cell or platelet")
     x: float = Field(description="centre, pixels of the uploaded image")
@@ -130,8 +130,8 @@ class SmearOut(BaseModel):
     detector: str = Field(description='"learned:<name>" or "classical"')
     white_cells_found: int
     platelets_found: int
-    white_cells: list[FieldObjectOut] = Field(default_factory=list)
-    platelets: list[FieldObjectOut] = Field(
+    white_cells: list[OtherCellOut] = Field(default_factory=list)
+    platelets: list[OtherCellOut] = Field(
         default_factory=list, description="platelets of this field (the count feeds an estimate)"
     )
     needs_review: int

@@ -87,7 +87,7 @@ class SmearCell:
 
 
 @dataclass
-class FieldObject:
+class OtherCell:
     """A white cell or platelet: found, shown and counted apart, never classified as a red cell."""
 
     id: int
@@ -111,8 +111,8 @@ class SmearResult:
     overlay_png: bytes = field(repr=False)
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    white_cells: list[FieldObject] = field(default_factory=list)
-    platelets: list[FieldObject] = field(default_factory=list)
+    white_cells: list[OtherCell] = field(default_factory=list)
+    platelets: list[OtherCell] = field(default_factory=list)
     # With the learned detector and no scale given: the scale estimated from the field's cells.
     scale_estimated: bool = False
     detector: str = "classical"
@@ -368,7 +368,7 @@ def draw_boxes_overlay(
     image: Image.Image,
     cells: Sequence[SmearCell],
     colours: dict[str, str],
-    others: Sequence[FieldObject],
+    others: Sequence[OtherCell],
 ) -> bytes:
     """The image with each red cell's outline (the ellipse in its box) in its class colour, white
     cells as thick boxes, platelets as small circles (PNG)."""
@@ -469,7 +469,7 @@ def _analyze_detected(
         for k, (d, p, crop) in enumerate(zip(red, predictions, crops, strict=True))
     ]
     others = [
-        FieldObject(k + 1, d.kind, d.x, d.y, int_box(d.box), d.at_border, d.score)
+        OtherCell(k + 1, d.kind, d.x, d.y, int_box(d.box), d.at_border, d.score)
         for k, d in enumerate(o for o in found.objects if o.kind != "red_cell")
     ]
     if not cells:

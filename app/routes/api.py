@@ -26,9 +26,9 @@ from app.schemas import (
     BatchSummary,
     CellPrediction,
     ErrorOut,
-    FieldObjectOut,
     ItemError,
     ModelRef,
+    OtherCellOut,
     PredictionOut,
     SmearCellOut,
     SmearOut,
@@ -275,8 +275,8 @@ def _smear(
     ]
     return SmearOut(
         **result.summary(),
-        white_cells=[FieldObjectOut(**vars(o)) for o in result.white_cells],
-        platelets=[FieldObjectOut(**vars(o)) for o in result.platelets],
+        white_cells=[OtherCellOut(**vars(o)) for o in result.white_cells],
+        platelets=[OtherCellOut(**vars(o)) for o in result.platelets],
         cells=cells,
         overlay=png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,
