@@ -9,11 +9,14 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.imageio import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    MIB,
+)
 from core.tta import TTA_VIEWS
-
-MIB = 1 << 20
-# What Pillow calls the formats a client may send; sniffed from the bytes, never from the name.
-DEFAULT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 
 
 class Settings(BaseSettings):
@@ -30,13 +33,15 @@ class Settings(BaseSettings):
     inference_batch_size: int = Field(default=32, ge=1)
     # Test-time views averaged per cell (core/tta.py): unset takes the model card's; 1 is fastest.
     tta_views: int | None = None
-    max_upload_bytes: int = Field(default=10 * MIB, ge=1, description="per image")
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, description="per image")
     max_request_bytes: int = Field(default=64 * MIB, ge=1, description="whole request body")
-    max_pixels: int = Field(default=4096 * 4096, ge=1, description="width x height of one image")
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS, ge=1, description="width x height of one image"
+    )
     max_files: int = Field(default=256, ge=1, description="images per batch request")
     # A cell image or field longer than this many times its width is refused from its header
     # (a 20000x1 strip is no picture of a cell, and squaring it costs gigabytes).
-    max_aspect_ratio: float = Field(default=10.0, ge=1.0)
+    max_aspect_ratio: float = Field(default=DEFAULT_MAX_ASPECT_RATIO, ge=1.0)
     # Whole fields, at the training scale: what one request may ask of a 2-core, 512 MiB
     # instance. A 1920x1080 field fits (~8 s, +135 MiB on 2 cores); 2048x2048 cost +406 MiB
     # (bench/bench_smear_budget.py; docs/service.md, "Bounded cost per request").

@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from core.imageio import ImageError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,12 +34,8 @@ class TooLarge(ServiceError):
     status = 413
 
 
-class UnsupportedFormat(ServiceError):
-    status = 415
-
-
 class BadImage(ServiceError):
-    """Empty, corrupt, truncated, not an image, or of a kind the model cannot take."""
+    """A field that cannot be analysed (no contrast...); bad files are core.imageio.ImageError."""
 
     status = 422
 
@@ -101,6 +99,10 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImageError)
+    async def _image_error(_: Request, exc: ImageError) -> JSONResponse:
+        return error_response(exc.status, exc.detail)
+
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, ClientGone):

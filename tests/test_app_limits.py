@@ -20,9 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.imaging import has_more_frames
 from app.main import create_app
 from app.middleware import TokenGate
+from core.imageio import has_more_frames
 from core.predictor import Predictor
 from tests.synthetic import make_smear
 from tests.test_app_fixtures import cell_png, encode, make_settings, wait_ready

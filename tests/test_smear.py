@@ -191,6 +191,21 @@ def test_analyze_smear_command(model_dir: Path, tmp_path: Path) -> None:
         assert overlay.size == image.size
 
 
+def test_analyze_smear_command_decodes_as_the_service_does(model_dir: Path, tmp_path: Path) -> None:
+    """One decoding path (core/imageio.py): the command refuses what the API refuses, in the
+    same words."""
+    Image.new("RGB", (300, 2), (200, 100, 100)).save(tmp_path / "strip.png")
+    frames = [Image.new("L", (40, 40), v) for v in (0, 128)]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    done = run_cli(
+        "analyze-smear", str(tmp_path / "strip.png"), str(tmp_path / "pages.tif"),
+        "--model", str(model_dir), "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "is 300x2 pixels" in done.stderr and "10 times longer" in done.stderr
+    assert "holds several frames" in done.stderr
+
+
 def test_analyze_smear_command_without_a_model(tmp_path: Path) -> None:
     done = run_cli("analyze-smear", "x.png", "--model", str(tmp_path / "none"))
     assert done.returncode == 2 and "cannot load the model" in done.stderr

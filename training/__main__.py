@@ -119,8 +119,7 @@ def _default_detector() -> str:
 
 
 def _cmd_analyze_smear(args: argparse.Namespace) -> None:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+    from core.imageio import DEFAULT_MAX_BYTES, ImageError, decode_image, read_bounded
     from core.smear import SmearError, analyze_smear
     from training.smear import write_result
 
@@ -129,10 +128,13 @@ def _cmd_analyze_smear(args: argparse.Namespace) -> None:
     failed = 0
     for path in args.images:
         try:
-            with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
+            # The service's own decoding (core/imageio.py) and limits: the same file gets the
+            # same answer from the command line and from POST /analyze/smear.
+            with open(path, "rb") as stream:
+                data = read_bounded(stream, DEFAULT_MAX_BYTES, f"'{path}'")
+            image = decode_image(data, name=f"'{path}'")
             result = analyze_smear(image, predictor, args.microns_per_pixel, detector=detector)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SmearError) as exc:
+        except (OSError, ImageError, SmearError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             failed += 1
             continue

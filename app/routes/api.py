@@ -18,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep
 from app.errors import BadImage, ServiceError, TooLarge
-from app.imaging import SizeCheck, decode_image, read_bounded
 from app.limits import HeavyGate, StopCheck, stop_when_disconnected
 from app.schemas import (
     BatchItem,
@@ -34,6 +33,7 @@ from app.schemas import (
     SmearOut,
 )
 from core.celldet import CellDetector
+from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
 from core.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.smear import (
     MAX_MICRONS_PER_PIXEL,
@@ -182,7 +182,7 @@ def _batch(
             check()
         try:
             good.append((item.index, _load_cell(upload, settings, predictor)))
-        except ServiceError as exc:
+        except (ImageError, ServiceError) as exc:
             item.error = ItemError(status=exc.status, detail=exc.detail)
     predictions = predictor.predict([image for _, image in good], heatmap=heatmap, check=check)
     counts = dict.fromkeys(predictor.classes, 0)

@@ -1,4 +1,5 @@
-"""Bounded reading and safe decoding of uploaded images.
+"""Bounded reading and safe decoding of images: the one path every image takes, from the
+service's uploads and from the command line alike, so that a file gets the same answer both ways.
 
 The format is sniffed from the bytes (never from the file name or the declared type); the pixel
 count, the aspect ratio and the number of frames are checked from the header before any pixel is
@@ -17,7 +18,35 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import BadImage, TooLarge, UnsupportedFormat
+MIB = 1 << 20
+# The limits both the service (app/config.py, RBC_* settings) and the command line start from.
+DEFAULT_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")  # Pillow's names, sniffed from the bytes
+DEFAULT_MAX_BYTES = 10 * MIB
+DEFAULT_MAX_PIXELS = 4096 * 4096
+DEFAULT_MAX_ASPECT_RATIO = 10.0
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, in plain words; `status` is the HTTP code it maps to."""
+
+    status = 422
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadImage(ImageError):
+    """Empty, corrupt, truncated, not an image, multi-page, or of a kind the model cannot take."""
+
+
+class TooLarge(ImageError):
+    status = 413
+
+
+class UnsupportedFormat(ImageError):
+    status = 415
+
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -76,9 +105,9 @@ def shrink_factor(width: int, height: int, max_side: int | None) -> int:
 def decode_image(
     data: bytes,
     *,
-    max_pixels: int,
-    accepted_formats: tuple[str, ...],
-    max_aspect_ratio: float = 10.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    accepted_formats: tuple[str, ...] = DEFAULT_FORMATS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
     max_side: int | None = None,
     check_size: SizeCheck | None = None,
     name: str = "the file",
@@ -88,7 +117,7 @@ def decode_image(
     `max_side`: the consumer needs no more than this many pixels along the longer side (a cell
     classified at 96 px); larger images are decoded at a reduced scale where the format allows
     (JPEG) and box-averaged by an integer factor otherwise, so that the longer side lies between
-    max_side and 2 * max_side. `check_size` may refuse the header's size with a ServiceError.
+    max_side and 2 * max_side. `check_size` may refuse the header's size by raising.
     """
     if not data:
         raise BadImage(f"{name} is empty")
