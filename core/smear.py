@@ -17,9 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from core.counting import count_labels, grades, percentages
 from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from core.detect import DetectionParams, NoCellsError, field_contrast, segment
-from core.grading import GRADING_SOURCE, grade, scales_for
+from core.grading import GRADING_SOURCE, scales_for
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
 # and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
@@ -122,18 +123,13 @@ class SmearResult:
         return [c for c in self.cells if c.counted]
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.classes, 0)
-        for cell in self.counted:
-            counts[cell.label] += 1
-        return counts
+        return count_labels((cell.label for cell in self.counted), self.classes)
 
     def percentages(self) -> dict[str, float]:
-        total = len(self.counted)
-        return {c: (100.0 * n / total if total else 0.0) for c, n in self.counts().items()}
+        return percentages(self.counts())
 
     def grades(self) -> dict[str, str]:
-        graded = {c: grade(c, p) for c, p in self.percentages().items()}
-        return {c: g for c, g in graded.items() if g is not None}
+        return grades(self.percentages())
 
     def summary(self) -> dict[str, Any]:
         """Everything but the cells and the overlay: counts, percentages, grades, scale, notes."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.counting import count_labels, percentages
 from core.smear import SmearError, SmearResult, analyze_smear
 from training.datasets.chula import CHULA_CLASSES
 from training.errors import DataError
@@ -142,22 +143,17 @@ def evaluate_smear(result: SmearResult, rgb: np.ndarray, points: list[Any]) -> d
     )
     matched_cells = {i for i, _ in pairs}
     interior = [i for i, c in enumerate(cells) if not c.at_border]
-    label_counts = {c: 0 for c in result.classes}
-    for _, _, name in known:
-        label_counts[name] += 1
-    n_known = len(known)
+    label_counts = count_labels((name for _, _, name in known), result.classes)
     return {
         "labels": len(points),
-        "labels_unknown_to_model": len(points) - n_known,
+        "labels_unknown_to_model": len(points) - len(known),
         "detected": len(cells),
         "matched": len(pairs),
         "interior_detected": len(interior),
         "interior_matched": len(matched_cells.intersection(interior)),
         "coverage": round(label_coverage(rgb, [(x, y) for x, y, _ in points]), 3),
         "pipeline_pct": result.percentages(),
-        "label_pct": {
-            c: (100.0 * n / n_known if n_known else 0.0) for c, n in label_counts.items()
-        },
+        "label_pct": percentages(label_counts),
         "label_counts": label_counts,
         "other_objects": result.other_objects,
     }

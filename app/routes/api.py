@@ -33,6 +33,7 @@ from app.schemas import (
     SmearOut,
 )
 from core.celldet import CellDetector
+from core.counting import count_labels, percentages
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
 from core.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.smear import (
@@ -185,10 +186,9 @@ def _batch(
         except (ImageError, ServiceError) as exc:
             item.error = ItemError(status=exc.status, detail=exc.detail)
     predictions = predictor.predict([image for _, image in good], heatmap=heatmap, check=check)
-    counts = dict.fromkeys(predictor.classes, 0)
     for (index, _), prediction in zip(good, predictions, strict=True):
         items[index].prediction = CellPrediction(**_cell(prediction))
-        counts[prediction.label] += 1
+    counts = count_labels((p.label for p in predictions), predictor.classes)
     classified = len(predictions)
     summary = BatchSummary(
         total=len(items),
@@ -196,7 +196,7 @@ def _batch(
         failed=len(items) - classified,
         needs_review=sum(p.needs_review for p in predictions),
         counts=counts,
-        percentages={c: (100.0 * n / classified if classified else 0.0) for c, n in counts.items()},
+        percentages=percentages(counts),
     )
     return BatchOut(
         results=items,
