@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.modelcard import load_exported
+from training.learner import load_exported
 
 
 def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

@@ -197,10 +197,10 @@ def main() -> None:
     # The bare model, in this process, with the server gone.
     import torch
 
-    from core.modelcard import load_exported
     from core.nets import load_network
     from core.preprocess import Preprocessor
     from core.tta import tta_probabilities
+    from training.learner import load_exported
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cells_per_smear_mean": float(np.mean(det_cells)),
             }
 
-    from core.modelcard import load_exported
+    from training.learner import load_exported
 
     learn, card = load_exported(args.model)
     predict_times, predict_cells = [], []

@@ -130,21 +130,3 @@ def verified_state_path(model_dir: Path) -> tuple[Path, ModelCard]:
             "`python -m training export --run <run> --name <name>` (it adds the file)"
         )
     return _verified_file(model_dir, card, card.state_file, card.state_sha256), card
-
-
-def load_exported(model_dir: Path, device: str = "cpu") -> tuple[Any, ModelCard]:
-    """Load an exported fastai learner after the hash check. Returns (learner, card)."""
-    import warnings
-
-    from fastai.learner import load_learner
-
-    weights, card = verified_weights_path(model_dir)
-    with warnings.catch_warnings():
-        # fastai warns that load_learner unpickles; the hash check above is why it is safe here.
-        warnings.simplefilter("ignore", UserWarning)
-        learn = load_learner(weights, cpu=(device == "cpu"))
-    if list(map(str, learn.dls.vocab)) != list(card.classes):
-        raise ModelFileError(
-            f"classes in {weights} ({list(learn.dls.vocab)}) differ from the card ({card.classes})"
-        )
-    return learn, card

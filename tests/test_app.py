@@ -23,8 +23,9 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from app.state import ModelSlot
-from core.modelcard import CARD_FILE, STATE_FILE, load_exported
+from core.modelcard import CARD_FILE, STATE_FILE
 from tests.test_app_fixtures import ROOT, cell_png, make_settings, wait_ready
+from training.learner import load_exported
 
 pytest_plugins = ["tests.test_app_fixtures"]
 

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from core.modelcard import load_exported
 from tests.test_app_fixtures import cell_png, make_settings, wait_ready
+from training.learner import load_exported
 
 pytest_plugins = ["tests.test_app_fixtures"]
 

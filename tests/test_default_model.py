@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.modelcard import ModelCard, load_exported, verified_weights_path
+from core.modelcard import ModelCard, verified_weights_path
+from training.learner import load_exported
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"

@@ -15,10 +15,10 @@ from core.modelcard import (
     WEIGHTS_FILE,
     ModelCard,
     ModelFileError,
-    load_exported,
     sha256_file,
     verified_weights_path,
 )
+from training.learner import load_exported
 
 WEIGHTS = b"pretend these bytes are an exported learner\n"
 

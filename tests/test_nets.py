@@ -23,7 +23,6 @@ from core.modelcard import (
     WEIGHTS_FILE,
     ModelCard,
     ModelFileError,
-    load_exported,
     sha256_file,
     verified_state_path,
 )
@@ -37,6 +36,7 @@ from core.nets import (
 )
 from training.archs import ARCHS, create_model
 from training.export import ExportError, publish_run, save_state
+from training.learner import load_exported
 
 
 @pytest.fixture(autouse=True)

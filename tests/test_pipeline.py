@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
-from core.modelcard import ModelCard, ModelFileError, load_exported
+from core.modelcard import ModelCard, ModelFileError
 from tests.conftest import tiny_config
 from training.config import load_config
 from training.errors import ConfigError
 from training.export import ExportError, _check_same_predictions, publish_run
 from training.interpret import predict
+from training.learner import load_exported
 from training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.modelcard import ModelCard, load_exported
+from core.modelcard import ModelCard
 from core.preprocess import Preprocessor, pad_resize
+from training.learner import load_exported
 
 SIZES = [(24, 24), (37, 21), (19, 44), (32, 32), (100, 61), (8, 9), (5, 200)]
 

@@ -77,9 +77,9 @@ def _test_items(imported: Path) -> pd.DataFrame:
 
 
 def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path) -> None:
-    from core.modelcard import load_exported
     from core.predictor import Predictor
     from training.interpret import predict
+    from training.learner import load_exported
 
     learn, _ = load_exported(trained_run / "model")
     items = _test_items(imported)

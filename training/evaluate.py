@@ -8,12 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.modelcard import load_exported
 from core.tta import view_indices
 from training.data import SPLITS, scan_dataset
 from training.datasets.chula import DEFAULT_WINDOW, import_chula, is_chula_layout
 from training.errors import DataError
 from training.interpret import predict
+from training.learner import load_exported
 from training.metrics import classification_metrics
 
 log = logging.getLogger(__name__)

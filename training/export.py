@@ -23,12 +23,12 @@ from core.modelcard import (
     STATE_FILE,
     WEIGHTS_FILE,
     ModelCard,
-    load_exported,
     sha256_file,
 )
 from core.nets import load_network
 from core.tta import view_indices
 from training.errors import TrainingError
+from training.learner import load_exported
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
 

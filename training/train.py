@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from core.modelcard import load_exported
 from training.archs import create_model, get_spec
 from training.cache import fit_head_on_cached_features
 from training.config import TrainConfig
@@ -38,6 +37,7 @@ from training.interpret import (
     predict,
     write_report,
 )
+from training.learner import load_exported
 from training.progress import batch_progress, epoch_logger
 
 log = logging.getLogger(__name__)
