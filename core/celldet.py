@@ -31,7 +31,9 @@ KINDS = ("red_cell", "white_cell", "platelet")
 DETECTOR_CARD = "detector_card.json"
 DETECTOR_STATE = "detector_state.pt"
 STRIDE = 4
-# ImageNet statistics: the body's pretraining normalisation.
+# The input normalisation the detector is trained and served with: torchvision's ImageNet
+# statistics. (The Lite body's own pretraining used (x - 127) / 128, core.nets.LITE_STATS; the
+# whole network is fine-tuned, and a change here means training the detector again.)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # A normal red cell is about this wide (the assumption behind an estimated scale).

