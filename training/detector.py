@@ -68,6 +68,8 @@ class DetectorConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     size_weight: float = 0.1
+    # Heatmap loss weight per kind (red cell, white cell, platelet).
+    kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     scale_range: tuple[float, float] = (0.7, 1.4)
     colour: bool = True  # stain, hue, saturation, brightness, contrast, gamma jitter
     degrade: bool = True  # blur and JPEG
@@ -92,8 +94,9 @@ def load_detector_config(path: Path | None, overrides: dict[str, Any]) -> Detect
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown detector settings: {sorted(unknown)}")
-    if "scale_range" in values:
-        values["scale_range"] = tuple(values["scale_range"])
+    for key in ("scale_range", "kind_weights"):
+        if key in values:
+            values[key] = tuple(values[key])
     cfg = DetectorConfig(**values)
     if not cfg.yolo and not cfg.chula:
         raise ConfigError("no data: give yolo sets and/or a chula folder")
@@ -397,13 +400,20 @@ def targets(
     return heat, size, mask
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss; `weight` (N, K, 1, 1) masks unlabelled kinds."""
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    kind_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, over the objects' count; `mask` (N, K, 1, 1)
+    leaves out unlabelled kinds, `kind_weights` (1, K, 1, 1) weighs the kinds' terms."""
     prob = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     positive = target.eq(1).float()
     pos = -torch.log(prob) * (1 - prob) ** 2 * positive
     neg = -torch.log(1 - prob) * prob**2 * (1 - target) ** 4 * (1 - positive)
-    n = (positive * weight).sum().clamp(min=1.0)
+    n = (positive * mask).sum().clamp(min=1.0)
+    weight = mask if kind_weights is None else mask * kind_weights
     return ((pos + neg) * weight).sum() / n
 
 
@@ -565,6 +575,7 @@ def train_detector(cfg: DetectorConfig, progress: bool = True) -> Path:
         generator=torch.Generator().manual_seed(cfg.seed),
         persistent_workers=cfg.workers > 0,
     )
+    kind_weights = torch.tensor(cfg.kind_weights, device=device).view(1, -1, 1, 1)
     history = []
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -572,7 +583,7 @@ def train_detector(cfg: DetectorConfig, progress: bool = True) -> Path:
         losses = []
         for images, heat, size, mask, weight in loader:
             logits, sizes = network(images.to(device))
-            heat_loss = focal_loss(logits, heat.to(device), weight.to(device))
+            heat_loss = focal_loss(logits, heat.to(device), weight.to(device), kind_weights)
             m = mask.to(device)
             size_loss = (F.l1_loss(sizes, size.to(device), reduction="none") * m).sum() / (
                 2 * m.sum().clamp(min=1.0)
