@@ -147,8 +147,9 @@ def read_samples(
 ) -> tuple[dict[str, list[Sample]], dict[str, float]]:
     """Every fully labelled field at the working scale, by split, and each source's scale: from
     `cfg.prepared` when it holds a prepared set (`prepare_samples`), else from the raw sets."""
-    if cfg.prepared and (Path(cfg.prepared) / PREPARED_INDEX).is_file():
-        return load_prepared(Path(cfg.prepared))
+    prepared = Path(cfg.prepared) if cfg.prepared else None
+    if prepared and any((prepared / n).is_file() for n in (PREPARED_INDEX, PREPARED_INDEX + ".gz")):
+        return load_prepared(prepared)
     from training.detection_eval import load_fields
 
     test_stems: set[str] = set()
@@ -241,7 +242,13 @@ def replace_prepared(cfg: DetectorConfig) -> DetectorConfig:
 def load_prepared(folder: Path) -> tuple[dict[str, list[Sample]], dict[str, float]]:
     from training.datasets.fields import Field, FieldObject
 
-    index = json.loads((folder / PREPARED_INDEX).read_text())
+    packed = folder / (PREPARED_INDEX + ".gz")
+    if packed.is_file():
+        import gzip
+
+        index = json.loads(gzip.decompress(packed.read_bytes()))
+    else:
+        index = json.loads((folder / PREPARED_INDEX).read_text())
     out: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for row in index["fields"]:
         objects = [
@@ -420,8 +427,26 @@ def focal_loss(
 # --- training ----------------------------------------------------------------------------------
 
 
+BODY_PREFIXES = ("stem.", "blocks.")
+
+
 def build_network(cfg: DetectorConfig) -> CentreNet:
+    """The network with the backbone's ImageNet weights ("imagenet", or a file of the full
+    ImageNet state dict, or of the body alone in CentreNet's names: `stem.*`, `blocks.*`, the
+    small file that travels to a lent GPU), or "random"."""
     network = CentreNet(cfg.backbone, cfg.width)
+    if cfg.weights not in ("random", "imagenet") and Path(cfg.weights).is_file():
+        state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+        if state and all(k.startswith(BODY_PREFIXES) for k in state):
+            missing = [
+                k for k in network.state_dict() if k.startswith(BODY_PREFIXES) and k not in state
+            ]
+            if missing:
+                raise ConfigError(
+                    f"{cfg.weights} lacks {len(missing)} body weights, e.g. {missing[0]}"
+                )
+            network.load_state_dict(state, strict=False)
+            return network
     if cfg.weights != "random":
         from training.archs import _lite_net
 
