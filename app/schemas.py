@@ -97,6 +97,7 @@ class OtherCellOut(BaseModel):
     box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1")
     at_border: bool
     confidence: float = Field(description="the detector's score")
+    crop: str | None = Field(None, description="a view of it (PNG data URL), with ?crops=true")
 
 
 class SmearScale(BaseModel):

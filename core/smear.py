@@ -98,6 +98,7 @@ class OtherCell:
     box: tuple[int, int, int, int]
     at_border: bool
     confidence: float
+    crop: Image.Image | None = field(default=None, repr=False)  # for the gallery
 
 
 @dataclass
@@ -360,6 +361,18 @@ WHITE_CELL_COLOUR = "#1f4fff"
 PLATELET_COLOUR = "#7b2cbf"
 
 
+def object_crop(
+    image: Image.Image, box: tuple[float, float, float, float], side: int = 72
+) -> Image.Image:
+    """A square view of a white cell or platelet with some field around it, `side` px, for the
+    gallery (not classified: red cells keep the classifier's own crops)."""
+    x0, y0, x1, y1 = box
+    half = max(x1 - x0, y1 - y0) * 0.7 + 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    window = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+    return image.crop(window).resize((side, side), Image.Resampling.BILINEAR)
+
+
 def draw_boxes_overlay(
     image: Image.Image,
     cells: Sequence[SmearCell],
@@ -465,7 +478,16 @@ def _analyze_detected(
         for k, (d, p, crop) in enumerate(zip(red, predictions, crops, strict=True))
     ]
     others = [
-        OtherCell(k + 1, d.kind, d.x, d.y, int_box(d.box), d.at_border, d.score)
+        OtherCell(
+            id=k + 1,
+            kind=d.kind,
+            x=d.x,
+            y=d.y,
+            box=int_box(d.box),
+            at_border=d.at_border,
+            confidence=d.score,
+            crop=object_crop(image, d.box) if keep_crops else None,
+        )
         for k, d in enumerate(o for o in found.objects if o.kind != "red_cell")
     ]
     if not cells:

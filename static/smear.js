@@ -134,6 +134,26 @@
         group.appendChild(box);
         gallery.appendChild(group);
       });
+    // White cells and platelets: shown apart, never counted or classified as red cells.
+    const others = [["white_cells", "white cells (not counted)"], ["platelets", "platelets (not counted)"]];
+    others.forEach(([key, title]) => {
+      const members = state.result[key] || [];
+      if (!members.length) return;
+      const group = el("section", "group other");
+      group.dataset.kind = key;
+      group.appendChild(el("h3", "", title + " · " + members.length));
+      const box = el("div", "cells");
+      members.forEach((obj) => {
+        const card = el("div", "thumb");
+        const img = el("img");
+        if (obj.crop) img.src = obj.crop;
+        img.alt = key + " " + obj.id;
+        card.append(img, el("div", "muted", "score " + percent(obj.confidence)));
+        box.appendChild(card);
+      });
+      group.appendChild(box);
+      gallery.appendChild(group);
+    });
   }
 
   function render() {

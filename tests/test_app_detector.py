@@ -48,6 +48,9 @@ def test_white_cells_and_platelets_are_reported_apart(learned: TestClient) -> No
     white = body["white_cells"][0]
     assert abs(white["x"] - 200) < 12 and abs(white["y"] - 215) < 12
     assert sum(body["counts"].values()) == len(interior)
+    assert "crop" not in white  # crops only when asked
+    with_crops = post(learned, encode(Image.fromarray(image)), "?microns_per_pixel=0.19&crops=true")
+    assert with_crops.json()["white_cells"][0]["crop"].startswith("data:image/png;base64,")
     assert body["scale"] == {
         "microns_per_pixel": 0.19,
         "known": True,

@@ -302,6 +302,15 @@ def test_smear_tab_with_the_detector(
     summary = page.text_content("#smear-summary")
     assert summary.startswith(f"{n_counted} red cells counted"), summary
     assert "1 white cells (blue boxes)" in summary and "platelets (purple circles)" in summary
+    # The white cell has its own gallery row, apart from the red cells.
+    row = page.locator("#smear-gallery .group.other[data-kind='white_cells'] .thumb")
+    assert row.count() == 1
+    assert (
+        page.eval_on_selector(
+            "#smear-gallery .group.other .thumb img", "img => img.complete && img.naturalWidth"
+        )
+        == 72
+    )
     warning = page.locator("#smear-scale-note")
     assert warning.is_visible() and "estimated from this field's own red cells" in (
         warning.text_content() or ""

@@ -39,6 +39,7 @@ from core.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.smear import (
     MAX_MICRONS_PER_PIXEL,
     MIN_MICRONS_PER_PIXEL,
+    OtherCell,
     SmearError,
     SmearTooLarge,
     analyze_smear,
@@ -275,13 +276,17 @@ def _smear(
     ]
     return SmearOut(
         **result.summary(),
-        white_cells=[OtherCellOut(**vars(o)) for o in result.white_cells],
-        platelets=[OtherCellOut(**vars(o)) for o in result.platelets],
+        white_cells=[_other(o) for o in result.white_cells],
+        platelets=[_other(o) for o in result.platelets],
         cells=cells,
         overlay=png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,
         model=_model_ref(predictor),
     )
+
+
+def _other(cell: OtherCell) -> OtherCellOut:
+    return OtherCellOut(**{**vars(cell), "crop": image_data_url(cell.crop) if cell.crop else None})
 
 
 @router.get("/model")
