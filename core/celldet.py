@@ -172,8 +172,9 @@ def decode(
     heat: torch.Tensor, size: torch.Tensor, thresholds: dict[str, float], max_objects: int = 2000
 ) -> list[tuple[int, float, float, float, float, float]]:
     """Peaks of one image's heatmaps (logits (K, h, w), sizes (2, h, w)) -> (kind index, x, y,
-    width, height, score) in input pixels. A peak is a local maximum of its 3x3 neighbourhood
-    above its kind's threshold."""
+    width, height, score) in input pixels, strongest first. A peak is a local maximum of its
+    3x3 neighbourhood above its kind's threshold, and not near the centre of a stronger object of
+    another kind (one object, one kind: a red cell's faint "white cell" twin is the same cell)."""
     prob = torch.sigmoid(heat)
     peaks = (prob == F.max_pool2d(prob[None], 3, stride=1, padding=1)[0]) & (prob > 0)
     cut = torch.tensor([thresholds.get(k, 0.5) for k in KINDS], dtype=prob.dtype)[:, None, None]
@@ -182,17 +183,24 @@ def decode(
     order = torch.argsort(scores, descending=True)[:max_objects]
     wh = torch.exp(size.clamp(-4, 6)) * STRIDE
     out: list[tuple[int, float, float, float, float, float]] = []
+    # Kept objects by coarse grid square, so each peak is compared with its neighbours only.
+    grid: dict[tuple[int, int], list[int]] = {}
+    cell = 64.0  # input pixels, more than any object's half side at the working scale
     for o in order.tolist():
         k, y, x = int(kind[o]), int(ys[o]), int(xs[o])
         cx, cy = (x + 0.5) * STRIDE, (y + 0.5) * STRIDE
         w, h = float(wh[0, y, x]), float(wh[1, y, x])
-        # One object, one kind: a weaker peak of another kind near the centre of a stronger
-        # object (a red cell's faint "white cell" twin) is the same object.
+        gx, gy = int(cx // cell), int(cy // cell)
+        near = [
+            i for dx in (-1, 0, 1) for dy in (-1, 0, 1) for i in grid.get((gx + dx, gy + dy), ())
+        ]
         if any(
-            other[0] != k and math.hypot(other[1] - cx, other[2] - cy) < (other[3] + other[4]) / 4
-            for other in out
+            out[i][0] != k
+            and math.hypot(out[i][1] - cx, out[i][2] - cy) < (out[i][3] + out[i][4]) / 4
+            for i in near
         ):
             continue
+        grid.setdefault((gx, gy), []).append(len(out))
         out.append((k, cx, cy, w, h, float(scores[o])))
     return out
 
