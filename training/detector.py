@@ -119,10 +119,9 @@ class Sample:
     scale: float = 1.0  # working pixels per original pixel
 
 
-def to_sample(item: Field, microns_per_pixel: float, work: float) -> Sample:
-    factor = microns_per_pixel / work
-    with Image.open(item.image) as opened:
-        rgb = resample(np.asarray(opened.convert("RGB")), factor)
+def object_rows(item: Field, factor: float) -> np.ndarray:
+    """The field's objects at the working scale: (n, 5) rows of kind index, centre x, centre y,
+    width, height (0, 0 for a point label)."""
     rows = []
     for o in item.objects:
         kind = KINDS.index(o.kind)
@@ -131,10 +130,17 @@ def to_sample(item: Field, microns_per_pixel: float, work: float) -> Sample:
         else:
             x0, y0, x1, y1 = (v * factor for v in o.box)
             rows.append((kind, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
+
+
+def to_sample(item: Field, microns_per_pixel: float, work: float) -> Sample:
+    factor = microns_per_pixel / work
+    with Image.open(item.image) as opened:
+        rgb = resample(np.asarray(opened.convert("RGB")), factor)
     is_points = item.source == "chula"
     return Sample(
         rgb=rgb,
-        objects=np.asarray(rows, dtype=np.float32).reshape(-1, 5),
+        objects=object_rows(item, factor),
         supervised=(True, not is_points, not is_points),
         source=item.source,
         field=item,
@@ -264,19 +270,11 @@ def load_prepared(folder: Path) -> tuple[dict[str, list[Sample]], dict[str, floa
         with Image.open(folder / row["file"]) as opened:
             rgb = np.asarray(opened.convert("RGB"))
         f = row["scale"]
-        rows = []
-        for o in objects:
-            kind = KINDS.index(o.kind)
-            if o.box is None:
-                rows.append((kind, o.x * f, o.y * f, 0.0, 0.0))
-            else:
-                x0, y0, x1, y1 = (v * f for v in o.box)
-                rows.append((kind, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
         supervised = tuple(bool(v) for v in row["supervised"])
         out[row["split"]].append(
             Sample(
                 rgb=rgb,
-                objects=np.asarray(rows, dtype=np.float32).reshape(-1, 5),
+                objects=object_rows(item, f),
                 supervised=(supervised[0], supervised[1], supervised[2]),
                 source=row["source"],
                 field=item,
