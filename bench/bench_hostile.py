@@ -48,6 +48,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_service import free_port  # noqa: E402
+
 MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -61,13 +65,6 @@ CLOSE_S = 60.0
 EXIF_LOG_LINES = 5
 TOKEN = "bench-token"
 BOUNDARY = "bench-hostile-boundary"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_mib(pid: int) -> float:

@@ -190,6 +190,15 @@ def check_working_size(
     return work
 
 
+def check_cell_budget(red_cells: int, max_cells: int | None) -> None:
+    """SmearTooLarge when a field holds more red cells than one request classifies."""
+    if max_cells is not None and red_cells > max_cells:
+        raise SmearTooLarge(
+            f"the image holds {red_cells:,} red cells; at most {max_cells:,} are classified per "
+            "request: send smaller fields (a field of a few hundred cells is what grading needs)"
+        )
+
+
 def split_hint(size: tuple[int, int], work_pixels: int, max_pixels: int) -> str:
     """How to cut an uploaded image of `size` into tiles whose working pixels each fit."""
     width, height = size
@@ -297,11 +306,7 @@ def analyze_smear(
         check()
 
     red = [(i + 1, d) for i, d in enumerate(segmentation.detections) if d.kind == "red_cell"]
-    if max_cells is not None and len(red) > max_cells:
-        raise SmearTooLarge(
-            f"the image holds {len(red):,} red cells; at most {max_cells:,} are classified per "
-            "request: send smaller fields (a field of a few hundred cells is what grading needs)"
-        )
+    check_cell_budget(len(red), max_cells)
     fill = median_colour(work)
     crops = [crop_cell(work, round(d.x), round(d.y), window, fill)[0] for _, d in red]
     predictions = classifier.predict(crops, check=check)
@@ -434,21 +439,12 @@ def _analyze_detected(
     detected = time.perf_counter()
     if check is not None:
         check()
-    factor = used / TRAINING_MICRONS_PER_PIXEL
+    # An estimated scale may make the working image larger than the header check allowed.
+    work_size = check_working_size(image.size, used, max_working_pixels)
+    factor = scale_factor(used)
     width, height = image.size
-    work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    if work_size[0] * work_size[1] > max_working_pixels:
-        raise SmearTooLarge(
-            f"the image is {work_size[0]}x{work_size[1]} pixels at the training scale; at most "
-            f"{max_working_pixels:,} pixels are analysed per field: "
-            f"{split_hint(image.size, work_size[0] * work_size[1], max_working_pixels)}"
-        )
     red = found.of_kind("red_cell")
-    if max_cells is not None and len(red) > max_cells:
-        raise SmearTooLarge(
-            f"the image holds {len(red):,} red cells; at most {max_cells:,} are classified per "
-            "request: send smaller fields (a field of a few hundred cells is what grading needs)"
-        )
+    check_cell_budget(len(red), max_cells)
     work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
     fill = median_colour(work)
     crops = [
