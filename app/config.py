@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.classify.tta import TTA_VIEWS
 from core.imageio import (
     DEFAULT_FORMATS,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -16,22 +17,23 @@ from core.imageio import (
     DEFAULT_MAX_PIXELS,
     MIB,
 )
-from core.tta import TTA_VIEWS
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RBC_", frozen=True, protected_namespaces=())
 
     model_dir: Path = Path("models/default")
-    # The cell detector for whole fields (core/celldet.py); when this folder does not exist the
-    # classical segmentation (core/detect.py) finds the red cells instead. "none" forces that.
+    # The cell detector for whole fields (core/detect/learned.py); when this folder does not
+    # exist the classical segmentation (core/detect/classical.py) finds the red cells instead.
+    # "none" forces that.
     detector_dir: Path = Path("models/detector")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op threads for torch; 0 keeps torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0)
     # Cells per forward pass; larger batches are split.
     inference_batch_size: int = Field(default=32, ge=1)
-    # Test-time views averaged per cell (core/tta.py): unset takes the model card's; 1 is fastest.
+    # Test-time views averaged per cell (core/classify/tta.py): unset takes the model card's;
+    # 1 is fastest.
     tta_views: int | None = None
     max_upload_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, description="per image")
     max_request_bytes: int = Field(default=64 * MIB, ge=1, description="whole request body")

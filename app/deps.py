@@ -11,8 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.config import Settings
 from app.errors import NotReady, Unauthorized
 from app.state import ModelSlot
-from core.celldet import CellDetector
-from core.predictor import Predictor
+from core.classify.predictor import Predictor
+from core.detect.learned import CellDetector
 
 
 def get_app_settings(request: Request) -> Settings:

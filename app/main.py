@@ -4,7 +4,7 @@ The model is loaded once per process, in the lifespan: the cheap checks (directo
 file, sha256) run before the server accepts requests, so a wrong model directory stops the start
 with a clear message; building the network, loading the state dict and the warm-up then run in a
 thread, so /healthz answers at once and /readyz turns 200 when the model is ready. Nothing is
-unpickled and fastai is never imported: the network is rebuilt by `core.nets`.
+unpickled and fastai is never imported: the network is rebuilt by `core.classify.nets`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from app.limits import HeavyGate
 from app.middleware import BodyLimit, SecurityHeaders, TokenGate
 from app.routes import api, docs, health, pages
 from app.state import ModelSlot, detector_enabled
-from core.celldet import verified_detector_path
+from core.classify.predictor import ModelLoadError, resolve_device
+from core.detect.learned import verified_detector_path
 from core.modelcard import ModelFileError, verified_state_path
-from core.predictor import ModelLoadError, resolve_device
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,9 +6,9 @@ import logging
 import threading
 
 from app.config import Settings
-from core.celldet import CellDetector
+from core.classify.predictor import ModelLoadError, Predictor
+from core.detect.learned import CellDetector
 from core.modelcard import ModelFileError
-from core.predictor import ModelLoadError, Predictor
 
 log = logging.getLogger(__name__)
 

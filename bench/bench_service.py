@@ -6,7 +6,7 @@ Starts the real server (`python -m app`, uvicorn) as a subprocess and measures:
 - time from process start to /readyz 200, and resident memory (RSS) then and after the requests;
 - one-cell POST /predict latency p50 / p95 over --requests sequential requests (keep-alive),
   against the model's own forward time at batch 1 measured in this process (the network as the
-  service loads it: `core.nets.load_network`, from model_state.pt);
+  service loads it: `core.classify.nets.load_network`, from model_state.pt);
 - POST /predict/batch throughput (cells/s) against the bare batched forward and against
   `learn.predict` called in a loop (the thesis's way);
 and checks the targets of issue #4. Prints a table, then one JSON line with every figure.
@@ -197,9 +197,9 @@ def main() -> None:
     # The bare model, in this process, with the server gone.
     import torch
 
-    from core.nets import load_network
-    from core.preprocess import Preprocessor
-    from core.tta import tta_probabilities
+    from core.classify.nets import load_network
+    from core.classify.preprocess import Preprocessor
+    from core.classify.tta import tta_probabilities
     from training.learner import load_exported
 
     if args.threads:

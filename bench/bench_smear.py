@@ -30,8 +30,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.predictor import Predictor  # noqa: E402
-from core.smear import analyze_smear  # noqa: E402
+from core.classify.predictor import Predictor  # noqa: E402
+from core.smear.analysis import analyze_smear  # noqa: E402
 
 TARGET_S = 1.0
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detector",
         type=Path,
-        help="also time the pipeline with this learned detector (core/celldet.py) on the same "
-        "smears, scale given (0.19) and scale estimated, against the classical segmentation",
+        help="also time the pipeline with this learned detector (core/detect/learned.py) on the "
+        "same smears, scale given (0.19) and scale estimated, against the classical segmentation",
     )
     args = parser.parse_args(argv)
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(result.timings_ms)
         cells.append(len(result.cells))
 
-    # The same smears again with other test-time view counts (core/tta.py).
+    # The same smears again with other test-time view counts (core/classify/tta.py).
     served_views = predictor.tta_views
     by_views: dict[str, dict[str, float]] = {}
     for views in args.compare_views:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same smears with the learned detector: scale given, then estimated from the field.
     by_detector: dict[str, dict[str, float]] = {}
     if args.detector is not None:
-        from core.celldet import CellDetector
+        from core.detect.learned import CellDetector
 
         detector = CellDetector.load(args.detector)
         for label, scale in (("scale given", 0.19), ("scale estimated", None)):

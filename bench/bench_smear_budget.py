@@ -52,8 +52,8 @@ def one(model: Path, chula: Path, side: int, threads: int) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from core.predictor import Predictor
-    from core.smear import analyze_smear
+    from core.classify.predictor import Predictor
+    from core.smear.analysis import analyze_smear
 
     torch.set_num_threads(threads)
     predictor = Predictor.load(model, device="cpu", threads=threads)

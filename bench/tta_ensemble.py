@@ -1,7 +1,8 @@
 """What test-time augmentation and ensembling add to exported models, on an imported data set.
 
 For every model and split it computes the probabilities of all 8 square symmetries of each crop
-once (core/tta.py), then scores 1, 2, 4 and 8 views, and the mean of all the models' probabilities
+once (core/classify/tta.py), then scores 1, 2, 4 and 8 views, and the mean of all the models'
+probabilities
 (an ensemble) at each view count. Choose on "valid"; "test" is only reported.
 
     .venv/bin/python bench/tta_ensemble.py --data data/chula models/default [runs/x/model ...]
@@ -25,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.predictor import Predictor
-from core.preprocess import Preprocessor
-from core.tta import TTA_VIEWS, dihedral_view, view_indices
+from core.classify.predictor import Predictor
+from core.classify.preprocess import Preprocessor
+from core.classify.tta import TTA_VIEWS, dihedral_view, view_indices
 from training.metrics import classification_metrics
 
 

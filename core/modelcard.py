@@ -41,8 +41,8 @@ class ModelCard:
     state_file: str | None = None
     state_sha256: str | None = None
     method: str = ""
-    # Test-time views (core/tta.py) the service averages by default, and that `metrics` were
-    # measured with; 1 on cards written before test-time views existed.
+    # Test-time views (core/classify/tta.py) the service averages by default, and that
+    # `metrics` were measured with; 1 on cards written before test-time views existed.
     tta_views: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)

@@ -31,7 +31,7 @@
     return new Blob([array], { type });
   }
 
-  // The same rule as core/grading.py: round, then count the grade bounds reached.
+  // The same rule as core/smear/grading.py: round, then count the grade bounds reached.
   function grade(label, pct) {
     const scale = state.result.grading.scales[label];
     if (!scale) return "";

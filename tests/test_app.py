@@ -195,11 +195,11 @@ def test_not_ready_while_loading(model_dir: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_load_failure_keeps_readyz_503(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
-        from core.predictor import ModelLoadError
+        from core.classify.predictor import ModelLoadError
 
         raise ModelLoadError("classes differ")
 
-    monkeypatch.setattr("core.predictor.Predictor.load", broken)
+    monkeypatch.setattr("core.classify.predictor.Predictor.load", broken)
     with TestClient(create_app(make_settings(model_dir))) as c:
         c.app.state.model_slot.loaded.wait(30)  # type: ignore[attr-defined]
         response = c.get("/readyz")

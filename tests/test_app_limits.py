@@ -22,8 +22,8 @@ from PIL import Image
 
 from app.main import create_app
 from app.middleware import TokenGate
+from core.classify.predictor import Predictor
 from core.imageio import has_more_frames
-from core.predictor import Predictor
 from tests.synthetic import make_smear
 from tests.test_app_fixtures import cell_png, encode, make_settings, wait_ready
 from tests.test_app_inputs import assert_error

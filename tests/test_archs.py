@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
-from core.nets import EfficientNetLiteBody
+from core.classify.nets import EfficientNetLiteBody
 from training.archs import ARCHS, _lite_net, create_body, create_model
 from training.errors import WeightsUnavailableError
 

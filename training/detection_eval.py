@@ -185,10 +185,10 @@ def evaluate_fields(
 
 
 def classical_detector(rgb: np.ndarray, microns_per_pixel: float | None) -> list[Found]:
-    """Today's threshold-and-watershed segmentation (core.detect) as a Detector: its dark
+    """Today's threshold-and-watershed segmentation (core.detect.classical) as a Detector: its dark
     "other" regions are reported as white cells; it finds no platelets."""
-    from core.detect import NoCellsError, segment
-    from core.smear import scale_factor
+    from core.detect.classical import NoCellsError, segment
+    from core.smear.analysis import scale_factor
 
     factor = scale_factor(microns_per_pixel)
     height, width = rgb.shape[:2]
@@ -216,7 +216,7 @@ def classical_detector(rgb: np.ndarray, microns_per_pixel: float | None) -> list
 
 
 class LearnedDetector:
-    """A core.celldet.CellDetector as a Detector; keeps the scale it used for each field (the
+    """A core.detect.learned.CellDetector as a Detector; keeps the scale it used for each field (the
     estimate, when none was given)."""
 
     def __init__(self, detector: Any) -> None:

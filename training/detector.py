@@ -1,4 +1,4 @@
-"""Train the cell detector (core/celldet.py) on labelled fields from several laboratories.
+"""Train the cell detector (core/detect/learned.py) on labelled fields from several laboratories.
 
 `python -m training train-detector --config configs/detector.yaml` reads the fields (YOLO sets
 with boxes around every red cell, white cell and platelet; Chula's red-cell points on its fully
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageFilter
 
-from core.celldet import (
+from core.detect.learned import (
     DETECTOR_STATE,
     KINDS,
     STRIDE,
@@ -718,7 +718,7 @@ def export_detector(
     """Publish a run's detector under models_dir/name (state dict + card, hash checked first)."""
     import shutil
 
-    from core.celldet import verified_detector_path
+    from core.detect.learned import verified_detector_path
     from core.modelcard import ModelFileError
 
     source = Path(run_dir) / "detector"

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from core.tta import view_indices
+from core.classify.tta import view_indices
 from training.data import SPLITS, scan_dataset
 from training.datasets.chula import DEFAULT_WINDOW, import_chula, is_chula_layout
 from training.errors import DataError

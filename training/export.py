@@ -1,8 +1,8 @@
 """Export a trained learner with its model card, and prove the files reload to the same model.
 
 A model folder holds export.pkl (the fastai learner: training, evaluation), model_state.pt (the
-network's state dict: what the service loads, through `core.nets.load_network`, without fastai or
-unpickling code) and model_card.json (with the sha256 of both).
+network's state dict: what the service loads, through `core.classify.nets.load_network`, without
+fastai or unpickling code) and model_card.json (with the sha256 of both).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.classify.nets import load_network
+from core.classify.tta import view_indices
 from core.modelcard import (
     CARD_FILE,
     STATE_FILE,
@@ -25,8 +27,6 @@ from core.modelcard import (
     ModelCard,
     sha256_file,
 )
-from core.nets import load_network
-from core.tta import view_indices
 from training.errors import TrainingError
 from training.learner import load_exported
 
@@ -161,7 +161,8 @@ def views_section(tta_views: int, results: list[dict[str, Any]]) -> str:
         f"## Served with {tta_views} test-time views",
         "",
         f"The published model averages its probabilities over {tta_views} quarter turns and "
-        "mirror images of each cell (core/tta.py); the figures above are of one view. The model "
+        "mirror images of each cell (core/classify/tta.py); the figures above are of one view. "
+        "The model "
         "card's metrics are the test figures below.",
         "",
     ]

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from core.gradcam import grad_cam, overlay
-from core.tta import tta_probabilities
+from core.classify.gradcam import grad_cam, overlay
+from core.classify.tta import tta_probabilities
 from training.metrics import classification_metrics, confusion_matrix, most_confused
 
 
@@ -55,7 +55,7 @@ class History:
 
 def predict(learn: Any, items: pd.DataFrame, tta_views: int = 1) -> Predictions:
     """Probabilities and per-item losses for labelled items, without random augmentation;
-    averaged over `tta_views` test-time views (core/tta.py), as the service does.
+    averaged over `tta_views` test-time views (core/classify/tta.py), as the service does.
 
     With one view the losses are the training loss (class weights included); with more, the
     cross-entropy of the averaged probabilities."""

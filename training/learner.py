@@ -1,5 +1,5 @@
 """The exported fastai learner (export.pkl), for training, evaluation and export: fastai is a
-training dependency, never the service's (which loads model_state.pt through core.nets)."""
+training dependency, never the service's (which loads model_state.pt through core.classify.nets)."""
 
 from __future__ import annotations
 

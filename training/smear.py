@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.counting import count_labels, percentages
-from core.smear import SmearError, SmearResult, analyze_smear
+from core.smear.analysis import SmearError, SmearResult, analyze_smear
+from core.smear.counting import count_labels, percentages
 from training.datasets.chula import CHULA_CLASSES
 from training.errors import DataError
 
@@ -117,7 +117,7 @@ def label_coverage(rgb: np.ndarray, points: Sequence[tuple[float, float]]) -> fl
     that count as fully labelled must not move when the detector's settings do."""
     from scipy import ndimage as ndi
 
-    from core.detect import otsu_threshold
+    from core.detect.classical import otsu_threshold
 
     green = ndi.gaussian_filter(rgb[..., 1].astype(np.float32), 1.0)
     foreground = green < otsu_threshold(green)

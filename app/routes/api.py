@@ -32,11 +32,10 @@ from app.schemas import (
     SmearCellOut,
     SmearOut,
 )
-from core.celldet import CellDetector
-from core.counting import count_labels, percentages
+from core.classify.predictor import Prediction, Predictor, image_data_url, png_data_url
+from core.detect.learned import CellDetector
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
-from core.predictor import Prediction, Predictor, image_data_url, png_data_url
-from core.smear import (
+from core.smear.analysis import (
     MAX_MICRONS_PER_PIXEL,
     MIN_MICRONS_PER_PIXEL,
     OtherCell,
@@ -45,6 +44,7 @@ from core.smear import (
     analyze_smear,
     check_working_size,
 )
+from core.smear.counting import count_labels, percentages
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "no file in the expected form field, or malformed"},

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
+from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from training.errors import DataError
 from training.split import SPLITS, grouped_split, validate_fractions
 

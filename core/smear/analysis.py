@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from core.counting import count_labels, grades, percentages
-from core.crop import DEFAULT_WINDOW, crop_cell, median_colour
-from core.detect import DetectionParams, NoCellsError, field_contrast, segment
-from core.grading import GRADING_SOURCE, scales_for
+from core.detect.classical import DetectionParams, NoCellsError, field_contrast, segment
+from core.smear.counting import count_labels, grades, percentages
+from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
+from core.smear.grading import GRADING_SOURCE, scales_for
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
 # and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
@@ -59,7 +59,7 @@ class SmearTooLarge(SmearError):
 
 
 class CellClassifier(Protocol):
-    """What the analysis needs from a predictor (core.predictor.Predictor is one)."""
+    """What the analysis needs from a predictor (core.classify.predictor.Predictor is one)."""
 
     classes: list[str]
     review_threshold: float
@@ -267,9 +267,9 @@ def analyze_smear(
     image is taken to be at the training scale, and a note in the result says so.
     `window` is the crop side at the training scale; by default the classifier's model card's
     (`crop_window_px`), which is what its training crops were cut with.
-    With a `detector` (core.celldet.CellDetector) red cells, white cells and platelets are found
-    by it, and without `microns_per_pixel` the scale is estimated from the field's own red
-    cells; without one, the classical segmentation of core.detect finds the red cells.
+    With a `detector` (core.detect.learned.CellDetector) red cells, white cells and platelets
+    are found by it, and without `microns_per_pixel` the scale is estimated from the field's own red
+    cells; without one, the classical segmentation of core.detect.classical finds the red cells.
     Raises SmearError for images that cannot be a smear (no contrast), SmearTooLarge for more
     working pixels or red cells than allowed. `check` runs between stages and chunks of cells
     and may raise to stop the work (a client that went away).

@@ -1,9 +1,10 @@
 """The predictor: load a verified exported model, preprocess, batched prediction, Grad-CAM.
 
-The network is rebuilt without fastai (`core.nets.load_network`: the card's architecture, the
-state dict of model_state.pt after its sha256 check, tensors only). `learn.predict` is not used: it
-keeps per-call state on the Learner (not thread-safe) and is slow. The network, in eval mode with
-gradients off, is called directly under `torch.inference_mode`, which is safe from many threads.
+The network is rebuilt without fastai (`core.classify.nets.load_network`: the card's architecture,
+the state dict of model_state.pt after its sha256 check, tensors only). `learn.predict` is not
+used: it keeps per-call state on the Learner (not thread-safe) and is slow. The network, in eval
+mode with gradients off, is called directly under `torch.inference_mode`, which is safe from many
+threads.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.gradcam import grad_cam, overlay
+from core.classify.gradcam import grad_cam, overlay
+from core.classify.nets import load_network
+from core.classify.preprocess import Preprocessor
+from core.classify.tta import tta_probabilities, view_indices
 from core.modelcard import ModelCard, ModelFileError
-from core.nets import load_network
-from core.preprocess import Preprocessor
-from core.tta import tta_probabilities, view_indices
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from core.grading import grade
+from core.smear.grading import grade
 
 
 def count_labels(labels: Iterable[str], classes: Sequence[str]) -> dict[str, int]:
@@ -26,6 +26,6 @@ def percentages(counts: Mapping[str, int]) -> dict[str, float]:
 
 
 def grades(shares: Mapping[str, float]) -> dict[str, str]:
-    """The ICSH grade of every graded class ('none', '1+', '2+', '3+'; core/grading.py)."""
+    """The ICSH grade of every graded class ('none', '1+', '2+', '3+'; core/smear/grading.py)."""
     graded = {c: grade(c, p) for c, p in shares.items()}
     return {c: g for c, g in graded.items() if g is not None}
