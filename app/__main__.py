@@ -1,14 +1,9 @@
-"""`python -m app`: serve with uvicorn on RBC_HOST:RBC_PORT (see docs/service.md)."""
+"""`python -m app`: serve with uvicorn on RBC_HOST:RBC_PORT, or `python -m app analyze-smear`
+(app/cli.py, docs/service.md)."""
 
 from __future__ import annotations
 
-from app.config import get_settings
-from app.server import serve
-
-
-def main() -> None:
-    serve(get_settings())
-
+from app.cli import main
 
 if __name__ == "__main__":
     main()

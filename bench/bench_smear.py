@@ -6,7 +6,7 @@
 
 For each of --smears smear images (the model card's test smears, 640x480): decode the JPEG, find
 the cells, crop, classify (batched), count, grade, draw the overlay — `core.smear.analyze_smear`,
-as `POST /analyze/smear` and `python -m training analyze-smear` run it. Then the same crops through
+as `POST /analyze/smear` and `python -m app analyze-smear` run it. Then the same crops through
 `learn.predict` one by one (the exported fastai learner) on --predict-smears of them. Prints a
 table, then one JSON line with every figure. The target of issue #5: under 1 s per 640x480 smear
 on 2 CPU cores.

@@ -16,4 +16,4 @@ if [ ! -f "$model/model_card.json" ]; then
     exit 1
 fi
 export RBC_MODEL_DIR="$model"
-exec .venv/bin/python -m app "$@"
+exec .venv/bin/python -m app serve "$@"

@@ -174,15 +174,15 @@ def test_smear_cell_budget(model_dir: Path) -> None:
 @pytest.fixture()
 def gated(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """One heavy slot, a short wait, and a smear analysis that takes 1.5 s."""
-    import app.routes.api as api
+    import app.analysis as analysis
 
-    real = api.analyze_smear
+    real = analysis.analyze_smear
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "analyze_smear", slow)
+    monkeypatch.setattr(analysis, "analyze_smear", slow)
     settings = make_settings(model_dir, heavy_concurrency=1, heavy_wait_s=0.3, heavy_batch_files=2)
     with TestClient(create_app(settings)) as c:
         wait_ready(c)

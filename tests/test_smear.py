@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -164,9 +165,11 @@ def test_a_field_without_red_cells_is_an_answer_not_an_error() -> None:
     assert result.percentages() == {"dark": 0.0, "pale": 0.0, "schistocyte": 0.0}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_app(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m app ...` as users run it, with RBC_* settings from `env`."""
+    environ = {**os.environ, "RBC_DEVICE": "cpu", **env}
     return subprocess.run(
-        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, cwd=ROOT, env=environ
     )
 
 
@@ -176,15 +179,17 @@ def test_analyze_smear_command(model_dir: Path, tmp_path: Path) -> None:
     image.save(path)
     (tmp_path / "broken.jpg").write_bytes(b"not a picture")
     out = tmp_path / "out"
-    done = run_cli(
+    done = run_app(
         "analyze-smear", str(path), str(tmp_path / "broken.jpg"), "--model", str(model_dir),
-        "--out", str(out),
+        "--detector", "none", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "broken.jpg" in done.stderr and "1 of 2 images could not be analysed" in done.stderr
-    assert f"{len(interior)} cells counted" in done.stdout
+    assert f"{len(interior)} red cells counted" in done.stdout
     result = json.loads((out / "field.json").read_text())
     assert result["cells_counted"] == len(interior) and len(result["cells"]) == len(interior) + 1
+    assert result["detector"] == "classical"
+    assert result["white_cells"] == [] and result["platelets"] == []
     rows = list(csv.DictReader(io.StringIO((out / "field_cells.csv").read_text())))
     assert len(rows) == len(interior) + 1 and rows[0]["label"]
     with Image.open(out / "field_overlay.png") as overlay:
@@ -197,18 +202,38 @@ def test_analyze_smear_command_decodes_as_the_service_does(model_dir: Path, tmp_
     Image.new("RGB", (300, 2), (200, 100, 100)).save(tmp_path / "strip.png")
     frames = [Image.new("L", (40, 40), v) for v in (0, 128)]
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
-    done = run_cli(
+    done = run_app(
         "analyze-smear", str(tmp_path / "strip.png"), str(tmp_path / "pages.tif"),
-        "--model", str(model_dir), "--out", str(tmp_path / "out"),
+        "--model", str(model_dir), "--detector", "none", "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert done.returncode == 2
     assert "is 300x2 pixels" in done.stderr and "10 times longer" in done.stderr
     assert "holds several frames" in done.stderr
 
 
+def test_analyze_smear_command_takes_the_service_settings(model_dir: Path, tmp_path: Path) -> None:
+    """RBC_* settings apply as in the service: the smear budget refuses the field, from its
+    header, with the 413's advice to split it; nothing is written."""
+    image, _ = smear_image()
+    image.save(tmp_path / "field.png")
+    out = tmp_path / "out"
+    done = run_app(
+        "analyze-smear", str(tmp_path / "field.png"), "--out", str(out),
+        RBC_MODEL_DIR=str(model_dir), RBC_DETECTOR_DIR="none", RBC_MAX_SMEAR_PIXELS="20000",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "field.png" in done.stderr and "tiles" in done.stderr
+    assert not (out / "field.json").exists()
+
+
 def test_analyze_smear_command_without_a_model(tmp_path: Path) -> None:
-    done = run_cli("analyze-smear", "x.png", "--model", str(tmp_path / "none"))
+    done = run_app("analyze-smear", "x.png", "--model", str(tmp_path / "none"))
     assert done.returncode == 2 and "cannot load the model" in done.stderr
+
+
+def test_analyze_smear_command_refuses_a_bad_scale() -> None:
+    done = run_app("analyze-smear", "x.png", "--microns-per-pixel", "9")
+    assert done.returncode == 2 and "outside" in done.stderr
 
 
 @pytest.mark.skipif(not CHULA.is_dir(), reason="needs ../shared/datasets/chula-rbc-12")

@@ -118,42 +118,6 @@ def _default_detector() -> str:
     )
 
 
-def _cmd_analyze_smear(args: argparse.Namespace) -> None:
-    from core.imageio import DEFAULT_MAX_BYTES, ImageError, decode_image, read_bounded
-    from core.smear.analysis import SmearError, analyze_smear
-    from training.smear import write_result
-
-    predictor = _load_predictor(args.model, args.threads, args.tta_views)
-    detector = _load_detector(args.detector)
-    failed = 0
-    for path in args.images:
-        try:
-            # The service's own decoding (core/imageio.py) and limits: the same file gets the
-            # same answer from the command line and from POST /analyze/smear.
-            with open(path, "rb") as stream:
-                data = read_bounded(stream, DEFAULT_MAX_BYTES, f"'{path}'")
-            image = decode_image(data, name=f"'{path}'")
-            result = analyze_smear(image, predictor, args.microns_per_pixel, detector=detector)
-        except (OSError, ImageError, SmearError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        written = write_result(result, args.out, path.stem)
-        s = result.summary()
-        top = sorted(s["counts"].items(), key=lambda kv: -kv[1])[:4]
-        shown = ", ".join(f"{c} {n} ({s['percentages'][c]:.0f}%)" for c, n in top if n)
-        graded = ", ".join(f"{c} {g}" for c, g in s["grades"].items() if g != "none")
-        print(
-            f"{path}: {s['cells_counted']} cells counted ({s['cells_at_border']} at the edge not "
-            f"counted), {s['timings_ms']['total']:.0f} ms; {shown}; grades: {graded or 'none'}; "
-            f"-> {written['json']}"
-        )
-        for note in s["notes"]:
-            print(f"  note: {note}")
-    if failed:
-        raise DataError(f"{failed} of {len(args.images)} images could not be analysed")
-
-
 def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
     from training.smear import evaluate_smears
 
@@ -352,24 +316,6 @@ def build_parser() -> argparse.ArgumentParser:
         "run's own data (which must still be there) and puts those figures on the card",
     )
     p.set_defaults(func=_cmd_export)
-
-    p = sub.add_parser("analyze-smear", help="find, classify, count and grade cells in smears")
-    p.add_argument("images", type=Path, nargs="+", help="smear images (PNG, JPEG, TIFF, BMP)")
-    p.add_argument("--model", type=Path, default=Path("models/default"))
-    p.add_argument(
-        "--microns-per-pixel",
-        type=float,
-        help="the images' scale; without it they are taken to be at the training scale (0.19)",
-    )
-    p.add_argument("--out", type=Path, default=Path("smear-results"), help="output folder")
-    p.add_argument(
-        "--detector",
-        default=_default_detector(),
-        help='a detector folder (default models/detector when shipped) or "classical"',
-    )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
-    _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
-    p.set_defaults(func=_cmd_analyze_smear)
 
     p = sub.add_parser("evaluate-smears", help="smear pipeline against Chula's point labels")
     p.add_argument("--model", type=Path, default=Path("models/default"))

@@ -1,6 +1,6 @@
-"""Whole-smear analysis from the command line, and its evaluation against Chula's point labels.
+"""Whole-smear analysis evaluated against Chula's point labels (`python -m training
+evaluate-smears`; fields without labels are analysed by `python -m app analyze-smear`).
 
-`analyze-smear IMAGE...` writes, per image, the result JSON, a CSV of the cells and the overlay.
 `evaluate-smears` runs the pipeline on labelled smears (the model card's test smears by default)
 and measures:
 - detection recall: label points with a detected red cell whose centre lies within `radius` px
@@ -14,8 +14,6 @@ and measures:
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -35,45 +33,6 @@ MATCH_RADIUS_PX = 20  # about one cell radius: the label point lies inside the d
 COVERAGE_RADIUS_PX = 30  # label points are approximate centres, often ~10 px off
 FULL_COVERAGE = 0.8
 COMMON_SHARE = 0.05  # "common" classes: at least 5 % of the evaluated labels
-CSV_COLUMNS = (
-    "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "confidence",
-    "needs_review",
-)  # fmt: skip
-
-
-def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Path]:
-    """<stem>.json (summary and cells), <stem>_cells.csv and <stem>_overlay.png in out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / f"{stem}.json",
-        "csv": out_dir / f"{stem}_cells.csv",
-        "overlay": out_dir / f"{stem}_overlay.png",
-    }
-    cells = [
-        {
-            "id": c.id,
-            "x": round(c.x, 1),
-            "y": round(c.y, 1),
-            "box": list(c.box),
-            "at_border": c.at_border,
-            "counted": c.counted,
-            "label": c.label,
-            "confidence": round(c.confidence, 4),
-            "needs_review": c.needs_review,
-            "probabilities": {k: round(v, 4) for k, v in c.probabilities.items()},
-        }
-        for c in result.cells
-    ]
-    paths["json"].write_text(json.dumps({**result.summary(), "cells": cells}, indent=1))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for c in result.cells:
-            x0, y0, x1, y1 = c.box
-            row = (c.id, f"{c.x:.1f}", f"{c.y:.1f}", x0, y0, x1, y1, c.at_border, c.counted)
-            writer.writerow([*row, c.label, f"{c.confidence:.4f}", c.needs_review])
-    paths["overlay"].write_bytes(result.overlay_png)
-    return paths
 
 
 def read_points(label_file: Path) -> list[tuple[int, int, str]]:

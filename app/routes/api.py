@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from app.analysis import analyze_field, read_field
 from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep
 from app.errors import BadImage, ServiceError, TooLarge
@@ -41,8 +42,6 @@ from core.smear.analysis import (
     OtherCell,
     SmearError,
     SmearTooLarge,
-    analyze_smear,
-    check_working_size,
 )
 from core.smear.counting import count_labels, percentages
 
@@ -247,23 +246,11 @@ def _smear(
     crops: bool,
     check: StopCheck,
 ) -> SmearOut:
-    def fits(width: int, height: int) -> None:
-        try:
-            check_working_size((width, height), microns_per_pixel, settings.max_smear_pixels)
-        except SmearTooLarge as exc:
-            raise TooLarge(str(exc)) from exc
-
-    image = _load(file, settings, check_size=fits)
+    name = f"'{file.filename}'" if file.filename else "the file"
     try:
-        result = analyze_smear(
-            image,
-            predictor,
-            microns_per_pixel,
-            keep_crops=crops,
-            max_working_pixels=settings.max_smear_pixels,
-            max_cells=settings.max_smear_cells,
-            check=check,
-            detector=detector,
+        image = read_field(file.file, name, settings, microns_per_pixel)
+        result = analyze_field(
+            image, predictor, detector, settings, microns_per_pixel, keep_crops=crops, check=check
         )
     except SmearTooLarge as exc:
         raise TooLarge(str(exc)) from exc

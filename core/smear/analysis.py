@@ -1,6 +1,6 @@
 """Whole-smear analysis: find every red cell, crop it as training did, classify, count, grade.
 
-Used by `python -m training analyze-smear` and `POST /analyze/smear`. Cells cut by the image edge
+Used by `python -m app analyze-smear` and `POST /analyze/smear`. Cells cut by the image edge
 are found, classified and shown, but not counted: part of the cell is missing, and size classes
 (macrocyte, microcyte) cannot be judged on half a cell.
 """
