@@ -31,6 +31,7 @@ COPY scripts/ scripts/
 COPY core/ core/
 COPY training/ training/
 COPY app/ app/
+COPY records/ records/
 RUN bash scripts/install.sh \
     && .venv/bin/python -c "import torch; assert not torch.version.cuda, 'a CUDA torch got in'"
 
