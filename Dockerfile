@@ -14,7 +14,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RBC_PORT=8000 \
     RBC_DEVICE=cpu \
     RBC_MODEL_DIR=/app/models/default \
-    RBC_DETECTOR_DIR=/app/models/detector
+    RBC_DETECTOR_DIR=/app/models/detector \
+    RBC_DATABASE_URL=none
+# Slides (records of reviewed samples, docs/slides.md) are off in the image by default: on a
+# public address they need users and a database that outlives the container. To turn them on,
+# set RBC_DATABASE_URL (PostgreSQL, or a SQLite file on a mounted volume) and create users with
+# `python -m records create-user NAME --role reviewer`.
 
 RUN useradd --create-home --uid 10001 rbc
 WORKDIR /app

@@ -17,6 +17,7 @@ from core.imageio import (
     DEFAULT_MAX_PIXELS,
     MIB,
 )
+from records.store import default_url
 
 
 class Settings(BaseSettings):
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     # Origins allowed to call the API from a browser page elsewhere; none by default, never "*".
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # The laboratory's records (slides, reviews, users; records/, docs/slides.md). data_dir holds
+    # the embedded SQLite database when database_url is unset; database_url selects another
+    # (PostgreSQL for several instances), or "none" to turn the slides API off.
+    data_dir: Path = Path("data")
+    database_url: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -102,10 +108,19 @@ class Settings(BaseSettings):
             raise ValueError("a CORS wildcard is refused: list the origins that may call the API")
         return value
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "database_url", mode="before")
     @classmethod
-    def _empty_token_is_none(cls, value: object) -> object:
+    def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def records_url(self) -> str | None:
+        """The records database's URL: RBC_DATABASE_URL, else the SQLite file under data_dir;
+        None when RBC_DATABASE_URL is "none" (no slides)."""
+        if self.database_url is None:
+            return default_url(self.data_dir)
+        url = self.database_url.get_secret_value().strip()
+        return None if url.lower() == "none" else url
 
 
 @lru_cache

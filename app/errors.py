@@ -6,15 +6,19 @@ Every error body is `{"detail": "<plain words>"}`. Client mistakes get 4xx; a 50
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from core.imageio import ImageError
+from core.smear.analysis import SmearError, SmearTooLarge
+from records.errors import RecordsError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,10 @@ class Unauthorized(ServiceError):
     status = 401
 
 
+class Forbidden(ServiceError):
+    status = 403
+
+
 class BodyTimeout(ServiceError):
     """The request body did not arrive within the time allowed (a stalled or trickling client)."""
 
@@ -73,6 +81,31 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request is larger than the {limit:,}-byte limit")
 
 
+@contextmanager
+def smear_errors() -> Iterator[None]:
+    """A field that is too large once rescaled (413) or cannot be analysed (422); the same
+    answer from POST /analyze/smear and POST /slides/{id}/fields. Bad files (core.imageio's
+    ImageError) pass through to their own handler."""
+    try:
+        yield
+    except SmearTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
+    except SmearError as exc:
+        raise BadImage(str(exc)) from exc
+
+
+def database_error_detail(exc: DBAPIError) -> str | None:
+    """The one-line answer for a database that failed under a request (gone away, locked,
+    timed out), or None when the error is a bug of ours (a constraint, bad SQL)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    lines = str(exc.orig).strip().splitlines()
+    reason = lines[0] if lines else type(exc.orig).__name__
+    return f"the records database did not answer ({reason}); try again in a moment"
+
+
 def error_response(
     status: int, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -89,7 +122,7 @@ def _validation_detail(exc: RequestValidationError) -> str:
     if not errors:
         return "the request is malformed"
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     name = ".".join(loc) or "request"
     if first.get("type") == "missing":
         if name in ("file", "files"):
@@ -108,6 +141,22 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, ClientGone):
             log.info("client disconnected; its request was stopped")
         return error_response(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(RecordsError)
+    async def _records_error(_: Request, exc: RecordsError) -> JSONResponse:
+        # records/errors.py: each error carries its status (404, 409, 403, 422, 503).
+        if exc.http_status >= 500 and exc.http_status != 503:
+            log.error("records error: %s", exc)
+        return error_response(exc.http_status, str(exc))
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        detail = database_error_detail(exc)
+        if detail is None:
+            log.exception("unexpected database error", exc_info=exc)
+            return error_response(500, "internal error in the service; it has been logged")
+        log.warning("records database: %s", detail)
+        return error_response(503, detail, {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,13 +22,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, get_settings
 from app.deps import require_token
 from app.errors import install_error_handlers
 from app.limits import HeavyGate
-from app.middleware import BodyLimit, SecurityHeaders, TokenGate
-from app.routes import api, docs, health, pages
+from app.middleware import BodyLimit, SecurityHeaders, SlidesGate, TokenGate
+from app.records_slot import RecordsSlot
+from app.routes import api, docs, health, pages, slides
 from app.state import ModelSlot, detector_enabled
 from core.classify.predictor import ModelLoadError, resolve_device
 from core.detect.learned import verified_detector_path
@@ -59,14 +61,23 @@ def check_model_dir(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     check_model_dir(settings)
+    # The records database: opened and brought to the newest schema before requests are
+    # served. A database that fails leaves /slides answering 503 (the single-cell API works);
+    # no users on a non-loopback address stops the start (StartRefused).
+    records = RecordsSlot(settings)
+    app.state.records = records
+    await run_in_threadpool(records.start)
     slot = ModelSlot()
     app.state.model_slot = slot  # for tests and benchmarks that wait for readiness
     loader = threading.Thread(target=slot.load, args=(settings,), name="model-loader", daemon=True)
     loader.start()
-    yield {"model_slot": slot}
-    # A shutdown during the load waits for it: a process that exits while another thread runs
-    # torch code can abort ("terminate called without an active exception").
-    loader.join()
+    try:
+        yield {"model_slot": slot, "records": records}
+    finally:
+        # A shutdown during the load waits for it: a process that exits while another thread
+        # runs torch code can abort ("terminate called without an active exception").
+        loader.join()
+        records.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     quiet_image_warnings()
     app = FastAPI(
         title="RBC morphology",
-        summary="Red-blood-cell morphology classification of single-cell images.",
+        summary="Red-blood-cell morphology classification of single cells, smear fields and "
+        "whole slides.",
         description=(
             "A support tool, not a diagnosis: the model proposes, a person decides. "
             'Errors are always `{"detail": "..."}`.'
@@ -95,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # enforces it before the body is read. Without a token, the schema asks for none.
     token_deps = [Depends(require_token)] if settings.api_token is not None else []
     app.include_router(api.router, dependencies=token_deps)
+    # The slides API answers to the records' users (app/records_slot.py), never RBC_API_TOKEN.
+    app.include_router(slides.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
     docs.mount_assets(app)
@@ -103,13 +117,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization"],
         )
-    # Added last = runs first: the headers on every answer, then the token, then the body.
+    # Added last = runs first: the headers on every answer, then the token (single-cell API)
+    # or the user (slides), then the body.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s
     )
+    app.add_middleware(SlidesGate)
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     api_paths = {route.path for route in api.router.routes if isinstance(route, APIRoute)}
     app.add_middleware(TokenGate, token=token, paths=api_paths)

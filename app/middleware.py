@@ -5,6 +5,9 @@ Outermost first (create_app adds them in this order):
   errors included.
 - TokenGate: with RBC_API_TOKEN set, the API paths answer 401 from the headers alone, before a
   byte of the body is read (FastAPI reads the body before it runs any dependency).
+- SlidesGate: /slides requests are attributed to a user of the records (app/records_slot.py)
+  from the headers alone: 503 without a database, 401 without a valid token, 403 for a viewer's
+  write, all before the body is read (an upload is not read, let alone analysed, for nothing).
 - BodyLimit: bodies over the byte limit get 413 (by Content-Length up front, or counted as they
   stream in), and a body that has not arrived within the time allowed gets 408.
 """
@@ -12,13 +15,26 @@ Outermost first (create_app adds them in this order):
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Collection
 
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTimeout, BodyTooLarge, error_response
+from app.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    NotReady,
+    ServiceError,
+    database_error_detail,
+    error_response,
+)
+from records.errors import RecordsError
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -67,6 +83,78 @@ class TokenGate:
             await self.app(scope, receive, send)
             return
         await error_response(401, detail, CLOSE)(scope, receive, send)
+
+
+SLIDES_PREFIX = "/slides"
+SLIDES_REFUSAL = {**CLOSE, "Cache-Control": "no-store"}
+READ_METHODS = frozenset({"GET", "HEAD"})
+WRITER_ROLES = frozenset({"reviewer", "admin"})
+
+
+def is_slides_path(path: str) -> bool:
+    return path == SLIDES_PREFIX or path.startswith(SLIDES_PREFIX + "/")
+
+
+class SlidesGate:
+    """Attribute every /slides request to a user before its body is read; the user goes into
+    the request's state (`slides_user`) for the routes. The records store re-checks the role
+    inside each write's transaction: this gate only spares the work of refused requests."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not is_slides_path(scope["path"])
+            or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
+        ):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        slot = state.get("records")
+        headers = dict(scope.get("headers", []))
+        try:
+            if slot is None:
+                raise NotReady("the records database is not open")
+            user = await run_in_threadpool(slot.user_for, headers)
+        except ServiceError as exc:
+            refusal = error_response(
+                exc.status, exc.detail, {**(exc.headers or {}), **SLIDES_REFUSAL}
+            )
+            await refusal(scope, receive, send)
+            return
+        except RecordsError as exc:
+            await error_response(exc.http_status, str(exc), SLIDES_REFUSAL)(scope, receive, send)
+            return
+        except DBAPIError as exc:
+            detail = database_error_detail(exc)
+            if detail is None:
+                log.exception("unexpected database error", exc_info=exc)
+                await error_response(
+                    500, "internal error in the service; it has been logged", SLIDES_REFUSAL
+                )(scope, receive, send)
+                return
+            await error_response(503, detail, {"Retry-After": "5", **SLIDES_REFUSAL})(
+                scope, receive, send
+            )
+            return
+        if scope["method"] not in READ_METHODS and user.role not in WRITER_ROLES:
+            detail = f"user {user.name!r} ({user.role}) may read slides but not change them"
+            await error_response(403, detail, SLIDES_REFUSAL)(scope, receive, send)
+            return
+        state["slides_user"] = user
+
+        async def send_no_store(message: Message) -> None:
+            # Laboratory records: no cache on the way may keep a copy.
+            if message["type"] == "http.response.start":
+                out = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in out):
+                    out.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": out}
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
 
 
 class BodyLimit:

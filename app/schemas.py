@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL
 
 
 class ErrorOut(BaseModel):
@@ -14,7 +19,11 @@ class ErrorOut(BaseModel):
 class ModelRef(BaseModel):
     name: str
     architecture: str
-    weights_sha256: str
+    weights_file: str = Field(description="the weights file the service loaded (model_state.pt)")
+    weights_sha256: str = Field(
+        description="sha256 of that file, as loaded (checked against the model card before it "
+        "was read); not the hash of export.pkl, which the service never reads"
+    )
     tta_views: int = Field(description="test-time views averaged per cell (1: none)")
 
 
@@ -67,10 +76,18 @@ class Health(BaseModel):
     status: str
 
 
+class DatabaseState(BaseModel):
+    status: str = Field(description="'ready', 'unavailable' (slides answer 503) or 'off'")
+    detail: str | None = Field(None, description="why it is not ready")
+
+
 class Ready(BaseModel):
     status: str
     model: str
     load_seconds: float
+    database: DatabaseState = Field(
+        description="the records database behind /slides; the single-cell API works without it"
+    )
 
 
 class SmearCellOut(BaseModel):
@@ -129,6 +146,11 @@ class SmearOut(BaseModel):
         "detector, dark objects: white cells, fibres, dirt), not counted"
     )
     detector: str = Field(description='"learned:<name>" or "classical"')
+    detector_weights_sha256: str | None = Field(
+        None,
+        description="sha256 of the detector weights loaded (detector_state.pt); "
+        "null for the classical segmentation",
+    )
     white_cells_found: int
     platelets_found: int
     white_cells: list[OtherCellOut] = Field(default_factory=list)
@@ -147,3 +169,166 @@ class SmearOut(BaseModel):
     overlay: str = Field(description="the image with every cell outlined by class (PNG data URL)")
     review_threshold: float
     model: ModelRef
+
+
+# --- slides (app/routes/slides.py, docs/slides.md) -------------------------------------------
+
+
+class SlideIn(BaseModel):
+    sample_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="the laboratory's own id of the sample (free text; no patient data)",
+    )
+    microns_per_pixel: float | None = Field(
+        None,
+        ge=MIN_MICRONS_PER_PIXEL,
+        le=MAX_MICRONS_PER_PIXEL,
+        description="the fields' scale; every field of the slide is analysed at it (unset: "
+        "estimated per field from its own red cells, or the training scale assumed)",
+    )
+    notes: str = Field("", max_length=10_000)
+
+
+class SlideOut(BaseModel):
+    id: int
+    sample_id: str
+    microns_per_pixel: float | None
+    notes: str
+    status: str = Field(description="'open' or 'signed_off' (read-only until reopened)")
+    version: int = Field(
+        description="goes up with every change to the slide or anything on it; send it with "
+        "a sign-off"
+    )
+    created_by: str
+    created_at: datetime
+    signed_off_by: str | None
+    signed_off_at: datetime | None
+    field_count: int
+
+
+class SlideList(BaseModel):
+    items: list[SlideOut]
+    total: int = Field(description="slides matching the filters, all pages together")
+    offset: int
+    limit: int
+
+
+class WeightsRef(BaseModel):
+    name: str
+    weights_sha256: str | None = Field(
+        description="sha256 of the weights file the service loaded (model_state.pt for the "
+        "classifier, detector_state.pt for the detector); null for the classical segmentation"
+    )
+
+
+class FieldModels(BaseModel):
+    classifier: WeightsRef
+    detector: WeightsRef
+
+
+class FieldOut(BaseModel):
+    id: int
+    ordinal: int = Field(description="1, 2, ... in upload order")
+    filename: str
+    media_type: str
+    image_bytes: int
+    width: int
+    height: int
+    microns_per_pixel: float | None = Field(description="the scale the field was analysed at")
+    scale_estimated: bool
+    cells: int = Field(description="everything found: red cells, white cells and platelets")
+    cells_counted: int = Field(description="red cells in the counts (those at the edge are not)")
+    notes: list[str]
+    models: FieldModels
+    created_by: str
+    created_at: datetime
+
+
+class SlideCellOut(BaseModel):
+    id: int
+    field_id: int
+    kind: str = Field(description="red_cell, white_cell or platelet")
+    x: float = Field(description="centre, pixels of the field's image")
+    y: float
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1")
+    at_border: bool
+    counted: bool
+    label: str | None = Field(description="the current class: the reviewed one, else proposed")
+    proposed_label: str | None = Field(description="the classifier's proposal")
+    final_label: str | None = Field(description="the reviewer's class; null until reviewed")
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    needs_review: bool = Field(description="flagged by the analysis (stays set once reviewed)")
+    reviewed: bool
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    version: int = Field(description="send it back with a review (409 when it is stale)")
+
+
+class CellList(BaseModel):
+    items: list[SlideCellOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class SlideDetailOut(SlideOut):
+    classes: list[str]
+    counts: dict[str, int] = Field(description="counted red cells per current class, all fields")
+    percentages: dict[str, float]
+    grades: dict[str, str] = Field(description="'none', '1+', '2+' or '3+' per graded class")
+    grading: SmearGrading
+    cells_counted: int
+    min_cells_for_grading: int = Field(
+        description="red cells the grades need to be read as grades (docs/slides.md)"
+    )
+    warnings: list[str] = Field(description="what a reader of these figures must know, in words")
+    red_cells: int = Field(description="every red cell found, counted or not")
+    white_cells: int
+    platelets: int
+    reviewed: int
+    relabelled: int
+    needs_review_remaining: int = Field(description="flagged by the analysis, not yet reviewed")
+    fields: list[FieldOut]
+
+
+class FieldAddedOut(BaseModel):
+    field: FieldOut
+    cells: list[SlideCellOut] = Field(description="the field's red cells, least confident first")
+    white_cells: list[SlideCellOut]
+    platelets: list[SlideCellOut]
+    scale: SmearScale
+    overlay: str | None = Field(
+        None, description="the field with its cells outlined (PNG data URL), with ?overlay=true"
+    )
+
+
+class CellReviewIn(BaseModel):
+    label: str | None = Field(
+        None, description="the class to set; omit it (or null) to confirm the current one"
+    )
+    version: int = Field(ge=1, description="the cell's version as you read it")
+
+
+class SignOffIn(BaseModel):
+    version: int = Field(ge=1, description="the slide's version as you reviewed it")
+
+
+class ReopenIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=2000, description="why; kept in the audit trail")
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    user: str
+    cell_id: int | None
+    action: str
+    from_value: str | None
+    to_value: str | None
+    detail: dict[str, Any]
+
+
+class AuditList(BaseModel):
+    items: list[AuditOut]

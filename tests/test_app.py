@@ -63,7 +63,7 @@ def test_predict_one_cell(client: TestClient, model_dir: Path, tmp_path: Path) -
     assert body["label"] == max(probs, key=probs.__getitem__)
     assert body["confidence"] == pytest.approx(probs[body["label"]])
     assert body["needs_review"] == (body["confidence"] < body["review_threshold"])
-    assert body["model"]["weights_sha256"] == card.weights_sha256
+    assert body["model"]["weights_sha256"] == card.state_sha256  # the file loaded
     assert "heatmap" not in body
     # The same probabilities as the learner's own (slow, stateful) predict.
     path = tmp_path / "cell.png"

@@ -42,7 +42,7 @@ def test_batch_results_in_order_with_summary(client: TestClient, model_dir: Path
     for name in card.classes:
         assert summary["counts"][name] == labels.count(name)
     assert summary["needs_review"] == sum(one["needs_review"] for one in single)
-    assert body["model"]["weights_sha256"] == card.weights_sha256
+    assert body["model"]["weights_sha256"] == card.state_sha256  # the file loaded
 
 
 def test_one_bad_file_does_not_fail_the_others(client: TestClient) -> None:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from app.main import create_app
 
 READY_TIMEOUT_S = 90
 ROOT = Path(__file__).resolve().parent.parent
+# Where services started by the tests keep their records database (RBC_DATA_DIR).
+TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="rbc-test-data-"))
 
 
 def cell_array(size: tuple[int, int] = (24, 24), seed: int = 0) -> np.ndarray:
@@ -58,6 +61,8 @@ def make_settings(model_dir: Path, **overrides: Any) -> Settings:
         "device": "cpu",
         "api_token": None,
         "detector_dir": Path("none"),
+        # The records database (slides) in a folder of the test run's, never the repo's data/.
+        "data_dir": TEST_DATA_DIR,
     }
     values.update(overrides)
     return Settings(**values)
@@ -108,6 +113,7 @@ def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator
         "RBC_DEVICE": "cpu",
         "RBC_LOG_LEVEL": "warning",
         "RBC_DETECTOR_DIR": "none",
+        "RBC_DATA_DIR": str(TEST_DATA_DIR),
         **env_overrides,
     }
     if "RBC_API_TOKEN" not in env_overrides:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.analysis import analyze_field, read_field
 from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep
-from app.errors import BadImage, ServiceError, TooLarge
+from app.errors import ServiceError, TooLarge, smear_errors
 from app.limits import HeavyGate, StopCheck, stop_when_disconnected
 from app.schemas import (
     BatchItem,
@@ -36,13 +36,7 @@ from app.schemas import (
 from core.classify.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
-from core.smear.analysis import (
-    MAX_MICRONS_PER_PIXEL,
-    MIN_MICRONS_PER_PIXEL,
-    OtherCell,
-    SmearError,
-    SmearTooLarge,
-)
+from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL, OtherCell
 from core.smear.counting import count_labels, percentages
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -83,14 +77,24 @@ def get_gate(request: Request) -> HeavyGate:
 GateDep = Annotated[HeavyGate, Depends(get_gate)]
 
 
-def _model_ref(predictor: Predictor) -> ModelRef:
+def model_ref(predictor: Predictor) -> ModelRef:
+    """The classifier that answered: `weights_sha256` is the sha256 of the file the service
+    loaded (the card's `state_file`, model_state.pt, verified against the card before it was
+    read), never that of export.pkl, which the service does not read."""
     card = predictor.card
+    assert card.state_file and card.state_sha256, "the predictor loads verified state files only"
     return ModelRef(
         name=card.name,
         architecture=card.architecture,
-        weights_sha256=card.weights_sha256,
+        weights_file=card.state_file,
+        weights_sha256=card.state_sha256,
         tta_views=predictor.tta_views,
     )
+
+
+def detector_sha256(detector: CellDetector | None) -> str | None:
+    """The sha256 of the detector weights the service loaded (None: classical segmentation)."""
+    return detector.card.state_sha256 if detector is not None else None
 
 
 def _cell(prediction: Prediction) -> dict[str, Any]:
@@ -144,7 +148,7 @@ def predict(
     return PredictionOut(
         **_cell(prediction),
         review_threshold=predictor.review_threshold,
-        model=_model_ref(predictor),
+        model=model_ref(predictor),
     )
 
 
@@ -202,7 +206,7 @@ def _batch(
         results=items,
         summary=summary,
         review_threshold=predictor.review_threshold,
-        model=_model_ref(predictor),
+        model=model_ref(predictor),
     )
 
 
@@ -247,15 +251,11 @@ def _smear(
     check: StopCheck,
 ) -> SmearOut:
     name = f"'{file.filename}'" if file.filename else "the file"
-    try:
+    with smear_errors():
         image = read_field(file.file, name, settings, microns_per_pixel)
         result = analyze_field(
             image, predictor, detector, settings, microns_per_pixel, keep_crops=crops, check=check
         )
-    except SmearTooLarge as exc:
-        raise TooLarge(str(exc)) from exc
-    except SmearError as exc:
-        raise BadImage(str(exc)) from exc
     del image
     cells = [
         SmearCellOut(**{**vars(c), "crop": image_data_url(c.crop) if c.crop else None})
@@ -268,7 +268,8 @@ def _smear(
         cells=cells,
         overlay=png_data_url(result.overlay_png),
         review_threshold=predictor.review_threshold,
-        model=_model_ref(predictor),
+        model=model_ref(predictor),
+        detector_weights_sha256=detector_sha256(detector),
     )
 
 

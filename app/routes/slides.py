@@ -1,0 +1,752 @@
+"""The slides API: the fields of one sample kept in the records database (records/), analysed as
+they arrive, reviewed cell by cell, signed off and reported (docs/slides.md).
+
+Who acts is decided before a route runs, from the headers (app.middleware.SlidesGate, with
+app/records_slot.py): the routes take the user from the request's state. Every write is one
+transaction of the records store, which re-reads the user's role, refuses a signed-off slide and
+checks versions inside it; its errors carry their HTTP status (records/errors.py, mapped in
+app/errors.py). Reads that combine several queries (a slide with its counts, the CSV, the
+report) are repeated when the slide's version moved under them, so that they show one state.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, File, Path, Query, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from app.analysis import analyze_field, read_field
+from app.config import Settings
+from app.deps import DetectorDep, PredictorDep, SettingsDep, SlotDep
+from app.errors import Unauthorized, smear_errors
+from app.limits import StopCheck, stop_when_disconnected
+from app.records_slot import RecordsSlot
+from app.routes.api import GATE_WHAT, GateDep, detector_sha256
+from app.schemas import (
+    AuditList,
+    AuditOut,
+    CellList,
+    CellReviewIn,
+    ErrorOut,
+    FieldAddedOut,
+    FieldModels,
+    FieldOut,
+    ReopenIn,
+    SignOffIn,
+    SlideCellOut,
+    SlideDetailOut,
+    SlideIn,
+    SlideList,
+    SlideOut,
+    SmearGrading,
+    SmearScale,
+    WeightsRef,
+)
+from core.classify.predictor import Predictor, png_data_url
+from core.detect.learned import CellDetector
+from core.imageio import read_bounded
+from core.smear.analysis import SmearResult
+from core.smear.grading import GRADING_SOURCE, scales_for
+from records.errors import SlideSignedOff
+from records.store import (
+    CellInput,
+    CellRecord,
+    FieldInput,
+    FieldRecord,
+    SlideDetail,
+    SlideRecord,
+    Store,
+    User,
+    add_field,
+    audit_trail,
+    create_slide,
+    delete_slide,
+    field_image,
+    get_slide,
+    list_cells,
+    list_slides,
+    remove_field,
+    reopen,
+    review_cell,
+    sign_off,
+    slide_counts,
+)
+
+log = logging.getLogger(__name__)
+
+# Grades are read as grades from this many counted red cells (docs/slides.md, "How many
+# cells"): at 500 cells the 95 % interval of a 11 % share is about +-2.7 points, narrower than a
+# grade's band; at 100 cells it is +-6 points, most of the 1+ band. ICSH asks for 1,000 cells for
+# schistocytes.
+MIN_CELLS_FOR_GRADING = 500
+MIN_CELLS_FOR_SCHISTOCYTES = 1000
+SUPPORT_STATEMENT = (
+    "A support tool, not a diagnosis: every class is a proposal for a qualified person to confirm."
+)
+MAX_ID = 2**31 - 1  # the records' integer keys
+PAGE = 1000  # the store's largest page
+CONSISTENT_READ_TRIES = 5
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+IMAGE_CSP = "default-src 'none'; sandbox"
+CSV_COLUMNS = (
+    "field", "field_id", "filename", "cell_id", "kind", "x", "y", "x0", "y0", "x1", "y1",
+    "at_border", "counted", "proposed_class", "final_class", "class", "confidence",
+    "needs_review", "reviewed_by", "reviewed_at", "version",
+)  # fmt: skip
+KIND_ORDER = {"red_cell": 0, "white_cell": 1, "platelet": 2}
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "a malformed request (missing or invalid field)"},
+    401: {
+        "model": ErrorOut,
+        "description": "users are configured and the bearer token is missing or not valid",
+    },
+    403: {
+        "model": ErrorOut,
+        "description": "the user's role does not allow it (viewers read only; deleting a slide "
+        "is for admins), or a proxied request while no users are configured",
+    },
+    404: {"model": ErrorOut, "description": "no such slide, field or cell (on that slide)"},
+    409: {
+        "model": ErrorOut,
+        "description": "a stale version (someone changed it since you read it: nothing was "
+        "changed), or the slide is signed off (reopen it first), or reopening an open slide",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "a value the records refuse (a label that is "
+        "not one of the classes, an empty sample id...)",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "the records database is unavailable or turned off (the detail says "
+        "why), or the model is not loaded yet",
+    },
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorOut, "description": "the body did not arrive in time"},
+    413: {
+        "model": ErrorOut,
+        "description": "too many bytes or pixels, or too large once "
+        "rescaled, or too many red cells: as POST /analyze/smear",
+    },
+    415: {"model": ErrorOut, "description": "an image format that is not accepted"},
+    422: {
+        "model": ErrorOut,
+        "description": "empty, corrupt, not an image, or nothing to "
+        "analyse (blank, saturated, no contrast): as POST /analyze/smear",
+    },
+}
+
+router = APIRouter(prefix="/slides", tags=["slides"], responses=ERRORS)
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="UserToken",
+    description="a user's token from `python -m records create-user`; not needed while no users "
+    "are configured and the service listens on loopback only",
+)
+
+
+def current_user(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The user app.middleware.SlidesGate attributed the request to (the bearer declaration
+    only puts the token into the OpenAPI schema: the gate has checked it)."""
+    user = getattr(request.state, "slides_user", None)
+    if not isinstance(user, User):
+        raise Unauthorized("the slides API needs a user's token: send 'Authorization: Bearer'")
+    return user
+
+
+def get_store(request: Request) -> Store:
+    slot: RecordsSlot = request.state.records
+    return slot.get_store()
+
+
+UserDep = Annotated[User, Depends(current_user)]
+StoreDep = Annotated[Store, Depends(get_store)]
+SlideId = Annotated[int, Path(ge=1, le=MAX_ID, description="the slide's id")]
+FieldId = Annotated[int, Path(ge=1, le=MAX_ID, description="the field's id")]
+CellId = Annotated[int, Path(ge=1, le=MAX_ID, description="the cell's id")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")]
+
+
+# --- records to answers ---------------------------------------------------------------------
+
+
+def _slide_out(slide: SlideRecord) -> SlideOut:
+    return SlideOut(**{name: getattr(slide, name) for name in SlideOut.model_fields})
+
+
+def _field_out(f: FieldRecord) -> FieldOut:
+    notes = f.summary.get("notes", [])
+    return FieldOut(
+        id=f.id,
+        ordinal=f.ordinal,
+        filename=f.filename,
+        media_type=f.media_type,
+        image_bytes=f.image_bytes,
+        width=f.width,
+        height=f.height,
+        microns_per_pixel=f.microns_per_pixel,
+        scale_estimated=f.scale_estimated,
+        cells=f.cell_count,
+        cells_counted=int(f.summary.get("cells_counted", 0)),
+        notes=[str(n) for n in notes] if isinstance(notes, list) else [],
+        models=FieldModels(
+            classifier=WeightsRef(name=f.classifier_name, weights_sha256=f.classifier_sha256),
+            detector=WeightsRef(name=f.detector_name, weights_sha256=f.detector_sha256),
+        ),
+        created_by=f.created_by,
+        created_at=f.created_at,
+    )
+
+
+def _cell_out(c: CellRecord) -> SlideCellOut:
+    return SlideCellOut(
+        id=c.id,
+        field_id=c.field_id,
+        kind=c.kind,
+        x=c.x,
+        y=c.y,
+        box=c.box,
+        at_border=c.at_border,
+        counted=c.counted,
+        label=c.label,
+        proposed_label=c.proposed_label,
+        final_label=c.final_label,
+        confidence=c.confidence,
+        probabilities=c.probabilities,
+        needs_review=c.needs_review,
+        reviewed=c.reviewed,
+        reviewed_by=c.reviewed_by,
+        reviewed_at=c.reviewed_at,
+        version=c.version,
+    )
+
+
+def grading_warnings(counts: dict[str, Any], fields: tuple[FieldRecord, ...]) -> list[str]:
+    """What a reader of a slide's figures must know, in plain words."""
+    n = int(counts["cells_counted"])
+    warnings: list[str] = []
+    if n == 0:
+        warnings.append("no red cells counted yet: add the slide's fields")
+    elif n < MIN_CELLS_FOR_GRADING:
+        warnings.append(
+            f"grades rest on {n} red cells; at least {MIN_CELLS_FOR_GRADING} are needed "
+            "(ICSH grading wants several hundred to 1,000): add fields"
+        )
+    if 0 < n < MIN_CELLS_FOR_SCHISTOCYTES and "schistocyte" in counts["grades"]:
+        warnings.append(
+            f"the schistocyte grade rests on {n} red cells; ICSH asks for at least "
+            f"{MIN_CELLS_FOR_SCHISTOCYTES:,}"
+        )
+    remaining = int(counts["needs_review_remaining"])
+    if remaining:
+        warnings.append(f"{remaining} cells flagged for review have not been reviewed")
+    estimated = [str(f.ordinal) for f in fields if f.scale_estimated]
+    if estimated:
+        warnings.append(
+            f"field{'s' if len(estimated) > 1 else ''} {', '.join(estimated)}: the scale was "
+            "estimated from the field's own red cells, so size classes (macrocyte, microcyte) "
+            "are relative to them; give the slide's microns_per_pixel"
+        )
+    return warnings
+
+
+_T = TypeVar("_T")
+
+
+def _consistent(store: Store, slide_id: int, read: Callable[[], _T]) -> tuple[SlideDetail, _T]:
+    """The slide and `read()` as of one version of the slide: read again while the slide's
+    version moves under the reads (every change to a slide or its cells bumps it)."""
+    for _ in range(CONSISTENT_READ_TRIES):
+        before = get_slide(store, slide_id)
+        value = read()
+        after = get_slide(store, slide_id)
+        if after.version == before.version:
+            return after, value
+    log.warning("slide %d kept changing while it was read; answering with the last read", slide_id)
+    return after, value
+
+
+def _detail(store: Store, slide_id: int) -> tuple[SlideDetail, dict[str, Any]]:
+    return _consistent(store, slide_id, lambda: slide_counts(store, slide_id))
+
+
+def _detail_out(slide: SlideDetail, counts: dict[str, Any]) -> SlideDetailOut:
+    return SlideDetailOut(
+        **_slide_out(slide).model_dump(),
+        classes=counts["classes"],
+        counts=counts["counts"],
+        percentages=counts["percentages"],
+        grades=counts["grades"],
+        grading=SmearGrading(source=GRADING_SOURCE, scales=scales_for(list(counts["classes"]))),
+        cells_counted=counts["cells_counted"],
+        min_cells_for_grading=MIN_CELLS_FOR_GRADING,
+        warnings=grading_warnings(counts, slide.fields),
+        red_cells=counts["red_cells"],
+        white_cells=counts["white_cells"],
+        platelets=counts["platelets"],
+        reviewed=counts["reviewed"],
+        relabelled=counts["relabelled"],
+        needs_review_remaining=counts["needs_review_remaining"],
+        fields=[_field_out(f) for f in slide.fields],
+    )
+
+
+def _every_cell(
+    store: Store, slide_id: int, kind: str, field_id: int | None = None
+) -> list[CellRecord]:
+    cells: list[CellRecord] = []
+    while True:
+        page, total = list_cells(
+            store, slide_id, kind=kind, offset=len(cells), limit=PAGE, field_id=field_id
+        )
+        cells += page
+        if not page or len(cells) >= total:
+            return cells
+
+
+def _all_kinds(store: Store, slide_id: int) -> list[CellRecord]:
+    return [c for kind in KIND_ORDER for c in _every_cell(store, slide_id, kind)]
+
+
+# --- slides ---------------------------------------------------------------------------------
+
+
+@router.post("", status_code=201, response_model=SlideOut)
+def create(body: SlideIn, response: Response, user: UserDep, store: StoreDep) -> SlideOut:
+    """Open a new slide for one sample (reviewer or admin). Fields are added one at a time."""
+    slide = create_slide(store, user, body.sample_id, body.microns_per_pixel, body.notes)
+    response.headers["Location"] = f"/slides/{slide.id}"
+    return _slide_out(slide)
+
+
+@router.get("", response_model=SlideList)
+def slides(
+    _user: UserDep,
+    store: StoreDep,
+    status: Annotated[
+        str | None, Query(pattern="^(open|signed_off)$", description="open or signed_off")
+    ] = None,
+    sample_id: Annotated[
+        str | None, Query(max_length=128, description="exactly this sample id")
+    ] = None,
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> SlideList:
+    """Slides, newest first, with how many match in all."""
+    items, total = list_slides(store, status, sample_id, offset, limit)
+    return SlideList(items=[_slide_out(s) for s in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{slide_id}", response_model=SlideDetailOut)
+def slide(slide_id: SlideId, _user: UserDep, store: StoreDep) -> SlideDetailOut:
+    """The slide over all its fields: counts, percentages and ICSH grades of the counted red
+    cells by their current class (reviewed, else proposed), the number of cells the grades rest
+    on with a warning when it is too few, white cells and platelets, the fields with the models
+    (and their weights' sha256) that analysed each, status, version and sign-off."""
+    detail, counts = _detail(store, slide_id)
+    return _detail_out(detail, counts)
+
+
+@router.delete("/{slide_id}", status_code=204, response_class=Response)
+def remove_slide(slide_id: SlideId, user: UserDep, store: StoreDep) -> Response:
+    """Delete an open slide with its fields, images and cells (admins; reopen a signed-off slide
+    first). The audit trail stays."""
+    delete_slide(store, user, slide_id)
+    return Response(status_code=204)
+
+
+# --- fields ---------------------------------------------------------------------------------
+
+
+def _media_type(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:  # the header only: decoded once already
+        fmt = image.format or ""
+    return Image.MIME.get(fmt.upper(), "application/octet-stream")
+
+
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _filename(upload: UploadFile, media_type: str) -> str:
+    raw = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = _UNSAFE_NAME.sub("", raw).strip()
+    if not name:
+        name = "field." + media_type.rsplit("/", 1)[-1]
+    return name[-255:]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-plain (numpy scalars become Python numbers)."""
+
+    def scalar(o: Any) -> Any:
+        return o.item() if hasattr(o, "item") else str(o)
+
+    return json.loads(json.dumps(value, default=scalar))
+
+
+def _analyse(
+    upload: UploadFile,
+    predictor: Predictor,
+    detector: CellDetector | None,
+    settings: Settings,
+    microns_per_pixel: float | None,
+    check: StopCheck,
+) -> tuple[bytes, str, SmearResult]:
+    """Read and analyse one field exactly as POST /analyze/smear does (same limits, same
+    refusals); the bytes are kept to be stored."""
+    name = f"'{upload.filename}'" if upload.filename else "the file"
+    data = read_bounded(upload.file, settings.max_upload_bytes, name)
+    with smear_errors():
+        image = read_field(io.BytesIO(data), name, settings, microns_per_pixel)
+        result = analyze_field(image, predictor, detector, settings, microns_per_pixel, check=check)
+    return data, _media_type(data), result
+
+
+def _field_input(
+    upload: UploadFile,
+    data: bytes,
+    media_type: str,
+    result: SmearResult,
+    predictor: Predictor,
+    detector: CellDetector | None,
+) -> FieldInput:
+    card = predictor.card
+    assert card.state_sha256, "the predictor loads verified state files only"
+    cells = [
+        CellInput(
+            kind="red_cell",
+            x=float(c.x),
+            y=float(c.y),
+            box=(int(c.box[0]), int(c.box[1]), int(c.box[2]), int(c.box[3])),
+            at_border=bool(c.at_border),
+            counted=bool(c.counted),
+            label=c.label,
+            confidence=float(c.confidence),
+            probabilities={k: float(v) for k, v in c.probabilities.items()},
+            needs_review=bool(c.needs_review),
+        )
+        for c in result.cells
+    ]
+    cells += [
+        CellInput(
+            kind=o.kind,
+            x=float(o.x),
+            y=float(o.y),
+            box=(int(o.box[0]), int(o.box[1]), int(o.box[2]), int(o.box[3])),
+            at_border=bool(o.at_border),
+            counted=False,  # never in the red-cell counts
+            confidence=float(o.confidence),
+        )
+        for o in [*result.white_cells, *result.platelets]
+    ]
+    summary = result.summary()
+    kept = (
+        "scale", "detector", "cells_found", "cells_counted", "cells_at_border", "other_objects",
+        "white_cells_found", "platelets_found", "needs_review", "counts", "timings_ms", "notes",
+    )  # fmt: skip
+    return FieldInput(
+        filename=_filename(upload, media_type),
+        image=data,
+        media_type=media_type,
+        width=int(result.width),
+        height=int(result.height),
+        classifier_name=card.name,
+        classifier_sha256=card.state_sha256,
+        detector_name=result.detector,
+        detector_sha256=detector_sha256(detector),
+        microns_per_pixel=result.microns_per_pixel,
+        scale_estimated=result.scale_estimated,
+        summary=_plain(
+            {
+                **{k: summary[k] for k in kept},
+                "review_threshold": predictor.review_threshold,
+                "tta_views": predictor.tta_views,
+            }
+        ),
+        cells=cells,
+    )
+
+
+def _open_slide(store: Store, slide_id: int) -> SlideDetail:
+    slide = get_slide(store, slide_id)
+    if slide.status != "open":
+        raise SlideSignedOff(f"slide {slide_id} is signed off: reopen it first")
+    return slide
+
+
+@router.post(
+    "/{slide_id}/fields",
+    status_code=201,
+    response_model=FieldAddedOut,
+    responses=UPLOAD_ERRORS,
+)
+async def add_slide_field(
+    request: Request,
+    slide_id: SlideId,
+    file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
+    user: UserDep,
+    store: StoreDep,
+    predictor: PredictorDep,
+    detector: DetectorDep,
+    settings: SettingsDep,
+    gate: GateDep,
+    overlay: Annotated[
+        bool, Query(description="add the field with its cells outlined (PNG data URL)")
+    ] = False,
+) -> FieldAddedOut:
+    """Analyse one field of the slide (at the slide's microns_per_pixel when set) exactly as
+    POST /analyze/smear does, through the same slots for heavy work, then store it with every
+    cell in one transaction: the field is there whole or not at all. A file that cannot be
+    analysed gets the answer /analyze/smear gives and stores nothing. The weights' sha256 kept
+    with the field are those of the files the service loaded."""
+    slide_now = await run_in_threadpool(_open_slide, store, slide_id)  # before any work
+    mpp = slide_now.microns_per_pixel
+    async with gate.slot(GATE_WHAT["smear"]), stop_when_disconnected(request) as check:
+        data, media_type, result = await run_in_threadpool(
+            _analyse, file, predictor, detector, settings, mpp, check
+        )
+    field_in = _field_input(file, data, media_type, result, predictor, detector)
+    del data
+    record = await run_in_threadpool(add_field, store, user, slide_id, field_in)
+    red, white, platelets = await run_in_threadpool(
+        lambda: [_every_cell(store, slide_id, k, record.id) for k in KIND_ORDER]
+    )
+    return FieldAddedOut(
+        field=_field_out(record),
+        cells=[_cell_out(c) for c in red],
+        white_cells=[_cell_out(c) for c in white],
+        platelets=[_cell_out(c) for c in platelets],
+        scale=SmearScale(**result.summary()["scale"]),
+        overlay=png_data_url(result.overlay_png) if overlay else None,
+    )
+
+
+@router.delete("/{slide_id}/fields/{field_id}", status_code=204, response_class=Response)
+def remove_slide_field(
+    slide_id: SlideId, field_id: FieldId, user: UserDep, store: StoreDep
+) -> Response:
+    """Remove a field, its image and its cells (reviews included) from an open slide; the
+    counts follow. Audited."""
+    remove_field(store, user, slide_id, field_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{slide_id}/fields/{field_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "the bytes as uploaded"}},
+)
+def slide_field_image(
+    slide_id: SlideId, field_id: FieldId, _user: UserDep, store: StoreDep
+) -> Response:
+    """The field's image, the bytes as uploaded, with their media type (read from the bytes
+    when the field was added)."""
+    data, media_type = field_image(store, slide_id, field_id)
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
+    )
+
+
+# --- cells ----------------------------------------------------------------------------------
+
+
+@router.get("/{slide_id}/cells", response_model=CellList)
+def cells(
+    slide_id: SlideId,
+    _user: UserDep,
+    store: StoreDep,
+    label: Annotated[
+        str | None, Query(max_length=64, description="current class (reviewed, else proposed)")
+    ] = None,
+    needs_review: Annotated[
+        bool | None,
+        Query(description="true: flagged by the analysis and not reviewed yet; false: the rest"),
+    ] = None,
+    kind: Annotated[
+        str, Query(pattern="^(red_cell|white_cell|platelet)$", description="which cells")
+    ] = "red_cell",
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE)] = 200,
+) -> CellList:
+    """The slide's cells over all its fields, least confident first, with how many match."""
+    items, total = list_cells(store, slide_id, label, needs_review, kind, offset, limit)
+    return CellList(items=[_cell_out(c) for c in items], total=total, offset=offset, limit=limit)
+
+
+@router.patch("/{slide_id}/cells/{cell_id}", response_model=SlideCellOut)
+def review(
+    slide_id: SlideId,
+    cell_id: CellId,
+    body: CellReviewIn,
+    user: UserDep,
+    store: StoreDep,
+    slot: SlotDep,
+) -> SlideCellOut:
+    """Reclassify a red cell (`label`) or confirm it (no label), with the cell's `version` as
+    you read it. 409 when the version is stale (nothing changes: read the cell again) or the
+    slide is signed off. Allowed labels: the served classifier's classes (before it has loaded,
+    those of the classifier that analysed the cell). Counts and grades follow at once."""
+    classes = slot.predictor.classes if slot.predictor is not None else None
+    cell = review_cell(store, user, slide_id, cell_id, body.version, body.label, classes)
+    return _cell_out(cell)
+
+
+# --- sign-off, audit ------------------------------------------------------------------------
+
+
+@router.post("/{slide_id}/sign-off", response_model=SlideOut)
+def sign(slide_id: SlideId, body: SignOffIn, user: UserDep, store: StoreDep) -> SlideOut:
+    """Sign the slide off with its `version` as you reviewed it (409 if anything changed
+    since, or if it is signed off): it becomes read-only, and who and when are recorded."""
+    return _slide_out(sign_off(store, user, slide_id, body.version))
+
+
+@router.post("/{slide_id}/reopen", response_model=SlideOut)
+def reopen_slide(slide_id: SlideId, body: ReopenIn, user: UserDep, store: StoreDep) -> SlideOut:
+    """Reopen a signed-off slide for changes; the reason goes into the audit trail."""
+    return _slide_out(reopen(store, user, slide_id, body.reason))
+
+
+@router.get("/{slide_id}/audit", response_model=AuditList)
+def audit(slide_id: SlideId, _user: UserDep, store: StoreDep) -> AuditList:
+    """Everything done to the slide, oldest first: who, when, which cell, from, to."""
+    return AuditList(
+        items=[
+            AuditOut(
+                id=e.id,
+                at=e.at,
+                user=e.user,
+                cell_id=e.cell_id,
+                action=e.action,
+                from_value=e.from_value,
+                to_value=e.to_value,
+                detail=e.detail,
+            )
+            for e in audit_trail(store, slide_id)
+        ]
+    )
+
+
+# --- exports --------------------------------------------------------------------------------
+
+
+def _sheet_text(value: str | None) -> str:
+    """Text that a spreadsheet will not run as a formula."""
+    if not value:
+        return ""
+    return "'" + value if value[0] in "=+-@\t\r" else value
+
+
+@router.get(
+    "/{slide_id}/cells.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per cell"}},
+)
+def cells_csv(slide_id: SlideId, _user: UserDep, store: StoreDep) -> Response:
+    """Every cell of the slide (red cells, then white cells and platelets), field by field:
+    position, proposed class, final class, confidence, who reviewed it and when."""
+    detail, every = _consistent(store, slide_id, lambda: _all_kinds(store, slide_id))
+    fields = {f.id: f for f in detail.fields}
+    every.sort(key=lambda c: (fields[c.field_id].ordinal if c.field_id in fields else 0, c.id))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in every:
+        f = fields.get(c.field_id)
+        writer.writerow(
+            [
+                f.ordinal if f else "",
+                c.field_id,
+                _sheet_text(f.filename if f else None),
+                c.id,
+                c.kind,
+                f"{c.x:.1f}",
+                f"{c.y:.1f}",
+                *c.box,
+                c.at_border,
+                c.counted,
+                c.proposed_label or "",
+                c.final_label or "",
+                c.label or "",
+                "" if c.confidence is None else f"{c.confidence:.4f}",
+                c.needs_review,
+                _sheet_text(c.reviewed_by),
+                c.reviewed_at.isoformat() if c.reviewed_at else "",
+                c.version,
+            ]
+        )
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="slide-{slide_id}-cells.csv"'},
+    )
+
+
+def _distinct_models(fields: tuple[FieldRecord, ...]) -> list[dict[str, Any]]:
+    seen: dict[tuple[str, str, str | None], list[int]] = {}
+    for f in fields:
+        for what, name, sha in (
+            ("classifier", f.classifier_name, f.classifier_sha256),
+            ("detector", f.detector_name, f.detector_sha256),
+        ):
+            seen.setdefault((what, name, sha), []).append(f.ordinal)
+    return [
+        {"what": what, "name": name, "sha256": sha, "fields": ordinals}
+        for (what, name, sha), ordinals in seen.items()
+    ]
+
+
+@router.get("/{slide_id}/report", response_class=HTMLResponse)
+def report(request: Request, slide_id: SlideId, _user: UserDep, store: StoreDep) -> HTMLResponse:
+    """A printable HTML report of the slide: sample id, fields, cells counted, counts,
+    percentages and grades, reviewer and sign-off time, models and their weights' sha256,
+    and the support-tool statement. Everything typed by a user is escaped."""
+    detail, counts = _detail(store, slide_id)
+    rows = [
+        {
+            "label": label,
+            "count": n,
+            "percentage": counts["percentages"][label],
+            "grade": counts["grades"].get(label, ""),
+        }
+        for label, n in counts["counts"].items()
+    ]
+    response: HTMLResponse = request.app.state.templates.TemplateResponse(
+        request,
+        "report.html",
+        {
+            "slide": detail,
+            "counts": counts,
+            "rows": rows,
+            "warnings": grading_warnings(counts, detail.fields),
+            "fields": [_field_out(f) for f in detail.fields],
+            "models": _distinct_models(detail.fields),
+            "grading_source": GRADING_SOURCE,
+            "statement": SUPPORT_STATEMENT,
+            "generated_at": datetime.now(UTC),
+        },
+    )
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
