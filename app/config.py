@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Intra-op threads for torch; 0 keeps torch's default (one per core).
     torch_threads: int = Field(default=0, ge=0)
-    # Cells per forward pass; larger batches are split.
-    inference_batch_size: int = Field(default=32, ge=1)
+    # Cells per forward pass; larger batches are split. 8 keeps a smear's peak memory ~100 MiB
+    # lower than 32 at the same speed (bench/bench_service_memory.py, docs/service.md).
+    inference_batch_size: int = Field(default=8, ge=1)
     # Test-time views averaged per cell (core/classify/tta.py): unset takes the model card's;
     # 1 is fastest.
     tta_views: int | None = None

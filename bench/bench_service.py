@@ -209,9 +209,9 @@ def main() -> None:
     images = [Image.open(io.BytesIO(d)).convert("RGB") for _, d in cells]
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        # The same computation as the server's: with several views, chunks of 32 // views cells
+        # The same computation as the server's: with several views, chunks of 8 // views cells
         # (the server's default RBC_INFERENCE_BATCH_SIZE), every view of a chunk in one pass.
-        step = len(batch) if views == 1 else max(1, 32 // views)
+        step = len(batch) if views == 1 else max(1, 8 // views)
         return torch.cat(
             [
                 tta_probabilities(model, batch[i : i + step], views)

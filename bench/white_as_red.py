@@ -1,0 +1,86 @@
+"""Which counted red cells are white cells, and would their size give them away? (issue #11)
+
+    .venv/bin/python bench/white_as_red.py --detector models/detector [--split val]
+
+Runs a detector on the labelled fields of one split of txl-pbc (each source's derived scale
+given) and sorts every counted red cell (clear of the border) into: a real red cell (matches a
+labelled one), a white cell taken for red (unmatched, its centre inside a labelled white cell's
+box) or another stray. For each it takes the detection's side over the median side of the
+field's red detections, and its score. Prints, per threshold on that ratio, how many of each
+group a rule "a red detection larger than ratio x the field's median is not a red cell" would
+drop. Choose on the validation split only; the test split is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.detect.learned import CellDetector
+from training.detection_eval import load_fields, match
+
+RATIOS = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 2.0, 2.2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--detector", type=Path, default=Path("models/detector"))
+    ap.add_argument("--yolo", type=Path, default=Path("../shared/datasets/txl-pbc"))
+    ap.add_argument("--split", default="val")
+    args = ap.parse_args()
+    detector = CellDetector.load(args.detector)
+    fields, scales = load_fields(yolo=[args.yolo], progress=False)
+    rows: list[tuple[str, str, float, float]] = []  # source, group, ratio, score
+    for item in (f for f in fields if f.split == args.split):
+        with Image.open(item.image) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        found = detector.detect(rgb, scales[item.source]).objects
+        red = [d for d in found if d.kind == "red_cell"]
+        if len(red) < 3:
+            continue
+        sides = np.asarray([((d.box[2] - d.box[0]) + (d.box[3] - d.box[1])) / 2 for d in red])
+        median = float(np.median(sides))
+        labels = item.of_kind("red_cell")
+        matched = {i for i, _ in match(red, labels, 0.0)}
+        whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
+        for i, d in enumerate(red):
+            if d.at_border:
+                continue
+            if i in matched:
+                group = "red"
+            elif any(b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3] for b in whites):
+                group = "white"
+            else:
+                group = "stray"
+            rows.append((item.source, group, float(sides[i] / median), d.score))
+    sources = sorted({r[0] for r in rows})
+    print(f"split {args.split}: counted red detections per group and source")
+    for source in sources:
+        mine = [r for r in rows if r[0] == source]
+        counts = {g: sum(r[1] == g for r in mine) for g in ("red", "white", "stray")}
+        whites = sorted(round(r[2], 2) for r in mine if r[1] == "white")
+        print(f"  {source}: {counts}; white-as-red size ratios {whites}")
+    print("\nratio  " + "  ".join(f"{s:>24}" for s in sources) + "   (red dropped / white dropped)")
+    table = {}
+    for cut in RATIOS:
+        line = []
+        for source in sources:
+            mine = [r for r in rows if r[0] == source]
+            red = [r for r in mine if r[1] == "red"]
+            white = [r for r in mine if r[1] == "white"]
+            dr = sum(r[2] > cut for r in red)
+            dw = sum(r[2] > cut for r in white)
+            table[f"{cut}:{source}"] = {"red": [dr, len(red)], "white": [dw, len(white)]}
+            line.append(f"{dr:>5}/{len(red):<5} {dw:>3}/{len(white):<3}")
+        print(f"{cut:>5}  " + "  ".join(f"{c:>24}" for c in line))
+    print(json.dumps(table))
+
+
+if __name__ == "__main__":
+    main()
