@@ -34,6 +34,27 @@ def _cmd_import_chula(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def _cmd_import_slides(args: argparse.Namespace) -> None:
+    from training.datasets.slides import database_url, import_slides
+
+    # The schema check loads Alembic's scripts, which log every plugin at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    report = import_slides(
+        database_url(args.database),
+        args.out,
+        reviewed_only=args.reviewed_only,
+        signed_off_only=args.signed_off_only,
+        val_share=args.val_share,
+        test_share=args.test_share,
+        seed=args.seed,
+        window=args.window,
+        drop_border=args.drop_border,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+
+
 def _train_overrides(args: argparse.Namespace, method: str) -> dict[str, object]:
     return {
         "method": method,
@@ -282,6 +303,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names to keep")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier import at --out")
     p.set_defaults(func=_cmd_import_chula)
+
+    p = sub.add_parser(
+        "import-slides",
+        help="crop the reviewed cells of the slides database into a folder-per-class set",
+    )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="records database (default: $RBC_DATABASE_URL, else $RBC_DATA_DIR/rbc.sqlite3, "
+        "data/rbc.sqlite3)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="new folder for the crops")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--reviewed-only",
+        dest="reviewed_only",
+        action="store_true",
+        default=True,
+        help="only cells a technologist reviewed, with their final label (the default)",
+    )
+    which.add_argument(
+        "--all",
+        dest="reviewed_only",
+        action="store_false",
+        help="every red cell: the final label where reviewed, else the proposed one",
+    )
+    p.add_argument("--signed-off-only", action="store_true", help="only signed-off slides")
+    p.add_argument("--val-share", type=float, default=0.15, help="share of cells for valid")
+    p.add_argument("--test-share", type=float, default=0.15, help="share of cells for test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the slide-grouped split")
+    p.add_argument(
+        "--window", type=int, default=72, help="crop side in pixels at the training scale"
+    )
+    p.add_argument("--drop-border", action="store_true", help="drop cells cut by the field's edge")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import at --out")
+    p.set_defaults(func=_cmd_import_slides)
 
     p = sub.add_parser("feature-extract", help="method 1: frozen body, new head, one cycle")
     _add_train_args(p, fine_tune=False)
