@@ -275,17 +275,19 @@
     }
   }
 
-  // Shared with smear.js (the whole-smear tab).
-  window.RBC = { $, el, percent, bars, callApi, csvCell, download, wireDrop };
-
   function selectTab(name) {
-    ["cells", "smear"].forEach((t) => {
+    ["cells", "smear", "slides"].forEach((t) => {
       $("tab-" + t).setAttribute("aria-selected", String(t === name));
       $("panel-" + t).hidden = t !== name;
     });
+    document.dispatchEvent(new CustomEvent("rbc:tab", { detail: name }));
   }
   $("tab-cells").addEventListener("click", () => selectTab("cells"));
   $("tab-smear").addEventListener("click", () => selectTab("smear"));
+  $("tab-slides").addEventListener("click", () => selectTab("slides"));
+
+  // Shared with smear.js (the whole-smear tab) and slides.js (the slides tab).
+  window.RBC = { $, el, percent, bars, callApi, csvCell, download, wireDrop, selectTab };
 
   wireDrop($("drop"), setFiles);
   $("file").addEventListener("change", (e) => setFiles(e.target.files));
