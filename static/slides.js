@@ -7,6 +7,8 @@
 
 (function () {
   const { $, el, download, wireDrop, selectTab } = window.RBC;
+  // "1 white cell", "2 white cells".
+  const plural = (n, word) => n + " " + word + (n === 1 ? "" : "s");
   const KEYS = "123456789abcdefghijklmnopqrstuvwxyz";
   const PAGE = 200;
   const TOKEN_KEY = "rbc-user-token";
@@ -218,8 +220,9 @@
     status.className = "status " + s.status;
     $("slide-summary").textContent =
       s.cells_counted + " red cells counted in " + s.fields.length + " field" +
-      (s.fields.length === 1 ? "" : "s") + " (" + s.red_cells + " found; " + s.white_cells +
-      " white cells and " + s.platelets + " platelets not counted); " + s.reviewed +
+      (s.fields.length === 1 ? "" : "s") + " (" + s.red_cells + " found; " +
+      plural(s.white_cells, "white cell") + " and " + plural(s.platelets, "platelet") +
+      " not counted); " + s.reviewed +
       " reviewed, " + s.relabelled + " reclassified, " + s.needs_review_remaining +
       " flagged cells still to review." +
       (s.microns_per_pixel ? " Scale: " + s.microns_per_pixel + " µm per pixel." : "");
