@@ -1,6 +1,6 @@
 """The slides API (app/routes/slides.py) on real databases: a temporary SQLite file per module,
 and the local PostgreSQL for two service instances with concurrent reviewers (skipped, saying
-why, when no server answers; see tests/test_records.py for $RBC_TEST_POSTGRES_URL).
+why, when no server answers; see tests/test_records.py for $RBC_TEST_DATABASE_URL).
 
 No mocks: the service is create_app() with the tiny trained classifier and the classical
 segmentation, fields are synthetic smears (tests/synthetic.py), and what a refused request must

@@ -1,7 +1,8 @@
 """The records store (records/) on real databases: a temporary SQLite file and the local
 PostgreSQL (a fresh `rbc_test_<hex>` database per module, dropped afterwards; the PostgreSQL cases
-skip, saying why, when no server answers). Override the server with $RBC_TEST_POSTGRES_URL (a URL
-to an existing database, e.g. `postgres`, on which the test user may CREATE DATABASE).
+skip, saying why, when no server answers). $RBC_TEST_DATABASE_URL names the server (a URL to an
+existing database, e.g. `test`, on which the test user may CREATE DATABASE); when it is set, as
+.ci/run sets it, a server that does not answer fails the PostgreSQL cases instead of skipping them.
 
 No mocks: atomicity is checked by failing inside the real transaction (a constraint violation, a
 raised exception, a process that dies with os._exit), concurrency with separate engines and
@@ -72,8 +73,11 @@ from records.store import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "RBC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+# Set (CI): PostgreSQL must answer. Unset (a user's machine): the local server if there is one.
+PG_REQUIRED = bool(os.environ.get("RBC_TEST_DATABASE_URL"))
+PG_ADMIN_URL = (
+    os.environ.get("RBC_TEST_DATABASE_URL")
+    or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 CLASSES = ["normal", "spherocyte", "target_cell", "schistocyte"]
 SHA = "ab" * 32
@@ -111,6 +115,8 @@ class PgDatabase:
 
     def url(self, schema_name: str | None = None) -> str:
         if self.error:
+            if PG_REQUIRED:
+                pytest.fail(f"RBC_TEST_DATABASE_URL is set but {self.error}")
             pytest.skip(self.error)
         if not self.created:
             with self.engine.connect() as conn:
