@@ -18,10 +18,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RBC_DATABASE_URL=none
 # Slides (records of reviewed samples, docs/slides.md) are off in the image by default: on a
 # public address they need users and a database that outlives the container. To turn them on,
-# set RBC_DATABASE_URL (PostgreSQL, or a SQLite file on a mounted volume) and create users with
-# `python -m records create-user NAME --role reviewer`.
+# set RBC_DATABASE_URL (PostgreSQL, or a SQLite file on a mounted volume) and create an admin
+# first, or the service refuses to start (docs/slides.md, "Deployment"), for example:
+#   (a new named volume at /app/data takes the image's folder, owned by the service's user rbc)
+#   docker run --rm -v rbc-data:/app/data -e RBC_DATABASE_URL=sqlite:////app/data/rbc.sqlite3 \
+#       rbc-morphology sh -c '.venv/bin/python -m records upgrade &&
+#       .venv/bin/python -m records create-user ann --role admin'
+#   docker run -d -p 8000:8000 -v rbc-data:/app/data \
+#       -e RBC_DATABASE_URL=sqlite:////app/data/rbc.sqlite3 rbc-morphology
 
-RUN useradd --create-home --uid 10001 rbc
+RUN useradd --create-home --uid 10001 rbc \
+    && mkdir -p /app/data && chown rbc /app/data
 WORKDIR /app
 
 # CPU wheels of the pinned torch and torchvision first (PyPI's Linux wheels are CUDA builds of

@@ -1489,6 +1489,67 @@ def reviewed_cells(
             )
 
 
+# --- maintenance: backups and retention (python -m records backup / delete-slides) -----------
+
+
+def find_user(store: Store, name: str) -> User | None:
+    """The user named `name` (active or not), else None."""
+    with store._read() as session:
+        row = session.scalar(select(db.User).where(db.User.name == name))
+        return _user(row) if row is not None else None
+
+
+def slides_created_before(
+    store: Store, before: datetime, status: str | None = None
+) -> list[SlideRecord]:
+    """Every slide created before `before` (an aware datetime), oldest first; `status`: only
+    'open' or only 'signed_off' ones."""
+    if before.tzinfo is None:
+        raise InvalidInput("before must be timezone-aware")
+    where: list[ColumnElement[bool]] = [db.Slide.created_at < before]
+    if status is not None:
+        if status not in db.SLIDE_STATUSES:
+            raise InvalidInput(f"status {status!r} is not one of {', '.join(db.SLIDE_STATUSES)}")
+        where.append(db.Slide.status == status)
+    with store._read() as session:
+        records = _slide_records(session, *where)
+    return sorted(records, key=lambda r: (r.created_at, r.id))
+
+
+def backup_sqlite(store: Store, out: str | Path) -> int:
+    """Copy a SQLite records database to the file `out` with SQLite's online backup API, in one
+    step: the copy is one consistent snapshot even while the service writes (in WAL mode the
+    writers do not wait for it). Written to `out` + '.partial' and renamed when complete, so a
+    failed backup leaves no half file at `out`. Returns the copy's size in bytes. InvalidInput
+    for a database that is not SQLite."""
+    import os
+    import sqlite3
+
+    if store.dialect != "sqlite":
+        raise InvalidInput(f"{store.display_url} is not a SQLite database")
+    target = Path(out)
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    raw = store.engine.raw_connection()
+    try:
+        source = raw.driver_connection
+        assert isinstance(source, sqlite3.Connection)
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)  # pages=-1: the whole database in one step, one read snapshot
+            # A standalone file: no -wal beside it, readable by any sqlite3.
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        raw.close()
+    os.replace(partial, target)
+    return target.stat().st_size
+
+
 __all__ = [
     "UNSET",
     "AuditEntry",
@@ -1504,12 +1565,14 @@ __all__ = [
     "add_field",
     "audit_trail",
     "authenticate",
+    "backup_sqlite",
     "count_users",
     "create_slide",
     "create_user",
     "default_url",
     "delete_slide",
     "field_image",
+    "find_user",
     "get_cell",
     "get_slide",
     "list_cells",
@@ -1523,5 +1586,6 @@ __all__ = [
     "set_user_active",
     "sign_off",
     "slide_counts",
+    "slides_created_before",
     "update_slide",
 ]

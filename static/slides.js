@@ -18,7 +18,9 @@
     total: 0,
     index: -1, // the selected cell in state.cells
     images: new Map(), // field id -> Promise<ImageBitmap>
-    urls: new Map(), // field id -> blob: URL (thumbnails)
+    urls: new Map(), // field id -> blob: URL
+    boxes: null, // Promise<Map field id -> red cells' boxes> (the fields' thumbnails)
+    boxesKey: "", // the slide and field ids state.boxes was read for
     busy: false,
     uploading: false,
   };
@@ -177,6 +179,8 @@
     state.images.clear();
     state.urls.forEach((u) => URL.revokeObjectURL(u));
     state.urls.clear();
+    state.boxes = null;
+    state.boxesKey = "";
     state.cells = [];
     state.index = -1;
     $("slide-progress").replaceChildren();
@@ -252,10 +256,14 @@
       const tr = el("tr");
       tr.dataset.fieldId = String(f.id);
       const name = el("td", "field-name");
-      const img = el("img", "field-thumb");
-      img.alt = f.filename;
-      fieldUrl(f.id).then((u) => { if (u) img.src = u; });
-      name.append(img, el("span", "", f.filename));
+      // The field with its red cells outlined (their boxes, as the review gallery cuts them).
+      const thumb = el("canvas", "field-thumb");
+      thumb.width = 160;
+      thumb.height = 120;
+      thumb.setAttribute("role", "img");
+      thumb.setAttribute("aria-label", f.filename + ", red cells outlined");
+      drawFieldThumb(thumb, f);
+      name.append(thumb, el("span", "", f.filename));
       const remove = el("button", "secondary remove", "Remove");
       remove.type = "button";
       remove.disabled = signedOff();
@@ -308,9 +316,53 @@
 
   // --- fields -----------------------------------------------------------------------------
 
-  function fieldUrl(fieldId) {
-    if (state.urls.has(fieldId)) return Promise.resolve(state.urls.get(fieldId));
-    return fieldImage(fieldId).then(() => state.urls.get(fieldId) || null).catch(() => null);
+  // Every red cell's box of the open slide, by field id: read once per set of fields (the
+  // boxes do not change with a review), all pages of GET /slides/{id}/cells.
+  function slideBoxes() {
+    const slideId = state.slide.id;
+    const key = slideId + ":" + state.slide.fields.map((f) => f.id).join(",");
+    if (state.boxesKey !== key || !state.boxes) {
+      state.boxesKey = key;
+      state.boxes = (async () => {
+        const byField = new Map();
+        let offset = 0;
+        for (;;) {
+          const q = new URLSearchParams({ offset: String(offset), limit: "1000" });
+          const page = await api("GET", "slides/" + slideId + "/cells?" + q.toString());
+          page.items.forEach((c) => {
+            if (!byField.has(c.field_id)) byField.set(c.field_id, []);
+            byField.get(c.field_id).push(c.box);
+          });
+          offset += page.items.length;
+          if (!page.items.length || offset >= page.total) break;
+        }
+        return byField;
+      })();
+      const failed = state.boxes;
+      failed.catch(() => { if (state.boxes === failed) state.boxes = null; });
+    }
+    return state.boxes;
+  }
+
+  function drawFieldThumb(canvas, f) {
+    const ctx = canvas.getContext("2d");
+    Promise.all([fieldImage(f.id), slideBoxes()]).then(([image, byField]) => {
+      const scale = Math.min(canvas.width / image.width, canvas.height / image.height);
+      const w = Math.max(1, Math.round(image.width * scale));
+      const h = Math.max(1, Math.round(image.height * scale));
+      canvas.width = w;
+      canvas.height = h;
+      ctx.drawImage(image, 0, 0, w, h);
+      const boxes = byField.get(f.id) || [];
+      ctx.strokeStyle = "#1f7a1f";
+      ctx.lineWidth = 1;
+      boxes.forEach(([x0, y0, x1, y1]) => {
+        ctx.strokeRect(x0 * scale + 0.5, y0 * scale + 0.5, (x1 - x0) * scale, (y1 - y0) * scale);
+      });
+      canvas.dataset.outlines = String(boxes.length);
+    }).catch(() => {
+      canvas.dataset.outlines = "failed";
+    });
   }
 
   function fieldImage(fieldId) {

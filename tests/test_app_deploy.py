@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -48,3 +49,37 @@ def test_every_setting_is_documented() -> None:
     text = (ROOT / "docs" / "service.md").read_text()
     missing = [n for n in Settings.model_fields if f"`RBC_{n.upper()}`" not in text]
     assert missing == [], f"settings missing from docs/service.md: {missing}"
+
+
+def test_render_blueprint_database() -> None:
+    """The service's RBC_DATABASE_URL comes from the blueprint's managed PostgreSQL, which is not
+    a free (expiring) instance and is not open to the internet."""
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    (service,) = blueprint["services"]
+    (database,) = blueprint["databases"]
+    assert database["plan"] != "free" and database["ipAllowList"] == []
+    (url,) = [e for e in service["envVars"] if e["key"] == "RBC_DATABASE_URL"]
+    assert url["fromDatabase"] == {"name": database["name"], "property": "connectionString"}
+    # The service itself is unchanged: listens where Render routes, checked by /readyz.
+    env = {e["key"]: e.get("value") for e in service["envVars"]}
+    assert env["RBC_HOST"] == "0.0.0.0" and service["plan"] == "starter"
+
+
+def test_deployment_docs_name_real_commands() -> None:
+    """docs/slides.md's Deployment, Backups and Retention sections, and the records commands
+    (with their options) they and the Dockerfile use."""
+    from records.__main__ import _parser
+
+    docs = (ROOT / "docs" / "slides.md").read_text()
+    for section in ("## Deployment", "## Backups", "## Retention"):
+        assert section in docs, section
+    assert "exits with status 3" in docs and "pg_dump" in docs and "pg_restore" in docs
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands: dict[str, argparse.ArgumentParser] = dict(sub.choices)
+    text = docs + (ROOT / "Dockerfile").read_text()
+    for used in re.findall(r"python -m records ([a-z-]+)", text):
+        assert used in commands, used
+    for option in ("--older-than", "--admin", "--dry-run", "--status"):
+        assert option in docs
+        assert option in commands["delete-slides"]._option_string_actions, option
+    assert "--out" in commands["backup"]._option_string_actions

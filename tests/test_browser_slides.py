@@ -82,6 +82,11 @@ def test_slide_flow(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
     assert "not an image" in lines[1]
     assert lines[2].startswith("field 3 of 3, field2.png: added"), lines
     page.wait_for_function("() => document.querySelectorAll('#slide-fields tbody tr').length === 2")
+    # Each field's thumbnail is drawn with its red cells outlined, one box per cell found.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#slide-fields canvas.field-thumb')]"
+        ".every((c) => Number(c.dataset.outlines) > 0)"
+    )
 
     detail = httpx.get(f"{api}/{slide_id}").json()
     assert detail["cells_counted"] > 0
