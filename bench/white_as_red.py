@@ -6,7 +6,8 @@ Runs a detector on the labelled fields of one split of txl-pbc (each source's de
 given) and sorts every counted red cell (clear of the border) into: a real red cell (matches a
 labelled one), a white cell taken for red (unmatched, its centre inside a labelled white cell's
 box) or another stray. For each it takes the detection's side over the median side of the
-field's red detections, and its score. Prints, per threshold on that ratio, how many of each
+field's red detections, its score, and whether its centre lies inside a detected white cell's
+box (the central 80 % of each side). Prints, per threshold on that ratio, how many of each
 group a rule "a red detection larger than ratio x the field's median is not a red cell" would
 drop. Choose on the validation split only; the test split is for reporting.
 """
@@ -26,6 +27,14 @@ from core.detect.learned import CellDetector
 from training.detection_eval import load_fields, match
 
 RATIOS = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 2.0, 2.2)
+INNER = 0.8  # the central share of a detected white cell's box (each side) that a red centre is in
+
+
+def inside_box(x: float, y: float, box: tuple[float, float, float, float], inner: float) -> bool:
+    """(x, y) within the central `inner` share of the box along each side."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = (box[2] - box[0]) * inner / 2, (box[3] - box[1]) * inner / 2
+    return abs(x - cx) <= hw and abs(y - cy) <= hh
 
 
 def main() -> None:
@@ -36,12 +45,14 @@ def main() -> None:
     args = ap.parse_args()
     detector = CellDetector.load(args.detector)
     fields, scales = load_fields(yolo=[args.yolo], progress=False)
-    rows: list[tuple[str, str, float, float]] = []  # source, group, ratio, score
+    # source, group, size ratio, score, centre inside a detected white cell
+    rows: list[tuple[str, str, float, float, bool]] = []
     for item in (f for f in fields if f.split == args.split):
         with Image.open(item.image) as image:
             rgb = np.asarray(image.convert("RGB"))
         found = detector.detect(rgb, scales[item.source]).objects
         red = [d for d in found if d.kind == "red_cell"]
+        found_whites = [d.box for d in found if d.kind == "white_cell"]
         if len(red) < 3:
             continue
         sides = np.asarray([((d.box[2] - d.box[0]) + (d.box[3] - d.box[1])) / 2 for d in red])
@@ -58,14 +69,17 @@ def main() -> None:
                 group = "white"
             else:
                 group = "stray"
-            rows.append((item.source, group, float(sides[i] / median), d.score))
+            inside = any(inside_box(d.x, d.y, b, INNER) for b in found_whites)
+            rows.append((item.source, group, float(sides[i] / median), d.score, inside))
     sources = sorted({r[0] for r in rows})
     print(f"split {args.split}: counted red detections per group and source")
     for source in sources:
         mine = [r for r in rows if r[0] == source]
         counts = {g: sum(r[1] == g for r in mine) for g in ("red", "white", "stray")}
         whites = sorted(round(r[2], 2) for r in mine if r[1] == "white")
+        inside = {g: sum(r[4] for r in mine if r[1] == g) for g in ("red", "white", "stray")}
         print(f"  {source}: {counts}; white-as-red size ratios {whites}")
+        print(f"    centre inside a detected white cell (central {INNER:.0%}): {inside}")
     print("\nratio  " + "  ".join(f"{s:>24}" for s in sources) + "   (red dropped / white dropped)")
     table = {}
     for cut in RATIOS:
