@@ -11,6 +11,7 @@ confirmed).
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -344,3 +345,17 @@ def test_database_errors_exit_2_with_one_line(
     assert "secret" not in err[0]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_the_imported_set_trains_a_model(database: dict[str, Any], tmp_path: Path) -> None:
+    """End to end on tiny data: reviewed slides -> import-slides -> a trained, exported model
+    whose classes are the reviewed labels (the tiny config of tests/conftest.py, one epoch)."""
+    from training.train import train
+
+    out = tmp_path / "set"
+    done = _run("--database", database["url"], "--out", str(out), "--all")
+    assert done.returncode == 0, done.stderr
+    labels = set(_manifest(out)["label"])
+    run = train(tiny_config(out, tmp_path / "runs"), progress=False)
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    assert set(card["classes"]) == labels
