@@ -95,12 +95,19 @@ def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Pat
     return paths
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _summary_line(path: Path, result: SmearResult, written: dict[str, Path]) -> str:
     s = result.summary()
     top = sorted(s["counts"].items(), key=lambda kv: -kv[1])[:4]
     shown = ", ".join(f"{c} {n} ({s['percentages'][c]:.0f}%)" for c, n in top if n)
     graded = ", ".join(f"{c} {g}" for c, g in s["grades"].items() if g != "none")
-    others = f"{s['white_cells_found']} white cells, {s['platelets_found']} platelets; "
+    others = (
+        f"{_plural(s['white_cells_found'], 'white cell')}, "
+        f"{_plural(s['platelets_found'], 'platelet')}; "
+    )
     return (
         f"{path}: {s['cells_counted']} red cells counted ({s['cells_at_border']} at the edge not "
         f"counted), {others}{s['timings_ms']['total']:.0f} ms; {shown}; "
