@@ -26,7 +26,9 @@ import json
 import math
 import re
 import secrets
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -242,6 +244,21 @@ def open_store(url: str | URL, *, create_dirs: bool = False) -> Store:
     return Store(engine)
 
 
+def _journal_mode_wal(cursor: Any) -> None:
+    """PRAGMA journal_mode=WAL, tried again while SQLite says "database is locked": switching a
+    new file to WAL takes an exclusive lock, and while another process does the same SQLite can
+    answer at once rather than wait out busy_timeout (seen with two `records upgrade` at once)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_events(engine: Engine, *, memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -251,7 +268,7 @@ def _sqlite_events(engine: Engine, *, memory: bool) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: WAL waits
             if not memory:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _journal_mode_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
