@@ -18,7 +18,7 @@ from starlette.formparsers import MultiPartException
 
 from core.imageio import ImageError
 from core.smear.analysis import SmearError, SmearTooLarge
-from records.errors import RecordsError
+from records.errors import RecordsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ def database_error_detail(exc: DBAPIError) -> str | None:
 
     if not isinstance(exc, OperationalError | InterfaceError):
         return None
-    lines = str(exc.orig).strip().splitlines()
-    reason = lines[0] if lines else type(exc.orig).__name__
-    return f"the records database did not answer ({reason}); try again in a moment"
+    return f"the records database did not answer ({first_line(exc)}); try again in a moment"
 
 
 def error_response(

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from app.config import Settings
 from app.errors import Forbidden, NotReady, Unauthorized
-from records.errors import DatabaseUnavailable, DuplicateName, RecordsError
+from records.errors import DatabaseUnavailable, DuplicateName, RecordsError, first_line
 from records.store import (
     Store,
     User,
@@ -60,12 +60,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
 
 
 class RecordsSlot:
@@ -120,7 +114,7 @@ class RecordsSlot:
             public_without_users = not self.loopback and not self.users_exist(store)
         except Exception as exc:  # the database went away right after the upgrade
             store.close()
-            self._fail(f"the records database stopped answering: {_one_line(exc)}")
+            self._fail(f"the records database stopped answering: {first_line(exc)}")
             return
         if public_without_users:
             store.close()
@@ -149,7 +143,7 @@ class RecordsSlot:
             store.close()
             self._fail(
                 f"the records database {store.display_url} could not be brought to the current "
-                f"schema: {_one_line(exc)}"
+                f"schema: {first_line(exc)}"
             )
             return None
         log.info("records database %s at schema revision %s", store.display_url, revision)
@@ -175,7 +169,7 @@ class RecordsSlot:
                 if not self._closed:
                     self.store, self.error, store = store, None, None
         except Exception as exc:  # never let a retry thread die silently
-            self._fail(f"the records database could not be opened: {_one_line(exc)}")
+            self._fail(f"the records database could not be opened: {first_line(exc)}")
         finally:
             if store is not None:  # not handed over
                 store.close()

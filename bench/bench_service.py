@@ -81,8 +81,15 @@ def load_cells(images: Path | None, count: int, size: int) -> list[tuple[str, by
 
 
 def start_server(
-    model: Path, port: int, threads: int, python: str, tta_views: int | None = None
+    model: Path,
+    port: int,
+    threads: int,
+    python: str,
+    tta_views: int | None = None,
+    env_overrides: dict[str, str | None] | None = None,
 ) -> tuple[subprocess.Popen[bytes], float]:
+    """`python -m app` on loopback, waited for until /readyz answers 200; `env_overrides` sets
+    more RBC_* settings (None removes one from the environment)."""
     env = {
         **os.environ,
         "RBC_MODEL_DIR": str(model),
@@ -93,6 +100,11 @@ def start_server(
     }
     if tta_views is not None:
         env["RBC_TTA_VIEWS"] = str(tta_views)
+    for name, value in (env_overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     started = time.perf_counter()
     process = subprocess.Popen([python, "-m", "app"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/readyz"

@@ -23,8 +23,6 @@ import datetime
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,50 +32,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_service import ROOT, free_port, percentile, start_server
+
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12" / "Dataset"
 MICRONS_PER_PIXEL = 0.19
 UPLOAD_RATIO_TARGET = 1.2
 READ_TARGET_MS = 200.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def start_server(
-    model: Path, detector: Path, data_dir: Path, port: int, python: str
-) -> tuple[subprocess.Popen[bytes], float]:
-    env = {
-        **os.environ,
-        "RBC_MODEL_DIR": str(model),
-        "RBC_DETECTOR_DIR": str(detector),
-        "RBC_DATA_DIR": str(data_dir),
-        "RBC_PORT": str(port),
-        "RBC_HOST": "127.0.0.1",
-        "RBC_LOG_LEVEL": "warning",
-    }
-    env.pop("RBC_API_TOKEN", None)
-    env.pop("RBC_DATABASE_URL", None)  # the embedded SQLite in data_dir
-    started = time.perf_counter()
-    process = subprocess.Popen([python, "-m", "app"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}/readyz"
-    while True:
-        if process.poll() is not None:
-            raise SystemExit("the server exited before it was ready")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return process, time.perf_counter() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
 
 
 def timed(call: Any, *args: Any, **kwargs: Any) -> tuple[httpx.Response, float]:
@@ -117,7 +78,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rbc-bench-slides-") as data_dir:
         port = free_port()
         process, ready_s = start_server(
-            args.model, args.detector, Path(data_dir), port, args.server_python
+            args.model,
+            port,
+            0,
+            args.server_python,
+            env_overrides={
+                "RBC_DETECTOR_DIR": str(args.detector),
+                "RBC_DATA_DIR": data_dir,
+                "RBC_API_TOKEN": None,
+                "RBC_DATABASE_URL": None,  # the embedded SQLite in data_dir
+            },
         )
         figures["ready_s"] = round(ready_s, 2)
         url = f"http://127.0.0.1:{port}"

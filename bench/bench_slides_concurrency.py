@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import threading
@@ -57,12 +56,12 @@ def main() -> None:
         with open_store(url) as store:
             store.upgrade()
             tokens = [create_user(store, f"tech{i}", "reviewer")[1] for i in range(REVIEWERS)]
-        os.environ.update(
-            {"RBC_DATABASE_URL": url, "RBC_LOG_LEVEL": "warning", "RBC_DEVICE": "cpu"}
-        )
         ports = [free_port(), free_port()]
+        overrides: dict[str, str | None] = {"RBC_DATABASE_URL": url, "RBC_DEVICE": "cpu"}
         for port in ports:
-            process, _ = start_server(ROOT / "models" / "default", port, 1, sys.executable)
+            process, _ = start_server(
+                ROOT / "models" / "default", port, 1, sys.executable, env_overrides=overrides
+            )
             servers.append(process)
         report = run(args.rounds, [f"http://127.0.0.1:{p}" for p in ports], tokens)
     finally:

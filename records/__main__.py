@@ -28,7 +28,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from records.errors import DatabaseUnavailable, RecordsError, SchemaOutOfDate, SlideNotSignedOff
+from records.errors import (
+    DatabaseUnavailable,
+    RecordsError,
+    SchemaOutOfDate,
+    SlideNotSignedOff,
+    first_line,
+)
 from records.schema import ROLES, SLIDE_STATUSES, utcnow
 from records.store import (
     Store,
@@ -259,10 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import DBAPIError
 
         if isinstance(exc, DBAPIError):
-            line = str(exc.orig).strip().splitlines()
-            print(
-                f"error: database {store.display_url}: {line[0] if line else exc}", file=sys.stderr
-            )
+            print(f"error: database {store.display_url}: {first_line(exc)}", file=sys.stderr)
             return 2
         raise
 

@@ -4,6 +4,14 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what a database error says (the driver's own error where SQLAlchemy
+    wraps one), for one-line messages; the error's type when it says nothing."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
 class RecordsError(Exception):
     """Base class of every error the store raises on purpose."""
 

@@ -70,6 +70,7 @@ from records.errors import (
     SlideNotSignedOff,
     SlideSignedOff,
     StaleVersion,
+    first_line,
 )
 from records.schema import CELL_KINDS, ROLES, utcnow
 
@@ -195,12 +196,6 @@ def default_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir) / 'rbc.sqlite3'}"
 
 
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(orig).__name__
-
-
 def open_store(url: str | URL, *, create_dirs: bool = False) -> Store:
     """Open the database at `url` and check that it answers.
 
@@ -212,7 +207,7 @@ def open_store(url: str | URL, *, create_dirs: bool = False) -> Store:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise DatabaseUnavailable(f"malformed database URL: {_one_line(exc)}") from None
+        raise DatabaseUnavailable(f"malformed database URL: {first_line(exc)}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     shown = parsed.render_as_string(hide_password=True)
@@ -232,7 +227,7 @@ def open_store(url: str | URL, *, create_dirs: bool = False) -> Store:
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise DatabaseUnavailable(f"cannot use database URL {shown}: {_one_line(exc)}") from None
+        raise DatabaseUnavailable(f"cannot use database URL {shown}: {first_line(exc)}") from None
     if backend == "sqlite":
         _sqlite_events(engine, memory=parsed.database in (None, "", ":memory:"))
     try:
@@ -240,7 +235,7 @@ def open_store(url: str | URL, *, create_dirs: bool = False) -> Store:
             connection.exec_driver_sql("SELECT 1")
     except (DBAPIError, OSError) as exc:
         engine.dispose()
-        raise DatabaseUnavailable(f"cannot reach database {shown}: {_one_line(exc)}") from None
+        raise DatabaseUnavailable(f"cannot reach database {shown}: {first_line(exc)}") from None
     return Store(engine)
 
 

@@ -5,33 +5,17 @@ sign off, reopen, reload. Same browser and server fixtures as tests/test_browser
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.test_app_fixtures import LiveServer
-from tests.test_browser import browser  # noqa: F401  (the module's Chromium)
+from tests.test_browser import browser, page  # noqa: F401  (the module's Chromium and page)
 
 pytest_plugins = ["tests.test_app_fixtures"]
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
-
-
-@pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:  # noqa: F811
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(live_server.url + "/")
-    page.wait_for_selector("#model-status:has-text('ready')")
-    yield page
-    page.close()
-    # No script error and no Content-Security-Policy violation (a 409 logs "status of 409").
-    assert not [p for p in problems if "status of 4" not in p], problems
 
 
 def smear_files(folder: Path) -> list[str]:
@@ -48,7 +32,7 @@ def smear_files(folder: Path) -> list[str]:
     return paths
 
 
-def table_counts(page: Any) -> dict[str, int]:
+def table_counts(page: Any) -> dict[str, int]:  # noqa: F811
     rows = page.locator("#slide-table tbody tr")
     return {
         rows.nth(i).get_attribute("data-label"): int(rows.nth(i).locator("td").nth(1).inner_text())
@@ -56,7 +40,7 @@ def table_counts(page: Any) -> dict[str, int]:
     }
 
 
-def test_slide_flow(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
+def test_slide_flow(page: Any, live_server: LiveServer, tmp_path: Path) -> None:  # noqa: F811
     api = live_server.url + "/slides"
     sample = HOSTILE + uuid.uuid4().hex[:8]
     page.click("#tab-slides")

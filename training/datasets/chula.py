@@ -150,7 +150,10 @@ def _parse_label_file(path: Path, report: ImportReport) -> list[tuple[int, int, 
     return rows
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool, overwrite_hint: str = "overwrite=True") -> None:
+    """Refuse to write an import into a folder that holds anything but an earlier import (a
+    manifest.csv), or into an earlier import without `overwrite` (`overwrite_hint` names it as
+    the caller's user passes it)."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -160,7 +163,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise DataError(
             f"output folder {out} already exists and is not empty; choose another folder, "
-            "or pass overwrite=True to replace a previous import there"
+            f"or pass {overwrite_hint} to replace a previous import there"
         )
     if not (out / "manifest.csv").is_file():
         raise DataError(
@@ -203,7 +206,7 @@ def import_chula(
     except ValueError as exc:
         raise DataError(str(exc)) from exc
     wanted = _wanted_classes(classes)
-    _check_output(out, overwrite)
+    check_output(out, overwrite)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Build next to `out` and rename at the end, so an interrupted import leaves no partial `out`.

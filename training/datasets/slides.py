@@ -32,6 +32,7 @@ from tqdm import tqdm
 from core.imageio import ImageError, decode_image
 from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL, SmearError, scale_factor
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
+from training.datasets.chula import check_output
 from training.errors import DataError
 from training.split import SPLITS, grouped_split, validate_fractions
 
@@ -157,25 +158,6 @@ def database_url(given: str | None) -> str:
     return url
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"output path {out} exists and is not a folder")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise DataError(
-            f"output folder {out} already exists and is not empty; choose another folder, "
-            "or pass --overwrite to replace a previous import there"
-        )
-    if not (out / "manifest.csv").is_file():
-        raise DataError(
-            f"output folder {out} is not empty and holds no manifest.csv, so it is not a previous "
-            "import; refusing to overwrite it"
-        )
-
-
 def _fractions(val_share: float, test_share: float) -> tuple[float, float, float]:
     for name, share in (("--val-share", val_share), ("--test-share", test_share)):
         if not 0 <= share < 1:
@@ -254,13 +236,14 @@ def import_slides(
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from records.errors import first_line
     from records.store import reviewed_cells
 
     out = Path(out)
     if isinstance(window, bool) or not isinstance(window, int) or window < MIN_WINDOW:
         raise DataError(f"window must be an integer >= {MIN_WINDOW} pixels, got {window!r}")
     fractions = _fractions(val_share, test_share)
-    _check_output(out, overwrite)
+    check_output(out, overwrite, overwrite_hint="--overwrite")
     store = _open(url)
     report = SlidesImportReport(
         database=store.display_url, reviewed_only=reviewed_only, signed_off_only=signed_off_only
@@ -281,11 +264,7 @@ def import_slides(
                 )
             )
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            lines = str(orig).strip().splitlines()
-            raise DataError(
-                f"database {store.display_url}: {lines[0] if lines else type(orig).__name__}"
-            ) from None
+            raise DataError(f"database {store.display_url}: {first_line(exc)}") from None
         finally:
             store.close()
         if not rows:
