@@ -25,10 +25,10 @@ from core.detect.learned import (
 )
 from core.modelcard import ModelFileError
 from tests.test_fields import write_yolo
+from training.augment import stain_jitter
 from training.detector import (
     export_detector,
     load_detector_config,
-    stain_jitter,
     targets,
     train_detector,
 )

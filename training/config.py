@@ -32,6 +32,12 @@ class AugmentConfig:
     # (0 disables), applied with probability p_lighting.
     max_hue: float = 0.05
     max_saturation: float = 0.2
+    # Other laboratories (issue #12): each training crop, before resizing, gets with probability
+    # 0.8 each a random stain (haematoxylin-eosin optical density) and a random colour (hue,
+    # saturation, white balance, brightness, contrast, gamma) jitter (`stain`), and blur or JPEG
+    # with probability 0.3 each (`degrade`); training/augment.py. Off in the thesis recipes.
+    stain: bool = False
+    degrade: bool = False
 
 
 @dataclass

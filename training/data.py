@@ -221,6 +221,18 @@ def batch_transforms(cfg: TrainConfig, mean: list[float], std: list[float]) -> l
     return [*tfms, Normalize.from_stats(mean, std)]
 
 
+def item_transforms(cfg: TrainConfig) -> list[Any]:
+    from fastai.vision.all import PadMode, Resize, ResizeMethod
+
+    # Pad, not crop or squish: a cell's shape is what several classes are about.
+    resize = Resize(cfg.input_size, method=ResizeMethod.Pad, pad_mode=PadMode.Border)
+    if cfg.augment.stain or cfg.augment.degrade:
+        from training.labshift import LabShift  # fastai at import: only when training
+
+        return [LabShift(cfg.augment.stain, cfg.augment.degrade), resize]
+    return [resize]
+
+
 def build_dataloaders(
     df: pd.DataFrame, cfg: TrainConfig, mean: list[float], std: list[float], device: Any
 ) -> Any:
@@ -231,9 +243,6 @@ def build_dataloaders(
         ColSplitter,
         DataBlock,
         ImageBlock,
-        PadMode,
-        Resize,
-        ResizeMethod,
     )
 
     usable = df[df["split"].isin(["train", "valid"])].assign(
@@ -244,8 +253,7 @@ def build_dataloaders(
         get_x=ColReader("path"),
         get_y=ColReader("label"),
         splitter=ColSplitter("is_valid"),
-        # Pad, not crop or squish: a cell's shape is what several classes are about.
-        item_tfms=Resize(cfg.input_size, method=ResizeMethod.Pad, pad_mode=PadMode.Border),
+        item_tfms=item_transforms(cfg),
         batch_tfms=batch_transforms(cfg, mean, std),
     )
     return block.dataloaders(
