@@ -89,6 +89,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"run written to {run_dir} (report: {run_dir / 'report.md'})")
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from training.calibrate import calibrate
+
+    if not 0.5 <= args.target_accuracy < 1:
+        raise TrainingError("--target-accuracy must be at least 0.5 and below 1")
+    detector = None if str(args.detector) in ("classical", "none", "") else Path(args.detector)
+    result = calibrate(
+        args.model,
+        args.data,
+        args.chula,
+        detector,
+        foreign=args.foreign,
+        target_accuracy=args.target_accuracy,
+        progress=not args.quiet,
+    )
+    figures = {k: v for k, v in result["figures"].items() if not k.startswith("reliability")}
+    print(json.dumps({**result, "figures": figures}))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate
 
@@ -373,6 +392,33 @@ def build_parser() -> argparse.ArgumentParser:
         "run's own data (which must still be there) and puts those figures on the card",
     )
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a model's temperature, review threshold and familiarity statistics, and "
+        "measure them (written beside the weights)",
+    )
+    p.add_argument("--model", type=Path, default=Path("models/default"))
+    p.add_argument("--data", type=Path, required=True, help="the import-chula crop set")
+    p.add_argument(
+        "--chula", type=Path, help="Chula RBC-12 (Dataset/): fields for the field threshold"
+    )
+    p.add_argument(
+        "--detector",
+        default=_default_detector(),
+        help='a detector folder (default models/detector when shipped) or "classical"',
+    )
+    p.add_argument(
+        "--foreign", type=Path, help="a YOLO set of other laboratories' fields (txl-pbc): measured"
+    )
+    p.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.97,
+        help="accuracy among cells not flagged for review, on validation (default 0.97)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate-smears", help="smear pipeline against Chula's point labels")
     p.add_argument("--model", type=Path, default=Path("models/default"))

@@ -14,7 +14,7 @@ from training.augment import colour_jitter, degrade, stain_jitter
 P_STAIN = 0.8  # each of stain and colour jitter, as the detector's training draws them
 
 
-class LabShift(Transform):  # type: ignore[misc]
+class LabShift(Transform):
     """Training items only: another laboratory's stain, colour, blur or JPEG on the crop as read,
     before it is resized. Draws from numpy's global generator, which fastai's `set_seed` seeds,
     so a run repeats."""

@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core.classify.calibration import Calibration, calibrated_probabilities
 from core.classify.gradcam import grad_cam, overlay
 from core.classify.nets import load_network
 from core.classify.preprocess import Preprocessor
-from core.classify.tta import tta_probabilities, view_indices
+from core.classify.tta import dihedral_view, view_indices
 from core.modelcard import ModelCard, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class Prediction:
     probabilities: dict[str, float]
     needs_review: bool
     heatmap_png: bytes | None = None
+    # Distance to the training cells in the network's feature space (~1 for a typical training
+    # cell; core/classify/calibration.py), and whether it is beyond the model's threshold. None
+    # for a model without calibration statistics.
+    familiarity: float | None = None
+    unfamiliar: bool = False
 
     def heatmap_data_url(self) -> str | None:
         return None if self.heatmap_png is None else png_data_url(self.heatmap_png)
@@ -73,9 +79,10 @@ class Predictor:
         model: nn.Sequential,
         card: ModelCard,
         device: torch.device,
-        review_threshold: float,
+        review_threshold: float | None,
         batch_size: int = 32,
         tta_views: int | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         if not isinstance(model, nn.Sequential):
             raise ValueError("the network is not nn.Sequential(body, head), as training builds it")
@@ -84,7 +91,12 @@ class Predictor:
         self.card = card
         self.classes = list(card.classes)
         self.device = device
+        self.calibration = calibration
+        # Given (a setting) or the model's own, chosen on validation; 0.7 for a model without.
+        if review_threshold is None:
+            review_threshold = calibration.review_threshold if calibration else 0.7
         self.review_threshold = review_threshold
+        self.temperature = calibration.temperature if calibration else 1.0
         self.batch_size = batch_size
         self.preprocess = Preprocessor.from_card(card)
         # The card's view count unless the caller asks for another (1 is fastest).
@@ -97,7 +109,7 @@ class Predictor:
         cls,
         model_dir: Path,
         device: str = "auto",
-        review_threshold: float = 0.7,
+        review_threshold: float | None = None,
         batch_size: int = 32,
         threads: int = 0,
         tta_views: int | None = None,
@@ -110,10 +122,13 @@ class Predictor:
             torch.set_num_threads(threads)
         try:
             network, card = load_network(model_dir, device=target)
+            calibration = Calibration.load(model_dir)
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
-            predictor = cls(network, card, target, review_threshold, batch_size, tta_views)
+            predictor = cls(
+                network, card, target, review_threshold, batch_size, tta_views, calibration
+            )
         except ValueError as exc:
             raise ModelLoadError(f"model card of {model_dir}: {exc}") from exc
         predictor.warm_up()
@@ -140,20 +155,50 @@ class Predictor:
         tta_views: int | None = None,
         check: Callable[[], None] | None = None,
     ) -> torch.Tensor:
-        """Probabilities (N, n_classes) for a normalised batch, in chunks of batch_size, averaged
-        over the predictor's test-time views (or `tta_views`). `check` runs before each chunk
-        and may raise to stop the work (a client that went away)."""
+        """Probabilities (N, n_classes) for a normalised batch; see `outputs`."""
+        return self.outputs(batch, tta_views, check)[0]
+
+    def outputs(
+        self,
+        batch: torch.Tensor,
+        tta_views: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated probabilities (N, n_classes), averaged over the test-time views, and the
+        features the last layer reads (N, 512); see `raw_outputs`."""
+        logits, features = self.raw_outputs(batch, tta_views, check)
+        return calibrated_probabilities(logits, self.temperature), features
+
+    def raw_outputs(
+        self,
+        batch: torch.Tensor,
+        tta_views: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of each view (views, N, n_classes) and the features the last layer reads,
+        averaged over the views (N, 512), for a normalised batch, in chunks of batch_size, with
+        the predictor's test-time views (or `tta_views`). `check` runs before each chunk and may
+        raise to stop the work (a client that went away)."""
         views = self.tta_views if tta_views is None else tta_views
+        indices = view_indices(views)
+        body, head = self.model[0], self.model[1]
+        assert isinstance(head, nn.Sequential)  # build_head's layers; the last one is linear
+        features_of, last = head[:-1], head[-1]
         # Every view of a chunk goes through in one pass: keep that pass at batch_size images.
         step = max(1, self.batch_size // views)
-        outputs = []
+        logits, feats = [], []
         with torch.inference_mode():
             for start in range(0, len(batch), step):
                 if check is not None:
                     check()
                 chunk = batch[start : start + step].to(self.device)
-                outputs.append(tta_probabilities(self.model, chunk, views).cpu())
-        return torch.cat(outputs) if outputs else torch.empty(0, len(self.classes))
+                stacked = torch.cat([dihedral_view(chunk, i) for i in indices])
+                features = features_of(body(stacked)).float()
+                logits.append(last(features).view(len(indices), len(chunk), -1).cpu())
+                feats.append(features.view(len(indices), len(chunk), -1).mean(dim=0).cpu())
+        if not logits:
+            return torch.empty(len(indices), 0, len(self.classes)), torch.empty(0, 0)
+        return torch.cat(logits, dim=1), torch.cat(feats)
 
     def predict(
         self,
@@ -162,23 +207,32 @@ class Predictor:
         check: Callable[[], None] | None = None,
     ) -> list[Prediction]:
         """Classify images of any size (each is brought to the input size first; an image
-        already at `preprocess.resized` gives the same answer). `check`: see `forward`."""
+        already at `preprocess.resized` gives the same answer). A cell is flagged for review
+        when its calibrated confidence is under the threshold or it is unlike the training
+        cells. `check`: see `forward`."""
         if not images:
             return []
         resized = [self.preprocess.resized(image) for image in images]
         batch = torch.stack([self.preprocess.to_tensor(image) for image in resized])
-        probs = self.forward(batch, check=check)
+        probs, features = self.outputs(batch, check=check)
+        familiarity = self.familiarity(features)
         results = []
-        for row in probs:
+        for i, row in enumerate(probs):
             index = int(row.argmax())
             confidence = float(row[index])
+            distance = None if familiarity is None else float(familiarity[i])
+            unfamiliar = self.calibration is not None and self.calibration.is_unfamiliar_cell(
+                distance
+            )
             results.append(
                 Prediction(
                     label=self.classes[index],
                     class_index=index,
                     confidence=confidence,
                     probabilities={c: float(p) for c, p in zip(self.classes, row, strict=True)},
-                    needs_review=confidence < self.review_threshold,
+                    needs_review=confidence < self.review_threshold or unfamiliar,
+                    familiarity=distance,
+                    unfamiliar=unfamiliar,
                 )
             )
         if heatmap:
@@ -186,6 +240,12 @@ class Predictor:
             for result, png in zip(results, self.heatmaps(resized, batch, indices), strict=True):
                 result.heatmap_png = png
         return results
+
+    def familiarity(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Each feature vector's distance to the training cells; None without statistics."""
+        if self.calibration is None or self.calibration.familiarity is None:
+            return None
+        return self.calibration.familiarity.distance(features)
 
     def heatmaps(
         self, resized: Sequence[Image.Image], batch: torch.Tensor, indices: torch.Tensor

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from core.classify.calibration import field_score
 from core.detect.classical import DetectionParams, NoCellsError, field_contrast, segment
 from core.smear.counting import count_labels, grades, percentages
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
@@ -84,6 +85,7 @@ class SmearCell:
     confidence: float
     probabilities: dict[str, float]
     needs_review: bool
+    familiarity: float | None = None  # distance to training cells (core/classify/calibration)
     crop: Image.Image | None = field(default=None, repr=False)  # as the classifier saw it
 
 
@@ -118,6 +120,11 @@ class SmearResult:
     # With the learned detector and no scale given: the scale estimated from the field's cells.
     scale_estimated: bool = False
     detector: str = "classical"
+    # The field's familiarity: the median of its counted cells' distances to the training cells,
+    # the model's threshold, and the verdict (None: the model has no calibration statistics).
+    familiarity: float | None = None
+    familiarity_threshold: float | None = None
+    unfamiliar: bool = False
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -157,8 +164,39 @@ class SmearResult:
             "grading": {"source": GRADING_SOURCE, "scales": scales_for(self.classes)},
             "class_colours": self.class_colours,
             "timings_ms": self.timings_ms,
+            "familiarity": {
+                "score": self.familiarity,
+                "threshold": self.familiarity_threshold,
+                "unfamiliar": self.unfamiliar,
+            },
             "notes": self.notes,
         }
+
+
+UNFAMILIAR_FIELD_NOTE = (
+    "unlike the images the model learnt from (another stain, camera or preparation): its "
+    "classes may be wrong here; review every cell"
+)
+
+
+def judge_familiarity(classifier: CellClassifier, result: SmearResult) -> SmearResult:
+    """The field's familiarity from its counted cells' distances to the training cells, when the
+    classifier has calibration statistics. An unfamiliar field gets a plain-words note, and its
+    doubtful cells (each as far from the training cells as an unfamiliar field's median) get
+    `needs_review`."""
+    calibration = getattr(classifier, "calibration", None)
+    distances = [c.familiarity for c in result.counted if c.familiarity is not None]
+    if calibration is None or not distances:
+        return result
+    result.familiarity = field_score(distances)
+    result.familiarity_threshold = calibration.field_threshold
+    result.unfamiliar = calibration.is_unfamiliar_field(result.familiarity)
+    if result.unfamiliar:
+        result.notes.append(UNFAMILIAR_FIELD_NOTE)
+        for cell in result.cells:
+            if cell.familiarity is not None and cell.familiarity > calibration.field_threshold:
+                cell.needs_review = True
+    return result
 
 
 def scale_factor(microns_per_pixel: float | None) -> float:
@@ -334,6 +372,7 @@ def analyze_smear(
                 confidence=p.confidence,
                 probabilities=p.probabilities,
                 needs_review=p.needs_review,
+                familiarity=getattr(p, "familiarity", None),
                 crop=crop if keep_crops else None,
             )
         )
@@ -342,22 +381,25 @@ def analyze_smear(
         notes.append("no red cells were found in this image")
     overlay = draw_overlay(image, segmentation.labels, region_colours, factor)
     done = time.perf_counter()
-    return SmearResult(
-        width=width,
-        height=height,
-        microns_per_pixel=microns_per_pixel,
-        cells=cells,
-        other_objects=len(segmentation.detections) - len(red),
-        classes=list(classifier.classes),
-        class_colours=colours,
-        overlay_png=overlay,
-        timings_ms={
-            "segment": 1000 * (segmented - started),
-            "classify": 1000 * (classified - segmented),
-            "overlay": 1000 * (done - classified),
-            "total": 1000 * (done - started),
-        },
-        notes=notes,
+    return judge_familiarity(
+        classifier,
+        SmearResult(
+            width=width,
+            height=height,
+            microns_per_pixel=microns_per_pixel,
+            cells=cells,
+            other_objects=len(segmentation.detections) - len(red),
+            classes=list(classifier.classes),
+            class_colours=colours,
+            overlay_png=overlay,
+            timings_ms={
+                "segment": 1000 * (segmented - started),
+                "classify": 1000 * (classified - segmented),
+                "overlay": 1000 * (done - classified),
+                "total": 1000 * (done - started),
+            },
+            notes=notes,
+        ),
     )
 
 
@@ -469,6 +511,7 @@ def _analyze_detected(
             confidence=p.confidence,
             probabilities=p.probabilities,
             needs_review=p.needs_review,
+            familiarity=getattr(p, "familiarity", None),
             crop=crop if keep_crops else None,
         )
         for k, (d, p, crop) in enumerate(zip(red, predictions, crops, strict=True))
@@ -492,24 +535,27 @@ def _analyze_detected(
     overlay = draw_boxes_overlay(image, cells, colours, others)
     done = time.perf_counter()
     card = getattr(detector, "card", None)
-    return SmearResult(
-        width=width,
-        height=height,
-        microns_per_pixel=used,
-        cells=cells,
-        other_objects=len(others),
-        classes=list(classifier.classes),
-        class_colours=colours,
-        overlay_png=overlay,
-        timings_ms={
-            "detect": 1000 * (detected - started),
-            "classify": 1000 * (classified - detected),
-            "overlay": 1000 * (done - classified),
-            "total": 1000 * (done - started),
-        },
-        notes=notes,
-        white_cells=[o for o in others if o.kind == "white_cell"],
-        platelets=[o for o in others if o.kind == "platelet"],
-        scale_estimated=bool(found.scale_estimated),
-        detector=f"learned:{getattr(card, 'name', 'detector')}",
+    return judge_familiarity(
+        classifier,
+        SmearResult(
+            width=width,
+            height=height,
+            microns_per_pixel=used,
+            cells=cells,
+            other_objects=len(others),
+            classes=list(classifier.classes),
+            class_colours=colours,
+            overlay_png=overlay,
+            timings_ms={
+                "detect": 1000 * (detected - started),
+                "classify": 1000 * (classified - detected),
+                "overlay": 1000 * (done - classified),
+                "total": 1000 * (done - started),
+            },
+            notes=notes,
+            white_cells=[o for o in others if o.kind == "white_cell"],
+            platelets=[o for o in others if o.kind == "platelet"],
+            scale_estimated=bool(found.scale_estimated),
+            detector=f"learned:{getattr(card, 'name', 'detector')}",
+        ),
     )

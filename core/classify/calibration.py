@@ -1,0 +1,243 @@
+"""Calibrated confidence and a familiarity score: how far the classifier's answers can be trusted.
+
+Fitted after training on the validation split (`python -m training calibrate`) and stored beside
+the weights, so the service needs no training code to use them:
+
+- **Temperature.** A network's top probability is over-confident after training; dividing its
+  logits by one number T fitted on validation (minimum negative log-likelihood) makes "0.9" mean
+  right about 9 times in 10 without changing any class.
+- **Review threshold.** The calibrated confidence below which a cell is flagged for review, chosen
+  on validation so that the cells not flagged are right at a stated rate (the card says which).
+- **Familiarity.** A cell's distance, in the network's own feature space (the 512 values the last
+  layer reads), to the nearest class of training cells: a Mahalanobis distance with one shared
+  covariance (Lee et al., 2018), divided by the square root of the dimension so that a typical
+  training cell scores about 1. A cell from another stain or camera lands far from every class
+  even when its softmax is confident. A field's score is the median of its cells' distances.
+  Thresholds: the cell one flags about 1 % of validation cells; the field one a few % of
+  validation fields.
+
+Files: calibration.json (numbers, the figures measured when fitted, the tensors' sha256) and
+calibration.pt (class means and whitening matrix; tensors only, read with weights_only=True after
+its hash is checked, like the weights).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.modelcard import ModelFileError, sha256_file
+
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_TENSORS = "calibration.pt"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Familiarity:
+    """Distance of feature vectors to the nearest training class, in whitened feature space."""
+
+    means: torch.Tensor  # (classes, D): class means, whitened
+    whiten: torch.Tensor  # (D, D): z = f @ whiten has an identity within-class covariance
+
+    @classmethod
+    def fit(
+        cls, features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 0.05
+    ) -> Familiarity:
+        """Class means and one shared covariance of `features` (N, D) with `labels` (N,),
+        shrunk toward a multiple of the identity (a few thousand cells do not pin down a
+        512 x 512 covariance)."""
+        f = features.double()
+        classes = sorted(int(c) for c in labels.unique())
+        means = torch.stack([f[labels == c].mean(dim=0) for c in classes])
+        lookup = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+        centred = f - means[lookup[labels]]
+        cov = centred.T @ centred / max(1, len(f) - len(classes))
+        dim = cov.shape[0]
+        cov = (1 - shrinkage) * cov + shrinkage * torch.trace(cov) / dim * torch.eye(dim)
+        whiten = torch.linalg.cholesky(torch.linalg.inv(cov))  # P = L L^T
+        return cls(means=(means @ whiten).float(), whiten=whiten.float())
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) distance of each feature vector to its nearest class, ~1 for training cells."""
+        if len(features) == 0:
+            return torch.empty(0)
+        z = features.float() @ self.whiten
+        nearest = torch.cdist(z, self.means).min(dim=1).values
+        return nearest / math.sqrt(self.whiten.shape[0])
+
+
+def field_score(distances: torch.Tensor | list[float]) -> float | None:
+    """A field's familiarity: the median of its cells' distances (a few odd cells, such as a
+    white cell taken for a red one, do not make a field unfamiliar). None without cells."""
+    values = torch.as_tensor(distances, dtype=torch.float32)
+    if values.numel() == 0:
+        return None
+    return float(values.median())
+
+
+@dataclass
+class Calibration:
+    temperature: float
+    review_threshold: float  # calibrated confidence below which a cell needs review
+    target_accuracy: float  # what the threshold was chosen for, on validation
+    cell_threshold: float  # a cell farther than this is unlike the training cells
+    field_threshold: float  # a field whose median cell is farther is unfamiliar
+    familiarity: Familiarity | None = None
+    figures: dict[str, Any] = field(default_factory=dict)  # measured when fitted
+
+    def is_unfamiliar_cell(self, distance: float | None) -> bool:
+        return distance is not None and distance > self.cell_threshold
+
+    def is_unfamiliar_field(self, score: float | None) -> bool:
+        return score is not None and score > self.field_threshold
+
+    def summary(self) -> dict[str, Any]:
+        """What the API reports about the model's calibration (no tensors)."""
+        return {
+            "temperature": self.temperature,
+            "review_threshold": self.review_threshold,
+            "target_accuracy": self.target_accuracy,
+            "cell_familiarity_threshold": self.cell_threshold,
+            "field_familiarity_threshold": self.field_threshold,
+        }
+
+    def save(self, model_dir: Path) -> None:
+        model_dir = Path(model_dir)
+        tensors = model_dir / CALIBRATION_TENSORS
+        if self.familiarity is None:
+            raise ValueError("a calibration is saved with its familiarity statistics")
+        torch.save({"means": self.familiarity.means, "whiten": self.familiarity.whiten}, tensors)
+        numbers = {k: v for k, v in asdict(self).items() if k != "familiarity"}
+        document = {
+            "format_version": FORMAT_VERSION,
+            **numbers,
+            "tensors_file": CALIBRATION_TENSORS,
+            "tensors_sha256": sha256_file(tensors),
+        }
+        tmp = model_dir / (CALIBRATION_JSON + ".tmp")
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
+        tmp.replace(model_dir / CALIBRATION_JSON)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Calibration | None:
+        """The model folder's calibration; None when it has none (an older model: plain
+        softmax and the configured threshold). A damaged one is an error, never ignored."""
+        model_dir = Path(model_dir)
+        path = model_dir / CALIBRATION_JSON
+        if not path.exists():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+            tensors = model_dir / str(doc["tensors_file"])
+            expected = str(doc["tensors_sha256"])
+            numbers = {
+                k: float(doc[k])
+                for k in (
+                    "temperature",
+                    "review_threshold",
+                    "target_accuracy",
+                    "cell_threshold",
+                    "field_threshold",
+                )
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path} is not a calibration file: {exc}") from exc
+        if not numbers["temperature"] > 0:
+            raise ModelFileError(f"{path}: temperature must be positive")
+        if not tensors.is_file():
+            raise ModelFileError(f"{path} names {tensors.name}, which is missing")
+        if sha256_file(tensors) != expected:
+            raise ModelFileError(
+                f"{tensors} does not match the sha256 in {path.name}: damaged or replaced"
+            )
+        try:
+            state = torch.load(tensors, map_location="cpu", weights_only=True)
+            familiarity = Familiarity(means=state["means"].float(), whiten=state["whiten"].float())
+        except Exception as exc:
+            raise ModelFileError(f"cannot read {tensors} as calibration tensors: {exc}") from exc
+        whiten, means = familiarity.whiten, familiarity.means
+        if whiten.ndim != 2 or means.ndim != 2 or means.shape[1] != whiten.shape[0]:
+            raise ModelFileError(f"{tensors}: class means and whitening matrix do not fit")
+        return cls(**numbers, familiarity=familiarity, figures=dict(doc.get("figures") or {}))
+
+
+# --- measures, shared by the fitting command and the benchmarks ---------------------------------
+
+
+def reliability_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15
+) -> list[dict[str, float]]:
+    """Per equal-width confidence bin: its range, cells, mean confidence and accuracy (the
+    reliability diagram's data)."""
+    edges = torch.linspace(0, 1, bins + 1).tolist()
+    rows = []
+    for lo, hi in itertools.pairwise(edges):
+        inside = (confidence > lo) & (confidence <= hi)
+        n = int(inside.sum())
+        rows.append(
+            {
+                "low": lo,
+                "high": hi,
+                "cells": n,
+                "confidence": float(confidence[inside].mean()) if n else float("nan"),
+                "accuracy": float(correct[inside].float().mean()) if n else float("nan"),
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15
+) -> float:
+    """ECE: the cell-weighted mean |accuracy - mean confidence| over equal-width confidence bins
+    (15, as Guo et al. 2017)."""
+    total = max(1, len(confidence))
+    return sum(
+        row["cells"] / total * abs(row["accuracy"] - row["confidence"])
+        for row in reliability_bins(confidence, correct, bins)
+        if row["cells"]
+    )
+
+
+def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax of logits / T, averaged over test-time views: logits (views, N, C) or (N, C)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return probs.mean(dim=0) if probs.ndim == 3 else probs
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T minimising the negative log-likelihood of `labels` (a fine log-spaced grid from 0.25
+    to 8, then refined: one parameter needs no optimiser)."""
+
+    def nll(t: float) -> float:
+        probs = calibrated_probabilities(logits, t)
+        picked = probs[torch.arange(len(labels)), labels].clamp_min(1e-12)
+        return float(-picked.log().mean())
+
+    grid = torch.logspace(math.log10(0.25), math.log10(8.0), 121).tolist()
+    best = min(grid, key=nll)
+    fine = torch.linspace(best / 1.03, best * 1.03, 41).tolist()
+    return float(min(fine, key=nll))
+
+
+def choose_review_threshold(
+    confidence: torch.Tensor, correct: torch.Tensor, target: float
+) -> float:
+    """The lowest confidence threshold at which the cells at or above it are right at `target`
+    or better (so the most cells pass unflagged); 1.0 when no threshold reaches it."""
+    order = torch.argsort(confidence, descending=True)
+    conf, ok = confidence[order], correct[order].float()
+    running = torch.cumsum(ok, 0) / torch.arange(1, len(ok) + 1)
+    good = (running >= target).nonzero().flatten()
+    if len(good) == 0:
+        return 1.0
+    # Ties: the threshold is a confidence, so every cell at that value passes with it.
+    return float(conf[int(good.max())])

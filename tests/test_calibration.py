@@ -1,0 +1,202 @@
+"""Calibration (core/classify/calibration.py) and its fitting command (training/calibrate.py):
+temperature, review threshold, familiarity, the files beside the weights, and the predictor and
+smear analysis using them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.classify.calibration import (
+    CALIBRATION_JSON,
+    CALIBRATION_TENSORS,
+    Calibration,
+    Familiarity,
+    calibrated_probabilities,
+    choose_review_threshold,
+    expected_calibration_error,
+    field_score,
+    fit_temperature,
+)
+from core.classify.predictor import ModelLoadError, Predictor
+from core.modelcard import ModelFileError
+
+
+def _sampled(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels drawn from softmax(logits): perfectly calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=g) * 3
+    labels = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=g).flatten()
+    return logits, labels
+
+
+def test_fit_temperature_undoes_overconfidence() -> None:
+    logits, labels = _sampled(20000, 5, seed=0)
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.05)
+    # The same network, twice as sure of itself: T ~ 2 brings it back.
+    assert fit_temperature(2 * logits, labels) == pytest.approx(2.0, rel=0.05)
+    # Views (V, N, C) are averaged after scaling; one view is the same as none.
+    assert fit_temperature((2 * logits)[None], labels) == pytest.approx(2.0, rel=0.05)
+
+
+def test_expected_calibration_error() -> None:
+    logits, labels = _sampled(20000, 5, seed=1)
+    conf, pred = torch.softmax(logits, dim=1).max(dim=1)
+    assert expected_calibration_error(conf, pred == labels) < 0.02
+    sure = torch.ones(100)
+    half_right = torch.arange(100) % 2 == 0
+    assert expected_calibration_error(sure, half_right) == pytest.approx(0.5)
+    over = torch.softmax(3 * logits, dim=1).max(dim=1)
+    assert expected_calibration_error(over.values, over.indices == labels) > 0.1
+
+
+def test_review_threshold_reaches_the_target_with_most_cells() -> None:
+    conf = torch.tensor([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    right = torch.tensor([1, 1, 1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    # Top 4 are all right; the fifth makes it 0.8, the sixth 5/6.
+    assert choose_review_threshold(conf, right, 1.0) == pytest.approx(0.8)
+    assert choose_review_threshold(conf, right, 0.8) == pytest.approx(0.6)
+    assert choose_review_threshold(conf, torch.zeros(8, dtype=torch.bool), 0.9) == 1.0
+
+
+def _clusters(seed: int, n: int = 600, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centres = torch.randn(3, dim, generator=g) * 5
+    return centres[labels] + torch.randn(n, dim, generator=g), labels
+
+
+def test_familiarity_is_about_one_inside_and_large_outside() -> None:
+    features, labels = _clusters(0)
+    fam = Familiarity.fit(features, labels)
+    inside = fam.distance(_clusters(0)[0])  # the same clusters, another draw would do as well
+    assert 0.8 < float(inside.median()) < 1.2
+    far = features + 20
+    assert float(fam.distance(far).min()) > 3 * float(inside.max())
+    assert fam.distance(torch.empty(0, 16)).numel() == 0
+    assert field_score([1.0, 5.0, 1.2]) == pytest.approx(1.2)
+    assert field_score([]) is None
+
+
+def _calibration(dim: int = 16) -> Calibration:
+    features, labels = _clusters(0, dim=dim)
+    return Calibration(
+        temperature=1.7,
+        review_threshold=0.6,
+        target_accuracy=0.97,
+        cell_threshold=1.5,
+        field_threshold=1.3,
+        familiarity=Familiarity.fit(features, labels),
+        figures={"ece_test_after": 0.02},
+    )
+
+
+def test_save_and_load_round_trip_and_refuse_damage(tmp_path: Path) -> None:
+    assert Calibration.load(tmp_path) is None  # an older model: no calibration
+    cal = _calibration()
+    cal.save(tmp_path)
+    back = Calibration.load(tmp_path)
+    assert back is not None and back.temperature == 1.7 and back.figures == cal.figures
+    assert back.familiarity is not None and cal.familiarity is not None
+    assert torch.equal(back.familiarity.whiten, cal.familiarity.whiten)
+    assert back.is_unfamiliar_cell(1.6) and not back.is_unfamiliar_cell(None)
+    assert back.is_unfamiliar_field(1.31) and not back.is_unfamiliar_field(1.29)
+
+    tensors = tmp_path / CALIBRATION_TENSORS
+    tensors.write_bytes(tensors.read_bytes() + b"x")
+    with pytest.raises(ModelFileError, match="sha256"):
+        Calibration.load(tmp_path)
+    tensors.unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        Calibration.load(tmp_path)
+    (tmp_path / CALIBRATION_JSON).write_text("{not json")
+    with pytest.raises(ModelFileError, match="not a calibration file"):
+        Calibration.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def model_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(trained_run / "model", dest)
+    return dest
+
+
+def test_calibrate_command_writes_what_the_predictor_uses(
+    model_copy: Path, imported: Path, chula_src: Path
+) -> None:
+    from training.calibrate import calibrate
+
+    plain = Predictor.load(model_copy, device="cpu")
+    assert plain.calibration is None and plain.review_threshold == 0.7
+
+    lines: list[str] = []
+    # Synthetic cells are ~18 px: at 0.41 um/px they are brought to a real cell's ~39 px.
+    result = calibrate(
+        model_copy,
+        imported,
+        chula_src,
+        None,
+        progress=False,
+        say=lines.append,
+        chula_microns_per_pixel=0.41,
+    )
+    assert (model_copy / CALIBRATION_JSON).is_file() and (model_copy / "calibration.md").is_file()
+    assert (model_copy / "reliability_test.png").stat().st_size > 0
+    figures = result["figures"]
+    assert result["temperature"] > 0 and 0 <= result["review_threshold"] <= 1
+    assert 0 <= figures["ece_test_after"] <= 1 and 0 <= figures["test_unflagged_share"] <= 1
+    assert math.isfinite(result["field_familiarity_threshold"])
+    assert figures["fields"]["chula"]["fields"] > 0
+    assert any("temperature" in line for line in lines)
+
+    served = Predictor.load(model_copy, device="cpu")
+    assert served.calibration is not None
+    assert served.temperature == pytest.approx(result["temperature"])
+    assert served.review_threshold == pytest.approx(result["review_threshold"])
+    # A setting still wins over the model's threshold.
+    assert Predictor.load(model_copy, device="cpu", review_threshold=0.9).review_threshold == 0.9
+
+    # Calibrated probabilities are the plain ones re-scaled: same class, same order.
+    crops = sorted((imported).rglob("*.png"))[:6]
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in crops]
+    before = plain.predict(images)
+    after = served.predict(images)
+    for b, a in zip(before, after, strict=True):
+        assert a.label == b.label
+        assert a.familiarity is not None and a.familiarity > 0
+        assert a.needs_review == (a.confidence < served.review_threshold or a.unfamiliar)
+    assert all(b.familiarity is None and not b.unfamiliar for b in before)
+
+
+def test_outputs_match_the_network_and_temperature(model_copy: Path) -> None:
+    predictor = Predictor.load(model_copy, device="cpu")
+    batch = torch.rand(5, 3, predictor.preprocess.size, predictor.preprocess.size)
+    logits, features = predictor.raw_outputs(batch, tta_views=1)
+    with torch.inference_mode():
+        direct = predictor.model(batch)
+    assert torch.allclose(logits[0], direct, atol=1e-5)
+    probs, _ = predictor.outputs(batch, tta_views=1)
+    expected = calibrated_probabilities(direct, predictor.temperature)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert features.shape == (5, 512)
+
+
+def test_a_damaged_calibration_stops_the_model_from_loading(
+    model_copy: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(model_copy, broken)
+    if not (broken / CALIBRATION_JSON).exists():
+        _calibration(dim=512).save(broken)
+    doc = json.loads((broken / CALIBRATION_JSON).read_text())
+    doc["tensors_sha256"] = "0" * 64
+    (broken / CALIBRATION_JSON).write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        Predictor.load(broken, device="cpu")
