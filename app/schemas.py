@@ -33,15 +33,55 @@ class CellPrediction(BaseModel):
     probabilities: dict[str, float] = Field(
         description="every class of the model, in the model's order, to its probability (sum 1)"
     )
-    needs_review: bool = Field(description="confidence is below the review threshold")
+    needs_review: bool = Field(
+        description="confidence is below the review threshold; or a size class (macrocyte, "
+        "microcyte) was proposed where size cannot be judged: no scale given, or a cell cut by "
+        "the image edge"
+    )
     heatmap: str | None = Field(
-        None, description="Grad-CAM over the cell as a PNG data URL, when asked with ?heatmap=true"
+        None,
+        description="Grad-CAM over the cell as a PNG data URL, when asked with ?heatmap=true "
+        "(over the framed crop when a scale was given)",
+    )
+
+
+class CellScale(BaseModel):
+    """How the scale of single-cell images was handled (see `notes`)."""
+
+    microns_per_pixel: float | None = Field(description="the scale given; null: none given")
+    known: bool = Field(
+        description="a scale was given, so each image was brought to the training scale and "
+        "cut around its cell (`framing`); false: classified as given, as a training-size crop "
+        "at the training scale, and size classes (macrocyte, microcyte) marked for review"
+    )
+    training_microns_per_pixel: float
+
+
+class Framing(BaseModel):
+    """Where the crop the classifier saw was cut (only with a scale)."""
+
+    cell_found: bool = Field(
+        description="a red cell was found near the image centre and the crop is centred on it; "
+        "false: none was (pale, a platelet, no cell) and the crop is centred on the image"
+    )
+    at_border: bool = Field(
+        description="the cell touches the image edge (size classes are marked for review)"
+    )
+    x: float = Field(description="the crop's centre, in the uploaded image's pixels")
+    y: float
+    factor: float = Field(
+        description="training-scale pixels per uploaded pixel (microns_per_pixel / 0.19)"
     )
 
 
 class PredictionOut(CellPrediction):
     review_threshold: float
     model: ModelRef
+    scale: CellScale
+    framing: Framing | None = Field(
+        default=None, description="where the crop was cut; with a scale only"
+    )
+    notes: list[str] = Field(description="what the answer rests on, in plain words")
 
 
 class ItemError(BaseModel):
@@ -54,6 +94,9 @@ class BatchItem(BaseModel):
     filename: str | None
     prediction: CellPrediction | None = None
     error: ItemError | None = None
+    framing: Framing | None = Field(
+        default=None, description="where the crop was cut; with a scale only"
+    )
 
 
 class BatchSummary(BaseModel):
@@ -70,6 +113,8 @@ class BatchOut(BaseModel):
     summary: BatchSummary
     review_threshold: float
     model: ModelRef
+    scale: CellScale
+    notes: list[str] = Field(description="what the answers rest on, in plain words")
 
 
 class Health(BaseModel):

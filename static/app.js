@@ -71,6 +71,20 @@
     $("single").hidden = true;
     $("batch").hidden = true;
     showError("");
+    showNotes([]);
+  }
+
+  // What the answers rest on (no scale given, no cell found...), in the service's own words.
+  function showNotes(notes) {
+    const box = $("cells-notes");
+    box.textContent = notes.join(" ");
+    box.hidden = notes.length === 0;
+  }
+
+  // The optional scale, sent as the form field microns_per_pixel.
+  function addScale(form) {
+    const mpp = $("cells-mpp").value.trim();
+    if (mpp) form.append("microns_per_pixel", mpp);
   }
 
   function setFiles(list) {
@@ -121,7 +135,9 @@
   async function analyzeOne() {
     const form = new FormData();
     form.append("file", state.files[0], state.files[0].name);
+    addScale(form);
     const body = await callApi("predict?heatmap=true", form);
+    showNotes(body.notes || []);
     state.classes = Object.keys(body.probabilities);
     state.rows = [{ filename: state.files[0].name, prediction: body, url: state.urls[0] }];
     showSingle(body, state.urls[0]);
@@ -129,10 +145,13 @@
 
   async function analyzeMany() {
     const rows = [];
+    const notes = new Set();
     for (let start = 0; start < state.files.length; start += maxFiles) {
       const form = new FormData();
       state.files.slice(start, start + maxFiles).forEach((f) => form.append("files", f, f.name));
+      addScale(form);
       const body = await callApi("predict/batch?heatmap=true", form);
+      (body.notes || []).forEach((n) => notes.add(n));
       state.classes = Object.keys(body.summary.counts);
       body.results.forEach((r) => {
         rows.push({
@@ -145,6 +164,7 @@
     }
     state.rows = rows;
     showBatch(rows);
+    showNotes(Array.from(notes));
   }
 
   function showBatch(rows) {

@@ -147,3 +147,30 @@ def make_smear(
     noise = rng.integers(-4, 5, size=canvas.shape)
     image = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return image, interior, border
+
+
+def one_cell_image(
+    size: tuple[int, int],
+    centre: tuple[float, float],
+    microns_per_pixel: float,
+    diameter_um: float = 7.5,
+    neighbours: Sequence[tuple[float, float]] = (),
+    cell: Sequence[int] = SMEAR_CELL,
+    background: Sequence[int] = SMEAR_BACKGROUND,
+    seed: int = 0,
+) -> np.ndarray:
+    """An analyser-style image of one red cell (`diameter_um` across, a paler centre a third of
+    it) at `centre`, drawn at `microns_per_pixel`, with whole or partial neighbours of the same
+    size at `neighbours`, on plasma with a little noise."""
+    width, height = size
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = background
+    radius = diameter_um / 2 / microns_per_pixel
+    pallor = [(c + b) // 2 for c, b in zip(cell, background, strict=True)]
+    for x, y in [centre, *neighbours]:
+        yy, xx = np.ogrid[:height, :width]
+        distance = (xx - x) ** 2 + (yy - y) ** 2
+        canvas[distance <= radius**2] = cell
+        canvas[distance <= (radius / 3) ** 2] = pallor
+    noise = np.random.default_rng(seed).integers(-3, 4, size=canvas.shape)
+    return np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)

@@ -95,6 +95,19 @@ def test_single_cell(page: Any, live_server: LiveServer, tmp_path: Path) -> None
     assert review == expected["needs_review"]
 
 
+def test_single_cell_scale_and_its_note(page: Any, tmp_path: Path) -> None:
+    # Without a scale the page says what the answer rests on; with one, nothing to say.
+    page.set_input_files("#file", write(tmp_path, "cell.png", cell_png(seed=1, size=(72, 72))))
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    note = page.locator("#cells-notes")
+    assert note.is_visible() and "No scale given" in (note.text_content() or "")
+    page.fill("#cells-mpp", "0.19")
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    assert page.is_hidden("#cells-notes")
+
+
 def test_batch_gallery_and_csv(page: Any, tmp_path: Path) -> None:
     paths = [write(tmp_path, f"cell{i}.png", cell_png(seed=i)) for i in range(5)]
     paths.append(write(tmp_path, "broken.png", b"not an image at all"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -25,7 +25,9 @@ from app.schemas import (
     BatchOut,
     BatchSummary,
     CellPrediction,
+    CellScale,
     ErrorOut,
+    Framing,
     ItemError,
     ModelRef,
     OtherCellOut,
@@ -33,11 +35,24 @@ from app.schemas import (
     SmearCellOut,
     SmearOut,
 )
+from core.classify.framing import (
+    FramedCell,
+    batch_notes,
+    frame_cell,
+    needs_review,
+    unknown_scale_note,
+)
 from core.classify.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
-from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL, OtherCell
+from core.smear.analysis import (
+    MAX_MICRONS_PER_PIXEL,
+    MIN_MICRONS_PER_PIXEL,
+    TRAINING_MICRONS_PER_PIXEL,
+    OtherCell,
+)
 from core.smear.counting import count_labels, percentages
+from core.smear.crop import DEFAULT_WINDOW
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "no file in the expected form field, or malformed"},
@@ -67,6 +82,28 @@ HeatmapQuery = Annotated[
     bool, Query(description="add a Grad-CAM heatmap (PNG data URL) for the predicted class")
 ]
 GATE_WHAT = {"smear": "whole fields", "batch": "large batches"}
+# Single cells: the scale as a form field (what the page sends) or, as /analyze/smear takes it,
+# a query parameter; the same range and the same 400s as the smear's.
+CELL_SCALE_HELP = (
+    "the image's scale, um per pixel: each image is brought to the training scale "
+    f"({TRAINING_MICRONS_PER_PIXEL}) and cut around the red cell nearest its centre, as the "
+    "training crops were; without it the image is classified as given, taken to be a "
+    "training-size crop at the training scale, and size classes (macrocyte, microcyte) are "
+    "marked for review"
+)
+ScaleForm = Annotated[
+    float | None,
+    Form(ge=MIN_MICRONS_PER_PIXEL, le=MAX_MICRONS_PER_PIXEL, description=CELL_SCALE_HELP),
+]
+ScaleQuery = Annotated[
+    float | None,
+    Query(
+        alias="microns_per_pixel",
+        ge=MIN_MICRONS_PER_PIXEL,
+        le=MAX_MICRONS_PER_PIXEL,
+        description="the same as the form field microns_per_pixel (send one of the two)",
+    ),
+]
 
 
 def get_gate(request: Request) -> HeavyGate:
@@ -97,14 +134,53 @@ def detector_sha256(detector: CellDetector | None) -> str | None:
     return detector.card.state_sha256 if detector is not None else None
 
 
-def _cell(prediction: Prediction) -> dict[str, Any]:
+def _cell(prediction: Prediction, framed: FramedCell | None) -> dict[str, Any]:
+    """A prediction's fields; size classes need review where size cannot be judged (no scale,
+    or a cell cut by the image edge)."""
+    size_judged = framed is not None and framed.size_judged
     return {
         "label": prediction.label,
         "confidence": prediction.confidence,
         "probabilities": prediction.probabilities,
-        "needs_review": prediction.needs_review,
+        "needs_review": needs_review(prediction.label, prediction.needs_review, size_judged),
         "heatmap": prediction.heatmap_data_url(),
     }
+
+
+def _cell_scale(form: float | None, query: float | None) -> float | None:
+    """The one scale of a single-cell request, sent as a form field or a query parameter."""
+    if form is not None and query is not None and form != query:
+        raise ServiceError(
+            f"microns_per_pixel was sent twice with different values ({form} as a form field, "
+            f"{query} in the query): send it once"
+        )
+    return form if form is not None else query
+
+
+def _scale_out(microns_per_pixel: float | None) -> CellScale:
+    return CellScale(
+        microns_per_pixel=microns_per_pixel,
+        known=microns_per_pixel is not None,
+        training_microns_per_pixel=TRAINING_MICRONS_PER_PIXEL,
+    )
+
+
+def _framing_out(framed: FramedCell | None) -> Framing | None:
+    if framed is None:
+        return None
+    return Framing(
+        cell_found=framed.cell_found,
+        at_border=framed.at_border,
+        x=framed.x,
+        y=framed.y,
+        factor=framed.factor,
+    )
+
+
+def crop_window(predictor: Predictor) -> int:
+    """The side of the model's training crops at the training scale (the card's, as the smear
+    pipeline cuts them)."""
+    return predictor.card.crop_window_px or DEFAULT_WINDOW
 
 
 def _load(
@@ -127,12 +203,24 @@ def _load(
     )
 
 
-def _load_cell(upload: UploadFile, settings: Settings, predictor: Predictor) -> Image.Image:
-    """One cell image, at once brought to the network's input size: a request keeps
-    input-size images only, whatever was uploaded (32 images of 4096x4096 would otherwise hold
-    1.6 GB until the forward pass). Decoding already shrinks it to within 2x of 4x that size."""
-    size = predictor.preprocess.size
-    return predictor.preprocess.resized(_load(upload, settings, max_side=4 * size))
+def _load_cell(
+    upload: UploadFile,
+    settings: Settings,
+    predictor: Predictor,
+    microns_per_pixel: float | None,
+) -> tuple[Image.Image, FramedCell | None]:
+    """One cell image, at once brought to what the classifier takes, so that a request keeps
+    small images only, whatever was uploaded (32 images of 4096x4096 would otherwise hold
+    1.6 GB until the forward pass). Without a scale: the image as given, at the network's input
+    size (decoding already shrinks it to within 2x of 4x that size). With one: the crop of the
+    model's window at the training scale around its cell (decoded at full size, since shrinking
+    would change its scale; framing resamples only a bounded region around the centre)."""
+    if microns_per_pixel is None:
+        size = predictor.preprocess.size
+        return predictor.preprocess.resized(_load(upload, settings, max_side=4 * size)), None
+    image = _load(upload, settings)
+    framed = frame_cell(image, microns_per_pixel, window=crop_window(predictor))
+    return framed.crop, framed
 
 
 @router.post("/predict", response_model=PredictionOut, response_model_exclude_none=True)
@@ -140,15 +228,23 @@ def predict(
     file: Annotated[UploadFile, File(description="one cell image (PNG, JPEG, TIFF, BMP)")],
     predictor: PredictorDep,
     settings: SettingsDep,
+    microns_per_pixel: ScaleForm = None,
+    scale_query: ScaleQuery = None,
     heatmap: HeatmapQuery = False,
 ) -> PredictionOut:
-    """Classify one cell image: the top class, every class's probability, needs-review flag."""
-    image = _load_cell(file, settings, predictor)
+    """Classify one cell image: the top class, every class's probability, needs-review flag.
+    With `microns_per_pixel` the image is first brought to the training scale and framing
+    (`framing` says where the crop was cut); without it, `notes` says what the answer rests on."""
+    scale = _cell_scale(microns_per_pixel, scale_query)
+    image, framed = _load_cell(file, settings, predictor, scale)
     (prediction,) = predictor.predict([image], heatmap=heatmap)
     return PredictionOut(
-        **_cell(prediction),
+        **_cell(prediction, framed),
         review_threshold=predictor.review_threshold,
         model=model_ref(predictor),
+        scale=_scale_out(scale),
+        framing=_framing_out(framed),
+        notes=[unknown_scale_note(crop_window(predictor))] if framed is None else framed.notes(),
     )
 
 
@@ -159,54 +255,70 @@ async def predict_batch(
     predictor: PredictorDep,
     settings: SettingsDep,
     gate: GateDep,
+    microns_per_pixel: ScaleForm = None,
+    scale_query: ScaleQuery = None,
     heatmap: HeatmapQuery = False,
 ) -> BatchOut:
     """Classify many cells: one result per file, in order (a bad file gets its own error and
     does not fail the others), and a summary with counts and percentages per class. Batches of
-    more than RBC_HEAVY_BATCH_FILES images share the slots for heavy work (503 when busy)."""
+    more than RBC_HEAVY_BATCH_FILES images share the slots for heavy work (503 when busy).
+    `microns_per_pixel`, when given, is every image's scale (see POST /predict)."""
     if len(files) > settings.max_files:
         raise TooLarge(f"{len(files)} files sent; at most {settings.max_files} per request")
+    scale = _cell_scale(microns_per_pixel, scale_query)
+    work = (files, predictor, settings, scale, heatmap)
     if len(files) <= settings.heavy_batch_files:
         async with stop_when_disconnected(request) as check:
-            return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
+            return await run_in_threadpool(_batch, *work, check)
     async with gate.slot(GATE_WHAT["batch"]), stop_when_disconnected(request) as check:
-        return await run_in_threadpool(_batch, files, predictor, settings, heatmap, check)
+        return await run_in_threadpool(_batch, *work, check)
 
 
 def _batch(
     files: list[UploadFile],
     predictor: Predictor,
     settings: Settings,
+    microns_per_pixel: float | None,
     heatmap: bool,
     check: StopCheck,
 ) -> BatchOut:
     items = [BatchItem(index=i, filename=f.filename) for i, f in enumerate(files)]
-    good: list[tuple[int, Image.Image]] = []
+    good: list[tuple[int, Image.Image, FramedCell | None]] = []
     for item, upload in zip(items, files, strict=True):
         if item.index % 8 == 7:
             check()
         try:
-            good.append((item.index, _load_cell(upload, settings, predictor)))
+            image, framed = _load_cell(upload, settings, predictor, microns_per_pixel)
         except (ImageError, ServiceError) as exc:
             item.error = ItemError(status=exc.status, detail=exc.detail)
-    predictions = predictor.predict([image for _, image in good], heatmap=heatmap, check=check)
-    for (index, _), prediction in zip(good, predictions, strict=True):
-        items[index].prediction = CellPrediction(**_cell(prediction))
+            continue
+        good.append((item.index, image, framed))
+        item.framing = _framing_out(framed)
+    predictions = predictor.predict([g[1] for g in good], heatmap=heatmap, check=check)
+    for (index, _, framed), prediction in zip(good, predictions, strict=True):
+        items[index].prediction = CellPrediction(**_cell(prediction, framed))
     counts = count_labels((p.label for p in predictions), predictor.classes)
     classified = len(predictions)
     summary = BatchSummary(
         total=len(items),
         classified=classified,
         failed=len(items) - classified,
-        needs_review=sum(p.needs_review for p in predictions),
+        needs_review=sum(bool(i.prediction and i.prediction.needs_review) for i in items),
         counts=counts,
         percentages=percentages(counts),
+    )
+    notes = (
+        [unknown_scale_note(crop_window(predictor))]
+        if microns_per_pixel is None
+        else batch_notes([g[2] for g in good])
     )
     return BatchOut(
         results=items,
         summary=summary,
         review_threshold=predictor.review_threshold,
         model=model_ref(predictor),
+        scale=_scale_out(microns_per_pixel),
+        notes=notes,
     )
 
 
