@@ -65,8 +65,10 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(default=5, ge=1)
     max_connections: int = Field(default=1000, ge=1)
     accepted_formats: Annotated[tuple[str, ...], NoDecode] = DEFAULT_FORMATS
-    # A prediction whose top probability is below this is marked needs_review.
-    review_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    # A prediction whose top probability is below this is marked needs_review. Unset: the
+    # model's own threshold (calibration.json, chosen on validation for a stated accuracy), or
+    # 0.7 for a model without calibration.
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # When set, the API asks for `Authorization: Bearer <token>`; the page asks for it once.
     api_token: SecretStr | None = None
     # Origins allowed to call the API from a browser page elsewhere; none by default, never "*".

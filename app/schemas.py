@@ -25,6 +25,11 @@ class ModelRef(BaseModel):
         "was read); not the hash of export.pkl, which the service never reads"
     )
     tta_views: int = Field(description="test-time views averaged per cell (1: none)")
+    calibrated: bool = Field(
+        False,
+        description="the model has a calibration (calibration.json): confidences are "
+        "temperature-scaled and each cell gets a familiarity score",
+    )
 
 
 class CellPrediction(BaseModel):
@@ -42,6 +47,17 @@ class CellPrediction(BaseModel):
         None,
         description="Grad-CAM over the cell as a PNG data URL, when asked with ?heatmap=true "
         "(over the framed crop when a scale was given)",
+    )
+    familiarity: float | None = Field(
+        None,
+        description="distance of the cell to the model's training cells in its feature space "
+        "(about 1 for a typical training cell; larger: less like them); null for a model "
+        "without calibration statistics",
+    )
+    unfamiliar: bool = Field(
+        False,
+        description="the cell is farther from the training cells than the model's threshold: "
+        "unlike what it learnt from, so it needs review",
     )
 
 
@@ -146,6 +162,9 @@ class SmearCellOut(BaseModel):
     confidence: float
     probabilities: dict[str, float]
     needs_review: bool
+    familiarity: float | None = Field(
+        None, description="the cell's distance to the training cells (see POST /predict)"
+    )
     crop: str | None = Field(
         None, description="the crop the classifier saw (PNG data URL), with ?crops=true"
     )
@@ -179,10 +198,29 @@ class SmearGrading(BaseModel):
     )
 
 
+class SmearFamiliarity(BaseModel):
+    """How like the model's training images this field is (needs a calibrated model)."""
+
+    score: float | None = Field(
+        None, description="the median of the counted cells' familiarity distances"
+    )
+    threshold: float | None = Field(
+        None, description="the model's field threshold (chosen on Chula validation fields)"
+    )
+    unfamiliar: bool = Field(
+        False,
+        description="the field is unlike the images the model learnt from: a note says so, and "
+        "its cells as far as the threshold are marked needs_review; review every cell",
+    )
+
+
 class SmearOut(BaseModel):
     width: int
     height: int
     scale: SmearScale
+    familiarity: SmearFamiliarity = Field(
+        default_factory=lambda: SmearFamiliarity(score=None, threshold=None, unfamiliar=False)
+    )
     cells_found: int
     cells_counted: int
     cells_at_border: int

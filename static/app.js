@@ -128,6 +128,7 @@
     $("single-label").textContent = prediction.label;
     $("single-confidence").textContent = percent(prediction.confidence);
     $("single-review").hidden = !prediction.needs_review;
+    $("single-unfamiliar").hidden = !prediction.unfamiliar;
     bars($("single-bars"), prediction.probabilities);
     $("single").hidden = false;
   }

@@ -64,6 +64,7 @@
       others + review + " counted cells need review" +
       (changed ? "; " + changed + " reclassified by you" : "") +
       ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
+    $("smear-unfamiliar").hidden = !(r.familiarity && r.familiarity.unfamiliar);
     const scaleNote = $("smear-scale-note");
     scaleNote.hidden = !(r.scale && r.scale.estimated);
     if (r.scale && r.scale.estimated) {

@@ -8,9 +8,11 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 from core.classify.calibration import (
     CALIBRATION_JSON,
@@ -25,6 +27,7 @@ from core.classify.calibration import (
 )
 from core.classify.predictor import ModelLoadError, Predictor
 from core.modelcard import ModelFileError
+from tests.synthetic import one_cell_image
 
 
 def _sampled(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,23 +124,23 @@ def test_save_and_load_round_trip_and_refuse_damage(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("calibrated") / "model"
+    dest = tmp_path_factory.mktemp("plain") / "model"
     shutil.copytree(trained_run / "model", dest)
     return dest
 
 
-def test_calibrate_command_writes_what_the_predictor_uses(
-    model_copy: Path, imported: Path, chula_src: Path
-) -> None:
+@pytest.fixture(scope="module")
+def calibrated(
+    model_copy: Path, imported: Path, chula_src: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any], list[str]]:
     from training.calibrate import calibrate
 
-    plain = Predictor.load(model_copy, device="cpu")
-    assert plain.calibration is None and plain.review_threshold == 0.7
-
+    dest = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(model_copy, dest)
     lines: list[str] = []
     # Synthetic cells are ~18 px: at 0.41 um/px they are brought to a real cell's ~39 px.
     result = calibrate(
-        model_copy,
+        dest,
         imported,
         chula_src,
         None,
@@ -145,8 +148,18 @@ def test_calibrate_command_writes_what_the_predictor_uses(
         say=lines.append,
         chula_microns_per_pixel=0.41,
     )
-    assert (model_copy / CALIBRATION_JSON).is_file() and (model_copy / "calibration.md").is_file()
-    assert (model_copy / "reliability_test.png").stat().st_size > 0
+    return dest, result, lines
+
+
+def test_calibrate_command_writes_what_the_predictor_uses(
+    model_copy: Path, imported: Path, calibrated: tuple[Path, dict[str, Any], list[str]]
+) -> None:
+    model, result, lines = calibrated
+    plain = Predictor.load(model_copy, device="cpu")
+    assert plain.calibration is None and plain.review_threshold == 0.7
+
+    assert (model / CALIBRATION_JSON).is_file() and (model / "calibration.md").is_file()
+    assert (model / "reliability_test.png").stat().st_size > 0
     figures = result["figures"]
     assert result["temperature"] > 0 and 0 <= result["review_threshold"] <= 1
     assert 0 <= figures["ece_test_after"] <= 1 and 0 <= figures["test_unflagged_share"] <= 1
@@ -154,18 +167,15 @@ def test_calibrate_command_writes_what_the_predictor_uses(
     assert figures["fields"]["chula"]["fields"] > 0
     assert any("temperature" in line for line in lines)
 
-    served = Predictor.load(model_copy, device="cpu")
+    served = Predictor.load(model, device="cpu")
     assert served.calibration is not None
     assert served.temperature == pytest.approx(result["temperature"])
     assert served.review_threshold == pytest.approx(result["review_threshold"])
     # A setting still wins over the model's threshold.
-    assert Predictor.load(model_copy, device="cpu", review_threshold=0.9).review_threshold == 0.9
+    assert Predictor.load(model, device="cpu", review_threshold=0.9).review_threshold == 0.9
 
     # Calibrated probabilities are the plain ones re-scaled: same class, same order.
-    crops = sorted((imported).rglob("*.png"))[:6]
-    from PIL import Image
-
-    images = [Image.open(p).convert("RGB") for p in crops]
+    images = [Image.open(p).convert("RGB") for p in sorted(imported.rglob("*.png"))[:6]]
     before = plain.predict(images)
     after = served.predict(images)
     for b, a in zip(before, after, strict=True):
@@ -175,8 +185,60 @@ def test_calibrate_command_writes_what_the_predictor_uses(
     assert all(b.familiarity is None and not b.unfamiliar for b in before)
 
 
-def test_outputs_match_the_network_and_temperature(model_copy: Path) -> None:
-    predictor = Predictor.load(model_copy, device="cpu")
+def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
+    calibrated: tuple[Path, dict[str, Any], list[str]], tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.test_app_fixtures import encode, make_settings, wait_ready
+    from tests.test_app_smear import smear_png
+
+    model, result, _ = calibrated
+    data, _ = smear_png()
+    with TestClient(create_app(make_settings(model))) as client:
+        wait_ready(client)
+        cell = encode(Image.fromarray(one_cell_image((72, 72), (36, 36), 0.19)))
+        body = client.post("/predict", files={"file": ("c.png", cell, "image/png")}).json()
+        assert body["model"]["calibrated"] is True
+        assert body["review_threshold"] == pytest.approx(result["review_threshold"])
+        assert body["familiarity"] > 0 and isinstance(body["unfamiliar"], bool)
+        smear = client.post("/analyze/smear", files={"file": ("s.png", data, "image/png")}).json()
+    familiar = smear["familiarity"]
+    assert familiar["threshold"] == pytest.approx(result["field_familiarity_threshold"])
+    assert familiar["score"] > 0
+    assert familiar["unfamiliar"] == (familiar["score"] > familiar["threshold"])
+    assert all(c["familiarity"] > 0 for c in smear["cells"])
+
+    # The same field against a threshold above and one below its score.
+    def analysed_with(field_threshold: float, name: str) -> dict[str, Any]:
+        copy = tmp_path / name
+        shutil.copytree(model, copy)
+        cal = Calibration.load(copy)
+        assert cal is not None
+        cal.field_threshold = field_threshold
+        cal.save(copy)
+        with TestClient(create_app(make_settings(copy))) as client:
+            wait_ready(client)
+            answer = client.post("/analyze/smear", files={"file": ("s.png", data, "image/png")})
+        return dict(answer.json())
+
+    lenient = analysed_with(2 * familiar["score"], "lenient")
+    assert lenient["familiarity"]["unfamiliar"] is False
+    assert not any("unlike the images" in n for n in lenient["notes"])
+    threshold = familiar["score"] / 2
+    strict = analysed_with(threshold, "strict")
+    assert strict["familiarity"]["unfamiliar"] is True
+    assert any("unlike the images the model learnt from" in n for n in strict["notes"])
+    # Every cell as far from the training cells as the threshold is flagged.
+    far = [c for c in strict["cells"] if c["counted"] and c["familiarity"] > threshold]
+    assert far and all(c["needs_review"] for c in far)
+
+
+def test_outputs_match_the_network_and_temperature(
+    calibrated: tuple[Path, dict[str, Any], list[str]],
+) -> None:
+    predictor = Predictor.load(calibrated[0], device="cpu")
     batch = torch.rand(5, 3, predictor.preprocess.size, predictor.preprocess.size)
     logits, features = predictor.raw_outputs(batch, tta_views=1)
     with torch.inference_mode():

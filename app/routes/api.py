@@ -126,6 +126,7 @@ def model_ref(predictor: Predictor) -> ModelRef:
         weights_file=card.state_file,
         weights_sha256=card.state_sha256,
         tta_views=predictor.tta_views,
+        calibrated=predictor.calibration is not None,
     )
 
 
@@ -144,6 +145,8 @@ def _cell(prediction: Prediction, framed: FramedCell | None) -> dict[str, Any]:
         "probabilities": prediction.probabilities,
         "needs_review": needs_review(prediction.label, prediction.needs_review, size_judged),
         "heatmap": prediction.heatmap_data_url(),
+        "familiarity": prediction.familiarity,
+        "unfamiliar": prediction.unfamiliar,
     }
 
 
