@@ -45,7 +45,7 @@ class CellPrediction(BaseModel):
     )
     heatmap: str | None = Field(
         None,
-        description="Grad-CAM over the cell as a PNG data URL, when asked with ?heatmap=true "
+        description="LayerCAM over the cell as a PNG data URL, when asked with ?heatmap=true "
         "(over the framed crop when a scale was given)",
     )
     familiarity: float | None = Field(

@@ -167,7 +167,7 @@
     const image = $("smear-cell-heatmap");
     const caption = $("smear-cell-heatmap-caption");
     image.removeAttribute("src");
-    caption.textContent = "Where the model looked (Grad-CAM): loading…";
+    caption.textContent = "Where the model looked (LayerCAM): loading…";
     if (!cell.crop) return;
     if (!cell.heatmap) {
       try {
@@ -182,7 +182,7 @@
     }
     if (state.selected === cell) {
       image.src = cell.heatmap;
-      caption.textContent = "Where the model looked (Grad-CAM, for " + cell.model_label + ")";
+      caption.textContent = "Where the model looked (LayerCAM, for " + cell.model_label + ")";
     }
   }
 

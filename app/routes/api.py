@@ -79,7 +79,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["api"], responses=ERRORS)
 
 HeatmapQuery = Annotated[
-    bool, Query(description="add a Grad-CAM heatmap (PNG data URL) for the predicted class")
+    bool, Query(description="add a LayerCAM heatmap (PNG data URL) for the predicted class")
 ]
 GATE_WHAT = {"smear": "whole fields", "batch": "large batches"}
 # Single cells: the scale as a form field (what the page sends) or, as /analyze/smear takes it,

@@ -1,4 +1,4 @@
-"""The predictor: load a verified exported model, preprocess, batched prediction, Grad-CAM.
+"""The predictor: load a verified exported model, preprocess, batched prediction, heatmaps.
 
 The network is rebuilt without fastai (`core.classify.nets.load_network`: the card's architecture,
 the state dict of model_state.pt after its sha256 check, tensors only). `learn.predict` is not
@@ -250,7 +250,8 @@ class Predictor:
     def heatmaps(
         self, resized: Sequence[Image.Image], batch: torch.Tensor, indices: torch.Tensor
     ) -> list[bytes]:
-        """Grad-CAM of each image for its class, blended over the image at input size (PNG)."""
+        """A heatmap (core/classify/gradcam.py: LayerCAM) of each image for its class, blended
+        over the image at input size (PNG)."""
         pngs: list[bytes] = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start : start + self.batch_size].to(self.device)
