@@ -13,7 +13,7 @@ the weights, so the service needs no training code to use them:
   covariance (Lee et al., 2018), divided by the square root of the dimension so that a typical
   training cell scores about 1. A cell from another stain or camera lands far from every class
   even when its softmax is confident. A field's score is the median of its cells' distances.
-  Thresholds: the cell one flags about 1 % of validation cells; the field one a few % of
+  Thresholds: the cell one flags about 1 % of validation cells; the field one about 1 % of
   validation fields.
 
 Files: calibration.json (numbers, the figures measured when fitted, the tensors' sha256) and
