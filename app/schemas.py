@@ -51,7 +51,7 @@ class CellPrediction(BaseModel):
     familiarity: float | None = Field(
         None,
         description="distance of the cell to the model's training cells in its feature space "
-        "(about 1 for a typical training cell; larger: less like them); null for a model "
+        "(under 1 for a typical training cell; larger: less like them); null for a model "
         "without calibration statistics",
     )
     unfamiliar: bool = Field(

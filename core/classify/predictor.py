@@ -44,7 +44,7 @@ class Prediction:
     probabilities: dict[str, float]
     needs_review: bool
     heatmap_png: bytes | None = None
-    # Distance to the training cells in the network's feature space (~1 for a typical training
+    # Distance to the training cells in the network's feature space (under 1 for a typical training
     # cell; core/classify/calibration.py), and whether it is beyond the model's threshold. None
     # for a model without calibration statistics.
     familiarity: float | None = None
