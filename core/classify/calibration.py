@@ -11,8 +11,9 @@ the weights, so the service needs no training code to use them:
 - **Familiarity.** A cell's distance, in the network's own feature space (the 512 values the last
   layer reads), to the nearest class of training cells: a Mahalanobis distance with one shared
   covariance (Lee et al., 2018), divided by the square root of the dimension so that a typical
-  training cell scores under 1 (about 0.7 on the shipped model). A cell from another stain or camera lands far from every class
-  even when its softmax is confident. A field's score is the median of its cells' distances.
+  training cell scores under 1 (about 0.7 on the shipped model). A cell from another stain or
+  camera lands far from every class even when its softmax is confident. A field's score is the
+  median of its cells' distances.
   Thresholds: the cell one flags about 1 % of validation cells; the field one about 1 % of
   validation fields.
 
@@ -66,7 +67,8 @@ class Familiarity:
         return cls(means=(means @ whiten).float(), whiten=whiten.float())
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """(N,) distance of each feature vector to its nearest class, under 1 for most training cells."""
+        """(N,) distance of each feature vector to its nearest class (under 1 for most
+        training cells)."""
         if len(features) == 0:
             return torch.empty(0)
         z = features.float() @ self.whiten
