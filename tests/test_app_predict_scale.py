@@ -64,6 +64,7 @@ def test_without_a_scale_nothing_changes_but_the_note(client: TestClient, model_
         "confidence",
         "probabilities",
         "needs_review",
+        "unfamiliar",  # familiarity itself is null (no calibration) and left out
         "review_threshold",
         "model",
         "scale",

@@ -192,7 +192,9 @@ class Predictor:
                 if check is not None:
                     check()
                 chunk = batch[start : start + step].to(self.device)
-                stacked = torch.cat([dihedral_view(chunk, i) for i in indices])
+                stacked = (
+                    torch.cat([dihedral_view(chunk, i) for i in indices]) if views > 1 else chunk
+                )
                 features = features_of(body(stacked)).float()
                 logits.append(last(features).view(len(indices), len(chunk), -1).cpu())
                 feats.append(features.view(len(indices), len(chunk), -1).mean(dim=0).cpu())
