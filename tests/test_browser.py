@@ -93,6 +93,8 @@ def test_single_cell(page: Any, live_server: LiveServer, tmp_path: Path) -> None
     assert page.eval_on_selector("#single-heatmap", "img => img.complete && img.naturalWidth") > 0
     review = page.is_visible("#single-review")
     assert review == expected["needs_review"]
+    # The test model has no calibration: no familiarity, no warning.
+    assert "familiarity" not in expected and page.is_hidden("#single-unfamiliar")
 
 
 def test_single_cell_scale_and_its_note(page: Any, tmp_path: Path) -> None:
@@ -335,3 +337,48 @@ def test_smear_tab_with_the_detector(
     assert page.text_content("#smear-summary").startswith(f"{n_counted} red cells counted")
     page.close()
     assert problems == []
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The shipped model with its familiarity thresholds at 0: every cell and field is
+    unfamiliar, so the page's warnings must show."""
+    from core.classify.calibration import Calibration
+    from tests.test_app_fixtures import running_server
+
+    shipped = DETECTOR.parent / "default"
+    if Calibration.load(shipped) is None:
+        pytest.skip("the shipped model has no calibration")
+    model = tmp_path_factory.mktemp("strict") / "model"
+    shutil.copytree(shipped, model)
+    calibration = Calibration.load(model)
+    assert calibration is not None
+    calibration.cell_threshold = calibration.field_threshold = 0.0
+    calibration.save(model)
+    log = tmp_path_factory.mktemp("strict-server") / "server.log"
+    with running_server(model, log) as server:
+        yield server
+
+
+def test_unfamiliar_cell_and_field_are_warned_about(
+    browser: Any, strict_server: LiveServer, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(strict_server.url + "/")
+    page.wait_for_selector("#model-status:has-text('ready')")
+    page.set_input_files("#file", write(tmp_path, "cell.png", cell_png(seed=3)))
+    page.wait_for_selector("#previews img")
+    page.click("#analyze")
+    page.wait_for_selector("#single:not([hidden])")
+    assert page.is_visible("#single-unfamiliar") and page.is_visible("#single-review")
+    page.click("#tab-smear")
+    path, _ = smear_file(tmp_path)
+    page.set_input_files("#smear-file", path)
+    page.click("#smear-analyze")
+    page.wait_for_selector("#smear-result:not([hidden])")
+    warning = page.locator("#smear-unfamiliar")
+    assert warning.is_visible() and "Review every cell" in (warning.text_content() or "")
+    page.close()
+    assert not problems, problems
