@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -682,3 +683,26 @@ def test_two_instances_eight_reviewers_on_postgresql(
         )
         assert_error(stale, 409)
         assert two.get(f"/slides/{slide_id}", headers=bearer(tokens[3])).json() == after
+
+
+def test_an_unfamiliar_field_is_a_slide_warning(tmp_path: Path) -> None:
+    """The shipped (calibrated) model with its field threshold at 0: every field is unlike the
+    training images, and the slide and its report say which."""
+    from core.classify.calibration import Calibration
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "default"
+    if Calibration.load(shipped) is None:
+        pytest.skip("the shipped model has no calibration")
+    model = tmp_path / "model"
+    shutil.copytree(shipped, model)
+    calibration = Calibration.load(model)
+    assert calibration is not None
+    calibration.field_threshold = 0.0
+    calibration.save(model)
+    with service(settings_for(model, tmp_path / "data")) as client:
+        slide_id = new_slide(client)
+        assert add(client, slide_id, smear(0)).status_code == 201
+        detail = client.get(f"/slides/{slide_id}").json()
+        report = client.get(f"/slides/{slide_id}/report").text
+    assert any(w.startswith("field 1: unlike the images") for w in detail["warnings"])
+    assert "field 1: unlike the images the model learnt from" in report

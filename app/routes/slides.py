@@ -260,6 +260,15 @@ def grading_warnings(counts: dict[str, Any], fields: tuple[FieldRecord, ...]) ->
     remaining = int(counts["needs_review_remaining"])
     if remaining:
         warnings.append(f"{remaining} cells flagged for review have not been reviewed")
+    unfamiliar = [
+        str(f.ordinal) for f in fields if (f.summary.get("familiarity") or {}).get("unfamiliar")
+    ]
+    if unfamiliar:
+        warnings.append(
+            f"field{'s' if len(unfamiliar) > 1 else ''} {', '.join(unfamiliar)}: unlike the "
+            "images the model learnt from (another stain, camera or preparation); review every "
+            "cell of it"
+        )
     estimated = [str(f.ordinal) for f in fields if f.scale_estimated]
     if estimated:
         warnings.append(
@@ -463,6 +472,7 @@ def _field_input(
     kept = (
         "scale", "detector", "cells_found", "cells_counted", "cells_at_border", "other_objects",
         "white_cells_found", "platelets_found", "needs_review", "counts", "timings_ms", "notes",
+        "familiarity",
     )  # fmt: skip
     return FieldInput(
         filename=_filename(upload, media_type),
