@@ -415,11 +415,22 @@ def colour_stats(
 # --- the benchmark -----------------------------------------------------------------------------
 
 
+@dataclass
+class SplitCrops:
+    """The test split's crops of the model's classes, as the benches score them."""
+
+    paths: list[Path]
+    labels: list[str]
+    images: list[Image.Image]  # RGB, opened and read
+    skipped: dict[str, int]  # crops left out per label the model does not know
+    n_test: int  # test crops of known classes before any --limit
+
+
 def load_test_crops(
-    data: Path, classes: Sequence[str]
-) -> tuple[list[Path], list[str], dict[str, int]]:
-    """Paths and labels of the test split's crops whose label is one of `classes`; and how many
-    were left out per unknown label."""
+    data: Path, classes: Sequence[str], limit: int | None = None, seed: int = 0
+) -> SplitCrops:
+    """The test split's crops whose label is one of `classes` (a seeded class-stratified subset
+    of `limit` of them, when given), read into memory."""
     from training.data import scan_dataset
 
     items = scan_dataset(data, check_images=False, progress=False).items
@@ -429,11 +440,16 @@ def load_test_crops(
     known = test["label"].isin(list(classes))
     skipped = test.loc[~known, "label"].value_counts().to_dict()
     test = test[known]
-    return (
-        [Path(p) for p in test["path"]],
-        list(test["label"]),
-        {str(k): int(v) for k, v in skipped.items()},
-    )
+    paths, labels = [Path(p) for p in test["path"]], list(test["label"])
+    n_test = len(paths)
+    if limit is not None:
+        keep = stratified_subset(labels, limit, seed)
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    images = []
+    for path in paths:
+        with Image.open(path) as opened:
+            images.append(opened.convert("RGB"))
+    return SplitCrops(paths, labels, images, {str(k): int(v) for k, v in skipped.items()}, n_test)
 
 
 def stratified_subset(labels: Sequence[str], limit: int, seed: int) -> list[int]:
@@ -556,18 +572,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
     try:
-        paths, labels, skipped = load_test_crops(args.data, classes)
+        test = load_test_crops(args.data, classes, args.limit, args.seed)
     except Exception as exc:
         print(f"cannot read the test crops of {args.data}: {exc}", file=sys.stderr)
         return 2
-    n_test = len(paths)
-    if args.limit is not None:
-        keep = stratified_subset(labels, args.limit, args.seed)
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    crops = []
-    for path in paths:
-        with Image.open(path) as opened:
-            crops.append(opened.convert("RGB"))
+    labels, crops, skipped, n_test = test.labels, test.images, test.skipped, test.n_test
     sizes = sorted({c.size for c in crops})
     targets = np.asarray([classes.index(label) for label in labels])
 

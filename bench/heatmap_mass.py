@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.bench_shift import load_test_crops, stratified_subset  # noqa: E402
+from bench.bench_shift import load_test_crops  # noqa: E402
 from core.detect.classical import (  # noqa: E402
     CELL_RADIUS_PX,
     NoCellsError,
@@ -344,18 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.load(args.model, device="cpu", threads=args.threads)
     classes = predictor.classes
     try:
-        paths, labels, skipped = load_test_crops(args.data, classes)
+        test = load_test_crops(args.data, classes, args.limit, args.seed)
     except Exception as exc:
         print(f"cannot read the test crops of {args.data}: {exc}", file=sys.stderr)
         return 2
-    n_test = len(paths)
-    if args.limit is not None:
-        keep = stratified_subset(labels, args.limit, args.seed)
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    crops = []
-    for path in paths:
-        with Image.open(path) as opened:
-            crops.append(opened.convert("RGB"))
+    paths, labels, crops, skipped, n_test = (
+        test.paths, test.labels, test.images, test.skipped, test.n_test
+    )  # fmt: skip
     points: list[tuple[int, int] | None] = [None] * len(crops)
     if args.shift:
         try:
