@@ -54,6 +54,26 @@ def cell_png(seed: int = 0, size: tuple[int, int] = (24, 24)) -> bytes:
     return encode(Image.fromarray(cell_array(size, seed)))
 
 
+def calibrated_copy(dest: Path, source: Path | None = None, **thresholds: float) -> Path:
+    """A copy of a calibrated model (default: the shipped one) at `dest`, with some of its
+    calibration's numbers replaced (say field_threshold=0.0: every field unfamiliar). Skips the
+    test when the source has no calibration."""
+    import shutil
+
+    from core.classify.calibration import Calibration
+
+    source = source or ROOT / "models" / "default"
+    if Calibration.load(source) is None:
+        pytest.skip(f"{source} has no calibration")
+    shutil.copytree(source, dest)
+    calibration = Calibration.load(dest)
+    assert calibration is not None
+    for name, value in thresholds.items():
+        setattr(calibration, name, value)
+    calibration.save(dest)
+    return dest
+
+
 def make_settings(model_dir: Path, **overrides: Any) -> Settings:
     # The classical segmentation unless a test asks for the shipped detector (its own tests).
     values: dict[str, Any] = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +34,14 @@ from app.routes.slides import CSV_COLUMNS, MIN_CELLS_FOR_GRADING, SUPPORT_STATEM
 from core.modelcard import ModelCard, sha256_file
 from records.store import count_users, create_user, default_url, list_users, open_store
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import ROOT, encode, free_port, make_settings, wait_ready
+from tests.test_app_fixtures import (
+    ROOT,
+    calibrated_copy,
+    encode,
+    free_port,
+    make_settings,
+    wait_ready,
+)
 from tests.test_app_inputs import assert_error, png_header_only
 from tests.test_records import PgDatabase
 
@@ -688,17 +694,7 @@ def test_two_instances_eight_reviewers_on_postgresql(
 def test_an_unfamiliar_field_is_a_slide_warning(tmp_path: Path) -> None:
     """The shipped (calibrated) model with its field threshold at 0: every field is unlike the
     training images, and the slide and its report say which."""
-    from core.classify.calibration import Calibration
-
-    shipped = Path(__file__).resolve().parents[1] / "models" / "default"
-    if Calibration.load(shipped) is None:
-        pytest.skip("the shipped model has no calibration")
-    model = tmp_path / "model"
-    shutil.copytree(shipped, model)
-    calibration = Calibration.load(model)
-    assert calibration is not None
-    calibration.field_threshold = 0.0
-    calibration.save(model)
+    model = calibrated_copy(tmp_path / "model", field_threshold=0.0)
     with service(settings_for(model, tmp_path / "data")) as client:
         slide_id = new_slide(client)
         assert add(client, slide_id, smear(0)).status_code == 201

@@ -70,6 +70,16 @@ def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
     assert not [p for p in problems if "status of 4" not in p], problems
 
 
+def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """A new page on the service at `url`, its model ready; the list collects script errors."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("#model-status:has-text('ready')")
+    return page, problems
+
+
 def write(folder: Path, name: str, data: bytes) -> str:
     path = folder / name
     path.write_bytes(data)
@@ -303,11 +313,7 @@ def detector_server(
 def test_smear_tab_with_the_detector(
     browser: Any, detector_server: LiveServer, tmp_path: Path
 ) -> None:
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(detector_server.url + "/")
-    page.wait_for_selector("#model-status:has-text('ready')")
+    page, problems = open_page(browser, detector_server.url)
     page.click("#tab-smear")
     path, n_counted = smear_file(tmp_path)
     # No scale given: estimated, and the page warns in plain words.
@@ -343,18 +349,11 @@ def test_smear_tab_with_the_detector(
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The shipped model with its familiarity thresholds at 0: every cell and field is
     unfamiliar, so the page's warnings must show."""
-    from core.classify.calibration import Calibration
-    from tests.test_app_fixtures import running_server
+    from tests.test_app_fixtures import calibrated_copy, running_server
 
-    shipped = DETECTOR.parent / "default"
-    if Calibration.load(shipped) is None:
-        pytest.skip("the shipped model has no calibration")
-    model = tmp_path_factory.mktemp("strict") / "model"
-    shutil.copytree(shipped, model)
-    calibration = Calibration.load(model)
-    assert calibration is not None
-    calibration.cell_threshold = calibration.field_threshold = 0.0
-    calibration.save(model)
+    model = calibrated_copy(
+        tmp_path_factory.mktemp("strict") / "model", cell_threshold=0.0, field_threshold=0.0
+    )
     log = tmp_path_factory.mktemp("strict-server") / "server.log"
     with running_server(model, log) as server:
         yield server
@@ -363,11 +362,7 @@ def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
 def test_unfamiliar_cell_and_field_are_warned_about(
     browser: Any, strict_server: LiveServer, tmp_path: Path
 ) -> None:
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(strict_server.url + "/")
-    page.wait_for_selector("#model-status:has-text('ready')")
+    page, problems = open_page(browser, strict_server.url)
     page.set_input_files("#file", write(tmp_path, "cell.png", cell_png(seed=3)))
     page.wait_for_selector("#previews img")
     page.click("#analyze")

@@ -191,7 +191,7 @@ def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.test_app_fixtures import encode, make_settings, wait_ready
+    from tests.test_app_fixtures import calibrated_copy, encode, make_settings, wait_ready
     from tests.test_app_smear import smear_png
 
     model, result, _ = calibrated
@@ -212,12 +212,7 @@ def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
 
     # The same field against a threshold above and one below its score.
     def analysed_with(field_threshold: float, name: str) -> dict[str, Any]:
-        copy = tmp_path / name
-        shutil.copytree(model, copy)
-        cal = Calibration.load(copy)
-        assert cal is not None
-        cal.field_threshold = field_threshold
-        cal.save(copy)
+        copy = calibrated_copy(tmp_path / name, model, field_threshold=field_threshold)
         with TestClient(create_app(make_settings(copy))) as client:
             wait_ready(client)
             answer = client.post("/analyze/smear", files={"file": ("s.png", data, "image/png")})
