@@ -30,7 +30,7 @@ from core.classify.calibration import Familiarity  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
 from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL  # noqa: E402
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour  # noqa: E402
-from training.calibrate import _auroc  # noqa: E402
+from training.calibrate import auroc  # noqa: E402
 from training.datasets.fields import derived_microns_per_pixel, read_yolo  # noqa: E402
 
 
@@ -103,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             chula_fields = pd.Series(chula).groupby(test["source_image"].to_numpy()).median()
             other_fields = pd.Series(other).groupby(np.array(field_ids)).median()
             per_source = {
-                s: _auroc(
+                s: auroc(
                     list(chula_fields),
                     list(other_fields[[i for i in other_fields.index if i.startswith(s + "/")]]),
                 )
                 for s in sorted({i.split("/")[0] for i in other_fields.index})
             }
-            field_auroc = _auroc(list(chula_fields), list(other_fields))
-            cell_auroc = _auroc(list(chula), list(other))
+            field_auroc = auroc(list(chula_fields), list(other_fields))
+            cell_auroc = auroc(list(chula), list(other))
             print(
                 f"{name:12s} shrinkage {shrinkage}: AUROC per cell {cell_auroc:.3f}, "
                 f"per field {field_auroc:.3f}, "

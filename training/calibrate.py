@@ -85,15 +85,14 @@ def _raw_outputs(
         images = []
         for rel in paths[start : start + step]:
             with Image.open(Path(data) / rel) as image:
-                images.append(predictor.preprocess.resized(image.convert("RGB")))
-        batch = torch.stack([predictor.preprocess.to_tensor(image) for image in images])
-        lg, ft = predictor.raw_outputs(batch)
+                images.append(image.convert("RGB"))
+        lg, ft = predictor.raw_outputs(predictor.preprocess.batch(images))
         logits.append(lg)
         feats.append(ft)
     return torch.cat(logits, dim=1), torch.cat(feats)
 
 
-def _auroc(inside: Sequence[float], outside: Sequence[float]) -> float | None:
+def auroc(inside: Sequence[float], outside: Sequence[float]) -> float | None:
     """P(an outside score > an inside score), ties counting half (Mann-Whitney)."""
     if not inside or not outside:
         return None
@@ -175,7 +174,7 @@ def calibrate(
     started = time.perf_counter()
     predictor = Predictor.load(Path(model_dir), device="cpu")
     # Fit on the raw network, whatever calibration the folder holds already.
-    predictor.calibration, predictor.temperature = None, 1.0
+    predictor.calibration = None
     df = _crops(data, predictor.classes)
     outputs = {}
     for split in ("train", "valid", "test"):
@@ -237,7 +236,7 @@ def calibrate(
         field_threshold=math.inf,  # chosen below, on whole fields
         familiarity=familiarity,
     )
-    predictor.calibration, predictor.temperature = calibration, temperature
+    predictor.calibration = calibration
     predictor.review_threshold = threshold
     say(
         f"review threshold {threshold:.3f} (valid, target {target_accuracy}); test: "
@@ -279,7 +278,7 @@ def calibrate(
                 "unfamiliar_fields": flagged,
                 "unfamiliar_share": round(flagged / len(scores), 4) if scores else None,
                 "score_median": round(float(np.median(scores)), 3) if scores else None,
-                "auroc_vs_chula_test": None if source == "chula" else _auroc(chula_scores, scores),
+                "auroc_vs_chula_test": None if source == "chula" else auroc(chula_scores, scores),
                 "red_cells": sum(r["cells"] for r in rows),
                 "normal_share": _share(rows, "normal"),
                 "abnormal_unflagged_share": _share(rows, "abnormal_unflagged"),
@@ -298,7 +297,7 @@ def calibrate(
                     4,
                 ),
                 "fields": by_source,
-                "auroc_vs_chula_test_all_foreign": _auroc(chula_scores, others),
+                "auroc_vs_chula_test_all_foreign": auroc(chula_scores, others),
                 "detector": str(detector_dir) if detector_dir else "classical",
             }
         )

@@ -96,13 +96,17 @@ class Predictor:
         if review_threshold is None:
             review_threshold = calibration.review_threshold if calibration else 0.7
         self.review_threshold = review_threshold
-        self.temperature = calibration.temperature if calibration else 1.0
         self.batch_size = batch_size
         self.preprocess = Preprocessor.from_card(card)
         # The card's view count unless the caller asks for another (1 is fastest).
         self.tta_views = card.tta_views if tta_views is None else tta_views
         view_indices(self.tta_views)  # ValueError on an unsupported count
         self.load_seconds = 0.0
+
+    @property
+    def temperature(self) -> float:
+        """The calibration's temperature; 1 (the plain softmax) without one."""
+        return self.calibration.temperature if self.calibration else 1.0
 
     @classmethod
     def load(
