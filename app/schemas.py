@@ -207,10 +207,24 @@ class SmearFamiliarity(BaseModel):
     threshold: float | None = Field(
         None, description="the model's field threshold (chosen on Chula validation fields)"
     )
+    colour_score: float | None = Field(
+        None,
+        description="the field's stain and light: distance of its colour statistics to the "
+        "nearest training fields' (null for a model calibrated without field colours)",
+    )
+    colour_threshold: float | None = Field(
+        None, description="the model's colour threshold (chosen on Chula validation fields)"
+    )
     unfamiliar: bool = Field(
         False,
         description="the field is unlike the images the model learnt from: a note says so, and "
-        "its cells as far as the threshold are marked needs_review; review every cell",
+        "its cells called abnormal or as far as the threshold are marked needs_review; review "
+        "every cell",
+    )
+    because: list[str] = Field(
+        default_factory=list,
+        description="which signals found the field unfamiliar: 'cells' (the cells' features), "
+        "'colours' (the field's stain and light)",
     )
 
 
@@ -219,7 +233,9 @@ class SmearOut(BaseModel):
     height: int
     scale: SmearScale
     familiarity: SmearFamiliarity = Field(
-        default_factory=lambda: SmearFamiliarity(score=None, threshold=None, unfamiliar=False)
+        default_factory=lambda: SmearFamiliarity(
+            score=None, threshold=None, colour_score=None, colour_threshold=None, unfamiliar=False
+        )
     )
     cells_found: int
     cells_counted: int

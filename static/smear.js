@@ -65,6 +65,7 @@
       (changed ? "; " + changed + " reclassified by you" : "") +
       ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
     $("smear-unfamiliar").hidden = !(r.familiarity && r.familiarity.unfamiliar);
+    $("smear-unfamiliar-why").textContent = unfamiliarWhy(r.familiarity);
     const scaleNote = $("smear-scale-note");
     scaleNote.hidden = !(r.scale && r.scale.estimated);
     if (r.scale && r.scale.estimated) {
@@ -273,3 +274,14 @@
     if (state.result) download(dataUrlToBlob(state.result.overlay), "smear-overlay.png");
   });
 })();
+
+// Which signals found the field unfamiliar, in words (empty when it is not).
+function unfamiliarWhy(familiarity) {
+  const because = (familiarity && familiarity.unfamiliar && familiarity.because) || [];
+  const words = {
+    cells: "its cells look unlike the training cells to the network",
+    colours: "its stain and light are unlike every training field's",
+  };
+  const said = because.map((b) => words[b] || b);
+  return said.length ? "Why: " + said.join("; ") + "." : "";
+}

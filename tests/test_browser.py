@@ -375,5 +375,7 @@ def test_unfamiliar_cell_and_field_are_warned_about(
     page.wait_for_selector("#smear-result:not([hidden])")
     warning = page.locator("#smear-unfamiliar")
     assert warning.is_visible() and "Review every cell" in (warning.text_content() or "")
+    # The field threshold at 0: the cells' signal is among the reasons given.
+    assert "unlike the training cells" in (page.text_content("#smear-unfamiliar-why") or "")
     page.close()
     assert not problems, problems

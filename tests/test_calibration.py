@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,15 +20,17 @@ from core.classify.calibration import (
     CALIBRATION_TENSORS,
     Calibration,
     Familiarity,
+    FieldColours,
     calibrated_probabilities,
     choose_review_threshold,
     expected_calibration_error,
+    field_colour_descriptor,
     field_score,
     fit_temperature,
 )
 from core.classify.predictor import ModelLoadError, Predictor
 from core.modelcard import ModelFileError
-from tests.synthetic import one_cell_image
+from tests.synthetic import make_smear, one_cell_image
 
 
 def _sampled(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +89,36 @@ def test_familiarity_is_about_one_inside_and_large_outside() -> None:
     assert field_score([]) is None
 
 
+def _tinted(image: np.ndarray, tint: tuple[float, float, float]) -> Image.Image:
+    """The field under another stain or lamp: each channel scaled."""
+    return Image.fromarray(np.clip(image * np.asarray(tint), 0, 255).astype(np.uint8))
+
+
+def test_field_colours_tell_another_stain_from_the_training_fields() -> None:
+    # Training fields: the synthetic smear with a little lamp variation (+-3 % per channel).
+    rng = np.random.default_rng(0)
+    training = [
+        _tinted(make_smear(seed=i)[0], tuple(rng.uniform(0.97, 1.03, 3))) for i in range(12)
+    ]
+    colours = FieldColours.fit(np.stack([field_colour_descriptor(f) for f in training]))
+    same_stain = colours.distance(
+        field_colour_descriptor(_tinted(make_smear(seed=50)[0], (1, 1, 1)))
+    )
+    bluish = colours.distance(
+        field_colour_descriptor(_tinted(make_smear(seed=50)[0], (0.8, 0.9, 1.1)))
+    )
+    assert bluish > 3 * same_stain
+    # The descriptor hardly depends on the image's size (read at most 320 px across).
+    big = Image.fromarray(make_smear(size=(960, 720), seed=3)[0])
+    small = big.resize((320, 240), Image.Resampling.BOX)
+    assert np.allclose(field_colour_descriptor(big)[:7], field_colour_descriptor(small)[:7], atol=1)
+    # A flat field has one region: numbers, not an error.
+    flat = field_colour_descriptor(Image.new("RGB", (64, 48), (200, 200, 200)))
+    assert np.isfinite(flat).all() and len(flat) == 13
+    with pytest.raises(ValueError, match="training fields"):
+        FieldColours.fit(np.zeros((3, 13)))
+
+
 def _calibration(dim: int = 16) -> Calibration:
     features, labels = _clusters(0, dim=dim)
     return Calibration(
@@ -119,6 +152,31 @@ def test_save_and_load_round_trip_and_refuse_damage(tmp_path: Path) -> None:
         Calibration.load(tmp_path)
     (tmp_path / CALIBRATION_JSON).write_text("{not json")
     with pytest.raises(ModelFileError, match="not a calibration file"):
+        Calibration.load(tmp_path)
+
+
+def test_field_colours_are_saved_with_the_calibration(tmp_path: Path) -> None:
+    cal = _calibration()
+    assert cal.colours is None and cal.summary()["field_colour_threshold"] is None
+    cal.save(tmp_path)
+    back = Calibration.load(tmp_path)  # saved without colours: loads without them
+    assert back is not None and back.colours is None
+    assert back.field_colour_score(Image.new("RGB", (8, 8))) is None
+    assert not back.is_unfamiliar_colour(None)
+
+    reference = np.random.default_rng(0).normal(size=(20, 13))
+    cal.colours, cal.colour_threshold = FieldColours.fit(reference, neighbour=3), 2.5
+    cal.save(tmp_path)
+    back = Calibration.load(tmp_path)
+    assert back is not None and back.colours is not None and back.colour_threshold == 2.5
+    assert back.colours.neighbour == 3
+    assert torch.equal(back.colours.reference, cal.colours.reference)
+    assert back.is_unfamiliar_colour(2.6) and not back.is_unfamiliar_colour(2.4)
+    # Colour tensors without their numbers are a damaged file, not a silent fallback.
+    doc = json.loads((tmp_path / CALIBRATION_JSON).read_text())
+    del doc["colour_neighbour"]
+    (tmp_path / CALIBRATION_JSON).write_text(json.dumps(doc))
+    with pytest.raises(ModelFileError, match="field colours"):
         Calibration.load(tmp_path)
 
 
@@ -164,6 +222,8 @@ def test_calibrate_command_writes_what_the_predictor_uses(
     assert result["temperature"] > 0 and 0 <= result["review_threshold"] <= 1
     assert 0 <= figures["ece_test_after"] <= 1 and 0 <= figures["test_unflagged_share"] <= 1
     assert math.isfinite(result["field_familiarity_threshold"])
+    assert math.isfinite(result["field_colour_threshold"])
+    assert figures["colour_reference_fields"] > 5
     assert figures["fields"]["chula"]["fields"] > 0
     assert any("temperature" in line for line in lines)
 
@@ -207,12 +267,18 @@ def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
     familiar = smear["familiarity"]
     assert familiar["threshold"] == pytest.approx(result["field_familiarity_threshold"])
     assert familiar["score"] > 0
-    assert familiar["unfamiliar"] == (familiar["score"] > familiar["threshold"])
+    assert familiar["unfamiliar"] == (
+        familiar["score"] > familiar["threshold"]
+        or familiar["colour_score"] > familiar["colour_threshold"]
+    )
     assert all(c["familiarity"] > 0 for c in smear["cells"])
 
-    # The same field against a threshold above and one below its score.
+    # The same field against a threshold above and one below its score (its colours, unlike the
+    # synthetic training fields', judged leniently here and on their own below).
     def analysed_with(field_threshold: float, name: str) -> dict[str, Any]:
-        copy = calibrated_copy(tmp_path / name, model, field_threshold=field_threshold)
+        copy = calibrated_copy(
+            tmp_path / name, model, field_threshold=field_threshold, colour_threshold=1e9
+        )
         with TestClient(create_app(make_settings(copy))) as client:
             wait_ready(client)
             answer = client.post("/analyze/smear", files={"file": ("s.png", data, "image/png")})
@@ -225,9 +291,29 @@ def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
     strict = analysed_with(threshold, "strict")
     assert strict["familiarity"]["unfamiliar"] is True
     assert any("unlike the images the model learnt from" in n for n in strict["notes"])
-    # Every cell as far from the training cells as the threshold is flagged.
+    assert strict["familiarity"]["because"] == ["cells"]
+    # Every cell as far from the training cells as the threshold is flagged, and every cell
+    # called abnormal.
     far = [c for c in strict["cells"] if c["counted"] and c["familiarity"] > threshold]
     assert far and all(c["needs_review"] for c in far)
+    assert all(c["needs_review"] for c in strict["cells"] if c["label"] != "normal")
+
+    # The field's colours alone: the cells' threshold lenient, the colours' below its score.
+    assert familiar["colour_threshold"] == pytest.approx(result["field_colour_threshold"])
+    assert familiar["colour_score"] >= 0
+    copy = calibrated_copy(
+        tmp_path / "colours",
+        model,
+        field_threshold=2 * familiar["score"],
+        colour_threshold=familiar["colour_score"] / 2 - 1e-6,
+    )
+    with TestClient(create_app(make_settings(copy))) as client:
+        wait_ready(client)
+        by_colour = client.post("/analyze/smear", files={"file": ("s.png", data, "image/png")})
+    by_colour_body = by_colour.json()
+    assert by_colour_body["familiarity"]["unfamiliar"] is True
+    assert by_colour_body["familiarity"]["because"] == ["colours"]
+    assert any("unlike the images the model learnt from" in n for n in by_colour_body["notes"])
 
 
 def test_outputs_match_the_network_and_temperature(

@@ -8,12 +8,15 @@ the service (the learned detector, the true scale given):
 2. the review threshold, on the validation crops, for `--target-accuracy` among cells not flagged;
 3. the familiarity statistics, on the training crops (no augmentation); the cell threshold is the
    99th percentile of the validation crops' distances;
-4. the field threshold: the 99th percentile of the validation smears' field scores.
+4. the field threshold: the 99th percentile of the validation smears' field scores;
+5. the field colours: the training smears' colour descriptors, and a threshold at the 99th
+   percentile of the validation smears' colour distances.
 
 What it measures, nothing of it fitted: on the test crops, expected calibration error before and
 after, a reliability diagram, the share of cells not flagged and their accuracy; on the Chula
 test fields, the share judged unfamiliar; with `--foreign` (txl-pbc, other laboratories), each
-source's fields' scores, the AUROC between Chula's test fields and theirs, and how their red
+source's fields' scores, the AUROC between Chula's test fields and theirs (for each signal and
+for the verdict's own combination, the larger of score / threshold), and how their red
 cells are called (normal, abnormal without a review flag). Everything goes into calibration.json
 beside the weights and a short report (calibration.md, with a reliability diagram).
 """
@@ -34,11 +37,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.classify.calibration import (
+    COLOUR_NEIGHBOUR,
     Calibration,
     Familiarity,
+    FieldColours,
     calibrated_probabilities,
     choose_review_threshold,
     expected_calibration_error,
+    field_colour_descriptor,
     fit_temperature,
     reliability_bins,
 )
@@ -126,6 +132,7 @@ def _field_runs(
             {
                 "field": path.name,
                 "score": result.familiarity,
+                "colour_score": result.colour_familiarity,
                 "unfamiliar": result.unfamiliar,
                 "cells": len(counted),
                 "normal": sum(c.label == NORMAL for c in counted),
@@ -151,6 +158,80 @@ def _foreign_fields(root: Path, split: str) -> dict[str, list[tuple[Path, float]
             continue
         fields[source] = [(f.image, mpp) for f in everything if f.split == split]
     return fields
+
+
+def _chula_fields(
+    df: pd.DataFrame, smears: Path, split: str, microns_per_pixel: float
+) -> list[tuple[Path, float]]:
+    """The Chula fields of `split` that hold crops of the model's classes, with their scale."""
+    names = sorted(df[df["split"] == split]["source_image"].unique())
+    return [(smears / n, microns_per_pixel) for n in names if (smears / n).is_file()]
+
+
+def _colour_descriptor(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return field_colour_descriptor(image)
+
+
+# The field signals the report measures: the cells' features, the field's colours, and the
+# verdict's combination (the larger of each signal's score over its threshold: above 1 is
+# unfamiliar). Value: the suffix of the figures' names.
+SIGNALS = {"cells": "", "colours": "_colours", "verdict": "_verdict"}
+
+
+def _verdict(row: dict[str, Any], calibration: Calibration) -> float:
+    """The larger of the field's two scores, each over its threshold (> 1: unfamiliar)."""
+    ratios = [
+        row[key] / threshold
+        for key, threshold in (
+            ("score", calibration.field_threshold),
+            ("colour_score", calibration.colour_threshold),
+        )
+        if row.get(key) is not None and threshold
+    ]
+    return max(ratios, default=0.0)
+
+
+def _signal(rows: list[dict[str, Any]], signal: str, calibration: Calibration) -> list[float]:
+    if signal == "verdict":
+        return [_verdict(r, calibration) for r in rows if r["score"] is not None]
+    key = "score" if signal == "cells" else "colour_score"
+    return [r[key] for r in rows if r[key] is not None]
+
+
+def _source_figures(
+    rows: list[dict[str, Any]],
+    chula_rows: list[dict[str, Any]],
+    calibration: Calibration,
+    is_chula: bool,
+) -> dict[str, Any]:
+    """One source's fields: how many were judged unfamiliar, each signal's AUROC against the
+    Chula test fields, and how their red cells were called."""
+    scores = _signal(rows, "cells", calibration)
+    flagged = sum(bool(r["unfamiliar"]) for r in rows)
+    figures: dict[str, Any] = {
+        "fields": len(rows),
+        "unfamiliar_fields": flagged,
+        "unfamiliar_share": round(flagged / len(rows), 4) if rows else None,
+        "score_median": round(float(np.median(scores)), 3) if scores else None,
+    }
+    for signal, suffix in SIGNALS.items():
+        figures[f"auroc_vs_chula_test{suffix}"] = (
+            None
+            if is_chula
+            else auroc(_signal(chula_rows, signal, calibration), _signal(rows, signal, calibration))
+        )
+    colours = _signal(rows, "colours", calibration)
+    figures |= {
+        "colour_score_median": round(float(np.median(colours)), 3) if colours else None,
+        "red_cells": sum(r["cells"] for r in rows),
+        "normal_share": _share(rows, "normal"),
+        "abnormal_unflagged_share": _share(rows, "abnormal_unflagged"),
+        "flagged_share": _share(rows, "flagged"),
+        "scores": [round(float(x), 3) for x in scores],
+        "colour_scores": [round(float(x), 3) for x in colours],
+    }
+    return figures
 
 
 def _share(rows: list[dict[str, Any]], key: str, of: str = "cells") -> float | None:
@@ -250,61 +331,69 @@ def calibrate(
 
         detector = CellDetector.load(detector_dir, device="cpu") if detector_dir else None
         smears = Path(chula) / "Dataset"
-        fields: dict[str, list[tuple[Path, float]]] = {
-            split: [
-                (smears / name, chula_microns_per_pixel)
-                for name in sorted(df[df["split"] == split]["source_image"].unique())
-                if (smears / name).is_file()
-            ]
-            for split in ("valid", "test")
-        }
-        valid_rows = _field_runs(fields["valid"], predictor, detector, "chula valid", progress)
+        train_fields = _chula_fields(df, smears, "train", chula_microns_per_pixel)
+        calibration.colours = FieldColours.fit(
+            np.stack(
+                [
+                    _colour_descriptor(path)
+                    for path, _ in tqdm(
+                        train_fields, desc="chula train field colours", disable=not progress
+                    )
+                ]
+            )
+        )
+        calibration.colour_threshold = math.inf  # chosen below, on the validation fields
+        valid_rows = _field_runs(
+            _chula_fields(df, smears, "valid", chula_microns_per_pixel),
+            predictor,
+            detector,
+            "chula valid",
+            progress,
+        )
         valid_scores = [r["score"] for r in valid_rows if r["score"] is not None]
-        if not valid_scores:
+        valid_colours = [r["colour_score"] for r in valid_rows if r["colour_score"] is not None]
+        if not valid_scores or not valid_colours:
             raise DataError(f"no validation field of {smears} had a red cell to score")
         calibration.field_threshold = _quantile(valid_scores, FIELD_QUANTILE)
-        test_rows = _field_runs(fields["test"], predictor, detector, "chula test", progress)
-        chula_scores = [r["score"] for r in test_rows if r["score"] is not None]
+        calibration.colour_threshold = _quantile(valid_colours, FIELD_QUANTILE)
+        test_rows = _field_runs(
+            _chula_fields(df, smears, "test", chula_microns_per_pixel),
+            predictor,
+            detector,
+            "chula test",
+            progress,
+        )
         runs = {"chula": test_rows}
         if foreign is not None:
             for source, items in _foreign_fields(Path(foreign), "test").items():
                 runs[source] = _field_runs(items, predictor, detector, source, progress)
-        by_source = {}
-        for source, rows in runs.items():
-            scores = [r["score"] for r in rows if r["score"] is not None]
-            flagged = sum(calibration.is_unfamiliar_field(s) for s in scores)
-            by_source[source] = {
-                "fields": len(rows),
-                "unfamiliar_fields": flagged,
-                "unfamiliar_share": round(flagged / len(scores), 4) if scores else None,
-                "score_median": round(float(np.median(scores)), 3) if scores else None,
-                "auroc_vs_chula_test": None if source == "chula" else auroc(chula_scores, scores),
-                "red_cells": sum(r["cells"] for r in rows),
-                "normal_share": _share(rows, "normal"),
-                "abnormal_unflagged_share": _share(rows, "abnormal_unflagged"),
-                "flagged_share": _share(rows, "flagged"),
-                "scores": [round(float(x), 3) for x in scores],
-            }
-        others = [
-            r["score"] for s, rows in runs.items() if s != "chula" for r in rows if r["score"]
-        ]
+        by_source = {
+            source: _source_figures(rows, test_rows, calibration, source == "chula")
+            for source, rows in runs.items()
+        }
+        everyone_else = [r for s, rows in runs.items() if s != "chula" for r in rows]
         figures.update(
             {
                 "field_threshold_fitted_on": len(valid_scores),
+                "colour_reference_fields": len(train_fields),
                 "valid_fields_unfamiliar_share": round(
-                    sum(calibration.is_unfamiliar_field(s) for s in valid_scores)
-                    / max(1, len(valid_scores)),
-                    4,
+                    sum(_verdict(r, calibration) > 1 for r in valid_rows) / len(valid_rows), 4
                 ),
                 "fields": by_source,
-                "auroc_vs_chula_test_all_foreign": auroc(chula_scores, others),
+                **{
+                    f"auroc_vs_chula_test_all_foreign{suffix}": auroc(
+                        _signal(test_rows, signal, calibration),
+                        _signal(everyone_else, signal, calibration),
+                    )
+                    for signal, suffix in SIGNALS.items()
+                },
                 "detector": str(detector_dir) if detector_dir else "classical",
             }
         )
         say(
-            f"field threshold {calibration.field_threshold:.3f}; Chula test fields judged "
-            f"unfamiliar: {by_source['chula']['unfamiliar_fields']} of "
-            f"{by_source['chula']['fields']}"
+            f"field threshold {calibration.field_threshold:.3f}, colour threshold "
+            f"{calibration.colour_threshold:.3f}; Chula test fields judged unfamiliar: "
+            f"{by_source['chula']['unfamiliar_fields']} of {by_source['chula']['fields']}"
         )
         for source, row in by_source.items():
             say(f"  {source}: {row}")
@@ -342,15 +431,27 @@ def write_report(model_dir: Path, calibration: Calibration) -> None:
     plt.close(fig_)
     fields = fig.get("fields") or {}
     if fields:
-        fig_, ax = plt.subplots(figsize=(6, 3))
-        for row, values in enumerate(fields.values()):
-            scores = values.get("scores", [])
-            jitter = np.random.default_rng(row).uniform(-0.25, 0.25, len(scores))
-            ax.scatter(scores, row + jitter, s=8, alpha=0.6)
-        ax.axvline(calibration.field_threshold, color="red", lw=1, label="field threshold")
-        ax.set_yticks(range(len(fields)), list(fields))
-        ax.set_xlabel("field familiarity (median cell distance to the training cells)")
-        ax.legend(fontsize=8)
+        panels = [
+            ("scores", calibration.field_threshold, "cells: median distance to training cells")
+        ]
+        if calibration.colour_threshold is not None:
+            panels.append(
+                (
+                    "colour_scores",
+                    calibration.colour_threshold,
+                    "colours: distance to training fields",
+                )
+            )
+        fig_, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3), squeeze=False)
+        for ax, (key, threshold, title) in zip(axes[0], panels, strict=True):
+            for row, values in enumerate(fields.values()):
+                scores = values.get(key, [])
+                jitter = np.random.default_rng(row).uniform(-0.25, 0.25, len(scores))
+                ax.scatter(scores, row + jitter, s=8, alpha=0.6)
+            ax.axvline(threshold, color="red", lw=1, label="threshold")
+            ax.set_yticks(range(len(fields)), list(fields))
+            ax.set_xlabel(title)
+            ax.legend(fontsize=8)
         fig_.tight_layout()
         fig_.savefig(model_dir / "familiarity_fields.png", dpi=110)
         plt.close(fig_)
@@ -369,27 +470,37 @@ def write_report(model_dir: Path, calibration: Calibration) -> None:
         f"- familiarity: cell threshold {calibration.cell_threshold:.3f}, field threshold "
         f"{calibration.field_threshold:.3f}; median distance train "
         f"{fig.get('distance_train_median')}, test {fig.get('distance_test_median')}.",
+        f"- field colours: threshold {_fmt(calibration.colour_threshold)} (distance to the "
+        f"{COLOUR_NEIGHBOUR}th nearest of {fig.get('colour_reference_fields')} training fields); "
+        "a field is unfamiliar when its cells or its colours are beyond their threshold.",
         "",
         "![reliability](reliability_test.png)",
     ]
     if fields:
         lines += [
             "",
-            "| fields from | fields | judged unfamiliar | median score | AUROC vs Chula test "
+            "| fields from | fields | judged unfamiliar | median score (cells / colours) "
+            "| AUROC vs Chula test (cells / colours / verdict) "
             "| red cells | called normal | abnormal, not flagged |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for source, row in fields.items():
+            aurocs = " / ".join(
+                _fmt(row.get(f"auroc_vs_chula_test{suffix}")) for suffix in SIGNALS.values()
+            )
             lines.append(
                 f"| {source} | {row['fields']} | {row['unfamiliar_fields']} | "
-                f"{row['score_median']} | {_fmt(row['auroc_vs_chula_test'])} | "
+                f"{row['score_median']} / {row.get('colour_score_median')} | {aurocs} | "
                 f"{row['red_cells']} | "
                 f"{_fmt(row['normal_share'])} | {_fmt(row['abnormal_unflagged_share'])} |"
             )
         lines.append("")
+        everyone = " / ".join(
+            _fmt(fig.get(f"auroc_vs_chula_test_all_foreign{suffix}")) for suffix in SIGNALS.values()
+        )
         lines.append(
-            f"AUROC, Chula test fields against every foreign field: "
-            f"{_fmt(fig.get('auroc_vs_chula_test_all_foreign'))}."
+            f"AUROC, Chula test fields against every foreign field (cells / colours / verdict): "
+            f"{everyone}. On an unfamiliar field every cell called abnormal is marked for review."
         )
         lines += ["", "![field familiarity](familiarity_fields.png)"]
     (model_dir / "calibration.md").write_text("\n".join(lines) + "\n")

@@ -16,6 +16,13 @@ the weights, so the service needs no training code to use them:
   median of its cells' distances.
   Thresholds: the cell one flags about 1 % of validation cells; the field one about 1 % of
   validation fields.
+- **Field colours.** A second, independent signal for whole fields: 13 numbers describing a
+  field's stain and light (`field_colour_descriptor`: CIELAB median and spread of its cell and
+  background pixels, and the cells' share of the field), and the distance to the K-th nearest
+  training field, each number scaled by its spread over the training fields. The stain
+  augmentation teaches the network to ignore colour, so its features alone see another
+  laboratory's stain less; the colours see it directly. Threshold: about 1 % of validation fields.
+  A field is unfamiliar when either signal says so.
 
 Files: calibration.json (numbers, the figures measured when fitted, the tensors' sha256) and
 calibration.pt (class means and whitening matrix; tensors only, read with weights_only=True after
@@ -31,13 +38,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from core.modelcard import ModelFileError, sha256_file
 
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_TENSORS = "calibration.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: field colours (optional on load: a version-1 file has none)
+COLOUR_SIDE = 320  # px: fields are shrunk to this longest side before their colours are read
+COLOUR_NEIGHBOUR = 5  # K: the distance to the K-th nearest training field
 
 
 @dataclass
@@ -85,6 +96,62 @@ def field_score(distances: torch.Tensor | list[float]) -> float | None:
     return float(values.median())
 
 
+def field_colour_descriptor(image: Image.Image) -> np.ndarray:
+    """13 numbers describing a field's stain and light: the CIELAB median and standard deviation
+    of its cell pixels and of its background pixels (Otsu's threshold on the green channel,
+    where the stains absorb most, splits them), and the share of cell pixels. Read at most
+    COLOUR_SIDE px across, so the numbers hardly depend on the image size."""
+    from skimage.color import rgb2lab
+    from skimage.filters import threshold_otsu
+
+    small = image.convert("RGB")
+    small.thumbnail((COLOUR_SIDE, COLOUR_SIDE))
+    rgb = np.asarray(small, dtype=np.float32) / 255.0
+    green = rgb[..., 1]
+    dark = green < threshold_otsu(green) if float(green.max() - green.min()) > 1e-3 else None
+    if dark is None or dark.all() or not dark.any():  # a flat field: one region, both ways
+        dark = np.ones(green.shape, dtype=bool)
+        light = dark
+    else:
+        light = ~dark
+    lab = np.asarray(rgb2lab(rgb), dtype=np.float64)
+    cells, background = lab[dark], lab[light]
+    return np.concatenate(
+        [
+            np.median(cells, axis=0),
+            np.median(background, axis=0),
+            [float(dark.mean())],
+            cells.std(axis=0),
+            background.std(axis=0),
+        ]
+    )
+
+
+@dataclass
+class FieldColours:
+    """Distance of a field's colour descriptor to the training fields' (K-th nearest neighbour,
+    each number divided by its spread over the training fields: one stain or several, no
+    single-Gaussian assumption)."""
+
+    reference: torch.Tensor  # (fields, 13) descriptors of the training fields
+    spread: torch.Tensor  # (13,) their standard deviation per number
+    neighbour: int = COLOUR_NEIGHBOUR
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, neighbour: int = COLOUR_NEIGHBOUR) -> FieldColours:
+        reference = torch.as_tensor(np.asarray(descriptors), dtype=torch.float64)
+        if reference.ndim != 2 or len(reference) <= neighbour:
+            raise ValueError(f"field colours need more than {neighbour} training fields")
+        spread = reference.std(dim=0).clamp_min(1e-6)
+        return cls(reference=reference.float(), spread=spread.float(), neighbour=neighbour)
+
+    def distance(self, descriptor: np.ndarray) -> float:
+        d = torch.as_tensor(np.asarray(descriptor), dtype=torch.float32).reshape(1, -1)
+        gaps = torch.cdist(d / self.spread, self.reference / self.spread)[0]
+        k = min(self.neighbour, len(gaps))
+        return float(gaps.sort().values[k - 1])
+
+
 @dataclass
 class Calibration:
     temperature: float
@@ -94,12 +161,29 @@ class Calibration:
     field_threshold: float  # a field whose median cell is farther is unfamiliar
     familiarity: Familiarity | None = None
     figures: dict[str, Any] = field(default_factory=dict)  # measured when fitted
+    # Field colours (None in a version-1 calibration) and the distance beyond which a field's
+    # colours are unlike every training field's.
+    colours: FieldColours | None = None
+    colour_threshold: float | None = None
 
     def is_unfamiliar_cell(self, distance: float | None) -> bool:
         return distance is not None and distance > self.cell_threshold
 
     def is_unfamiliar_field(self, score: float | None) -> bool:
         return score is not None and score > self.field_threshold
+
+    def field_colour_score(self, image: Image.Image) -> float | None:
+        """The field's colour distance to the training fields; None without field colours."""
+        if self.colours is None:
+            return None
+        return self.colours.distance(field_colour_descriptor(image))
+
+    def is_unfamiliar_colour(self, score: float | None) -> bool:
+        return (
+            score is not None
+            and self.colour_threshold is not None
+            and (score > self.colour_threshold)
+        )
 
     def summary(self) -> dict[str, Any]:
         """What the API reports about the model's calibration (no tensors)."""
@@ -109,6 +193,7 @@ class Calibration:
             "target_accuracy": self.target_accuracy,
             "cell_familiarity_threshold": self.cell_threshold,
             "field_familiarity_threshold": self.field_threshold,
+            "field_colour_threshold": self.colour_threshold,
         }
 
     def save(self, model_dir: Path) -> None:
@@ -116,8 +201,15 @@ class Calibration:
         tensors = model_dir / CALIBRATION_TENSORS
         if self.familiarity is None:
             raise ValueError("a calibration is saved with its familiarity statistics")
-        torch.save({"means": self.familiarity.means, "whiten": self.familiarity.whiten}, tensors)
-        numbers = {k: v for k, v in asdict(self).items() if k != "familiarity"}
+        state = {"means": self.familiarity.means, "whiten": self.familiarity.whiten}
+        if self.colours is not None:
+            state |= {
+                "colour_reference": self.colours.reference,
+                "colour_spread": self.colours.spread,
+            }
+        torch.save(state, tensors)
+        numbers = {k: v for k, v in asdict(self).items() if k not in ("familiarity", "colours")}
+        numbers["colour_neighbour"] = None if self.colours is None else self.colours.neighbour
         document = {
             "format_version": FORMAT_VERSION,
             **numbers,
@@ -168,7 +260,26 @@ class Calibration:
         whiten, means = familiarity.whiten, familiarity.means
         if whiten.ndim != 2 or means.ndim != 2 or means.shape[1] != whiten.shape[0]:
             raise ModelFileError(f"{tensors}: class means and whitening matrix do not fit")
-        return cls(**numbers, familiarity=familiarity, figures=dict(doc.get("figures") or {}))
+        colours, colour_threshold = None, None
+        if "colour_reference" in state:
+            try:
+                colours = FieldColours(
+                    reference=state["colour_reference"].float(),
+                    spread=state["colour_spread"].float(),
+                    neighbour=int(doc["colour_neighbour"]),
+                )
+                colour_threshold = float(doc["colour_threshold"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelFileError(f"{path}: field colours without their numbers: {exc}") from exc
+            if colours.reference.ndim != 2 or colours.reference.shape[1:] != colours.spread.shape:
+                raise ModelFileError(f"{tensors}: field colour reference and spread do not fit")
+        return cls(
+            **numbers,
+            familiarity=familiarity,
+            figures=dict(doc.get("figures") or {}),
+            colours=colours,
+            colour_threshold=colour_threshold,
+        )
 
 
 # --- measures, shared by the fitting command and the benchmarks ---------------------------------

@@ -124,7 +124,11 @@ class SmearResult:
     # the model's threshold, and the verdict (None: the model has no calibration statistics).
     familiarity: float | None = None
     familiarity_threshold: float | None = None
+    # The field's colours against the training fields' (a second signal; None without one).
+    colour_familiarity: float | None = None
+    colour_threshold: float | None = None
     unfamiliar: bool = False
+    unfamiliar_because: list[str] = field(default_factory=list)
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -167,7 +171,10 @@ class SmearResult:
             "familiarity": {
                 "score": self.familiarity,
                 "threshold": self.familiarity_threshold,
+                "colour_score": self.colour_familiarity,
+                "colour_threshold": self.colour_threshold,
                 "unfamiliar": self.unfamiliar,
+                "because": self.unfamiliar_because,
             },
             "notes": self.notes,
         }
@@ -179,22 +186,40 @@ UNFAMILIAR_FIELD_NOTE = (
 )
 
 
-def judge_familiarity(classifier: CellClassifier, result: SmearResult) -> SmearResult:
-    """The field's familiarity from its counted cells' distances to the training cells, when the
-    classifier has calibration statistics. An unfamiliar field gets a plain-words note, and its
-    doubtful cells (each as far from the training cells as an unfamiliar field's median) get
-    `needs_review`."""
+UNFAMILIAR_CELLS = "cells"  # the cells' features are far from the training cells'
+UNFAMILIAR_COLOURS = "colours"  # the field's stain and light are unlike every training field's
+NORMAL = "normal"
+
+
+def judge_familiarity(
+    classifier: CellClassifier, result: SmearResult, image: Image.Image | None = None
+) -> SmearResult:
+    """The field's familiarity, when the classifier has calibration statistics: its counted
+    cells' median distance to the training cells and, given the field `image`, its colours'
+    distance to the training fields'. Either beyond its threshold makes the field unfamiliar: a
+    plain-words note, and its doubtful cells get `needs_review`: every cell called abnormal (on
+    such a field an abnormal call is a guess until a person confirms it) and every cell as far
+    from the training cells as an unfamiliar field's median."""
     calibration = getattr(classifier, "calibration", None)
-    distances = [c.familiarity for c in result.counted if c.familiarity is not None]
-    if calibration is None or not distances:
+    if calibration is None:
         return result
-    result.familiarity = field_score(distances)
-    result.familiarity_threshold = calibration.field_threshold
-    result.unfamiliar = calibration.is_unfamiliar_field(result.familiarity)
+    distances = [c.familiarity for c in result.counted if c.familiarity is not None]
+    if distances:
+        result.familiarity = field_score(distances)
+        result.familiarity_threshold = calibration.field_threshold
+        if calibration.is_unfamiliar_field(result.familiarity):
+            result.unfamiliar_because.append(UNFAMILIAR_CELLS)
+    if image is not None and result.counted and calibration.colours is not None:
+        result.colour_familiarity = calibration.field_colour_score(image)
+        result.colour_threshold = calibration.colour_threshold
+        if calibration.is_unfamiliar_colour(result.colour_familiarity):
+            result.unfamiliar_because.append(UNFAMILIAR_COLOURS)
+    result.unfamiliar = bool(result.unfamiliar_because)
     if result.unfamiliar:
         result.notes.append(UNFAMILIAR_FIELD_NOTE)
         for cell in result.cells:
-            if cell.familiarity is not None and cell.familiarity > calibration.field_threshold:
+            far = cell.familiarity is not None and cell.familiarity > calibration.field_threshold
+            if far or cell.label != NORMAL:
                 cell.needs_review = True
     return result
 
@@ -400,6 +425,7 @@ def analyze_smear(
             },
             notes=notes,
         ),
+        image,
     )
 
 
@@ -558,4 +584,5 @@ def _analyze_detected(
             scale_estimated=bool(found.scale_estimated),
             detector=f"learned:{getattr(card, 'name', 'detector')}",
         ),
+        image,
     )
