@@ -25,8 +25,8 @@ the weights, so the service needs no training code to use them:
   A field is unfamiliar when either signal says so.
 
 Files: calibration.json (numbers, the figures measured when fitted, the tensors' sha256) and
-calibration.pt (class means and whitening matrix; tensors only, read with weights_only=True after
-its hash is checked, like the weights).
+calibration.pt (class means and whitening matrix, and the training fields' colour descriptors;
+tensors only, read with weights_only=True after its hash is checked, like the weights).
 """
 
 from __future__ import annotations
