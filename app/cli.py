@@ -34,7 +34,7 @@ from core.smear.analysis import (
 
 CSV_COLUMNS = (
     "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "confidence",
-    "needs_review",
+    "needs_review", "familiarity",
 )  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Pat
             "label": c.label,
             "confidence": round(c.confidence, 4),
             "needs_review": c.needs_review,
+            "familiarity": None if c.familiarity is None else round(c.familiarity, 4),
             "probabilities": {k: round(v, 4) for k, v in c.probabilities.items()},
         }
         for c in result.cells
@@ -90,7 +91,8 @@ def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Pat
         for c in result.cells:
             x0, y0, x1, y1 = c.box
             row = (c.id, f"{c.x:.1f}", f"{c.y:.1f}", x0, y0, x1, y1, c.at_border, c.counted)
-            writer.writerow([*row, c.label, f"{c.confidence:.4f}", c.needs_review])
+            familiarity = "" if c.familiarity is None else f"{c.familiarity:.4f}"
+            writer.writerow([*row, c.label, f"{c.confidence:.4f}", c.needs_review, familiarity])
     paths["overlay"].write_bytes(result.overlay_png)
     return paths
 

@@ -250,3 +250,45 @@ def test_real_test_smears_with_the_default_model() -> None:
     assert summary["recall"] >= 0.85
     for row in rows.values():
         assert sum(row["label_pct"].values()) == pytest.approx(100.0)
+
+
+TXL = ROOT.parent / "shared" / "datasets" / "txl-pbc"
+
+
+@pytest.mark.skipif(not (CHULA.is_dir() and TXL.is_dir()), reason="needs ../shared/datasets")
+@pytest.mark.skipif(not DEFAULT_MODEL.is_dir(), reason="needs models/default")
+def test_the_command_says_when_a_field_is_unlike_the_training_images(tmp_path: Path) -> None:
+    """The shipped model and detector on a Chula test field and on another laboratory's field:
+    familiarity per field and per cell in the JSON and the CSV; the foreign field judged
+    unfamiliar by its colours, with the note, and its abnormal calls marked for review."""
+    import pandas as pd
+
+    from core.modelcard import ModelCard
+
+    card = ModelCard.load(DEFAULT_MODEL)
+    chula_field = CHULA / "Dataset" / sorted(card.dataset["test_smears"])[0]
+    sources = pd.read_csv(TXL / "sources.csv")
+    foreign = sources[(sources["source"] == "bccd") & (sources["split"] == "test")]
+    foreign_field = TXL / sorted(foreign["image"])[0]
+
+    answers = {}
+    for name, field, scale in (("chula", chula_field, ["--microns-per-pixel", "0.19"]),
+                               ("foreign", foreign_field, [])):  # fmt: skip
+        out = tmp_path / name
+        done = run_app("analyze-smear", str(field), "--out", str(out), *scale)
+        assert done.returncode == 0, done.stderr
+        answers[name] = (done.stdout, json.loads((out / f"{field.stem}.json").read_text()))
+        rows = list(csv.DictReader(io.StringIO((out / f"{field.stem}_cells.csv").read_text())))
+        assert rows and all(float(r["familiarity"]) > 0 for r in rows)
+
+    stdout, chula = answers["chula"]
+    assert chula["familiarity"]["unfamiliar"] is False, chula["familiarity"]
+    assert chula["familiarity"]["colour_score"] < chula["familiarity"]["colour_threshold"]
+    assert "unlike the images" not in stdout
+    stdout, other = answers["foreign"]
+    assert other["familiarity"]["unfamiliar"] is True
+    assert "colours" in other["familiarity"]["because"]
+    assert "unlike the images the model learnt from" in stdout
+    counted = [c for c in other["cells"] if c["counted"]]
+    assert counted and all(c["needs_review"] for c in counted if c["label"] != "normal")
+    assert all(c["familiarity"] > 0 for c in counted)
