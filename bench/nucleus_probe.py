@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM, load_fields, match  # noqa: E402
+from training.detection_eval import POINT_RADIUS_UM, load_fields  # noqa: E402
 
 INNER = 0.8
 DARKNESS = (1.4, 1.6, 1.8, 2.0, 2.3)
@@ -106,18 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         shares = dark_shares(rgb[..., 1].astype(np.float64), [d.box for d in red])
         radius = POINT_RADIUS_UM / scales[item.source]
-        matched = {i for i, _ in match(red, item.of_kind("red_cell"), radius)}  # type: ignore[arg-type]
-        whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
-        for i, d in enumerate(red):
-            if d.at_border:
-                continue
-            if i in matched:
-                group = "red"
-            elif any(b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3] for b in whites):
-                group = "white"
-            else:
-                group = "stray"
-            rows.append((item.source, split, group, shares[i]))
+        for i, group in enumerate(red_groups(red, item, radius)):
+            if group is not None:
+                rows.append((item.source, split, group, shares[i]))
 
     def dropped(source: str, split: str, group: str, t: int, f: float) -> tuple[int, int]:
         mine = [r for r in rows if r[0] == source and r[1] == split and r[2] == group]

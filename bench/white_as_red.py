@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,6 +36,25 @@ def inside_box(x: float, y: float, box: tuple[float, float, float, float], inner
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     hw, hh = (box[2] - box[0]) * inner / 2, (box[3] - box[1]) * inner / 2
     return abs(x - cx) <= hw and abs(y - cy) <= hh
+
+
+def red_groups(red: list[Any], item: Any, radius: float) -> list[str | None]:
+    """Each red detection of a labelled field as "red" (matched one-to-one to a labelled red
+    cell), "white" (unmatched, its centre in a labelled white cell's box), "stray" (neither), or
+    None at the image border (not counted)."""
+    matched = {i for i, _ in match(red, item.of_kind("red_cell"), radius)}
+    whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
+    groups: list[str | None] = []
+    for i, d in enumerate(red):
+        if d.at_border:
+            groups.append(None)
+        elif i in matched:
+            groups.append("red")
+        elif any(b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3] for b in whites):
+            groups.append("white")
+        else:
+            groups.append("stray")
+    return groups
 
 
 def main() -> None:
@@ -57,18 +77,9 @@ def main() -> None:
             continue
         sides = np.asarray([((d.box[2] - d.box[0]) + (d.box[3] - d.box[1])) / 2 for d in red])
         median = float(np.median(sides))
-        labels = item.of_kind("red_cell")
-        matched = {i for i, _ in match(red, labels, 0.0)}
-        whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
-        for i, d in enumerate(red):
-            if d.at_border:
+        for i, (d, group) in enumerate(zip(red, red_groups(red, item, 0.0), strict=True)):
+            if group is None:
                 continue
-            if i in matched:
-                group = "red"
-            elif any(b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3] for b in whites):
-                group = "white"
-            else:
-                group = "stray"
             inside = any(inside_box(d.x, d.y, b, INNER) for b in found_whites)
             rows.append((item.source, group, float(sides[i] / median), d.score, inside))
     sources = sorted({r[0] for r in rows})
