@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -34,6 +32,7 @@ from core.classify.calibration import (  # noqa: E402
     fit_temperature,
 )
 from core.classify.predictor import Predictor  # noqa: E402
+from training.calibrate import crop_outputs, model_crops  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,34 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.model, device="cpu", threads=args.threads)
     calibration = predictor.calibration
-    manifest = pd.read_csv(args.data / "manifest.csv")
-    manifest = manifest[manifest["label"].isin(predictor.classes)]
-    index = {c: i for i, c in enumerate(predictor.classes)}
-
-    def images(split: str) -> tuple[list[Image.Image], torch.Tensor]:
-        part = manifest[manifest["split"] == split]
-        crops = []
-        for rel in part["path"]:
-            with Image.open(args.data / rel) as image:
-                crops.append(image.convert("RGB"))
-        return crops, torch.tensor([index[c] for c in part["label"]])
-
-    splits = {split: images(split) for split in ("valid", "test")}
+    crops = model_crops(args.data, predictor.classes)
+    splits = {split: crops[crops["split"] == split] for split in ("valid", "test")}
     results = {}
     for views in args.views:
         started = time.perf_counter()
-        outputs = {}
-        for split, (crops, _) in splits.items():
-            logits, feats = [], []
-            for i in range(0, len(crops), 256):
-                lg, ft = predictor.raw_outputs(
-                    predictor.preprocess.batch(crops[i : i + 256]), views
-                )
-                logits.append(lg)
-                feats.append(ft)
-            outputs[split] = (torch.cat(logits, dim=1), torch.cat(feats))
+        outputs = {
+            split: crop_outputs(predictor, args.data, list(part["path"]), split, False, views)
+            for split, part in splits.items()
+        }
         (v_logits, _), (t_logits, t_feats) = outputs["valid"], outputs["test"]
-        v_y, t_y = splits["valid"][1], splits["test"][1]
+        v_y, t_y = (torch.tensor(splits[k]["target"].to_numpy()) for k in ("valid", "test"))
         temperature = fit_temperature(v_logits, v_y)
         v_conf, v_pred = calibrated_probabilities(v_logits, temperature).max(dim=1)
         threshold = choose_review_threshold(v_conf, v_pred == v_y, args.target)
@@ -102,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "model": str(args.model),
         "target_accuracy_on_valid": args.target,
-        "test_cells": len(splits["test"][1]),
+        "test_cells": len(splits["test"]),
         "by_views": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -221,6 +221,13 @@ def smear_file(folder: Path) -> tuple[str, int]:
     return str(path), len(interior)
 
 
+def analyse_smear(page: Any, path: str, outcome: str = "#smear-result:not([hidden])") -> None:
+    """Give the smear tab a field, press Analyse and wait for the result (or `outcome`)."""
+    page.set_input_files("#smear-file", path)
+    page.click("#smear-analyze")
+    page.wait_for_selector(outcome)
+
+
 def table_counts(page: Any) -> dict[str, int]:
     rows = page.locator("#smear-table tbody tr")
     return {
@@ -235,9 +242,7 @@ def test_smear_tab(page: Any, tmp_path: Path) -> None:
     page.click("#tab-smear")
     assert page.is_visible("#panel-smear") and page.is_hidden("#panel-cells")
     path, n_counted = smear_file(tmp_path)
-    page.set_input_files("#smear-file", path)
-    page.click("#smear-analyze")
-    page.wait_for_selector("#smear-result:not([hidden])")
+    analyse_smear(page, path)
     summary = page.text_content("#smear-summary")
     assert summary.startswith(f"{n_counted} red cells counted; 1 cut by the edge"), summary
     assert "scale unknown" in page.text_content("#smear-notes")
@@ -287,9 +292,7 @@ def test_smear_tab_explains_a_blank_image(page: Any, tmp_path: Path) -> None:
     path = tmp_path / "blank.png"
     Image.new("RGB", (320, 240), (255, 255, 255)).save(path)
     page.click("#tab-smear")
-    page.set_input_files("#smear-file", str(path))
-    page.click("#smear-analyze")
-    page.wait_for_selector("#smear-error:not([hidden])")
+    analyse_smear(page, str(path), outcome="#smear-error:not([hidden])")
     assert "uniform" in page.text_content("#smear-error")
     assert page.is_hidden("#smear-result")
 
@@ -317,9 +320,7 @@ def test_smear_tab_with_the_detector(
     page.click("#tab-smear")
     path, n_counted = smear_file(tmp_path)
     # No scale given: estimated, and the page warns in plain words.
-    page.set_input_files("#smear-file", path)
-    page.click("#smear-analyze")
-    page.wait_for_selector("#smear-result:not([hidden])")
+    analyse_smear(page, path)
     summary = page.text_content("#smear-summary")
     assert summary.startswith(f"{n_counted} red cells counted"), summary
     assert "1 white cells (blue boxes)" in summary and "platelets (purple circles)" in summary
@@ -370,9 +371,7 @@ def test_unfamiliar_cell_and_field_are_warned_about(
     assert page.is_visible("#single-unfamiliar") and page.is_visible("#single-review")
     page.click("#tab-smear")
     path, _ = smear_file(tmp_path)
-    page.set_input_files("#smear-file", path)
-    page.click("#smear-analyze")
-    page.wait_for_selector("#smear-result:not([hidden])")
+    analyse_smear(page, path)
     warning = page.locator("#smear-unfamiliar")
     assert warning.is_visible() and "Review every cell" in (warning.text_content() or "")
     # The field threshold at 0: the cells' signal is among the reasons given.

@@ -62,7 +62,8 @@ CHULA_MICRONS_PER_PIXEL = 0.19
 NORMAL = "normal"
 
 
-def _crops(data: Path, classes: Sequence[str]) -> pd.DataFrame:
+def model_crops(data: Path, classes: Sequence[str]) -> pd.DataFrame:
+    """The crop set's manifest rows of the model's classes, with each class's index (`target`)."""
     manifest = Path(data) / "manifest.csv"
     if not manifest.is_file():
         raise DataError(
@@ -79,10 +80,16 @@ def _crops(data: Path, classes: Sequence[str]) -> pd.DataFrame:
     return df
 
 
-def _raw_outputs(
-    predictor: Predictor, data: Path, paths: Sequence[str], label: str, progress: bool
+def crop_outputs(
+    predictor: Predictor,
+    data: Path,
+    paths: Sequence[str],
+    label: str,
+    progress: bool,
+    tta_views: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (views, N, classes) and features (N, D) of crops, as the service computes them."""
+    """Logits (views, N, classes) and features (N, D) of crops, as the service computes them
+    (with the predictor's test-time views, or `tta_views`)."""
     logits, feats = [], []
     step = 256
     for start in tqdm(
@@ -92,7 +99,7 @@ def _raw_outputs(
         for rel in paths[start : start + step]:
             with Image.open(Path(data) / rel) as image:
                 images.append(image.convert("RGB"))
-        lg, ft = predictor.raw_outputs(predictor.preprocess.batch(images))
+        lg, ft = predictor.raw_outputs(predictor.preprocess.batch(images), tta_views)
         logits.append(lg)
         feats.append(ft)
     return torch.cat(logits, dim=1), torch.cat(feats)
@@ -256,11 +263,11 @@ def calibrate(
     predictor = Predictor.load(Path(model_dir), device="cpu")
     # Fit on the raw network, whatever calibration the folder holds already.
     predictor.calibration = None
-    df = _crops(data, predictor.classes)
+    df = model_crops(data, predictor.classes)
     outputs = {}
     for split in ("train", "valid", "test"):
         part = df[df["split"] == split]
-        logits, feats = _raw_outputs(predictor, data, list(part["path"]), split, progress)
+        logits, feats = crop_outputs(predictor, data, list(part["path"]), split, progress)
         outputs[split] = (logits, feats, torch.tensor(part["target"].to_numpy()))
 
     v_logits, v_feats, v_y = outputs["valid"]

@@ -179,11 +179,8 @@ class Calibration:
         return self.colours.distance(field_colour_descriptor(image))
 
     def is_unfamiliar_colour(self, score: float | None) -> bool:
-        return (
-            score is not None
-            and self.colour_threshold is not None
-            and (score > self.colour_threshold)
-        )
+        threshold = self.colour_threshold
+        return score is not None and threshold is not None and score > threshold
 
     def summary(self) -> dict[str, Any]:
         """What the API reports about the model's calibration (no tensors)."""
