@@ -27,8 +27,10 @@ from core.modelcard import ModelFileError
 from tests.test_fields import write_yolo
 from training.augment import stain_jitter
 from training.detector import (
+    DetectorConfig,
     export_detector,
     load_detector_config,
+    load_samples,
     targets,
     train_detector,
 )
@@ -110,6 +112,36 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The synthetic smear's scale is known: cells 38 px across, as at 0.19 um per pixel.
     cfg = load_detector_config(config, {})
     return train_detector(cfg, progress=False)
+
+
+def test_a_left_out_source_is_in_neither_training_nor_validation(tmp_path: Path) -> None:
+    # Thresholds and the size calibration are chosen on validation: a left-out source there
+    # would flatter its own test figures.
+    data = write_yolo(tmp_path / "set", bad=False)
+    for split in ("val", "test"):
+        for folder in ("images", "labels"):
+            (data / folder / split).mkdir()
+    names = []
+    for split in ("train", "val", "test"):
+        for lab in ("near", "far"):
+            name = f"{lab}-{split}"
+            (data / "images" / split / f"{name}.png").write_bytes(
+                (data / "images" / "train" / "a.png").read_bytes()
+            )
+            (data / "labels" / split / f"{name}.txt").write_text(
+                (data / "labels" / "train" / "a.txt").read_text()
+            )
+            names.append((f"images/{split}/{name}.png", lab))
+    (data / "images" / "train" / "a.png").unlink()
+    (data / "labels" / "train" / "a.txt").unlink()
+    (data / "sources.csv").write_text(
+        "image,source\n" + "".join(f"{n},{lab}\n" for n, lab in names)
+    )
+    cfg = DetectorConfig(yolo=[str(data)], chula_test_from="none", leave_out=["far"])
+    train, valid, test, _ = load_samples(cfg, progress=False)
+    assert {s.source for s in train} == {"near"}
+    assert {s.source for s in valid} == {"near"}
+    assert {s.source for s in test} == {"near", "far"}
 
 
 def test_training_writes_a_verified_detector_with_its_figures(tiny_run: Path) -> None:

@@ -188,10 +188,12 @@ def read_samples(
 def load_samples(
     cfg: DetectorConfig, progress: bool = True
 ) -> tuple[list[Sample], list[Sample], list[Sample], dict[str, float]]:
-    """(train, valid, test) samples, the left-out sources dropped from train, and the scales."""
+    """(train, valid, test) samples, the left-out sources dropped from train and valid (the
+    thresholds and the size calibration are chosen on valid, so a left-out source must not be
+    in it either), and the scales."""
     out, scales = read_samples(cfg, progress)
     train = [s for s in out["train"] if s.source not in cfg.leave_out]
-    valid = out["val"]
+    valid = [s for s in out["val"] if s.source not in cfg.leave_out]
     if cfg.max_fields:
         random.Random(cfg.seed).shuffle(train)
         train = train[: cfg.max_fields]
