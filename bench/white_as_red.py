@@ -1,6 +1,7 @@
 """Which counted red cells are white cells, and would their size give them away? (issue #11)
 
-    .venv/bin/python bench/white_as_red.py --detector models/detector [--split val]
+    .venv/bin/python bench/white_as_red.py --detector models/detector [--split val] \
+        [--sheet docs/detection/white-as-red-val.png]
 
 Runs a detector on the labelled fields of one split of txl-pbc (each source's derived scale
 given) and sorts every counted red cell (clear of the border) into: a real red cell (matches a
@@ -10,6 +11,11 @@ field's red detections, its score, and whether its centre lies inside a detected
 box (the central 80 % of each side). Prints, per threshold on that ratio, how many of each
 group a rule "a red detection larger than ratio x the field's median is not a red cell" would
 drop. Choose on the validation split only; the test split is for reporting.
+
+`--sheet` also draws every white cell taken for red, for a person to look at: a window around the
+labelled white cell, labelled red cells in green, labelled white cells in blue, the detector's
+white cells in magenta, its counted red cells as yellow boxes and the one taken for red as a red
+box with a cross; the title says whether the detector found that white cell as a white cell.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector
-from training.detection_eval import load_fields, match
+from training.detection_eval import in_ellipse, load_fields, match
 
 RATIOS = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 2.0, 2.2)
 INNER = 0.8  # the central share of a detected white cell's box (each side) that a red centre is in
@@ -57,12 +63,68 @@ def red_groups(red: list[Any], item: Any, radius: float) -> list[str | None]:
     return groups
 
 
+SHEET_TILE = 400  # px per case on the sheet
+
+
+def holder_of(item: Any, d: Any) -> tuple[float, float, float, float]:
+    """The labelled white cell's box that holds detection `d`'s centre."""
+    whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
+    return next(b for b in whites if b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3])
+
+
+def case_tile(
+    rgb: np.ndarray, item: Any, found: list[Any], culprit: Any, title: str
+) -> Image.Image:
+    """A window of the field around the labelled white cell holding `culprit`'s centre, drawn."""
+    whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
+    holder = holder_of(item, culprit)
+    side = 2.2 * max(holder[2] - holder[0], holder[3] - holder[1])
+    cx, cy = (holder[0] + holder[2]) / 2, (holder[1] + holder[3]) / 2
+    x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    x1, y1 = min(rgb.shape[1], int(cx + side / 2)), min(rgb.shape[0], int(cy + side / 2))
+    tile = Image.fromarray(rgb).convert("RGB")
+    draw = ImageDraw.Draw(tile)
+    for o in item.of_kind("red_cell"):
+        if o.box is not None:
+            draw.rectangle(o.box, outline=(0, 200, 0), width=2)
+    for b in whites:
+        draw.rectangle(b, outline=(0, 90, 255), width=3)
+    for d in found:
+        if d.kind == "white_cell":
+            draw.rectangle(d.box, outline=(255, 0, 255), width=2)
+        elif d.kind == "red_cell" and not d.at_border and d is not culprit:
+            draw.rectangle(d.box, outline=(255, 220, 0), width=1)
+    draw.rectangle(culprit.box, outline=(255, 0, 0), width=3)
+    r = 6
+    draw.line((culprit.x - r, culprit.y - r, culprit.x + r, culprit.y + r), fill=(255, 0, 0), width=3)
+    draw.line((culprit.x - r, culprit.y + r, culprit.x + r, culprit.y - r), fill=(255, 0, 0), width=3)
+    tile = tile.crop((x0, y0, x1, y1))
+    tile.thumbnail((SHEET_TILE, SHEET_TILE - 14))
+    out = Image.new("RGB", (SHEET_TILE, SHEET_TILE), "white")
+    out.paste(tile, (0, 14))
+    ImageDraw.Draw(out).text((2, 1), title, fill=(0, 0, 0))
+    return out
+
+
+def save_sheet(tiles: list[Image.Image], path: Path) -> None:
+    columns = 3
+    rows = max(1, -(-len(tiles) // columns))
+    sheet = Image.new("RGB", (columns * SHEET_TILE, rows * SHEET_TILE), "white")
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % columns) * SHEET_TILE, (k // columns) * SHEET_TILE))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    print(f"wrote {path} ({len(tiles)} white cells taken for red)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", type=Path, default=Path("models/detector"))
     ap.add_argument("--yolo", type=Path, default=Path("../shared/datasets/txl-pbc"))
     ap.add_argument("--split", default="val")
+    ap.add_argument("--sheet", type=Path, help="draw each white cell taken for red into this PNG")
     args = ap.parse_args()
+    tiles: list[Image.Image] = []
     detector = CellDetector.load(args.detector)
     fields, scales = load_fields(yolo=[args.yolo], progress=False)
     # source, group, size ratio, score, centre inside a detected white cell
@@ -81,6 +143,19 @@ def main() -> None:
             if group is None:
                 continue
             inside = any(inside_box(d.x, d.y, b, INNER) for b in found_whites)
+            if group == "white" and args.sheet is not None:
+                holder = holder_of(item, d)
+                seen = any(
+                    holder[0] <= w.x <= holder[2] and holder[1] <= w.y <= holder[3]
+                    for w in found
+                    if w.kind == "white_cell"
+                )
+                where = "within" if in_ellipse(d.x, d.y, holder) else "box corner"
+                title = (
+                    f"{item.source} {item.image.name[:8]} {where}; white cell"
+                    f" {'found' if seen else 'missed'}"
+                )
+                tiles.append(case_tile(rgb, item, found, d, title))
             rows.append((item.source, group, float(sides[i] / median), d.score, inside))
     sources = sorted({r[0] for r in rows})
     print(f"split {args.split}: counted red detections per group and source")
@@ -105,6 +180,8 @@ def main() -> None:
             line.append(f"{dr:>5}/{len(red):<5} {dw:>3}/{len(white):<3}")
         print(f"{cut:>5}  " + "  ".join(f"{c:>24}" for c in line))
     print(json.dumps(table))
+    if args.sheet is not None:
+        save_sheet(tiles, args.sheet)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,21 @@ def test_field_figures_count_white_cells_taken_for_red() -> None:
     figures = field_figures(field, found, microns_per_pixel=0.1)
     assert figures["red_recalled_interior"] == 1 and figures["red_counted"] == 2
     assert figures["red_counted_matched"] == 1 and figures["white_counted_as_red"] == 1
+    assert figures["white_counted_as_red_within"] == 1
     assert figures["found_over_there"] == 2.0
+
+
+def test_a_red_cell_in_a_white_cells_box_corner_is_not_within_the_white_cell() -> None:
+    # A round white cell leaves its box's corners to the red cells beside it; a red cell there
+    # that the labels leave out counts against the box figure, not the within-the-cell one.
+    white = FieldObject("white_cell", 50, 50, (30.0, 30.0, 70.0, 70.0))
+    field = Field(Path("x.png"), "s", "test", 100, 100, [white])
+    corner = [Found("red_cell", 33, 33, (25, 25, 41, 41), False)]
+    figures = field_figures(field, corner, microns_per_pixel=0.1)
+    assert figures["white_counted_as_red"] == 1 and figures["white_counted_as_red_within"] == 0
+    off_centre = [Found("red_cell", 62, 50, (54, 42, 70, 58), False)]
+    figures = field_figures(field, off_centre, microns_per_pixel=0.1)
+    assert figures["white_counted_as_red"] == 1 and figures["white_counted_as_red_within"] == 1
 
 
 def test_classical_detector_on_the_synthetic_smear(tmp_path: Path) -> None:
@@ -197,5 +211,6 @@ def test_classical_detector_on_the_synthetic_smear(tmp_path: Path) -> None:
     assert figures["red_recall_interior"] == 1.0
     assert figures["red_precision_one_to_one"] == 1.0
     assert figures["white_counted_as_red"] == 0.0
+    assert figures["white_counted_as_red_within"] == 0.0
     assert figures["platelet_recall"] == 0.0  # the classical detector finds none
     assert len(rows) == 1
