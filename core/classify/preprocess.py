@@ -5,7 +5,7 @@ The training pipeline (training/data.py) feeds the network with fastai's
 time), then `IntToFloatTensor` (divide by 255) and `Normalize` with the model's mean and std; the
 random augmentations run on the training split only. This module does exactly the same to a PIL
 image, reading size and statistics from the model card, so that serving and training cannot drift
-apart. tests/test_preprocess.py checks it against `learn.dls.test_dl` and `learn.predict`.
+apart. tests/core/test_preprocess.py checks it against `learn.dls.test_dl` and `learn.predict`.
 """
 
 from __future__ import annotations

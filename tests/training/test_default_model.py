@@ -14,7 +14,7 @@ import pytest
 from core.modelcard import ModelCard, verified_weights_path
 from training.learner import load_exported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "models" / "default"
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
 TARGET_ACCURACY, TARGET_MACRO_F1 = 0.92, 0.87
@@ -101,7 +101,7 @@ def test_service_serves_the_default_model_on_real_cells(card: ModelCard) -> None
     from PIL import Image
 
     from app.main import create_app
-    from tests.test_app_fixtures import make_settings, wait_ready
+    from tests.service.test_app_fixtures import make_settings, wait_ready
     from training.datasets.chula import CHULA_CLASSES, crop_cell
 
     smear = card.dataset["test_smears"][0]

@@ -45,7 +45,7 @@ from training.datasets.slides import MANIFEST_COLUMNS, import_slides
 from training.errors import DataError
 from training.split import SPLITS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["normal", "spherocyte", "target_cell"]
 RADIUS = 19  # make_smear's cells
 FIELDS_PER_SLIDE = {"S-A": 2, "S-B": 1, "S-C": 1, "S-D": 1}

@@ -25,10 +25,10 @@ from app.middleware import TokenGate
 from core.classify.predictor import Predictor
 from core.imageio import has_more_frames
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import cell_png, encode, make_settings, wait_ready
-from tests.test_app_inputs import assert_error
+from tests.service.test_app_fixtures import cell_png, encode, make_settings, wait_ready
+from tests.service.test_app_inputs import assert_error
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -24,7 +24,7 @@ from core.detect.learned import (
     verified_detector_path,
 )
 from core.modelcard import ModelFileError
-from tests.test_fields import write_yolo
+from tests.training.test_fields import write_yolo
 from training.augment import stain_jitter
 from training.detector import (
     DetectorConfig,
@@ -172,8 +172,8 @@ def test_export_and_tampering(tiny_run: Path, tmp_path: Path) -> None:
 
 # --- the shipped detector (models/detector) ------------------------------------------------------
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "detector"
-TXL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "txl-pbc"
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "detector"
+TXL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "txl-pbc"
 
 
 @pytest.fixture(scope="module")

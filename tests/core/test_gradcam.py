@@ -12,7 +12,7 @@ from torch import nn
 
 from core.classify.gradcam import class_activation_maps, grad_cam, overlay
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def channel0_model() -> nn.Sequential:

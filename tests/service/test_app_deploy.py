@@ -10,7 +10,7 @@ import yaml
 
 from app.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dockerfile_uses_the_install_script_and_ships_the_model() -> None:

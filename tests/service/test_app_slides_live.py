@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import LiveServer, encode, running_server
+from tests.service.test_app_fixtures import LiveServer, encode, running_server
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 TIMEOUT_S = 300
 KINDS = ("red_cell", "white_cell", "platelet")

@@ -1,6 +1,6 @@
 """The slides API (app/routes/slides.py) on real databases: a temporary SQLite file per module,
 and the local PostgreSQL for two service instances with concurrent reviewers (skipped, saying
-why, when no server answers; see tests/test_records.py for $RBC_TEST_DATABASE_URL).
+why, when no server answers; see tests/records/test_records.py for $RBC_TEST_DATABASE_URL).
 
 No mocks: the service is create_app() with the tiny trained classifier and the classical
 segmentation, fields are synthetic smears (tests/synthetic.py), and what a refused request must
@@ -34,7 +34,7 @@ from app.routes.slides import CSV_COLUMNS, MIN_CELLS_FOR_GRADING, SUPPORT_STATEM
 from core.modelcard import ModelCard, sha256_file
 from records.store import count_users, create_user, default_url, list_users, open_store
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import (
+from tests.service.test_app_fixtures import (
     ROOT,
     calibrated_copy,
     encode,
@@ -42,10 +42,10 @@ from tests.test_app_fixtures import (
     make_settings,
     wait_ready,
 )
-from tests.test_app_inputs import assert_error, png_header_only
-from tests.test_records import PgDatabase
+from tests.service.test_app_inputs import assert_error, png_header_only
+from tests.records.test_records import PgDatabase
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 INTERIOR = 7  # red cells away from the edge in make_smear's field; one more touches the edge
 

@@ -21,7 +21,7 @@ from training.interpret import predict
 from training.learner import load_exported
 from training.metrics import classification_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_writes_config_report_figures_and_model(trained_run: Path) -> None:

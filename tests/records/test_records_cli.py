@@ -33,7 +33,7 @@ from records.store import (
     open_store,
     sign_off,
 )
-from tests.test_records import field_in, standard_cells
+from tests.records.test_records import field_in, standard_cells
 
 PG_REQUIRED = bool(os.environ.get("RBC_TEST_DATABASE_URL"))
 

@@ -24,10 +24,10 @@ from app.config import Settings
 from app.main import create_app
 from app.state import ModelSlot
 from core.modelcard import CARD_FILE, STATE_FILE
-from tests.test_app_fixtures import ROOT, cell_png, make_settings, wait_ready
+from tests.service.test_app_fixtures import ROOT, cell_png, make_settings, wait_ready
 from training.learner import load_exported
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def test_healthz_answers_at_once(client: TestClient) -> None:

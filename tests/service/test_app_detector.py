@@ -14,12 +14,12 @@ from PIL import Image
 
 from app.main import create_app
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import encode, make_settings, wait_ready
-from tests.test_app_inputs import assert_error
+from tests.service.test_app_fixtures import encode, make_settings, wait_ready
+from tests.service.test_app_inputs import assert_error
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
-DETECTOR = Path(__file__).resolve().parents[1] / "models" / "detector"
+DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector"
 pytestmark = pytest.mark.skipif(
     not (DETECTOR / "detector_card.json").is_file(), reason="no detector shipped in models/"
 )

@@ -27,7 +27,7 @@ from bench.bench_shift import (
     stratified_subset,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "models" / "default"
 BACKGROUND = (200, 205, 195)  # a greyish Chula-like background
 CELL = (170, 110, 125)  # a darker pink red cell

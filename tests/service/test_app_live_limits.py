@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.test_app_fixtures import LiveServer, cell_png, running_server
+from tests.service.test_app_fixtures import LiveServer, cell_png, running_server
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_app_fixtures import ROOT, LiveServer, cell_png
+from tests.service.test_app_fixtures import ROOT, LiveServer, cell_png
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def test_sixteen_clients_on_the_real_server(live_server: LiveServer) -> None:

@@ -21,13 +21,13 @@ from core.classify.predictor import Prediction
 from core.detect.classical import segment
 from core.smear.crop import crop_cell, median_colour
 from tests.synthetic import SMEAR_BACKGROUND, one_cell_image
-from tests.test_app_fixtures import cell_png, encode, make_settings, wait_ready
-from tests.test_app_inputs import assert_error
+from tests.service.test_app_fixtures import cell_png, encode, make_settings, wait_ready
+from tests.service.test_app_inputs import assert_error
 from training.learner import load_exported
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
 DEFAULT_MODEL = ROOT / "models" / "default"
 TRAINING = 0.19

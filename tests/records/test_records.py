@@ -72,7 +72,7 @@ from records.store import (
     update_slide,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Set (CI): PostgreSQL must answer. Unset (a user's machine): the local server if there is one.
 PG_REQUIRED = bool(os.environ.get("RBC_TEST_DATABASE_URL"))
 PG_ADMIN_URL = (

@@ -25,7 +25,7 @@ from app.config import Settings
 from app.main import create_app
 
 READY_TIMEOUT_S = 90
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Where services started by the tests keep their records database (RBC_DATA_DIR).
 TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="rbc-test-data-"))
 

@@ -14,12 +14,12 @@ from PIL import Image
 
 from app.main import create_app
 from tests.synthetic import make_smear
-from tests.test_app_fixtures import encode, make_settings, wait_ready
-from tests.test_app_inputs import assert_error, png_header_only
+from tests.service.test_app_fixtures import encode, make_settings, wait_ready
+from tests.service.test_app_inputs import assert_error, png_header_only
 
-pytest_plugins = ["tests.test_app_fixtures"]
+pytest_plugins = ["tests.service.test_app_fixtures"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
 DEFAULT_MODEL = ROOT / "models" / "default"
 
