@@ -18,6 +18,7 @@ import json
 import random
 import time
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ class DetectorConfig:
     size_weight: float = 0.1
     # Heatmap loss weight per kind (red cell, white cell, platelet).
     kind_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Box sizes for Chula's point labels: "none" (points teach the heatmap only) or "segmented"
+    # (each point's cell outlined by the classical segmentation, where one region holds exactly
+    # that point): without them only txl-pbc's boxes teach the size head, which the scale
+    # estimate leans on (docs/detection.md, "its scale estimate fails on Chula").
+    chula_sizes: str = "none"
     scale_range: tuple[float, float] = (0.7, 1.4)
     colour: bool = True  # stain, hue, saturation, brightness, contrast, gamma jitter
     degrade: bool = True  # blur and JPEG
@@ -99,6 +105,8 @@ def load_detector_config(path: Path | None, overrides: dict[str, Any]) -> Detect
     cfg = DetectorConfig(**values)
     if not cfg.yolo and not cfg.chula:
         raise ConfigError("no data: give yolo sets and/or a chula folder")
+    if cfg.chula_sizes not in ("none", "segmented"):
+        raise ConfigError(f"chula_sizes must be none or segmented, not {cfg.chula_sizes!r}")
     return cfg
 
 
@@ -132,14 +140,51 @@ def object_rows(item: Field, factor: float) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(-1, 5)
 
 
-def to_sample(item: Field, microns_per_pixel: float, work: float) -> Sample:
+def segmented_sizes(rgb: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """`objects` (rows as object_rows, in `rgb`'s pixels) with a width and height for each point
+    label whose cell the classical segmentation outlines alone: the one region holding the point
+    holds no other point (touching cells merged into one region stay points)."""
+    from core.detect.classical import NoCellsError, segment
+
+    out = objects.copy()
+    try:
+        regions = segment(rgb).labels
+    except NoCellsError:
+        return out
+    height, width = regions.shape
+    points = [i for i, row in enumerate(objects) if row[3] == 0]
+    region_of = {}
+    for i in points:
+        x, y = int(objects[i, 1]), int(objects[i, 2])
+        if 0 <= x < width and 0 <= y < height and regions[y, x] > 0:
+            region_of[i] = int(regions[y, x])
+    counts = Counter(region_of.values())
+    for i, region in region_of.items():
+        if counts[region] != 1:
+            continue
+        ys, xs = np.nonzero(regions == region)
+        if xs.min() == 0 or ys.min() == 0 or xs.max() == width - 1 or ys.max() == height - 1:
+            continue  # cut by the image's edge: not the cell's size
+        out[i, 3] = xs.max() - xs.min() + 1
+        out[i, 4] = ys.max() - ys.min() + 1
+    return out
+
+
+def to_sample(
+    item: Field, microns_per_pixel: float, work: float, chula_sizes: str = "none"
+) -> Sample:
     factor = microns_per_pixel / work
     with Image.open(item.image) as opened:
-        rgb = resample(np.asarray(opened.convert("RGB")), factor)
+        original = np.asarray(opened.convert("RGB"))
+    rgb = resample(original, factor)
     is_points = item.source == "chula"
+    objects = object_rows(item, 1.0)
+    if is_points and chula_sizes == "segmented":
+        objects = segmented_sizes(original, objects)
+    objects[:, 1:] *= factor
     return Sample(
         rgb=rgb,
-        objects=object_rows(item, factor),
+        objects=objects,
         supervised=(True, not is_points, not is_points),
         source=item.source,
         field=item,
@@ -179,7 +224,9 @@ def read_samples(
     started = time.perf_counter()
     for k, item in enumerate(usable):
         split = item.split if item.split in out else "train"
-        out[split].append(to_sample(item, scales[item.source], cfg.microns_per_pixel))
+        out[split].append(
+            to_sample(item, scales[item.source], cfg.microns_per_pixel, cfg.chula_sizes)
+        )
         if progress and (k + 1) % 200 == 0:
             print(f"  {k + 1}/{len(usable)} fields read, {time.perf_counter() - started:.0f} s")
     return out, scales

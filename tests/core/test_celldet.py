@@ -31,6 +31,7 @@ from training.detector import (
     export_detector,
     load_detector_config,
     load_samples,
+    segmented_sizes,
     targets,
     train_detector,
 )
@@ -112,6 +113,28 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The synthetic smear's scale is known: cells 38 px across, as at 0.19 um per pixel.
     cfg = load_detector_config(config, {})
     return train_detector(cfg, progress=False)
+
+
+def test_point_labels_get_the_size_of_the_cell_segmented_around_them() -> None:
+    from tests.synthetic import make_smear
+
+    image, interior, border = make_smear()
+    separate = interior[:5]
+    rows = [(0, x, y, 0.0, 0.0) for x, y in [*separate, *border]]
+    rows.append((0, 262.0, 72.0, 0.0, 0.0))  # a second point on the third cell
+    sized = segmented_sizes(image, np.asarray(rows, dtype=np.float32))
+    for row in sized[[0, 1, 3, 4]]:  # alone in their cell: the disc's 39 px
+        assert 36 <= row[3] <= 42 and 36 <= row[4] <= 42
+    assert sized[2, 3] == 0 and sized[-1, 3] == 0  # two points in one region: no size
+    assert sized[5, 3] == 0  # the cell cut by the edge: no size
+    assert np.array_equal(sized[:, :3], np.asarray(rows, dtype=np.float32)[:, :3])
+
+
+def test_an_unknown_way_of_sizing_chula_points_is_refused() -> None:
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="chula_sizes"):
+        load_detector_config(None, {"yolo": ["x"], "chula_sizes": "boxes"})
 
 
 def test_a_left_out_source_is_in_neither_training_nor_validation(tmp_path: Path) -> None:
