@@ -95,9 +95,9 @@ def case_tile(
         elif d.kind == "red_cell" and not d.at_border and d is not culprit:
             draw.rectangle(d.box, outline=(255, 220, 0), width=1)
     draw.rectangle(culprit.box, outline=(255, 0, 0), width=3)
-    r = 6
-    draw.line((culprit.x - r, culprit.y - r, culprit.x + r, culprit.y + r), fill=(255, 0, 0), width=3)
-    draw.line((culprit.x - r, culprit.y + r, culprit.x + r, culprit.y - r), fill=(255, 0, 0), width=3)
+    x, y, r = culprit.x, culprit.y, 6
+    draw.line((x - r, y - r, x + r, y + r), fill=(255, 0, 0), width=3)
+    draw.line((x - r, y + r, x + r, y - r), fill=(255, 0, 0), width=3)
     tile = tile.crop((x0, y0, x1, y1))
     tile.thumbnail((SHEET_TILE, SHEET_TILE - 14))
     out = Image.new("RGB", (SHEET_TILE, SHEET_TILE), "white")

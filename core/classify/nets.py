@@ -7,8 +7,8 @@ network here, without fastai, and loads the exported state dict (model_state.pt)
 
 `build_head` reproduces `fastai.vision.learner.create_head(nf, n_out, concat_pool=True,
 lin_ftrs=[512], ps=0.5)` layer for layer (same indices, so the same state-dict keys); the modules
-it uses have fastai's attribute names. tests/core/test_nets.py checks the equivalence against fastai for
-every architecture.
+it uses have fastai's attribute names. tests/core/test_nets.py checks the equivalence against
+fastai for every architecture.
 """
 
 from __future__ import annotations

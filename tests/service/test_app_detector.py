@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from tests.synthetic import make_smear
 from tests.service.test_app_fixtures import encode, make_settings, wait_ready
 from tests.service.test_app_inputs import assert_error
+from tests.synthetic import make_smear
 
 pytest_plugins = ["tests.service.test_app_fixtures"]
 

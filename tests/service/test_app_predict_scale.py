@@ -20,9 +20,9 @@ from core.classify.framing import NO_CELL_NOTE, unknown_scale_note
 from core.classify.predictor import Prediction
 from core.detect.classical import segment
 from core.smear.crop import crop_cell, median_colour
-from tests.synthetic import SMEAR_BACKGROUND, one_cell_image
 from tests.service.test_app_fixtures import cell_png, encode, make_settings, wait_ready
 from tests.service.test_app_inputs import assert_error
+from tests.synthetic import SMEAR_BACKGROUND, one_cell_image
 from training.learner import load_exported
 
 pytest_plugins = ["tests.service.test_app_fixtures"]

@@ -33,7 +33,7 @@ from app.records_slot import LOCAL_USER, StartRefused, is_loopback
 from app.routes.slides import CSV_COLUMNS, MIN_CELLS_FOR_GRADING, SUPPORT_STATEMENT
 from core.modelcard import ModelCard, sha256_file
 from records.store import count_users, create_user, default_url, list_users, open_store
-from tests.synthetic import make_smear
+from tests.records.test_records import PgDatabase
 from tests.service.test_app_fixtures import (
     ROOT,
     calibrated_copy,
@@ -43,7 +43,7 @@ from tests.service.test_app_fixtures import (
     wait_ready,
 )
 from tests.service.test_app_inputs import assert_error, png_header_only
-from tests.records.test_records import PgDatabase
+from tests.synthetic import make_smear
 
 pytest_plugins = ["tests.service.test_app_fixtures"]
 

@@ -1,7 +1,7 @@
 """The initial schema: users, slides, fields, cells, audit.
 
-Written by hand to match records/schema.py (tests/records/test_records.py compares the two). Self-contained
-on purpose: later changes to schema.py must not change what this revision creates.
+Written by hand to match records/schema.py (tests/records/test_records.py compares the two).
+Self-contained on purpose: later changes to schema.py must not change what this revision creates.
 
 Revision ID: 0001
 Revises:
