@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,16 +31,16 @@ TILE = 200  # px per case on the sheet
 WINDOW = 120  # px of the field around each case
 
 
-def tile_of(rgb: np.ndarray, item: object, red: list, extra: object, title: str) -> Image.Image:
+def tile_of(rgb: np.ndarray, item: Any, red: list[Any], extra: Any, title: str) -> Image.Image:
     image = Image.fromarray(rgb).convert("RGB")
     draw = ImageDraw.Draw(image)
     for d in red:
         if d is not extra and not d.at_border:
             draw.rectangle(d.box, outline=(255, 220, 0), width=1)
-    draw.rectangle(extra.box, outline=(255, 0, 0), width=2)  # type: ignore[attr-defined]
-    for o in item.of_kind("red_cell"):  # type: ignore[attr-defined]
+    draw.rectangle(extra.box, outline=(255, 0, 0), width=2)
+    for o in item.of_kind("red_cell"):
         draw.ellipse((o.x - 3, o.y - 3, o.x + 3, o.y + 3), fill=(0, 200, 0))
-    x, y = extra.x, extra.y  # type: ignore[attr-defined]
+    x, y = extra.x, extra.y
     crop = image.crop(
         (int(x - WINDOW / 2), int(y - WINDOW / 2), int(x + WINDOW / 2), int(y + WINDOW / 2))
     )

@@ -122,7 +122,9 @@ def main() -> None:
     ap.add_argument("--detector", type=Path, default=Path("models/detector"))
     ap.add_argument("--yolo", type=Path, default=Path("../shared/datasets/txl-pbc"))
     ap.add_argument("--split", default="val")
-    ap.add_argument("--sheet", type=Path, help="draw each white cell taken for red into this PNG")
+    ap.add_argument(
+        "--sheet", type=Path, help="draw each white cell taken for red into this image (.png, .jpg)"
+    )
     args = ap.parse_args()
     tiles: list[Image.Image] = []
     detector = CellDetector.load(args.detector)
