@@ -148,25 +148,22 @@ def segmented_sizes(rgb: np.ndarray, objects: np.ndarray) -> np.ndarray:
 
     out = objects.copy()
     try:
-        regions = segment(rgb).labels
+        segmentation = segment(rgb)
     except NoCellsError:
         return out
+    regions = segmentation.labels  # per pixel: 1 + the index of its detection, 0 for none
     height, width = regions.shape
-    points = [i for i, row in enumerate(objects) if row[3] == 0]
     region_of = {}
-    for i in points:
-        x, y = int(objects[i, 1]), int(objects[i, 2])
-        if 0 <= x < width and 0 <= y < height and regions[y, x] > 0:
+    for i, row in enumerate(objects):
+        x, y = int(row[1]), int(row[2])
+        if row[3] == 0 and 0 <= x < width and 0 <= y < height and regions[y, x] > 0:
             region_of[i] = int(regions[y, x])
     counts = Counter(region_of.values())
     for i, region in region_of.items():
-        if counts[region] != 1:
-            continue
-        ys, xs = np.nonzero(regions == region)
-        if xs.min() == 0 or ys.min() == 0 or xs.max() == width - 1 or ys.max() == height - 1:
-            continue  # cut by the image's edge: not the cell's size
-        out[i, 3] = xs.max() - xs.min() + 1
-        out[i, 4] = ys.max() - ys.min() + 1
+        cell = segmentation.detections[region - 1]
+        if counts[region] == 1 and not cell.at_border:  # cut by the edge: not the cell's size
+            x0, y0, x1, y1 = cell.box
+            out[i, 3], out[i, 4] = x1 - x0, y1 - y0
     return out
 
 
