@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.white_as_red import save_sheet
 from core.detect.learned import CellDetector
 from training.detection_eval import CHULA_MICRONS_PER_PIXEL, POINT_RADIUS_UM, load_fields, match
 
@@ -82,14 +83,7 @@ def main() -> None:
     print(f"{len(counts)} fully labelled test smears: {total_extra} of {total} counted red cells")
     print(f"match no label (precision {1 - total_extra / max(total, 1):.3f})")
     print(json.dumps(counts))
-    columns = 6
-    rows = max(1, -(-len(tiles) // columns))
-    sheet = Image.new("RGB", (columns * TILE, rows * TILE), "white")
-    for k, tile in enumerate(tiles):
-        sheet.paste(tile, ((k % columns) * TILE, (k // columns) * TILE))
-    args.sheet.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.sheet)
-    print(f"wrote {args.sheet} ({len(tiles)} cases)")
+    save_sheet(tiles, args.sheet, columns=6)
 
 
 if __name__ == "__main__":

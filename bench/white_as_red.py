@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector
-from training.detection_eval import in_ellipse, load_fields, match
+from training.detection_eval import in_box, in_ellipse, load_fields, match
 
 RATIOS = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 2.0, 2.2)
 INNER = 0.8  # the central share of a detected white cell's box (each side) that a red centre is in
@@ -56,7 +56,7 @@ def red_groups(red: list[Any], item: Any, radius: float) -> list[str | None]:
             groups.append(None)
         elif i in matched:
             groups.append("red")
-        elif any(b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3] for b in whites):
+        elif any(in_box(d.x, d.y, b) for b in whites):
             groups.append("white")
         else:
             groups.append("stray")
@@ -69,15 +69,20 @@ SHEET_TILE = 400  # px per case on the sheet
 def holder_of(item: Any, d: Any) -> tuple[float, float, float, float]:
     """The labelled white cell's box that holds detection `d`'s centre."""
     whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
-    return next(b for b in whites if b[0] <= d.x <= b[2] and b[1] <= d.y <= b[3])
+    return next(b for b in whites if in_box(d.x, d.y, b))
 
 
 def case_tile(
-    rgb: np.ndarray, item: Any, found: list[Any], culprit: Any, title: str
+    rgb: np.ndarray,
+    item: Any,
+    found: list[Any],
+    culprit: Any,
+    holder: tuple[float, float, float, float],
+    title: str,
 ) -> Image.Image:
-    """A window of the field around the labelled white cell holding `culprit`'s centre, drawn."""
+    """A window of the field around `holder`, the labelled white cell holding `culprit`'s
+    centre, drawn."""
     whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
-    holder = holder_of(item, culprit)
     side = 2.2 * max(holder[2] - holder[0], holder[3] - holder[1])
     cx, cy = (holder[0] + holder[2]) / 2, (holder[1] + holder[3]) / 2
     x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
@@ -106,15 +111,16 @@ def case_tile(
     return out
 
 
-def save_sheet(tiles: list[Image.Image], path: Path) -> None:
-    columns = 3
+def save_sheet(tiles: list[Image.Image], path: Path, columns: int = 3) -> None:
+    """The tiles (all of one size) in rows of `columns`, saved as one image."""
+    side = tiles[0].width if tiles else 1
     rows = max(1, -(-len(tiles) // columns))
-    sheet = Image.new("RGB", (columns * SHEET_TILE, rows * SHEET_TILE), "white")
+    sheet = Image.new("RGB", (columns * side, rows * side), "white")
     for k, tile in enumerate(tiles):
-        sheet.paste(tile, ((k % columns) * SHEET_TILE, (k // columns) * SHEET_TILE))
+        sheet.paste(tile, ((k % columns) * side, (k // columns) * side))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
-    print(f"wrote {path} ({len(tiles)} white cells taken for red)")
+    print(f"wrote {path} ({len(tiles)} cases)")
 
 
 def main() -> None:
@@ -147,17 +153,13 @@ def main() -> None:
             inside = any(inside_box(d.x, d.y, b, INNER) for b in found_whites)
             if group == "white" and args.sheet is not None:
                 holder = holder_of(item, d)
-                seen = any(
-                    holder[0] <= w.x <= holder[2] and holder[1] <= w.y <= holder[3]
-                    for w in found
-                    if w.kind == "white_cell"
-                )
+                seen = any(in_box(w.x, w.y, holder) for w in found if w.kind == "white_cell")
                 where = "within" if in_ellipse(d.x, d.y, holder) else "box corner"
                 title = (
                     f"{item.source} {item.image.name[:8]} {where}; white cell"
                     f" {'found' if seen else 'missed'}"
                 )
-                tiles.append(case_tile(rgb, item, found, d, title))
+                tiles.append(case_tile(rgb, item, found, d, holder, title))
             rows.append((item.source, group, float(sides[i] / median), d.score, inside))
     sources = sorted({r[0] for r in rows})
     print(f"split {args.split}: counted red detections per group and source")
