@@ -205,6 +205,8 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
         raise DataError(f"no field in the split(s) {sorted(splits)}")
     print("scales (um per pixel): " + ", ".join(f"{k} {v:.4f}" for k, v in scales.items()))
     loaded = _load_detector(args.detector)
+    if loaded is not None and args.no_nucleus_rule:
+        loaded.nucleus_rule = None
     results: dict[str, Any] = {}
     for name, give in (("with scale", True), ("without scale", False)):
         learned = LearnedDetector(loaded) if loaded is not None else None
@@ -221,7 +223,13 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"detector": args.detector, "scales": scales, "splits": sorted(splits)}
+        rule = getattr(loaded, "nucleus_rule", None)
+        payload = {
+            "detector": args.detector,
+            "nucleus_rule": None if rule is None else rule.key(),
+            "scales": scales,
+            "splits": sorted(splits),
+        }
         args.out.write_text(json.dumps({**payload, **results}, indent=1))
         args.out.with_suffix(".md").write_text(table + "\n")
 
@@ -458,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         default="classical",
         help='"classical" (the threshold segmentation) or a detector folder (models/detector)',
+    )
+    p.add_argument(
+        "--no-nucleus-rule",
+        action="store_true",
+        help="keep the network's red cells even where they hold a nucleus (core/detect/nucleus.py)",
     )
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
     p.set_defaults(func=_cmd_evaluate_detector)

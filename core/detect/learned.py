@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core.detect.nucleus import SHIPPED_RULE, NucleusRule, nucleated
 from core.modelcard import ModelFileError, sha256_file
 
 KINDS = ("red_cell", "white_cell", "platelet")
@@ -239,9 +240,56 @@ class FieldDetection:
     scale_estimated: bool
     # When estimated: the candidate scales tried and the red cells each found.
     scale_search: list[tuple[float, int]] = field(default_factory=list)
+    # Red-cell peaks that held a nucleus (core/detect/nucleus.py) and became white cells.
+    nucleated: int = 0
 
     def of_kind(self, kind: str) -> list[Detected]:
         return [o for o in self.objects if o.kind == kind]
+
+
+def set_apart_nucleated(
+    rgb: np.ndarray, objects: list[Detected], microns_per_pixel: float, rule: NucleusRule
+) -> tuple[list[Detected], int]:
+    """Red cells that hold a nucleus become white cells (a white cell the network did not
+    recognise); one inside a white cell already found is a part of it and goes, and
+    nucleated pieces closer than a red cell's width (the lobes of one neutrophil) become
+    one white cell. Returns the objects and how many red cells were moved."""
+    red = [o for o in objects if o.kind == "red_cell"]
+    flags = nucleated(rgb, [o.box for o in red], rule)
+    moved = [o for o, flag in zip(red, flags, strict=True) if flag]
+    if not moved:
+        return objects, 0
+    kept = [o for o in objects if not (o.kind == "red_cell" and any(o is m for m in moved))]
+    whites = [o for o in kept if o.kind == "white_cell"]
+    reach = NORMAL_RED_CELL_UM / microns_per_pixel
+    pieces: list[list[Detected]] = []
+    for o in sorted(moved, key=lambda o: -o.score):
+        if any(w.box[0] <= o.x <= w.box[2] and w.box[1] <= o.y <= w.box[3] for w in whites):
+            continue
+        near = next(
+            (p for p in pieces if any(math.hypot(o.x - q.x, o.y - q.y) < reach for q in p)),
+            None,
+        )
+        if near is None:
+            pieces.append([o])
+        else:
+            near.append(o)
+    for piece in pieces:
+        x0 = min(o.box[0] for o in piece)
+        y0 = min(o.box[1] for o in piece)
+        x1 = max(o.box[2] for o in piece)
+        y1 = max(o.box[3] for o in piece)
+        kept.append(
+            Detected(
+                "white_cell",
+                (x0 + x1) / 2,
+                (y0 + y1) / 2,
+                (x0, y0, x1, y1),
+                max(o.score for o in piece),
+                any(o.at_border for o in piece),
+            )
+        )
+    return kept, len(moved)
 
 
 class CellDetector:
@@ -255,11 +303,19 @@ class CellDetector:
     SEARCH_SIDE = 288
     BORDER_MARGIN_PX = 2.0
 
-    def __init__(self, network: CentreNet, card: DetectorCard, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        network: CentreNet,
+        card: DetectorCard,
+        device: str = "cpu",
+        nucleus_rule: NucleusRule | None = SHIPPED_RULE,
+    ) -> None:
         self.network = network.eval().to(device)
         self.network.requires_grad_(False)
         self.card = card
         self.device = device
+        # A red-cell peak that holds a nucleus is a white cell (None: trust the network).
+        self.nucleus_rule = nucleus_rule
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu") -> CellDetector:
@@ -339,4 +395,7 @@ class CellDetector:
                 continue  # a peak in the padding
             border = x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m
             objects.append(Detected(KINDS[k], cx, cy, (x0, y0, x1, y1), score, border))
-        return FieldDetection(objects, microns_per_pixel, estimated, search)
+        moved = 0
+        if self.nucleus_rule is not None:
+            objects, moved = set_apart_nucleated(rgb, objects, microns_per_pixel, self.nucleus_rule)
+        return FieldDetection(objects, microns_per_pixel, estimated, search, moved)

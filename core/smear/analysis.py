@@ -504,6 +504,11 @@ def _analyze_detected(
             "red cell taken as 7.5 um across); size classes (macrocyte, microcyte) are then "
             "relative to this field's cells: give microns_per_pixel for absolute sizes"
         )
+    if getattr(found, "nucleated", 0):
+        notes.append(
+            f"{found.nucleated} object(s) the detector took for red cells hold a nucleus "
+            "(darker and bluer than this field's red cells) and are reported as white cells"
+        )
     detected = time.perf_counter()
     if check is not None:
         check()

@@ -1,0 +1,117 @@
+"""A red cell never has a nucleus: a colour check on the learned detector's red cells.
+
+On a laboratory the detector never saw, it can take a white cell it does not recognise (a small
+lymphocyte, or one lobe of a neutrophil) for a red cell (docs/detection.md). What gives such a
+detection away is its nucleus: stained far darker than the field's red cells, and **bluer**:
+haematoxylin / azure absorbs red and green light and lets blue through, while a red cell's
+haemoglobin and eosin absorb green and blue. Darkness alone does not separate them (a
+dense red cell of one field is as dark as a nucleus of another; bench/nucleus_probe.py without
+`--blue`), the hue does.
+
+Everything is relative to the field's own red cells, so no stain or camera is assumed:
+
+- optical density per channel, OD = -log10(pixel / background), the background being each
+  channel's 90th percentile over the field;
+- a pixel is *nuclear* when its green OD is over `darkness` times the median green OD of the
+  red cells' pixels, and its blue-to-green OD ratio under `blueness` times theirs;
+- a red detection is *nucleated* when more than `share` of the pixels of its box's central
+  ellipse (INNER of each side) are nuclear.
+
+The thresholds are chosen by bench/nucleus_probe.py leaving a source out (docs/detection.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+INNER = 0.8  # the central share of a box's sides that its ellipse spans
+MIN_STAIN = 0.02  # green OD under this is background: its blue ratio means nothing
+MIN_RED_CELLS = 3  # fewer and the field gives no reference for a red cell's colour
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class NucleusRule:
+    darkness: float  # green OD over the red cells' median
+    blueness: float | None  # blue/green OD ratio under this share of the red cells'; None: any
+    share: float  # of the ellipse's pixels
+
+    def key(self) -> str:
+        blue = "" if self.blueness is None else f"-B{self.blueness}"
+        return f"T{self.darkness}{blue}-F{self.share}"
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> float32 optical density per channel against the field's background."""
+    sample = rgb[::4, ::4].reshape(-1, 3).astype(np.float32)
+    background = np.percentile(sample, 90, axis=0) + 1.0
+    return -np.log10((rgb.astype(np.float32) + 1.0) / background)
+
+
+def _ellipse_pixels(od: np.ndarray, box: Box) -> np.ndarray:
+    """The OD pixels (n, 3) inside the central ellipse of `box` (clipped to the image)."""
+    height, width = od.shape[:2]
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    rx, ry = max((x1 - x0) / 2 * INNER, 1.0), max((y1 - y0) / 2 * INNER, 1.0)
+    left, right = max(0, int(cx - rx)), min(width, int(cx + rx) + 1)
+    top, bottom = max(0, int(cy - ry)), min(height, int(cy + ry) + 1)
+    if left >= right or top >= bottom:
+        return np.zeros((0, 3), dtype=od.dtype)
+    ys, xs = np.ogrid[top:bottom, left:right]
+    inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
+    return od[top:bottom, left:right][inside]
+
+
+def _blue_ratio(pixels: np.ndarray) -> np.ndarray:
+    return pixels[:, 2] / np.maximum(pixels[:, 1], MIN_STAIN)
+
+
+def nuclear_shares(
+    rgb: np.ndarray,
+    boxes: Sequence[Box],
+    rules: Sequence[NucleusRule],
+    reference: Sequence[Box] | None = None,
+) -> np.ndarray:
+    """(len(boxes), len(rules)): each box's share of nuclear pixels under each rule's darkness
+    and blueness. The red cells' reference colour is taken from `reference` (default: the boxes
+    themselves; a few nucleated ones among many red cells do not move the median). All zeros
+    when the reference holds fewer than MIN_RED_CELLS boxes."""
+    out = np.zeros((len(boxes), len(rules)))
+    reference = boxes if reference is None else reference
+    if len(boxes) == 0 or len(reference) < MIN_RED_CELLS:
+        return out
+    od = optical_density(rgb)
+    ref = [_ellipse_pixels(od, b) for b in reference]
+    ref_pixels = np.concatenate([p for p in ref if len(p)] or [np.zeros((0, 3), np.float32)])
+    stained = ref_pixels[ref_pixels[:, 1] > MIN_STAIN]
+    if len(stained) == 0:
+        return out
+    green = float(np.median(stained[:, 1]))
+    blue = float(np.median(_blue_ratio(stained)))
+    for i, box in enumerate(boxes):
+        pixels = _ellipse_pixels(od, box)
+        if len(pixels) == 0:
+            continue
+        ratio = _blue_ratio(pixels)
+        for j, rule in enumerate(rules):
+            nuclear = pixels[:, 1] > rule.darkness * green
+            if rule.blueness is not None:
+                nuclear &= ratio < rule.blueness * blue
+            out[i, j] = float(nuclear.mean())
+    return out
+
+
+def nucleated(rgb: np.ndarray, boxes: Sequence[Box], rule: NucleusRule) -> list[bool]:
+    """Which of a field's red-cell boxes hold a nucleus under `rule`."""
+    shares = nuclear_shares(rgb, boxes, [rule])
+    return [bool(s > rule.share) for s in shares[:, 0]]
+
+
+# The rule the service runs (chosen by bench/nucleus_probe.py on validation fields; None until
+# it is).
+SHIPPED_RULE: NucleusRule | None = None
