@@ -14,7 +14,8 @@ red cell), white (unmatched, its centre in a labelled white cell's box) or stray
 
 A rule is chosen on validation fields only: among those that drop at most MAX_RED_LOSS of the
 matched red cells of each source used, the one that would recognise the most labelled white
-cells (their own boxes) as nucleated, then the fewest red cells lost. Chosen leaving one txl-pbc
+cells (their own boxes) as nucleated, then the loosest (lowest darkness, then highest blueness,
+then lowest share). Chosen leaving one txl-pbc
 source out (on the other two and Chula) it is reported on the left-out source's test fields:
 the white cells taken for red it catches and the red cells it drops; chosen on every source, it
 is the rule to ship, reported on every test split.
@@ -58,15 +59,20 @@ def choose(table: dict[str, Any], on: list[str]) -> str | None:
         dropped, n = table[key][where]["red"]
         return dropped / n if n else 0.0
 
+    rules = {rule.key(): rule for rule in RULES}
     allowed = [key for key in table if all(red_loss(key, w) <= MAX_RED_LOSS for w in on)]
     if not allowed:
         return None
+
+    def looseness(rule: NucleusRule) -> tuple[float, float, float]:
+        return (-rule.darkness, 1.0 if rule.blueness is None else rule.blueness, -rule.share)
+
+    # Many rules recognise every labelled white cell of the sources used; of those, the loosest
+    # (the red-cell budget already bounds it) is the likeliest to catch a paler nucleus of a
+    # laboratory not among them.
     return max(
         allowed,
-        key=lambda k: (
-            sum(table[k][w]["labelled_white"][0] for w in on),
-            -sum(table[k][w]["red"][0] for w in on),
-        ),
+        key=lambda k: (sum(table[k][w]["labelled_white"][0] for w in on), looseness(rules[k])),
     )
 
 
