@@ -45,26 +45,29 @@ class NucleusRule:
         return f"T{self.darkness}{blue}-F{self.share}"
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> float32 optical density per channel against the field's background."""
+def background(rgb: np.ndarray) -> np.ndarray:
+    """Each channel's 90th percentile over the field (a sample of its pixels): the light that
+    reaches the camera where nothing absorbs it."""
     sample = rgb[::4, ::4].reshape(-1, 3).astype(np.float32)
-    background = np.percentile(sample, 90, axis=0) + 1.0
-    return -np.log10((rgb.astype(np.float32) + 1.0) / background)
+    return np.percentile(sample, 90, axis=0).astype(np.float32) + 1.0
 
 
-def _ellipse_pixels(od: np.ndarray, box: Box) -> np.ndarray:
-    """The OD pixels (n, 3) inside the central ellipse of `box` (clipped to the image)."""
-    height, width = od.shape[:2]
+def _ellipse_pixels(rgb: np.ndarray, light: np.ndarray, box: Box) -> np.ndarray:
+    """The optical density (n, 3) of the pixels inside the central ellipse of `box` (clipped to
+    the image), against the background `light`. Only the box's window is converted, so a large
+    field costs no full-size float copy."""
+    height, width = rgb.shape[:2]
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     rx, ry = max((x1 - x0) / 2 * INNER, 1.0), max((y1 - y0) / 2 * INNER, 1.0)
     left, right = max(0, int(cx - rx)), min(width, int(cx + rx) + 1)
     top, bottom = max(0, int(cy - ry)), min(height, int(cy + ry) + 1)
     if left >= right or top >= bottom:
-        return np.zeros((0, 3), dtype=od.dtype)
+        return np.zeros((0, 3), dtype=np.float32)
     ys, xs = np.ogrid[top:bottom, left:right]
     inside = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1.0
-    return od[top:bottom, left:right][inside]
+    pixels = rgb[top:bottom, left:right][inside].astype(np.float32)
+    return -np.log10((pixels + 1.0) / light)
 
 
 def _blue_ratio(pixels: np.ndarray) -> np.ndarray:
@@ -85,8 +88,8 @@ def nuclear_shares(
     reference = boxes if reference is None else reference
     if len(boxes) == 0 or len(reference) < MIN_RED_CELLS:
         return out
-    od = optical_density(rgb)
-    ref = [_ellipse_pixels(od, b) for b in reference]
+    light = background(rgb)
+    ref = [_ellipse_pixels(rgb, light, b) for b in reference]
     ref_pixels = np.concatenate([p for p in ref if len(p)] or [np.zeros((0, 3), np.float32)])
     stained = ref_pixels[ref_pixels[:, 1] > MIN_STAIN]
     if len(stained) == 0:
@@ -94,7 +97,7 @@ def nuclear_shares(
     green = float(np.median(stained[:, 1]))
     blue = float(np.median(_blue_ratio(stained)))
     for i, box in enumerate(boxes):
-        pixels = _ellipse_pixels(od, box)
+        pixels = _ellipse_pixels(rgb, light, box)
         if len(pixels) == 0:
             continue
         ratio = _blue_ratio(pixels)
