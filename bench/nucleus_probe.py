@@ -102,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         with Image.open(item.image) as image:
             rgb = np.asarray(image.convert("RGB"))
         red = [d for d in detector.detect(rgb, scales[item.source]).objects if d.kind == "red_cell"]
-        boxes = [d.box for d in red]
+        # The counted red cells, clear of the border, as the detector judges them.
+        boxes = [d.box for d in red if not d.at_border]
         whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
         shares = nuclear_shares(rgb, boxes + whites, RULES, reference=boxes)
         radius = POINT_RADIUS_UM / scales[item.source]
-        for i, group in enumerate(red_groups(red, item, radius)):
-            if group is not None:
-                rows.append((item.source, split, group, shares[i]))
+        groups = [g for g in red_groups(red, item, radius) if g is not None]
+        for i, group in enumerate(groups):
+            rows.append((item.source, split, group, shares[i]))
         for i in range(len(whites)):
             rows.append((item.source, split, "labelled_white", shares[len(boxes) + i]))
 

@@ -207,6 +207,13 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
     loaded = _load_detector(args.detector)
     if loaded is not None and args.no_nucleus_rule:
         loaded.nucleus_rule = None
+    elif loaded is not None and args.nucleus_rule:
+        from core.detect.nucleus import NucleusRule
+
+        try:
+            loaded.nucleus_rule = NucleusRule.from_key(args.nucleus_rule)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
     results: dict[str, Any] = {}
     for name, give in (("with scale", True), ("without scale", False)):
         learned = LearnedDetector(loaded) if loaded is not None else None
@@ -467,10 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="classical",
         help='"classical" (the threshold segmentation) or a detector folder (models/detector)',
     )
-    p.add_argument(
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument(
         "--no-nucleus-rule",
         action="store_true",
         help="keep the network's red cells even where they hold a nucleus (core/detect/nucleus.py)",
+    )
+    rule.add_argument(
+        "--nucleus-rule",
+        help="another rule than the shipped one, by its key (bench/nucleus_probe.py), e.g. "
+        "T2.0-B0.7-F0.1",
     )
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
     p.set_defaults(func=_cmd_evaluate_detector)

@@ -253,8 +253,10 @@ def set_apart_nucleated(
     """Red cells that hold a nucleus become white cells (a white cell the network did not
     recognise); one inside a white cell already found is a part of it and goes, and
     nucleated pieces closer than a red cell's width (the lobes of one neutrophil) become
-    one white cell. Returns the objects and how many red cells were moved."""
-    red = [o for o in objects if o.kind == "red_cell"]
+    one white cell. Red cells at the border are left as they are: they are not counted, and a
+    sliver at the image's edge is no cell to judge (its colour is often the edge's).
+    Returns the objects and how many red cells were moved."""
+    red = [o for o in objects if o.kind == "red_cell" and not o.at_border]
     flags = nucleated(rgb, [o.box for o in red], rule)
     moved = [o for o, flag in zip(red, flags, strict=True) if flag]
     if not moved:

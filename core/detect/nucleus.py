@@ -44,6 +44,20 @@ class NucleusRule:
         blue = "" if self.blueness is None else f"-B{self.blueness}"
         return f"T{self.darkness}{blue}-F{self.share}"
 
+    @classmethod
+    def from_key(cls, key: str) -> NucleusRule:
+        """The rule a key names ("T2.0-B0.7-F0.1", or "T1.6-F0.1" without a hue condition)."""
+        parts = {part[:1]: part[1:] for part in key.split("-")}
+        try:
+            if set(parts) - {"T", "B", "F"} or not {"T", "F"} <= set(parts):
+                raise ValueError(key)
+            blue = parts.get("B")
+            return cls(float(parts["T"]), None if blue is None else float(blue), float(parts["F"]))
+        except ValueError:
+            raise ValueError(
+                f"not a nucleus rule: {key!r} (expected e.g. T2.0-B0.7-F0.1)"
+            ) from None
+
 
 def background(rgb: np.ndarray) -> np.ndarray:
     """Each channel's 90th percentile over the field (a sample of its pixels): the light that
@@ -115,6 +129,6 @@ def nucleated(rgb: np.ndarray, boxes: Sequence[Box], rule: NucleusRule) -> list[
     return [bool(s > rule.share) for s in shares[:, 0]]
 
 
-# The rule the service runs (chosen by bench/nucleus_probe.py on validation fields; None until
-# it is).
-SHIPPED_RULE: NucleusRule | None = None
+# The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
+# source (the same rule is chosen with any one source left out; docs/detection.md).
+SHIPPED_RULE: NucleusRule | None = NucleusRule(darkness=2.0, blueness=0.7, share=0.1)

@@ -6,6 +6,7 @@ detections become white cells, one per white cell."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.detect.learned import Detected, set_apart_nucleated
 from core.detect.nucleus import NucleusRule, nuclear_shares, nucleated
@@ -96,3 +97,11 @@ def test_without_nucleated_red_cells_nothing_changes() -> None:
     rgb, reds = field()
     objects = [red(x, y) for x, y in reds]
     assert set_apart_nucleated(rgb, objects, 0.38, RULE) == (objects, 0)
+
+
+def test_a_rule_is_named_by_its_key_and_bad_keys_are_refused() -> None:
+    for rule in (RULE, DARK_ONLY):
+        assert NucleusRule.from_key(rule.key()) == rule
+    for bad in ("", "T2.0", "T2.0-Bx-F0.1", "T2.0-F0.1-Q3", "F0.1"):
+        with pytest.raises(ValueError, match="not a nucleus rule"):
+            NucleusRule.from_key(bad)
