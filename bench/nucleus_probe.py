@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
     ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
     ap.add_argument("--chula-fields", type=int, default=120, help="a seeded sample per split")
+    ap.add_argument(
+        "--leave-out",
+        default="",
+        help="also a fold leaving these sources out together (comma-separated, e.g. bccd,bcd: "
+        "the sources a leave-out detector never saw)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "detection" / "nucleus-probe.json")
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -139,10 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     leave_one_out: dict[str, Any] = {}
-    for held in SOURCES:
-        on = [f"{s}:val" for s in SOURCES if s != held] + ["chula:val"]
+    folds = [[s] for s in SOURCES]
+    together = [s for s in args.leave_out.split(",") if s]
+    if unknown := set(together) - set(SOURCES):
+        ap.error(f"--leave-out: unknown source(s) {sorted(unknown)}; known: {SOURCES}")
+    if len(together) > 1:
+        folds.append(together)
+    for held in folds:
+        on = [f"{s}:val" for s in SOURCES if s not in held] + ["chula:val"]
         key = choose(table, on)
-        leave_one_out[held] = {"chosen": None} if key is None else report(key, on)
+        leave_one_out["+".join(held)] = {"chosen": None} if key is None else report(key, on)
     on_all = [f"{s}:val" for s in (*SOURCES, "chula")]
     key_all = choose(table, on_all)
     result = {

@@ -11,7 +11,7 @@ if [ -z "${RUN:-}" ]; then
   RUN=runs/detector
 fi
 $PY -m training export-detector --run "$RUN" --name detector --overwrite \
-  --note "Trained on a 2-core CPU with configs/detector.yaml (28 min wall for 40 epochs of 160-px crops at 0.38 um per pixel) on txl-pbc's bccd, bcd and raabin training fields (boxes) and Chula RBC-12's fully labelled training smears (red-cell points). Scales of txl-pbc derived from each source's median red-cell box (7.5 um). Figures per source, with and without a scale: docs/detection.md." \
+  --note "Trained on a 2-core CPU with configs/detector.yaml (22 min wall for 40 epochs of 160-px crops at 0.38 um per pixel) on txl-pbc's bccd, bcd and raabin training fields (boxes) and Chula RBC-12's fully labelled training smears (red-cell points, sized by the classical segmentation where a point is alone in its region). Scales of txl-pbc derived from each source's median red-cell box (7.5 um). The service runs it with the nucleus check of core/detect/nucleus.py (a red detection darker and bluer than the field's red cells is a white cell). Figures per source, with and without a scale: docs/detection.md." \
   --note "Data: txl-pbc (github lugan113/TXL-PBC_Dataset, MIT licence) and Chula RBC-12 (Naruenatthanaset et al., arXiv:2012.01321, MIT licence)."
 $PY -m training evaluate-detector --yolo ../shared/datasets/txl-pbc \
   --chula ../shared/datasets/chula-rbc-12 --detector models/detector \

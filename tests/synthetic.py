@@ -19,7 +19,7 @@ SPACING = 22
 BORDER_CELL_X = 3
 
 
-def _disc(canvas: np.ndarray, x: int, y: int, radius: float, colour: Sequence[int]) -> None:
+def disc(canvas: np.ndarray, x: int, y: int, radius: float, colour: Sequence[int]) -> None:
     yy, xx = np.ogrid[: canvas.shape[0], : canvas.shape[1]]
     canvas[(xx - x) ** 2 + (yy - y) ** 2 <= radius**2] = colour
 
@@ -27,17 +27,17 @@ def _disc(canvas: np.ndarray, x: int, y: int, radius: float, colour: Sequence[in
 def _draw_cell(canvas: np.ndarray, x: int, y: int, class_id: int) -> None:
     """Draw one cell whose look depends on its class, so a tiny CNN can tell them apart."""
     if class_id == 0:  # normal: pale-red disc with a paler centre
-        _disc(canvas, x, y, 9, (205, 95, 105))
-        _disc(canvas, x, y, 4, (225, 150, 160))
+        disc(canvas, x, y, 9, (205, 95, 105))
+        disc(canvas, x, y, 4, (225, 150, 160))
     elif class_id == 3:  # spherocyte: smaller, darker, no pale centre
-        _disc(canvas, x, y, 7, (150, 40, 60))
+        disc(canvas, x, y, 7, (150, 40, 60))
     elif class_id == 4:  # target cell: disc, pale ring, dark central dot
-        _disc(canvas, x, y, 9, (205, 95, 105))
-        _disc(canvas, x, y, 6, (230, 170, 175))
-        _disc(canvas, x, y, 3, (150, 40, 60))
+        disc(canvas, x, y, 9, (205, 95, 105))
+        disc(canvas, x, y, 6, (230, 170, 175))
+        disc(canvas, x, y, 3, (150, 40, 60))
     else:  # other classes: size and colour vary with the id
         shade = 40 + 13 * (class_id % 8)
-        _disc(canvas, x, y, 5 + class_id % 6, (shade + 100, shade, 200 - shade))
+        disc(canvas, x, y, 5 + class_id % 6, (shade + 100, shade, 200 - shade))
 
 
 def make_chula_dir(
@@ -111,7 +111,7 @@ def make_folder_dataset(
             canvas = np.empty((size, size, 3), dtype=np.uint8)
             canvas[:] = BACKGROUND
             cx, cy = (size // 2 + rng.integers(-2, 3, size=2)).tolist()
-            _disc(canvas, cx, cy, radius, hue.tolist())
+            disc(canvas, cx, cy, radius, hue.tolist())
             noise = rng.integers(-10, 11, size=canvas.shape)
             noisy = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
             Image.fromarray(noisy).save(folder / f"{i}.png")
@@ -138,12 +138,12 @@ def make_smear(
     interior = [(60, 60), (160, 50), (260, 70), (70, 170), (250, 180), (140, 150), (174, 150)]
     border = [(6, 115)]
     for x, y in interior + border:
-        _disc(canvas, x, y, 19, SMEAR_CELL)
+        disc(canvas, x, y, 19, SMEAR_CELL)
     for x, y in interior + border:
-        _disc(canvas, x, y, 7, SMEAR_PALLOR)
+        disc(canvas, x, y, 7, SMEAR_PALLOR)
     for x, y in [(110, 100), (205, 110), (300, 130)]:  # platelets
-        _disc(canvas, x, y, 3, (120, 70, 150))
-    _disc(canvas, 200, 215, 16, (40, 8, 90))  # white-cell nucleus
+        disc(canvas, x, y, 3, (120, 70, 150))
+    disc(canvas, 200, 215, 16, (40, 8, 90))  # white-cell nucleus
     noise = rng.integers(-4, 5, size=canvas.shape)
     image = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return image, interior, border

@@ -10,6 +10,7 @@ import pytest
 
 from core.detect.learned import Detected, set_apart_nucleated
 from core.detect.nucleus import NucleusRule, nuclear_shares, nucleated
+from tests.synthetic import disc
 
 BACKGROUND = (235, 225, 230)
 PINK = (200, 120, 140)  # a red cell
@@ -18,11 +19,6 @@ PURPLE = (90, 40, 150)  # a nucleus
 RADIUS = 10
 RULE = NucleusRule(darkness=1.6, blueness=0.5, share=0.1)
 DARK_ONLY = NucleusRule(darkness=1.6, blueness=None, share=0.1)
-
-
-def disc(rgb: np.ndarray, x: float, y: float, r: float, colour: tuple[int, int, int]) -> None:
-    ys, xs = np.ogrid[: rgb.shape[0], : rgb.shape[1]]
-    rgb[(xs - x) ** 2 + (ys - y) ** 2 <= r * r] = colour
 
 
 def box(x: float, y: float, r: float = RADIUS) -> tuple[float, float, float, float]:

@@ -1,0 +1,39 @@
+"""How bench/nucleus_probe.py chooses the nucleus rule: within the red-cell budget on every
+validation split used, the rule recognising the most labelled white cells, then the loosest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.nucleus_probe import MAX_RED_LOSS, RULES, choose
+
+
+def table(scores: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """A probe table over every rule of the grid: `scores` gives some rules (red cells lost of
+    1,000, labelled white cells recognised of 50) on two splits; the rest lose every red cell."""
+    out: dict[str, Any] = {}
+    for rule in RULES:
+        lost, whites = scores.get(rule.key(), (1000, 50))
+        out[rule.key()] = {
+            where: {"red": [lost, 1000], "labelled_white": [whites, 50]}
+            for where in ("a:val", "b:val")
+        }
+    return out
+
+
+def test_the_red_cell_budget_comes_first() -> None:
+    budget = int(MAX_RED_LOSS * 1000)
+    scores = {"T1.3-F0.05": (budget + 1, 50), "T2.0-B0.5-F0.1": (budget, 40)}
+    assert choose(table(scores), ["a:val", "b:val"]) == "T2.0-B0.5-F0.1"
+
+
+def test_most_white_cells_then_the_loosest_rule() -> None:
+    scores = {"T2.5-B0.3-F0.3": (0, 49), "T2.0-B0.7-F0.1": (2, 50), "T2.0-B0.7-F0.2": (0, 50)}
+    # Two rules recognise all 50: the lower share is the looser, whatever it costs in budget.
+    assert choose(table(scores), ["a:val", "b:val"]) == "T2.0-B0.7-F0.1"
+    scores["T1.6-B0.5-F0.3"] = (1, 50)  # lower darkness is looser still
+    assert choose(table(scores), ["a:val", "b:val"]) == "T1.6-B0.5-F0.3"
+
+
+def test_no_rule_within_the_budget_chooses_none() -> None:
+    assert choose(table({}), ["a:val"]) is None
