@@ -4,13 +4,13 @@
         [--sheet docs/detection/nucleated-test.jpg]
 
 Runs a detector with the nucleus check off (the network's own red cells) on one split of
-txl-pbc's fields and on the classifier's 82 Chula test smears (each source's scale given), applies
-core/detect/nucleus.py's shipped rule to the counted red detections (clear of the border, as
-the detector does), and sorts every one it would move
-as in white_as_red.py: a labelled red cell (a red cell lost), a white cell taken for red (caught),
-or a stray. Prints the counts per source; `--sheet` draws each moved detection for a person to
-look at: labelled red cells in green, labelled white cells in blue, the detector's white cells
-in magenta, the moved detection as a red box, its group, source and nuclear share in the title.
+txl-pbc's fields and on the classifier's 82 Chula test smears (each source's scale given),
+applies core/detect/nucleus.py's shipped rule to the counted red detections (clear of the
+border, as the detector does), and sorts every one it would move as in white_as_red.py: a
+labelled red cell (a red cell lost), a white cell taken for red (caught), or a stray. Prints
+the counts per source; `--sheet` draws each moved detection for a person to look at: labelled
+red cells in green, labelled white cells in blue, the detector's white cells in magenta, the
+moved detection as a red box, its group, source and nuclear share in the title.
 """
 
 from __future__ import annotations

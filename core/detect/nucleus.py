@@ -5,8 +5,8 @@ lymphocyte, or one lobe of a neutrophil) for a red cell (docs/detection.md). Wha
 detection away is its nucleus: stained far darker than the field's red cells, and **bluer**:
 haematoxylin / azure absorbs red and green light and lets blue through, while a red cell's
 haemoglobin and eosin absorb green and blue. Darkness alone does not separate them (a
-dense red cell of one field is as dark as a nucleus of another; bench/nucleus_probe.py without
-`--blue`), the hue does.
+dense red cell is as dark as a nucleus: the rules without a blueness in bench/nucleus_probe.py's
+grid), the hue does.
 
 Everything is relative to the field's own red cells, so no stain or camera is assumed:
 
@@ -17,7 +17,7 @@ Everything is relative to the field's own red cells, so no stain or camera is as
 - a red detection is *nucleated* when more than `share` of the pixels of its box's central
   ellipse (INNER of each side) are nuclear.
 
-The thresholds are chosen by bench/nucleus_probe.py leaving a source out (docs/detection.md).
+The thresholds are chosen by bench/nucleus_probe.py on validation fields (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -130,5 +130,6 @@ def nucleated(rgb: np.ndarray, boxes: Sequence[Box], rule: NucleusRule) -> list[
 
 
 # The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
-# source (the same rule is chosen with any one source left out; docs/detection.md).
+# source. With a source left out it chooses neighbours of it (T1.3-B0.7-F0.2 or -F0.3), which
+# catch the same white cells on the left-out source (docs/detection.md).
 SHIPPED_RULE: NucleusRule | None = NucleusRule(darkness=2.0, blueness=0.7, share=0.1)
