@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         groups = red_groups(red, item, POINT_RADIUS_UM / scales[item.source])
         # The border's red cells are not counted, and the detector leaves them as they are.
         counted = [(d, g) for d, g in zip(red, groups, strict=True) if g is not None]
-        shares = nuclear_shares(rgb, [d.box for d, _ in counted], [SHIPPED_RULE])[:, 0]
+        every_red = [d.box for d in red]
+        shares = nuclear_shares(rgb, [d.box for d, _ in counted], [SHIPPED_RULE], every_red)[:, 0]
         for (d, key), share in zip(counted, shares, strict=True):
             mine = counts[item.source]
             mine[f"{key}:all"] = mine.get(f"{key}:all", 0) + 1

@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         with Image.open(item.image) as image:
             rgb = np.asarray(image.convert("RGB"))
         red = [d for d in detector.detect(rgb, scales[item.source]).objects if d.kind == "red_cell"]
-        # The counted red cells, clear of the border, as the detector judges them.
+        # The counted red cells, clear of the border, judged against every red cell's colour,
+        # as the detector does.
         boxes = [d.box for d in red if not d.at_border]
         whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
-        shares = nuclear_shares(rgb, boxes + whites, RULES, reference=boxes)
+        shares = nuclear_shares(rgb, boxes + whites, RULES, reference=[d.box for d in red])
         radius = POINT_RADIUS_UM / scales[item.source]
         groups = [g for g in red_groups(red, item, radius) if g is not None]
         for i, group in enumerate(groups):

@@ -563,6 +563,8 @@ def _found(sample: Sample, peaks: list[Any], thresholds: dict[str, float]) -> li
             continue
         x0, y0 = max(0.0, cx - bw / 2), max(0.0, cy - bh / 2)
         x1, y1 = min(float(width), cx + bw / 2), min(float(height), cy + bh / 2)
+        # The 2-px border the shipped detector's thresholds were chosen with; the service sets
+        # aside more (CellDetector.BORDER_MARGIN_UM), after the thresholds.
         border = x0 <= 2 or y0 <= 2 or x1 >= width - 2 or y1 >= height - 2
         out.append(Found(KINDS[k], cx, cy, (x0, y0, x1, y1), border))
     return out

@@ -123,13 +123,18 @@ def nuclear_shares(
     return out
 
 
-def nucleated(rgb: np.ndarray, boxes: Sequence[Box], rule: NucleusRule) -> list[bool]:
-    """Which of a field's red-cell boxes hold a nucleus under `rule`."""
-    shares = nuclear_shares(rgb, boxes, [rule])
+def nucleated(
+    rgb: np.ndarray,
+    boxes: Sequence[Box],
+    rule: NucleusRule,
+    reference: Sequence[Box] | None = None,
+) -> list[bool]:
+    """Which of `boxes` hold a nucleus under `rule`, against the red cells of `reference`
+    (default: the boxes themselves)."""
+    shares = nuclear_shares(rgb, boxes, [rule], reference)
     return [bool(s > rule.share) for s in shares[:, 0]]
 
 
 # The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
-# source. With a source left out it chooses neighbours of it (T1.3-B0.7-F0.2 or -F0.3), which
-# catch the same white cells on the left-out source (docs/detection.md).
+# source. With a source left out it chooses looser neighbours (docs/detection.md).
 SHIPPED_RULE: NucleusRule | None = NucleusRule(darkness=2.0, blueness=0.7, share=0.1)
