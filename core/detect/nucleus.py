@@ -103,7 +103,9 @@ def nuclear_shares(
     if len(boxes) == 0 or len(reference) < MIN_RED_CELLS:
         return out
     light = background(rgb)
-    ref = [_ellipse_pixels(rgb, light, b) for b in reference]
+    # Each box's pixels once: the boxes judged are usually among the reference's.
+    pixels_of = {tuple(b): _ellipse_pixels(rgb, light, b) for b in (*reference, *boxes)}
+    ref = [pixels_of[tuple(b)] for b in reference]
     ref_pixels = np.concatenate([p for p in ref if len(p)] or [np.zeros((0, 3), np.float32)])
     stained = ref_pixels[ref_pixels[:, 1] > MIN_STAIN]
     if len(stained) == 0:
@@ -111,7 +113,7 @@ def nuclear_shares(
     green = float(np.median(stained[:, 1]))
     blue = float(np.median(_blue_ratio(stained)))
     for i, box in enumerate(boxes):
-        pixels = _ellipse_pixels(rgb, light, box)
+        pixels = pixels_of[tuple(box)]
         if len(pixels) == 0:
             continue
         ratio = _blue_ratio(pixels)
