@@ -14,8 +14,9 @@ red cell), white (unmatched, its centre in a labelled white cell's box) or stray
 
 A rule is chosen on validation fields only: among those that drop at most MAX_RED_LOSS of the
 matched red cells of each source used, the one that would recognise the most labelled white
-cells (their own boxes) as nucleated, then the loosest (lowest darkness, then highest blueness,
-then lowest share). Chosen leaving one txl-pbc
+cells (their own boxes) as nucleated; of those, the one that drops the fewest red cells (the
+sum of each source's share), then the loosest (lowest darkness, then highest blueness, then
+lowest share). Chosen leaving one txl-pbc
 source out (on the other two and Chula) it is reported on the left-out source's test fields:
 the white cells taken for red it catches and the red cells it drops; chosen on every source, it
 is the rule to ship, reported on every test split.
@@ -67,12 +68,18 @@ def choose(table: dict[str, Any], on: list[str]) -> str | None:
     def looseness(rule: NucleusRule) -> tuple[float, float, float]:
         return (-rule.darkness, 1.0 if rule.blueness is None else rule.blueness, -rule.share)
 
-    # Many rules recognise every labelled white cell of the sources used; of those, the loosest
-    # (the red-cell budget already bounds it) is the likeliest to catch a paler nucleus of a
-    # laboratory not among them.
+    # Many rules recognise every labelled white cell of the sources used. Of those, the one that
+    # drops the fewest red cells keeps a margin from the budget: a rule at the budget's edge on
+    # the sources used loses more on a laboratory whose red cells are denser (with bccd and bcd
+    # left out, the loosest rule within the budget dropped 9-10 % of their red cells:
+    # docs/detection.md). Then the loosest, the likeliest to catch a paler nucleus.
     return max(
         allowed,
-        key=lambda k: (sum(table[k][w]["labelled_white"][0] for w in on), looseness(rules[k])),
+        key=lambda k: (
+            sum(table[k][w]["labelled_white"][0] for w in on),
+            -round(sum(red_loss(k, w) for w in on), 9),
+            looseness(rules[k]),
+        ),
     )
 
 
