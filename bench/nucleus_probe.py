@@ -1,7 +1,8 @@
 """Would a nucleus give away the white cells the detector counts as red? (issue #11)
 
     .venv/bin/python bench/nucleus_probe.py --detector models/detector [--chula-fields 120] \
-        [--out docs/detection/nucleus-probe.json]
+        [--leave-out bccd,bcd] [--out docs/detection/nucleus-probe.json]
+    .venv/bin/python bench/nucleus_probe.py --table F.json --out F.json  # choose again
 
 For every counted red detection of txl-pbc's validation and test fields and of a seeded sample
 of Chula fields (each source's scale given), and for every labelled white cell's box, this
@@ -83,21 +84,9 @@ def choose(table: dict[str, Any], on: list[str]) -> str | None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector")
-    ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
-    ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
-    ap.add_argument("--chula-fields", type=int, default=120, help="a seeded sample per split")
-    ap.add_argument(
-        "--leave-out",
-        default="",
-        help="also a fold leaving these sources out together (comma-separated, e.g. bccd,bcd: "
-        "the sources a leave-out detector never saw)",
-    )
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "detection" / "nucleus-probe.json")
-    args = ap.parse_args(argv)
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
+    """Run the detector (no rule) and score every rule: (the table of choose(), the number of
+    detections in each source:split:group)."""
     detector = CellDetector.load(args.detector)
     detector.nucleus_rule = None  # the network's own red cells, before any rule
     fields, scales = load_fields(yolo=[args.yolo], chula=args.chula, progress=False)
@@ -144,6 +133,42 @@ def main(argv: list[str] | None = None) -> int:
             for source in (*SOURCES, "chula")
             for split in ("val", "test")
         }
+    counts = {
+        f"{s}:{sp}:{g}": sum(1 for r in rows if r[:3] == (s, sp, g))
+        for s in (*SOURCES, "chula")
+        for sp in ("val", "test")
+        for g in GROUPS
+    }
+    return table, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector")
+    ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
+    ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
+    ap.add_argument("--chula-fields", type=int, default=120, help="a seeded sample per split")
+    ap.add_argument(
+        "--leave-out",
+        default="",
+        help="also a fold leaving these sources out together (comma-separated, e.g. bccd,bcd: "
+        "the sources a leave-out detector never saw)",
+    )
+    ap.add_argument(
+        "--table",
+        type=Path,
+        help="choose again from the rule table of an earlier --out (its detector is not run)",
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "detection" / "nucleus-probe.json")
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    if args.table is not None:  # choose again from a table measured before
+        stored = json.loads(args.table.read_text())
+        table, counts = stored["rules"], stored["counted_red_detections"]
+        detector, measured_by = stored["detector"], stored.get("measured_by", stored["command"])
+    else:
+        table, counts = measure(args)
+        detector, measured_by = str(args.detector), None
 
     def report(key: str, on: list[str]) -> dict[str, Any]:
         return {
@@ -167,13 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     key_all = choose(table, on_all)
     result = {
         "command": " ".join(["bench/nucleus_probe.py", *(sys.argv[1:] if argv is None else argv)]),
-        "detector": str(args.detector),
-        "counted_red_detections": {
-            f"{s}:{sp}:{g}": sum(1 for r in rows if r[:3] == (s, sp, g))
-            for s in (*SOURCES, "chula")
-            for sp in ("val", "test")
-            for g in GROUPS
-        },
+        "detector": detector,
+        **({"measured_by": measured_by} if measured_by else {}),
+        "counted_red_detections": counts,
         "max_red_loss": MAX_RED_LOSS,
         "rules": table,
         "leave_one_source_out": leave_one_out,
@@ -182,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for held, row in leave_one_out.items():
-        print(f"{held} left out:", json.dumps(row))
+    for fold, row in leave_one_out.items():
+        print(f"{fold} left out:", json.dumps(row))
     print("every source:", json.dumps(result["every_source"]))
     print(f"wrote {args.out}; {result['seconds']} s")
     return 0
