@@ -50,10 +50,11 @@ def colour_jitter(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (255 * image).astype(np.uint8)
 
 
-def degrade(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degrade(rgb: np.ndarray, rng: np.random.Generator, blur_max: float = 1.5) -> np.ndarray:
+    """Defocus (Gaussian blur, sigma 0.3 to `blur_max` px) and JPEG loss, each with p 0.3."""
     image = Image.fromarray(rgb)
     if rng.random() < 0.3:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, blur_max)))
     if rng.random() < 0.3:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=int(rng.integers(30, 90)))

@@ -78,6 +78,9 @@ class DetectorConfig:
     scale_range: tuple[float, float] = (0.7, 1.4)
     colour: bool = True  # stain, hue, saturation, brightness, contrast, gamma jitter
     degrade: bool = True  # blur and JPEG
+    # The strongest blur (sigma, px at the working scale): 1.5 px is 0.57 um; a field blurred by
+    # 1 um (2.6 px) loses 8-18 % of its red cells (bench/detector_shift.py, blur-1um).
+    blur_max: float = 1.5
     seed: int = 0
     threads: int = 0
     workers: int = 0  # DataLoader worker processes (augmentation runs on the CPU)
@@ -376,7 +379,7 @@ def augment(
         if rng.random() < 0.8:
             crop = colour_jitter(crop, rng)
     if cfg.degrade:
-        crop = degrade(crop, rng)
+        crop = degrade(crop, rng, cfg.blur_max)
     return crop, objects
 
 
