@@ -228,10 +228,27 @@ class SmearFamiliarity(BaseModel):
     )
 
 
+class SmearFocus(BaseModel):
+    """Whether the field is in focus (learned detector; null figures for the classical one)."""
+
+    sharpness: float | None = Field(
+        None, description="the field's sharpness at the detector's working scale"
+    )
+    threshold: float | None = Field(
+        None, description="under it a field is called out of focus (bench/focus_probe.py)"
+    )
+    out_of_focus: bool = Field(
+        False, description="red cells are missed and misread on a blurred field: a note says so"
+    )
+
+
 class SmearOut(BaseModel):
     width: int
     height: int
     scale: SmearScale
+    focus: SmearFocus = Field(
+        default_factory=lambda: SmearFocus(sharpness=None, threshold=None, out_of_focus=False)
+    )
     familiarity: SmearFamiliarity = Field(
         default_factory=lambda: SmearFamiliarity(
             score=None, threshold=None, colour_score=None, colour_threshold=None, unfamiliar=False

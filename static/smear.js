@@ -66,6 +66,7 @@
       ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
     $("smear-unfamiliar").hidden = !(r.familiarity && r.familiarity.unfamiliar);
     $("smear-unfamiliar-why").textContent = unfamiliarWhy(r.familiarity);
+    $("smear-focus-note").hidden = !(r.focus && r.focus.out_of_focus);
     const scaleNote = $("smear-scale-note");
     scaleNote.hidden = !(r.scale && r.scale.estimated);
     if (r.scale && r.scale.estimated) {

@@ -472,7 +472,7 @@ def _field_input(
     kept = (
         "scale", "detector", "cells_found", "cells_counted", "cells_at_border", "other_objects",
         "white_cells_found", "platelets_found", "needs_review", "counts", "timings_ms", "notes",
-        "familiarity",
+        "familiarity", "focus",
     )  # fmt: skip
     return FieldInput(
         filename=_filename(upload, media_type),

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core.detect.focus import sharpness
 from core.detect.nucleus import SHIPPED_RULE, NucleusRule, nucleated
 from core.modelcard import ModelFileError, sha256_file
 
@@ -242,6 +243,10 @@ class FieldDetection:
     scale_search: list[tuple[float, int]] = field(default_factory=list)
     # Red-cell peaks that held a nucleus (core/detect/nucleus.py) and became white cells.
     nucleated: int = 0
+    # core/detect/focus.py at the working scale, and whether it is under the detector's
+    # FOCUS_THRESHOLD (a defocused field: red cells missed).
+    sharpness: float | None = None
+    out_of_focus: bool = False
 
     def of_kind(self, kind: str) -> list[Detected]:
         return [o for o in self.objects if o.kind == kind]
@@ -311,6 +316,11 @@ class CellDetector:
     # the edge; 1 um sets aside 94-98 % of them and 12-19 % of whole cells that close, the best
     # trade on txl-pbc's validation fields (bench/border_margin.py; 2 px alone: 59-66 %).
     BORDER_MARGIN_UM = 1.0
+    # A field whose sharpness (core/detect/focus.py) is under this is called out of focus: the
+    # highest value that calls at most 2 % of any source's validation fields so as they are;
+    # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
+    # (bench/focus_probe.py, docs/detection/focus-probe.json).
+    FOCUS_THRESHOLD = 0.118
 
     def __init__(
         self,
@@ -396,7 +406,9 @@ class CellDetector:
         height, width = rgb.shape[:2]
         objects = []
         m = max(self.BORDER_MARGIN_PX, self.BORDER_MARGIN_UM / microns_per_pixel)
-        for k, x, y, w, h, score in self.run(resample(rgb, factor)):
+        work = resample(rgb, factor)
+        focus = sharpness(work)
+        for k, x, y, w, h, score in self.run(work):
             cx, cy, bw, bh = x / factor, y / factor, w / factor, h / factor
             x0, y0 = max(0.0, cx - bw / 2), max(0.0, cy - bh / 2)
             x1, y1 = min(float(width), cx + bw / 2), min(float(height), cy + bh / 2)
@@ -407,4 +419,12 @@ class CellDetector:
         moved = 0
         if self.nucleus_rule is not None:
             objects, moved = set_apart_nucleated(rgb, objects, microns_per_pixel, self.nucleus_rule)
-        return FieldDetection(objects, microns_per_pixel, estimated, search, moved)
+        return FieldDetection(
+            objects,
+            microns_per_pixel,
+            estimated,
+            search,
+            moved,
+            sharpness=focus,
+            out_of_focus=focus < self.FOCUS_THRESHOLD,
+        )

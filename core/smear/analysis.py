@@ -129,6 +129,11 @@ class SmearResult:
     colour_threshold: float | None = None
     unfamiliar: bool = False
     unfamiliar_because: list[str] = field(default_factory=list)
+    # With the learned detector: the field's sharpness (core/detect/focus.py) and whether it
+    # is under the detector's threshold (red cells missed on a defocused field).
+    sharpness: float | None = None
+    focus_threshold: float | None = None
+    out_of_focus: bool = False
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -176,6 +181,11 @@ class SmearResult:
                 "unfamiliar": self.unfamiliar,
                 "because": self.unfamiliar_because,
             },
+            "focus": {
+                "sharpness": self.sharpness,
+                "threshold": self.focus_threshold,
+                "out_of_focus": self.out_of_focus,
+            },
             "notes": self.notes,
         }
 
@@ -183,6 +193,12 @@ class SmearResult:
 UNFAMILIAR_FIELD_NOTE = (
     "unlike the images the model learnt from (another stain, camera or preparation): its "
     "classes may be wrong here; review every cell"
+)
+
+
+OUT_OF_FOCUS_NOTE = (
+    "this field looks out of focus: on a blurred field red cells are missed and their shapes "
+    "misread; focus and take it again"
 )
 
 
@@ -504,6 +520,8 @@ def _analyze_detected(
             "red cell taken as 7.5 um across); size classes (macrocyte, microcyte) are then "
             "relative to this field's cells: give microns_per_pixel for absolute sizes"
         )
+    if getattr(found, "out_of_focus", False):
+        notes.append(OUT_OF_FOCUS_NOTE)
     if getattr(found, "nucleated", 0):
         notes.append(
             f"{found.nucleated} object(s) the detector took for red cells hold a nucleus "
@@ -588,6 +606,9 @@ def _analyze_detected(
             platelets=[o for o in others if o.kind == "platelet"],
             scale_estimated=bool(found.scale_estimated),
             detector=f"learned:{getattr(card, 'name', 'detector')}",
+            sharpness=getattr(found, "sharpness", None),
+            focus_threshold=getattr(detector, "FOCUS_THRESHOLD", None),
+            out_of_focus=bool(getattr(found, "out_of_focus", False)),
         ),
         image,
     )

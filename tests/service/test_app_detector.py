@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from app.main import create_app
 from tests.service.test_app_fixtures import encode, make_settings, wait_ready
@@ -70,6 +70,20 @@ def test_a_red_cell_sized_nucleus_is_reported_as_a_white_cell(learned: TestClien
     assert sum(body["counts"].values()) == len(interior)
     assert any(abs(w["x"] - 110) < 10 and abs(w["y"] - 200) < 10 for w in body["white_cells"])
     assert any("hold a nucleus" in note for note in body["notes"])
+
+
+def test_a_defocused_field_is_said_to_be(learned: TestClient) -> None:
+    image, _, _ = make_smear()
+    sharp = post(learned, encode(Image.fromarray(image)), "?microns_per_pixel=0.19").json()
+    assert sharp["focus"]["out_of_focus"] is False
+    assert sharp["focus"]["sharpness"] > sharp["focus"]["threshold"] > 0
+    # Blurred by 1 um: the cells' edges gone (bench/focus_probe.py).
+    blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.0 / 0.19))
+    response = post(learned, encode(blurred), "?microns_per_pixel=0.19")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["focus"]["out_of_focus"] is True
+    assert any("out of focus" in note for note in body["notes"])
 
 
 def test_without_a_scale_it_is_estimated_and_said_so(learned: TestClient) -> None:

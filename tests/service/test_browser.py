@@ -342,6 +342,16 @@ def test_smear_tab_with_the_detector(
     page.click("#smear-analyze")
     page.wait_for_function("() => document.getElementById('smear-scale-note').hidden === true")
     assert page.text_content("#smear-summary").startswith(f"{n_counted} red cells counted")
+    assert not page.locator("#smear-focus-note").is_visible()
+    # The same field out of focus: the page says so.
+    from PIL import Image, ImageFilter
+
+    blurred = tmp_path / "blurred.png"
+    Image.open(path).filter(ImageFilter.GaussianBlur(1.0 / 0.19)).save(blurred)
+    page.set_input_files("#smear-file", str(blurred))
+    page.click("#smear-analyze")
+    page.wait_for_function("() => document.getElementById('smear-focus-note').hidden === false")
+    assert "out of focus" in (page.text_content("#smear-focus-note") or "")
     page.close()
     assert problems == []
 
