@@ -21,7 +21,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -31,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.probe_fields import probe_fields  # noqa: E402
 from core.detect.focus import sharpness  # noqa: E402
 from core.detect.learned import DetectorCard, resample  # noqa: E402
-from training.detection_eval import load_fields  # noqa: E402
 
 BLURS_UM = (0.0, 0.25, 0.5, 0.75, 1.0)
 SOURCES = ("bccd", "bcd", "raabin", "chula")
@@ -50,13 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     started = time.perf_counter()
     working = DetectorCard.load(args.detector).microns_per_pixel
-    fields, scales = load_fields(yolo=[args.yolo], chula=args.chula, progress=False)
-    chosen: list[tuple[Any, str]] = [
-        (f, f.split) for f in fields if f.source in SOURCES and f.split in ("val", "test")
-    ]
-    chula = [f for f in fields if f.source == "chula"]
-    order = np.random.default_rng(0).permutation(len(chula))[: 2 * args.chula_fields]
-    chosen += [(chula[i], "val" if k % 2 == 0 else "test") for k, i in enumerate(order)]
+    chosen, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
     # (source, split) -> blur -> sharpness of each field
     values: dict[str, dict[str, list[float]]] = {}
     for item, split in tqdm(chosen, desc="fields", mininterval=5):

@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.probe_fields import probe_fields  # noqa: E402
 from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.detect.nucleus import NucleusRule, nuclear_shares  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM, load_fields  # noqa: E402
+from training.detection_eval import POINT_RADIUS_UM  # noqa: E402
 
 DARKNESS = (1.3, 1.6, 2.0, 2.5)
 BLUENESS: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7)
@@ -89,15 +90,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
     detections in each source:split:group)."""
     detector = CellDetector.load(args.detector)
     detector.nucleus_rule = None  # the network's own red cells, before any rule
-    fields, scales = load_fields(yolo=[args.yolo], chula=args.chula, progress=False)
-    # txl-pbc's own val and test splits; Chula's fields (no split of their own here) a seeded
-    # sample halved into "val" and "test".
-    chosen: list[tuple[Any, str]] = [
-        (f, f.split) for f in fields if f.source in SOURCES and f.split in ("val", "test")
-    ]
-    chula = [f for f in fields if f.source == "chula"]
-    order = np.random.default_rng(0).permutation(len(chula))[: 2 * args.chula_fields]
-    chosen += [(chula[i], "val" if k % 2 == 0 else "test") for k, i in enumerate(order)]
+    chosen, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
     # (source, split, group, shares per rule)
     rows: list[tuple[str, str, str, np.ndarray]] = []
     for item, split in tqdm(chosen, desc="fields", mininterval=5):

@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.probe_fields import probe_fields  # noqa: E402
 from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM, load_fields  # noqa: E402
+from training.detection_eval import POINT_RADIUS_UM  # noqa: E402
 
 SHARES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 SOURCES = ("bccd", "bcd", "raabin")
@@ -111,13 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     started = time.perf_counter()
     detector = CellDetector.load(args.detector)
-    fields, scales = load_fields(yolo=[args.yolo], chula=args.chula, progress=False)
-    chosen: list[tuple[Any, str]] = [
-        (f, f.split) for f in fields if f.source in SOURCES and f.split in ("val", "test")
-    ]
-    chula = [f for f in fields if f.source == "chula"]
-    order = np.random.default_rng(0).permutation(len(chula))[: 2 * args.chula_fields]
-    chosen += [(chula[i], "val" if k % 2 == 0 else "test") for k, i in enumerate(order)]
+    chosen, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
     rows: list[tuple[str, str, str, float]] = []  # (source, split, group, share under a white)
     for item, split in tqdm(chosen, desc="fields", mininterval=5):
         with Image.open(item.image) as image:

@@ -1,0 +1,28 @@
+"""The fields the probes choose a threshold on (bench/nucleus_probe.py, white_cover.py,
+focus_probe.py): txl-pbc's own validation and test splits, and a seeded sample of Chula's
+fields (which have no split of their own here) halved into "val" and "test"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.detection_eval import load_fields
+
+TXL_SOURCES = ("bccd", "bcd", "raabin")
+
+
+def probe_fields(
+    yolo: Path, chula: Path, chula_per_split: int
+) -> tuple[list[tuple[Any, str]], dict[str, float]]:
+    """[(field, "val" or "test")] and each source's scale (um per pixel)."""
+    fields, scales = load_fields(yolo=[yolo], chula=chula, progress=False)
+    chosen: list[tuple[Any, str]] = [
+        (f, f.split) for f in fields if f.source in TXL_SOURCES and f.split in ("val", "test")
+    ]
+    chula_fields = [f for f in fields if f.source == "chula"]
+    order = np.random.default_rng(0).permutation(len(chula_fields))[: 2 * chula_per_split]
+    chosen += [(chula_fields[i], "val" if k % 2 == 0 else "test") for k, i in enumerate(order)]
+    return chosen, scales
