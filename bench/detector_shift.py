@@ -55,10 +55,9 @@ from core.detect.nucleus import NucleusRule  # noqa: E402
 from training.augment import _HED_FROM_RGB, _RGB_FROM_HED  # noqa: E402
 from training.detection_eval import (  # noqa: E402
     LearnedDetector,
-    field_figures,
+    evaluate_fields,
     load_fields,
     scale_errors,
-    summarise,
 )
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
@@ -160,19 +159,15 @@ def run(
     give_scale: bool,
 ) -> dict[str, Any]:
     learned = LearnedDetector(detector)
-    rows = []
-    for k, item in enumerate(fields):
-        with Image.open(item.image) as opened:
-            rgb = np.asarray(opened.convert("RGB"))
-        mpp = scales[item.source]
-        shifted = shift(rgb, mpp, np.random.default_rng(k))
-        found = learned(shifted, mpp if give_scale else None)
-        rows.append({"source": item.source, **field_figures(item, found, mpp)})
-    by_source = {
-        s: summarise([r for r in rows if r["source"] == s])
-        for s in sorted(scales)
-        if s in {r["source"] for r in rows}
-    }
+    position = {id(item): k for k, item in enumerate(fields)}  # each field's own noise seed
+
+    def shifted(rgb: np.ndarray, item: Any) -> np.ndarray:
+        return shift(rgb, scales[item.source], np.random.default_rng(position[id(item)]))
+
+    measured, rows = evaluate_fields(
+        fields, learned, lambda f: scales[f.source], give_scale, progress=False, prepare=shifted
+    )
+    by_source = {s: figures for s, figures in measured.items() if s != "all"}
     if not give_scale:
         for source, err in scale_errors(rows, learned.scales_used, scales).items():
             by_source[source]["scale_median_error"] = err["median_relative_error"]

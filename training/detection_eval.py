@@ -176,15 +176,19 @@ def evaluate_fields(
     scale_of: Callable[[Field], float],
     give_scale: bool = True,
     progress: bool = True,
+    prepare: Callable[[np.ndarray, Field], np.ndarray] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Run `detector` on every field (with the field's scale, or with none when `give_scale` is
     false) and measure it: (summary per source, one row per field). `scale_of` gives the
-    field's true scale, used for matching point labels either way."""
+    field's true scale, used for matching point labels either way; `prepare` changes each
+    field's image first, keeping its size (bench/detector_shift.py's shifts)."""
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for item in tqdm(fields, desc="fields", disable=not progress, unit="img"):
         with Image.open(item.image) as opened:
             rgb = np.asarray(opened.convert("RGB"))
+        if prepare is not None:
+            rgb = prepare(rgb, item)
         scale = scale_of(item)
         t0 = time.perf_counter()
         found = detector(rgb, scale if give_scale else None)
