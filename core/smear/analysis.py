@@ -129,11 +129,16 @@ class SmearResult:
     colour_threshold: float | None = None
     unfamiliar: bool = False
     unfamiliar_because: list[str] = field(default_factory=list)
-    # With the learned detector: the field's sharpness (core/detect/focus.py) and whether it
-    # is under the detector's threshold (red cells missed on a defocused field).
+    # With the learned detector: the field's sharpness (core/detect/focus.py) and the
+    # detector's threshold under which a field is out of focus (red cells missed).
     sharpness: float | None = None
     focus_threshold: float | None = None
-    out_of_focus: bool = False
+
+    @property
+    def out_of_focus(self) -> bool:
+        if self.sharpness is None or self.focus_threshold is None:
+            return False
+        return self.sharpness < self.focus_threshold
 
     @property
     def counted(self) -> list[SmearCell]:
@@ -608,7 +613,6 @@ def _analyze_detected(
             detector=f"learned:{getattr(card, 'name', 'detector')}",
             sharpness=getattr(found, "sharpness", None),
             focus_threshold=getattr(detector, "FOCUS_THRESHOLD", None),
-            out_of_focus=bool(getattr(found, "out_of_focus", False)),
         ),
         image,
     )
