@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import probe_fields  # noqa: E402
+from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
 from core.detect.focus import sharpness  # noqa: E402
 from core.detect.learned import DetectorCard, resample  # noqa: E402
 
@@ -41,10 +41,7 @@ MAX_FLAGGED = 0.02
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector")
-    ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
-    ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
-    ap.add_argument("--chula-fields", type=int, default=60, help="a seeded sample per split")
+    add_field_arguments(ap, chula_per_split=60)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "detection" / "focus-probe.json")
     args = ap.parse_args(argv)
     started = time.perf_counter()

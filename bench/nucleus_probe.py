@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import probe_fields  # noqa: E402
+from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
 from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.detect.nucleus import NucleusRule, nuclear_shares  # noqa: E402
@@ -137,10 +137,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector")
-    ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
-    ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
-    ap.add_argument("--chula-fields", type=int, default=120, help="a seeded sample per split")
+    add_field_arguments(ap, chula_per_split=120)
     ap.add_argument(
         "--leave-out",
         default="",

@@ -4,6 +4,7 @@ fields (which have no split of their own here) halved into "val" and "test"."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,17 @@ import numpy as np
 from training.detection_eval import load_fields
 
 TXL_SOURCES = ("bccd", "bcd", "raabin")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_field_arguments(ap: argparse.ArgumentParser, chula_per_split: int) -> None:
+    """--detector, --yolo, --chula and --chula-fields, as every probe takes them."""
+    ap.add_argument("--detector", type=Path, default=ROOT / "models" / "detector")
+    ap.add_argument("--yolo", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
+    ap.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
+    ap.add_argument(
+        "--chula-fields", type=int, default=chula_per_split, help="a seeded sample per split"
+    )
 
 
 def probe_fields(
