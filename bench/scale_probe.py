@@ -5,7 +5,7 @@ each of several scales? (issue #11: the scale estimate when no microns_per_pixel
         --fields ../shared/datasets/chula-rbc-12/Dataset/1.jpg ... --true 0.19
 
 For each detector and field: at each assumed scale, the scale implied by the median size of the
-red cells found (CellDetector._implied_scale: a normal red cell taken as 7.5 um) and their number.
+red cells found (CellDetector.try_scale: a normal red cell taken as 7.5 um) and their number.
 A size head that measures the field's cells right implies the true scale from any assumed scale
 near it; one that measures them k times too small implies true / k, and the estimate drifts there.
 """
@@ -39,7 +39,7 @@ def main() -> None:
                 rgb = np.asarray(image.convert("RGB"))
             row = []
             for k in ASSUMED:
-                implied, _, _ = detector._implied_scale(rgb, k * args.true)
+                implied = detector.try_scale(rgb, k * args.true).implied
                 row.append(f"{k:.2f}x -> {implied / args.true if implied else float('nan'):.2f}x")
                 if k == 1.0 and implied:
                     ratios.append(implied / args.true)

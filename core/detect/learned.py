@@ -301,6 +301,28 @@ def set_apart_nucleated(
     return kept, len(moved)
 
 
+@dataclass(frozen=True)
+class ScaleTry:
+    """The network run on a field assumed to be at `candidate` um per pixel."""
+
+    candidate: float
+    implied: float | None  # the scale its red cells' median size implies; None under three
+    count: int  # red cells found
+    total: float  # the sum of their scores
+    sharpness: float = 0.0  # core/detect/focus.py of the run's input (a field enlarged far
+    # beyond the working scale is smooth)
+
+
+def start_scale(tries: list[ScaleTry]) -> float | None:
+    """Where the scale search starts: the candidate where the network found the most red
+    cells, most confidently (the sum of their scores), since it learnt near its working scale
+    only. None where no candidate found three red cells."""
+    usable = [t for t in tries if t.implied is not None]
+    if not usable:
+        return None
+    return max(usable, key=lambda t: t.total).candidate
+
+
 class CellDetector:
     """A loaded detector: `detect(rgb, microns_per_pixel)`; thread-safe (inference mode only)."""
 
@@ -356,46 +378,50 @@ class CellDetector:
 
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
         """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM
-        across. The network runs at each candidate scale; the one where it finds the most red
-        cells, most confidently (the sum of their scores), is about right, since it learnt near
-        its working scale only. From there, each run implies a scale from the median red-cell
-        size it measured; running again at the implied scale converges on the field's scale
-        (the network's size errors shrink near its working scale). Each run looks at the middle
+        across. The network runs at each candidate scale (`scale_tries`); `start_scale` picks
+        where to start; from there, each run implies a scale from the median red-cell size it
+        measured, and running again at the implied scale converges on the field's scale (the
+        network's size errors shrink near its working scale). Each run looks at the middle
         SEARCH_SIDE x SEARCH_SIDE input pixels only."""
-        tried: list[tuple[float, int]] = []
-        best: tuple[float, float] | None = None  # (score sum, candidate)
-        for candidate in self.CANDIDATE_SCALES:
-            implied, count, total = self._implied_scale(rgb, candidate)
-            tried.append((candidate, count))
-            if implied is not None and (best is None or total > best[0]):
-                best = (total, candidate)
-        if best is None:
+        tries = self.scale_tries(rgb)
+        start = start_scale(tries)
+        tried = [(t.candidate, t.count) for t in tries]
+        if start is None:
             return self.card.microns_per_pixel / 2, tried  # no red cells anywhere: Chula's
-        scale = best[1]
-        for _ in range(3):
-            implied, _, _ = self._implied_scale(rgb, scale)
+        return self.refine_scale(rgb, start), tried
+
+    def scale_tries(self, rgb: np.ndarray) -> list[ScaleTry]:
+        """The network run at each of CANDIDATE_SCALES."""
+        return [self.try_scale(rgb, candidate) for candidate in self.CANDIDATE_SCALES]
+
+    def refine_scale(self, rgb: np.ndarray, scale: float, runs: int = 3) -> float:
+        """Run again at the implied scale until it moves by under 2 % (at most `runs` times)."""
+        for _ in range(runs):
+            implied = self.try_scale(rgb, scale).implied
             if implied is None or abs(implied / scale - 1) < 0.02:
                 break
             scale = implied
-        return scale, tried
+        return scale
 
-    def _implied_scale(self, rgb: np.ndarray, candidate: float) -> tuple[float | None, int, float]:
-        """Run at `candidate` um per pixel: (the scale the red cells' median size implies, or
-        None under three red cells; the number of red cells; the sum of their scores)."""
+    def try_scale(self, rgb: np.ndarray, candidate: float) -> ScaleTry:
+        """Run at `candidate` um per pixel on the middle of the field."""
         work = self.card.microns_per_pixel
         factor = candidate / work
         side = round(self.SEARCH_SIDE / factor)  # in the field's pixels
         height, width = rgb.shape[:2]
         top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
         middle = rgb[top : top + side, left : left + side]
-        peaks = self.run(resample(middle, factor))
+        work_rgb = resample(middle, factor)
+        peaks = self.run(work_rgb)
+        focus = sharpness(work_rgb)
         red = [((w + h) / 2, score) for k, _, _, w, h, score in peaks if k == 0]
         total = float(sum(score for _, score in red))
         if len(red) < 3:
-            return None, len(red), total
+            return ScaleTry(candidate, None, len(red), total, focus)
         # A red cell measured `median` input pixels at the working scale, calibrated.
         cell = float(np.median([s for s, _ in red])) / (self.card.size_calibration or 1.0)
-        return candidate * NORMAL_RED_CELL_UM / (cell * work), len(red), total
+        implied = candidate * NORMAL_RED_CELL_UM / (cell * work)
+        return ScaleTry(candidate, implied, len(red), total, focus)
 
     def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
         search: list[tuple[float, int]] = []
