@@ -13,17 +13,23 @@ median and 90th percentile of |estimated / true - 1|, and the fields more than 5
 Rules are chosen on "val"; "test" checks them.
 
 Rules:
-  shipped the candidate with the highest sum of red-cell scores (the rule until stop 21)
+  highest the candidate with the highest sum of red-cell scores (the rule until stop 21)
   agree   the same sum, weighted by how well the candidate's implied scale agrees with the
           candidate itself: exp(-(ln(implied / candidate) / ln 1.5)^2); a run that finds
           many "cells" of a size that says the field is at another scale is a run at the
           wrong scale
   within  of the candidates whose implied scale is within 1.5x of themselves, the highest
-          sum; "shipped" where none is
+          sum; "highest" where none is
   sharp   the highest sum among the candidates whose input is at least a third as sharp
           (core/detect/focus.py) as the sharpest candidate's: a field enlarged far beyond the
           working scale is smooth, and a network trained on blurred cells may find "cells" in
-          it; "shipped" where none is
+          it; "highest" where none is
+  basin   each candidate points to the candidate nearest the scale it implies; following
+          the pointers, every candidate ends at an attractor (a candidate pointing to itself,
+          or the best of a cycle). The attractor whose basin holds the highest sum of scores
+          wins: the true scale draws the runs from many candidates, a wrong one that agrees
+          with itself (a sharp field enlarged, where a network trained on blurred cells finds
+          "cells" of the size it expects) draws only its own (`start_scale`, shipped since stop 21)
 """
 
 from __future__ import annotations
@@ -49,6 +55,13 @@ from core.detect.learned import CellDetector, ScaleTry, start_scale  # noqa: E40
 STEP = math.log(1.5)  # the candidates' spacing
 
 
+def _highest(tries: list[ScaleTry]) -> float | None:
+    usable = [t for t in tries if t.implied is not None]
+    if not usable:
+        return None
+    return max(usable, key=lambda t: t.total).candidate
+
+
 def _agreement(t: ScaleTry) -> float:
     assert t.implied is not None
     return math.exp(-((math.log(t.implied / t.candidate) / STEP) ** 2))
@@ -66,7 +79,7 @@ def _within(tries: list[ScaleTry]) -> float | None:
         t for t in tries if t.implied is not None and abs(math.log(t.implied / t.candidate)) <= STEP
     ]
     if not usable:
-        return start_scale(tries)
+        return _highest(tries)
     return max(usable, key=lambda t: t.total).candidate
 
 
@@ -74,15 +87,16 @@ def _sharp(tries: list[ScaleTry]) -> float | None:
     sharpest = max(t.sharpness for t in tries)
     usable = [t for t in tries if t.implied is not None and t.sharpness >= sharpest / 3]
     if not usable:
-        return start_scale(tries)
+        return _highest(tries)
     return max(usable, key=lambda t: t.total).candidate
 
 
 RULES: dict[str, Callable[[list[ScaleTry]], float | None]] = {
-    "shipped": start_scale,
+    "highest": _highest,
     "agree": _agree,
     "within": _within,
     "sharp": _sharp,
+    "basin": start_scale,
 }
 
 

@@ -314,13 +314,33 @@ class ScaleTry:
 
 
 def start_scale(tries: list[ScaleTry]) -> float | None:
-    """Where the scale search starts: the candidate where the network found the most red
-    cells, most confidently (the sum of their scores), since it learnt near its working scale
-    only. None where no candidate found three red cells."""
-    usable = [t for t in tries if t.implied is not None]
+    """Where the scale search starts. Each candidate that found three red cells points to the
+    candidate nearest the scale its cells imply; following the pointers, every candidate ends at
+    an attractor (a candidate pointing to itself, or the best of a cycle). The attractor whose
+    basin found the most red cells most confidently (the sum of their scores) wins: near the
+    true scale the network finds cells, since it learnt near its working scale only, and from a
+    candidate up to a few steps off they imply the true scale, so it draws many candidates. A
+    wrong scale can agree with itself (a sharp field enlarged several times, where a network
+    trained on blurred cells finds "cells" of the size it expects) but draws little else: taking
+    the single candidate with the most cells took that one (bench/scale_search.py). None where
+    no candidate found three red cells."""
+    usable = {t.candidate: t for t in tries if t.implied is not None}
     if not usable:
         return None
-    return max(usable, key=lambda t: t.total).candidate
+
+    def pointed(candidate: float) -> float:
+        implied = usable[candidate].implied
+        assert implied is not None
+        return min(usable, key=lambda c: abs(math.log(c / implied)))
+
+    basins: dict[float, float] = {}
+    for candidate in sorted(usable):
+        path = [candidate]
+        while (step := pointed(path[-1])) not in path:
+            path.append(step)
+        attractor = max(path[path.index(step) :], key=lambda c: usable[c].total)
+        basins[attractor] = basins.get(attractor, 0.0) + usable[candidate].total
+    return max(basins, key=lambda a: basins[a])
 
 
 class CellDetector:
@@ -379,10 +399,10 @@ class CellDetector:
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
         """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM
         across. The network runs at each candidate scale (`scale_tries`); `start_scale` picks
-        where to start; from there, each run implies a scale from the median red-cell size it
-        measured, and running again at the implied scale converges on the field's scale (the
-        network's size errors shrink near its working scale). Each run looks at the middle
-        SEARCH_SIDE x SEARCH_SIDE input pixels only."""
+        where to start (the attractor of the most red cells); from there, each run implies a
+        scale from the median red-cell size it measured, and running again at the implied scale
+        converges on the field's scale (the network's size errors shrink near its working
+        scale). Each run looks at the middle SEARCH_SIDE x SEARCH_SIDE input pixels only."""
         tries = self.scale_tries(rgb)
         start = start_scale(tries)
         tried = [(t.candidate, t.count) for t in tries]

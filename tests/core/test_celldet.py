@@ -19,7 +19,9 @@ from core.detect.learned import (
     CellDetector,
     CentreNet,
     DetectorCard,
+    ScaleTry,
     decode,
+    start_scale,
     to_input,
     verified_detector_path,
 )
@@ -234,6 +236,22 @@ def test_synthetic_field_touching_cells_white_cell_and_platelets(shipped: CellDe
     # platelet threshold is another matter: real platelets are tested below).
     for x, y in [(110, 100), (205, 110), (300, 130)]:
         assert not any(abs(d.x - x) < 10 and abs(d.y - y) < 10 for d in red), (x, y)
+
+
+def test_scale_search_starts_where_most_candidates_point_not_at_a_lone_self_agreeing_one() -> None:
+    # A raabin field (true 0.055 um/px) as a detector trained on blurred cells saw it: at 0.45
+    # the sharp field, enlarged, is full of "cells" of the expected size, the highest sum of
+    # scores of any candidate; but every other candidate's cells point towards 0.06.
+    runs = [(0.04, 0.065, 10.4), (0.06, 0.065, 11.3), (0.09, 0.068, 11.7), (0.135, 0.079, 9.1)]
+    runs += [(0.2, 0.126, 3.5), (0.3, 0.202, 4.0), (0.45, 0.453, 13.7)]
+    tries = [ScaleTry(c, implied, 10, total) for c, implied, total in runs]
+    assert max(tries, key=lambda t: t.total).candidate == 0.45
+    assert start_scale(tries) == 0.06
+    # Candidates with under three red cells point nowhere; with none left there is no start.
+    assert start_scale([ScaleTry(c, None, 2, 1.5) for c in (0.04, 0.2)]) is None
+    # Two candidates pointing at each other: the better of the two.
+    pair = [ScaleTry(0.135, 0.2, 9, 5.0), ScaleTry(0.2, 0.135, 9, 6.0)]
+    assert start_scale([*pair, ScaleTry(0.45, None, 1, 0.4)]) == 0.2
 
 
 def test_scale_estimate_follows_a_known_rescaling(shipped: CellDetector) -> None:
