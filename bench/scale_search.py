@@ -113,11 +113,17 @@ def _summary(errors: list[float]) -> dict[str, Any]:
 
 def search(detector: CellDetector, chosen, scales, show_wrong: bool) -> dict[str, Any]:
     errors: dict[str, dict[str, list[float]]] = {rule: {} for rule in RULES}
+    # What "sharp" rests on: the sharpness of the candidate nearest the true scale over the
+    # sharpest candidate's (the finest: a field shrunk is sharper)
+    sharp_ratio: dict[str, list[float]] = {}
     for n, (item, split) in enumerate(chosen, 1):
         with Image.open(item.image) as image:
             rgb = np.asarray(image.convert("RGB"))
         true = scales[item.source]
         tries = detector.scale_tries(rgb)
+        nearest = min(tries, key=lambda t: abs(math.log(t.candidate / true)))
+        sharpest = max(t.sharpness for t in tries)
+        sharp_ratio.setdefault(item.source, []).append(nearest.sharpness / max(sharpest, 1e-9))
         refined: dict[float | None, float] = {}
         for rule, pick in RULES.items():
             start = pick(tries)
@@ -142,9 +148,14 @@ def search(detector: CellDetector, chosen, scales, show_wrong: bool) -> dict[str
                 )
         if n % 50 == 0:
             print(f"  {n}/{len(chosen)} fields", flush=True)
-    return {
+    out: dict[str, Any] = {
         rule: {key: _summary(v) for key, v in sorted(by.items())} for rule, by in errors.items()
     }
+    out["sharpness_nearest_over_sharpest"] = {
+        source: {"min": round(min(v), 3), "median": round(float(np.median(v)), 3)}
+        for source, v in sorted(sharp_ratio.items())
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path}:", flush=True)
         results[str(path)] = search(CellDetector.load(path), chosen, scales, args.show_wrong)
         for rule, by in results[str(path)].items():
+            if rule not in RULES:
+                print(f"  {rule}: {by}")
+                continue
             for key, s in by.items():
                 print(
                     f"  {rule:8s} {key:14s} n={s['fields']:3d} median {s['median_error']:.3f} "
