@@ -309,8 +309,9 @@ class ScaleTry:
     implied: float | None  # the scale its red cells' median size implies; None under three
     count: int  # red cells found
     total: float  # the sum of their scores
-    sharpness: float = 0.0  # core/detect/focus.py of the run's input (a field enlarged far
-    # beyond the working scale is smooth)
+    # core/detect/focus.py of the run's input: a field enlarged far beyond the working scale is
+    # smooth (bench/scale_search.py's "sharp" rule; start_scale does not use it)
+    sharpness: float = 0.0
 
 
 def start_scale(tries: list[ScaleTry]) -> float | None:
