@@ -163,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     add_field_arguments(ap, chula_per_split=40)
     ap.add_argument("--compare", type=Path, action="append", default=[], help="more detectors")
     ap.add_argument("--show-wrong", action="store_true", help="print each field > 50 %% off")
+    ap.add_argument("--sources", help="only these sources, comma-separated (default: all)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     chosen, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
+    if args.sources:
+        chosen = [(f, split) for f, split in chosen if f.source in args.sources.split(",")]
     results: dict[str, Any] = {}
     for path in [args.detector, *args.compare]:
         print(f"{path}:", flush=True)

@@ -81,6 +81,12 @@ class DetectorConfig:
     # The strongest blur (sigma, px at the working scale): 1.5 px is 0.57 um; a field blurred by
     # 1 um (2.6 px) loses 8-18 % of its red cells (bench/detector_shift.py, blur-1um).
     blur_max: float = 1.5
+    # The share of crops cut from a field enlarged `enlarged_range` times beyond the working
+    # scale, with no object in them: at that size a cell is not a cell to the network. A network
+    # trained on strong blur finds "cells" in a sharp field so enlarged, which misleads the
+    # scale search (docs/detection.md, "The scale search's start"). 0: none (the shipped recipe).
+    enlarged_p: float = 0.0
+    enlarged_range: tuple[float, float] = (3.0, 8.0)
     seed: int = 0
     threads: int = 0
     workers: int = 0  # DataLoader worker processes (augmentation runs on the CPU)
@@ -102,10 +108,14 @@ def load_detector_config(path: Path | None, overrides: dict[str, Any]) -> Detect
     unknown = set(values) - known
     if unknown:
         raise ConfigError(f"unknown detector settings: {sorted(unknown)}")
-    for key in ("scale_range", "kind_weights"):
+    for key in ("scale_range", "kind_weights", "enlarged_range"):
         if key in values:
             values[key] = tuple(values[key])
     cfg = DetectorConfig(**values)
+    if not 0 <= cfg.enlarged_p < 1:
+        raise ConfigError(f"enlarged_p is a share of the crops, 0 to 1, not {cfg.enlarged_p}")
+    if len(cfg.enlarged_range) != 2 or not 1 < cfg.enlarged_range[0] <= cfg.enlarged_range[1]:
+        raise ConfigError(f"enlarged_range must be two factors above 1, not {cfg.enlarged_range}")
     if not cfg.yolo and not cfg.chula:
         raise ConfigError("no data: give yolo sets and/or a chula folder")
     if cfg.chula_sizes not in ("none", "segmented"):
@@ -339,6 +349,8 @@ def augment(
     sample: Sample, cfg: DetectorConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """A crop x crop training image and its objects (same columns as Sample.objects)."""
+    if cfg.enlarged_p > 0 and rng.random() < cfg.enlarged_p:
+        return enlarged_negative(sample, cfg, rng)
     scale = rng.uniform(*cfg.scale_range)
     rgb = resample(sample.rgb, scale)
     objects = sample.objects.copy()
@@ -381,6 +393,35 @@ def augment(
     if cfg.degrade:
         crop = degrade(crop, rng, cfg.blur_max)
     return crop, objects
+
+
+def enlarged_negative(
+    sample: Sample, cfg: DetectorConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A crop of the field enlarged cfg.enlarged_range times (log-uniform) beyond the working
+    scale, flipped, jittered and degraded like any crop, with no objects."""
+    low, high = np.log(cfg.enlarged_range[0]), np.log(cfg.enlarged_range[1])
+    factor = float(np.exp(rng.uniform(low, high)))
+    side = cfg.crop
+    source = max(2, round(side / factor))  # the field's pixels that fill the crop
+    height, width = sample.rgb.shape[:2]
+    top = int(rng.integers(0, max(1, height - source + 1)))
+    left = int(rng.integers(0, max(1, width - source + 1)))
+    piece = sample.rgb[top : top + source, left : left + source]
+    crop = np.asarray(Image.fromarray(piece).resize((side, side), Image.Resampling.BILINEAR))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    if rng.random() < 0.5:
+        crop = crop[::-1]
+    crop = np.ascontiguousarray(crop)
+    if cfg.colour:
+        if rng.random() < 0.8:
+            crop = stain_jitter(crop, rng)
+        if rng.random() < 0.8:
+            crop = colour_jitter(crop, rng)
+    if cfg.degrade:
+        crop = degrade(crop, rng, cfg.blur_max)
+    return crop, sample.objects[:0].copy()
 
 
 def targets(
