@@ -1,7 +1,7 @@
 """Where does a detector's scale search start, and how wrong does it end? (issue #11)
 
     .venv/bin/python bench/scale_search.py --detector models/detector \
-        [--compare runs/detector-blur/detector] [--show-wrong] \
+        [--compare runs/detector-blur/detector] [--sources raabin] [--show-wrong] \
         [--out docs/detection/scale-search.json]
 
 Without a scale, `CellDetector.estimate_scale` runs the network at each candidate scale
@@ -111,7 +111,13 @@ def _summary(errors: list[float]) -> dict[str, Any]:
     }
 
 
-def search(detector: CellDetector, chosen, scales, show_wrong: bool) -> dict[str, Any]:
+def search(
+    detector: CellDetector,
+    chosen: list[tuple[Any, str]],
+    scales: dict[str, float],
+    show_wrong: bool,
+) -> dict[str, Any]:
+    """Each rule's errors per source and split, and the sharpness margin "sharp" rests on."""
     errors: dict[str, dict[str, list[float]]] = {rule: {} for rule in RULES}
     # What "sharp" rests on: the sharpness of the candidate nearest the true scale over the
     # sharpest candidate's (the finest: a field shrunk is sharper)
