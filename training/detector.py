@@ -384,6 +384,13 @@ def augment(
     if rng.random() < 0.5:
         crop = np.transpose(crop, (1, 0, 2))
         objects[:, [1, 2, 3, 4]] = objects[:, [2, 1, 4, 3]]
+    return _stain_and_optics(crop, cfg, rng), objects
+
+
+def _stain_and_optics(
+    crop: np.ndarray, cfg: DetectorConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Stain and colour jitter (p 0.8 each), then blur and JPEG (training.augment.degrade)."""
     crop = np.ascontiguousarray(crop)
     if cfg.colour:
         if rng.random() < 0.8:
@@ -392,7 +399,7 @@ def augment(
             crop = colour_jitter(crop, rng)
     if cfg.degrade:
         crop = degrade(crop, rng, cfg.blur_max)
-    return crop, objects
+    return crop
 
 
 def enlarged_negative(
@@ -413,15 +420,7 @@ def enlarged_negative(
         crop = crop[:, ::-1]
     if rng.random() < 0.5:
         crop = crop[::-1]
-    crop = np.ascontiguousarray(crop)
-    if cfg.colour:
-        if rng.random() < 0.8:
-            crop = stain_jitter(crop, rng)
-        if rng.random() < 0.8:
-            crop = colour_jitter(crop, rng)
-    if cfg.degrade:
-        crop = degrade(crop, rng, cfg.blur_max)
-    return crop, sample.objects[:0].copy()
+    return _stain_and_optics(crop, cfg, rng), sample.objects[:0].copy()
 
 
 def targets(
