@@ -38,7 +38,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
+from core.detect.focus import sharpness  # noqa: E402
 from core.detect.learned import CellDetector, ScaleTry, start_scale  # noqa: E402
 
 STEP = math.log(1.5)  # the candidates' spacing
 
 
-def _highest(tries: list[ScaleTry]) -> float | None:
+@dataclass(frozen=True)
+class SharpTry(ScaleTry):
+    """A run of the scale search and the sharpness (core/detect/focus.py) of its input."""
+
+    sharpness: float = 0.0
+
+
+def _highest(tries: Sequence[ScaleTry]) -> float | None:
     usable = [t for t in tries if t.implied is not None]
     if not usable:
         return None
@@ -67,14 +76,14 @@ def _agreement(t: ScaleTry) -> float:
     return math.exp(-((math.log(t.implied / t.candidate) / STEP) ** 2))
 
 
-def _agree(tries: list[ScaleTry]) -> float | None:
+def _agree(tries: Sequence[ScaleTry]) -> float | None:
     usable = [t for t in tries if t.implied is not None]
     if not usable:
         return None
     return max(usable, key=lambda t: t.total * _agreement(t)).candidate
 
 
-def _within(tries: list[ScaleTry]) -> float | None:
+def _within(tries: Sequence[ScaleTry]) -> float | None:
     usable = [
         t for t in tries if t.implied is not None and abs(math.log(t.implied / t.candidate)) <= STEP
     ]
@@ -83,7 +92,7 @@ def _within(tries: list[ScaleTry]) -> float | None:
     return max(usable, key=lambda t: t.total).candidate
 
 
-def _sharp(tries: list[ScaleTry]) -> float | None:
+def _sharp(tries: Sequence[SharpTry]) -> float | None:
     sharpest = max(t.sharpness for t in tries)
     usable = [t for t in tries if t.implied is not None and t.sharpness >= sharpest / 3]
     if not usable:
@@ -91,7 +100,7 @@ def _sharp(tries: list[ScaleTry]) -> float | None:
     return max(usable, key=lambda t: t.total).candidate
 
 
-RULES: dict[str, Callable[[list[ScaleTry]], float | None]] = {
+RULES: dict[str, Callable[[Sequence[SharpTry]], float | None]] = {
     "highest": _highest,
     "agree": _agree,
     "within": _within,
@@ -126,7 +135,10 @@ def search(
         with Image.open(item.image) as image:
             rgb = np.asarray(image.convert("RGB"))
         true = scales[item.source]
-        tries = detector.scale_tries(rgb)
+        tries = [
+            SharpTry(**vars(t), sharpness=sharpness(detector.search_window(rgb, t.candidate)))
+            for t in detector.scale_tries(rgb)
+        ]
         nearest = min(tries, key=lambda t: abs(math.log(t.candidate / true)))
         sharpest = max(t.sharpness for t in tries)
         sharp_ratio.setdefault(item.source, []).append(nearest.sharpness / max(sharpest, 1e-9))

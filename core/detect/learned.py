@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,12 +310,9 @@ class ScaleTry:
     implied: float | None  # the scale its red cells' median size implies; None under three
     count: int  # red cells found
     total: float  # the sum of their scores
-    # core/detect/focus.py of the run's input: a field enlarged far beyond the working scale is
-    # smooth (bench/scale_search.py's "sharp" rule; start_scale does not use it)
-    sharpness: float = 0.0
 
 
-def start_scale(tries: list[ScaleTry]) -> float | None:
+def start_scale(tries: Sequence[ScaleTry]) -> float | None:
     """Where the scale search starts. Each candidate that found three red cells points to the
     candidate nearest the scale its cells imply; following the pointers, every candidate ends at
     an attractor (a candidate pointing to itself, or the best of a cycle). The attractor whose
@@ -424,25 +422,26 @@ class CellDetector:
             scale = implied
         return scale
 
-    def try_scale(self, rgb: np.ndarray, candidate: float) -> ScaleTry:
-        """Run at `candidate` um per pixel on the middle of the field."""
-        work = self.card.microns_per_pixel
-        factor = candidate / work
+    def search_window(self, rgb: np.ndarray, candidate: float) -> np.ndarray:
+        """The middle of the field, resampled to the working scale as if at `candidate`."""
+        factor = candidate / self.card.microns_per_pixel
         side = round(self.SEARCH_SIDE / factor)  # in the field's pixels
         height, width = rgb.shape[:2]
         top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
-        middle = rgb[top : top + side, left : left + side]
-        work_rgb = resample(middle, factor)
-        peaks = self.run(work_rgb)
-        focus = sharpness(work_rgb)
+        return resample(rgb[top : top + side, left : left + side], factor)
+
+    def try_scale(self, rgb: np.ndarray, candidate: float) -> ScaleTry:
+        """Run at `candidate` um per pixel on the middle of the field."""
+        work = self.card.microns_per_pixel
+        peaks = self.run(self.search_window(rgb, candidate))
         red = [((w + h) / 2, score) for k, _, _, w, h, score in peaks if k == 0]
         total = float(sum(score for _, score in red))
         if len(red) < 3:
-            return ScaleTry(candidate, None, len(red), total, focus)
+            return ScaleTry(candidate, None, len(red), total)
         # A red cell measured `median` input pixels at the working scale, calibrated.
         cell = float(np.median([s for s, _ in red])) / (self.card.size_calibration or 1.0)
         implied = candidate * NORMAL_RED_CELL_UM / (cell * work)
-        return ScaleTry(candidate, implied, len(red), total, focus)
+        return ScaleTry(candidate, implied, len(red), total)
 
     def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
         search: list[tuple[float, int]] = []
