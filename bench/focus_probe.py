@@ -17,7 +17,6 @@ blur.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
+from bench.probe_fields import (  # noqa: E402
+    add_field_arguments,
+    command_line,
+    probe_fields,
+    write_result,
+)
 from core.detect.focus import sharpness  # noqa: E402
 from core.detect.learned import DetectorCard, resample  # noqa: E402
 
@@ -88,15 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     result = {
-        "command": " ".join(["bench/focus_probe.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line("bench/focus_probe.py", argv),
         "working_microns_per_pixel": working,
         "max_flagged_sharp": MAX_FLAGGED,
         "threshold": threshold,
         "by_source": table,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}; {result['seconds']} s")
     return 0
 

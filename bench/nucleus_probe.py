@@ -40,7 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
+from bench.probe_fields import (  # noqa: E402
+    add_field_arguments,
+    command_line,
+    probe_fields,
+    write_result,
+)
 from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.detect.nucleus import NucleusRule, nuclear_shares  # noqa: E402
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     on_all = [f"{s}:val" for s in (*SOURCES, "chula")]
     key_all = choose(table, on_all)
     result = {
-        "command": " ".join(["bench/nucleus_probe.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line("bench/nucleus_probe.py", argv),
         "detector": detector,
         **({"measured_by": measured_by} if measured_by else {}),
         "counted_red_detections": counts,
@@ -191,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "every_source": None if key_all is None else report(key_all, on_all),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     for fold, row in leave_one_out.items():
         print(f"{fold} left out:", json.dumps(row))
     print("every source:", json.dumps(result["every_source"]))

@@ -5,6 +5,8 @@ fields (which have no split of their own here) halved into "val" and "test"."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,14 @@ def probe_fields(
     order = np.random.default_rng(0).permutation(len(chula_fields))[: 2 * chula_per_split]
     chosen += [(chula_fields[i], "val" if k % 2 == 0 else "test") for k, i in enumerate(order)]
     return chosen, scales
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a probe was run, as its JSON records it: `script` and its arguments."""
+    return " ".join([script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """A probe's JSON, its folder made if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

@@ -35,7 +35,6 @@ Rules:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -50,7 +49,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
+from bench.probe_fields import (  # noqa: E402
+    add_field_arguments,
+    command_line,
+    probe_fields,
+    write_result,
+)
 from core.detect.focus import sharpness  # noqa: E402
 from core.detect.learned import CellDetector, ScaleTry, start_scale  # noqa: E402
 
@@ -201,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"p90 {s['p90_error']:.3f} >50% {s['over_50pct']} >20% {s['over_20pct']}"
                 )
     if args.out:
-        argv_text = " ".join(sys.argv[1:] if argv is None else argv)
-        payload = {"measured_by": f"bench/scale_search.py {argv_text}", "results": results}
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+        measured_by = command_line("bench/scale_search.py", argv)
+        write_result(args.out, {"measured_by": measured_by, "results": results})
         print(f"wrote {args.out}")
     return 0
 

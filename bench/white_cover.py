@@ -40,7 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.probe_fields import add_field_arguments, probe_fields  # noqa: E402
+from bench.probe_fields import (  # noqa: E402
+    add_field_arguments,
+    command_line,
+    probe_fields,
+    write_result,
+)
 from bench.white_as_red import red_groups  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from training.detection_eval import POINT_RADIUS_UM  # noqa: E402
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{float(s):5.2f}  {j_val[s]:6.3f}  " + "  ".join(f"{c:>26}" for c in cells))
     print(f"chosen on validation: {best}; on test:", json.dumps(tables[best]))
     result = {
-        "command": " ".join(["bench/white_cover.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command_line("bench/white_cover.py", argv),
         "detector": str(args.detector),
         "shares": tables,
         "youden_j_val": j_val,
@@ -143,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen_on_val": float(best),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}; {result['seconds']} s")
     return 0
 
