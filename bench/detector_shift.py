@@ -146,6 +146,7 @@ FIGURES = (
     "red_recall_interior",
     "red_precision_one_to_one",
     "white_counted_as_red",
+    "white_missed_counted_as_red",
     "platelet_recall",
     "found_over_there_mean",
 )

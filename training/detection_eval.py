@@ -15,6 +15,12 @@ it). Figures per source, pooled over its fields:
   round, so the box's corners are not the white cell: looked at one by one
   (`bench/white_as_red.py --sheet`), most unmatched red detections in those corners were red
   cells touching or under the white cell that the labels leave out;
+- white-cell recall: labelled white cells that a detected white cell matches (the network's own
+  white cells and the nucleus check's);
+- white cells missed and counted as red: labelled white cells that no detected white cell
+  matches and whose box holds the centre of such an unmatched counted red cell. This is the
+  white cell taken for a red one; the box figure also charges a red detection beside a white
+  cell that was found and set apart (which precision counts against the detector either way);
 - platelet recall: labelled platelets that a detected platelet matches;
 - cells found / cells there: red cells found over red cells labelled, border cells included on
   both sides (whether a cell touches the edge depends on its box, which a detector may draw a
@@ -115,6 +121,15 @@ def field_figures(item: Field, found: Sequence[Found], microns_per_pixel: float)
     boxes = [w.box for w in whites if w.box is not None]
     whites_hit = sum(1 for b in boxes if any(in_box(d.x, d.y, b) for d in stray))
     whites_hit_within = sum(1 for b in boxes if any(in_ellipse(d.x, d.y, b) for d in stray))
+    white_pairs = match([d for d in found if d.kind == "white_cell"], whites, radius)
+    whites_recalled = {j for _, j in white_pairs}
+    whites_missed_hit = sum(
+        1
+        for j, w in enumerate(whites)
+        if w.box is not None
+        and j not in whites_recalled
+        and any(in_box(d.x, d.y, w.box) for d in stray)
+    )
     platelets = item.of_kind("platelet")
     platelet_pairs = match([d for d in found if d.kind == "platelet"], platelets, radius)
     return {
@@ -126,6 +141,8 @@ def field_figures(item: Field, found: Sequence[Found], microns_per_pixel: float)
         "white_labels": len(whites),
         "white_counted_as_red": whites_hit,
         "white_counted_as_red_within": whites_hit_within,
+        "white_recalled": len(whites_recalled),
+        "white_missed_counted_as_red": whites_missed_hit,
         "platelet_labels": len(platelets),
         "platelets_recalled": len(platelet_pairs),
         "white_found": sum(d.kind == "white_cell" for d in found),
@@ -157,6 +174,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "white_counted_as_red": _ratio(total("white_counted_as_red"), total("white_labels")),
         "white_counted_as_red_within": _ratio(
             total("white_counted_as_red_within"), total("white_labels")
+        ),
+        "white_recall": _ratio(total("white_recalled"), total("white_labels")),
+        "white_missed_counted_as_red": _ratio(
+            total("white_missed_counted_as_red"), total("white_labels")
         ),
         "platelets": total("platelet_labels"),
         "platelet_recall": _ratio(total("platelets_recalled"), total("platelet_labels")),
@@ -311,6 +332,8 @@ FIGURES = (
     ("red_precision_one_to_one", "one-to-one precision"),
     ("white_counted_as_red", "white cells counted as red (box)"),
     ("white_counted_as_red_within", "white cells counted as red (within the cell)"),
+    ("white_missed_counted_as_red", "white cells missed and counted as red"),
+    ("white_recall", "white-cell recall"),
     ("platelet_recall", "platelet recall"),
     ("found_over_there_mean", "found / there"),
     ("seconds_per_field", "s per field"),

@@ -24,6 +24,7 @@ from training.detection_eval import (
     evaluate_fields,
     field_figures,
     match,
+    summarise,
 )
 from training.errors import DataError
 
@@ -185,7 +186,24 @@ def test_field_figures_count_white_cells_taken_for_red() -> None:
     assert figures["red_recalled_interior"] == 1 and figures["red_counted"] == 2
     assert figures["red_counted_matched"] == 1 and figures["white_counted_as_red"] == 1
     assert figures["white_counted_as_red_within"] == 1
+    assert figures["white_recalled"] == 0 and figures["white_missed_counted_as_red"] == 1
     assert figures["found_over_there"] == 2.0
+
+
+def test_a_red_detection_beside_a_white_cell_found_as_white_is_not_that_white_cell_missed() -> None:
+    # The white cell is found and set apart; the unlabelled red detection at its edge is charged
+    # by the box and within figures (and by precision), but the white cell was not taken for red.
+    white = FieldObject("white_cell", 50, 50, (30.0, 30.0, 70.0, 70.0))
+    field = Field(Path("x.png"), "s", "test", 100, 100, [white])
+    found = [
+        Found("white_cell", 50, 50, (30, 30, 70, 70), False),
+        Found("red_cell", 62, 50, (54, 42, 70, 58), False),
+    ]
+    figures = field_figures(field, found, microns_per_pixel=0.1)
+    assert figures["white_counted_as_red"] == 1 and figures["white_counted_as_red_within"] == 1
+    assert figures["white_recalled"] == 1 and figures["white_missed_counted_as_red"] == 0
+    summary = summarise([figures])
+    assert summary["white_recall"] == 1.0 and summary["white_missed_counted_as_red"] == 0.0
 
 
 def test_a_red_cell_in_a_white_cells_box_corner_is_not_within_the_white_cell() -> None:
@@ -212,5 +230,6 @@ def test_classical_detector_on_the_synthetic_smear(tmp_path: Path) -> None:
     assert figures["red_precision_one_to_one"] == 1.0
     assert figures["white_counted_as_red"] == 0.0
     assert figures["white_counted_as_red_within"] == 0.0
+    assert figures["white_missed_counted_as_red"] == 0.0
     assert figures["platelet_recall"] == 0.0  # the classical detector finds none
     assert len(rows) == 1
