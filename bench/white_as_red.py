@@ -16,6 +16,9 @@ drop. Choose on the validation split only; the test split is for reporting.
 labelled white cell, labelled red cells in green, labelled white cells in blue, the detector's
 white cells in magenta, its counted red cells as yellow boxes and the one taken for red as a red
 box with a cross; the title says whether the detector found that white cell as a white cell.
+`--missed-sheet` draws every labelled white cell that no detected white cell matches (one to one,
+as `evaluate-detector`'s white-cell recall), its title saying what the detector put there
+instead: a counted red cell, a red cell set aside at the border, a platelet, or nothing.
 """
 
 from __future__ import annotations
@@ -76,12 +79,12 @@ def case_tile(
     rgb: np.ndarray,
     item: Any,
     found: list[Any],
-    culprit: Any,
+    culprit: Any | None,
     holder: tuple[float, float, float, float],
     title: str,
 ) -> Image.Image:
-    """A window of the field around `holder`, the labelled white cell holding `culprit`'s
-    centre, drawn."""
+    """A window of the field around `holder`, a labelled white cell (holding `culprit`'s centre,
+    when one is given), drawn."""
     whites = [w.box for w in item.of_kind("white_cell") if w.box is not None]
     side = 2.2 * max(holder[2] - holder[0], holder[3] - holder[1])
     cx, cy = (holder[0] + holder[2]) / 2, (holder[1] + holder[3]) / 2
@@ -99,16 +102,54 @@ def case_tile(
             draw.rectangle(d.box, outline=(255, 0, 255), width=2)
         elif d.kind == "red_cell" and not d.at_border and d is not culprit:
             draw.rectangle(d.box, outline=(255, 220, 0), width=1)
-    draw.rectangle(culprit.box, outline=(255, 0, 0), width=3)
-    x, y, r = culprit.x, culprit.y, 6
-    draw.line((x - r, y - r, x + r, y + r), fill=(255, 0, 0), width=3)
-    draw.line((x - r, y + r, x + r, y - r), fill=(255, 0, 0), width=3)
+    if culprit is not None:
+        draw.rectangle(culprit.box, outline=(255, 0, 0), width=3)
+        x, y, r = culprit.x, culprit.y, 6
+        draw.line((x - r, y - r, x + r, y + r), fill=(255, 0, 0), width=3)
+        draw.line((x - r, y + r, x + r, y - r), fill=(255, 0, 0), width=3)
     tile = tile.crop((x0, y0, x1, y1))
     tile.thumbnail((SHEET_TILE, SHEET_TILE - 14))
     out = Image.new("RGB", (SHEET_TILE, SHEET_TILE), "white")
     out.paste(tile, (0, 14))
     ImageDraw.Draw(out).text((2, 1), title, fill=(0, 0, 0))
     return out
+
+
+def in_place_of(box: tuple[float, float, float, float], found: list[Any], spare: set[int]) -> str:
+    """What the detector put inside a labelled white cell's box that it did not find as white:
+    of its red cells only those that match no labelled red cell (`spare`, indices into
+    `found`), so that red cells in the box's corners are not taken for the white cell."""
+    inside = [
+        (i, d) for i, d in enumerate(found) if in_box(d.x, d.y, box) and d.kind != "white_cell"
+    ]
+    if any(d.kind == "red_cell" and not d.at_border and i in spare for i, d in inside):
+        return "counted as red"
+    if any(d.kind == "red_cell" and i in spare for i, d in inside):
+        return "red, set aside at the border"
+    if any(d.kind == "platelet" for _, d in inside):
+        return "platelet"
+    return "nothing"
+
+
+def missed_white_tiles(
+    rgb: np.ndarray, item: Any, found: list[Any], radius: float
+) -> list[tuple[str, Image.Image]]:
+    """(what happened, a drawn tile) for each labelled white cell that no detected white cell
+    matches: whether the label is cut by the image's edge and what the detector put there."""
+    whites = item.of_kind("white_cell")
+    matched = {j for _, j in match([d for d in found if d.kind == "white_cell"], whites, radius)}
+    red_at = [i for i, d in enumerate(found) if d.kind == "red_cell"]
+    red_pairs = match([found[i] for i in red_at], item.of_kind("red_cell"), radius)
+    spare = set(red_at) - {red_at[i] for i, _ in red_pairs}
+    tiles: list[tuple[str, Image.Image]] = []
+    for j, w in enumerate(whites):
+        if j in matched or w.box is None:
+            continue
+        edge = "cut by the edge, " if item.at_border(w) else ""
+        what = f"{edge}{in_place_of(w.box, found, spare)}"
+        title = f"{item.source} {item.image.name[:8]} missed ({what})"
+        tiles.append((f"{item.source}: {what}", case_tile(rgb, item, found, None, w.box, title)))
+    return tiles
 
 
 def save_sheet(tiles: list[Image.Image], path: Path, columns: int = 3) -> None:
@@ -131,8 +172,12 @@ def main() -> None:
     ap.add_argument(
         "--sheet", type=Path, help="draw each white cell taken for red into this image (.png, .jpg)"
     )
+    ap.add_argument(
+        "--missed-sheet", type=Path, help="draw each white cell not found as white into this image"
+    )
     args = ap.parse_args()
     tiles: list[Image.Image] = []
+    missed: list[tuple[str, Image.Image]] = []
     detector = CellDetector.load(args.detector)
     fields, scales = load_fields(yolo=[args.yolo], progress=False)
     # source, group, size ratio, score, centre inside a detected white cell
@@ -143,6 +188,8 @@ def main() -> None:
         found = detector.detect(rgb, scales[item.source]).objects
         red = [d for d in found if d.kind == "red_cell"]
         found_whites = [d.box for d in found if d.kind == "white_cell"]
+        if args.missed_sheet is not None:
+            missed += missed_white_tiles(rgb, item, found, 0.0)
         if len(red) < 3:
             continue
         sides = np.asarray([((d.box[2] - d.box[0]) + (d.box[3] - d.box[1])) / 2 for d in red])
@@ -186,6 +233,11 @@ def main() -> None:
     print(json.dumps(table))
     if args.sheet is not None:
         save_sheet(tiles, args.sheet)
+    if args.missed_sheet is not None:
+        print("white cells not found as white:")
+        for what in sorted({w for w, _ in missed}):
+            print(f"  {what}: {sum(w == what for w, _ in missed)}")
+        save_sheet([tile for _, tile in missed], args.missed_sheet)
 
 
 if __name__ == "__main__":
