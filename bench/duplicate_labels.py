@@ -15,6 +15,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = read_yolo(args.yolo, progress=False)
     counts: Counter[str] = Counter()
-    listed = []
+    listed: list[dict[str, Any]] = []
     for item in report.fields:
         for kind, overlap in duplicate_pairs(item, args.iou):
             key = f"{item.source}/{item.split}/{kind}"

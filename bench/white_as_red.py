@@ -214,21 +214,21 @@ def main() -> None:
         mine = [r for r in rows if r[0] == source]
         counts = {g: sum(r[1] == g for r in mine) for g in ("red", "white", "stray")}
         whites = sorted(round(r[2], 2) for r in mine if r[1] == "white")
-        inside = {g: sum(r[4] for r in mine if r[1] == g) for g in ("red", "white", "stray")}
+        in_white = {g: sum(r[4] for r in mine if r[1] == g) for g in ("red", "white", "stray")}
         print(f"  {source}: {counts}; white-as-red size ratios {whites}")
-        print(f"    centre inside a detected white cell (central {INNER:.0%}): {inside}")
+        print(f"    centre inside a detected white cell (central {INNER:.0%}): {in_white}")
     print("\nratio  " + "  ".join(f"{s:>24}" for s in sources) + "   (red dropped / white dropped)")
     table = {}
     for cut in RATIOS:
         line = []
         for source in sources:
             mine = [r for r in rows if r[0] == source]
-            red = [r for r in mine if r[1] == "red"]
-            white = [r for r in mine if r[1] == "white"]
-            dr = sum(r[2] > cut for r in red)
-            dw = sum(r[2] > cut for r in white)
-            table[f"{cut}:{source}"] = {"red": [dr, len(red)], "white": [dw, len(white)]}
-            line.append(f"{dr:>5}/{len(red):<5} {dw:>3}/{len(white):<3}")
+            reds = [r for r in mine if r[1] == "red"]
+            taken = [r for r in mine if r[1] == "white"]
+            dr = sum(r[2] > cut for r in reds)
+            dw = sum(r[2] > cut for r in taken)
+            table[f"{cut}:{source}"] = {"red": [dr, len(reds)], "white": [dw, len(taken)]}
+            line.append(f"{dr:>5}/{len(reds):<5} {dw:>3}/{len(taken):<3}")
         print(f"{cut:>5}  " + "  ".join(f"{c:>24}" for c in line))
     print(json.dumps(table))
     if args.sheet is not None:
