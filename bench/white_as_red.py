@@ -234,7 +234,14 @@ def main() -> None:
     if args.sheet is not None:
         save_sheet(tiles, args.sheet)
     if args.missed_sheet is not None:
-        print("white cells not found as white:")
+        in_split = [f for f in fields if f.split == args.split]
+        labelled = {
+            source: sum(len(f.of_kind("white_cell")) for f in in_split if f.source == source)
+            for source in sorted({f.source for f in in_split})
+        }
+        print(
+            f"white cells not found as white (of those labelled, split {args.split}: {labelled}):"
+        )
         for what in sorted({w for w, _ in missed}):
             print(f"  {what}: {sum(w == what for w, _ in missed)}")
         save_sheet([tile for _, tile in missed], args.missed_sheet)
