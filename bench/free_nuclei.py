@@ -1,0 +1,150 @@
+"""Would nuclei that no detection covers find the white cells the detector missed? (issue #11)
+
+On a laboratory it never saw, the detector finds nothing at some whole white cells (deep purple
+neutrophils, lymphocytes, monocytes: docs/detection.md, "White cells missed altogether"). Their
+nucleus is what the nucleus check (core/detect/nucleus.py) already recognises inside a red
+detection: darker in green optical density than the field's red cells by `darkness`, and bluer
+(blue/green OD under `blueness` of theirs). This probe looks for such pixels **outside every
+detected object's box**, joins them into connected regions, and keeps regions of at least an
+area (um^2, at the field's scale). For each area it counts, per source and split:
+
+- white cells recovered: labelled white cells that no detected white cell matches and that
+  hold a kept region's centre;
+- false finds: kept regions in no labelled white cell's box (on Chula, which labels no white
+  cell, every find; some may be real white cells there, so it is an upper bound);
+- second finds: kept regions in the box of a labelled white cell that the detector did find
+  (a piece of its nucleus outside the detected box), which would report that cell twice.
+
+A measurement only: nothing in the service uses it. Choose on validation fields only.
+
+    python bench/free_nuclei.py --detector runs/detector-loso-raabin-sized/detector [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.probe_fields import add_field_arguments, command_line, probe_fields, write_result
+from core.detect.learned import CellDetector
+from core.detect.nucleus import MIN_RED_CELLS, MIN_STAIN, _ellipse_pixels, background
+from training.detection_eval import Found, in_box, match
+
+AREAS_UM2 = (4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+DARKNESS, BLUENESS = 2.0, 0.7  # the shipped rule's pixel test (core.detect.nucleus.SHIPPED_RULE)
+
+
+def free_regions(
+    rgb: np.ndarray, objects: list[Any], microns_per_pixel: float
+) -> list[tuple[float, float, float]]:
+    """(x, y, area in um^2) of each connected region of nuclear pixels outside every detected
+    object's box; [] when the field has too few counted red cells for a reference colour."""
+    reds = [o.box for o in objects if o.kind == "red_cell" and not o.at_border]
+    if len(reds) < MIN_RED_CELLS:
+        return []
+    light = background(rgb)
+    ref = np.concatenate([_ellipse_pixels(rgb, light, b) for b in reds])
+    stained = ref[ref[:, 1] > MIN_STAIN]
+    if len(stained) == 0:
+        return []
+    green = float(np.median(stained[:, 1]))
+    blue = float(np.median(stained[:, 2] / np.maximum(stained[:, 1], MIN_STAIN)))
+    od = -np.log10(np.clip(rgb.astype(np.float32), 1.0, None) / light)
+    nuclear = (od[..., 1] > DARKNESS * green) & (
+        od[..., 2] / np.maximum(od[..., 1], MIN_STAIN) < BLUENESS * blue
+    )
+    height, width = nuclear.shape
+    for o in objects:
+        x0, y0, x1, y1 = (round(v) for v in o.box)
+        nuclear[max(0, y0) : min(height, y1 + 1), max(0, x0) : min(width, x1 + 1)] = False
+    labels, n = ndimage.label(nuclear)
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(nuclear, labels, index)
+    centres = ndimage.center_of_mass(nuclear, labels, index)
+    pixel_area = microns_per_pixel**2
+    return [
+        (float(c[1]), float(c[0]), float(s) * pixel_area)
+        for c, s in zip(centres, sizes, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_field_arguments(ap, chula_per_split=40)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    started = time.perf_counter()
+    detector = CellDetector.load(args.detector)
+    fields, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
+    # (source, split) -> counts per area
+    tally: dict[str, dict[str, Any]] = {}
+    for n, (item, split) in enumerate(fields, 1):
+        with Image.open(item.image) as opened:
+            rgb = np.asarray(opened.convert("RGB"))
+        scale = scales[item.source]
+        objects = detector.detect(rgb, scale).objects
+        whites = [w for w in item.of_kind("white_cell") if w.box is not None]
+        found_white = [
+            Found(o.kind, o.x, o.y, o.box, o.at_border) for o in objects if o.kind == "white_cell"
+        ]
+        matched = {j for _, j in match(found_white, whites, 0.0)}
+        missed = [w for j, w in enumerate(whites) if j not in matched and not item.at_border(w)]
+        regions = free_regions(rgb, objects, scale)
+        row = tally.setdefault(
+            f"{item.source}:{split}",
+            {"fields": 0, "whites": 0, "missed_whole": 0, "by_area": {}},
+        )
+        row["fields"] += 1
+        row["whites"] += len(whites)
+        row["missed_whole"] += len(missed)
+        for area in AREAS_UM2:
+            kept = [(x, y) for x, y, a in regions if a >= area]
+            recovered = sum(any(in_box(x, y, w.box) for x, y in kept) for w in missed)
+            false = sum(not any(in_box(x, y, w.box) for w in whites) for x, y in kept)
+            found_boxes = [w.box for j, w in enumerate(whites) if j in matched]
+            second = sum(any(in_box(x, y, b) for b in found_boxes) for x, y in kept)
+            counts = row["by_area"].setdefault(
+                str(area), {"recovered": 0, "false_finds": 0, "second_finds": 0}
+            )
+            counts["recovered"] += recovered
+            counts["false_finds"] += false
+            counts["second_finds"] += second
+        if n % 50 == 0:
+            print(f"  {n}/{len(fields)} fields", flush=True)
+    print("\nwhole white cells missed, recovered / missed; false finds; second finds (fields)")
+    print(f"{'source:split':14s} " + " ".join(f"{f'>= {a:g} um2':>15s}" for a in AREAS_UM2))
+    for key in sorted(tally):
+        row = tally[key]
+        cells = [
+            f"{c['recovered']}/{row['missed_whole']}; {c['false_finds']}; {c['second_finds']}"
+            for c in (row["by_area"][str(a)] for a in AREAS_UM2)
+        ]
+        print(f"{key:14s} " + " ".join(f"{c:>15s}" for c in cells) + f"  ({row['fields']})")
+    if args.out:
+        write_result(
+            args.out,
+            {
+                "command": command_line("bench/free_nuclei.py", argv),
+                "detector": str(args.detector),
+                "pixel_rule": {"darkness": DARKNESS, "blueness": BLUENESS},
+                "areas_um2": list(AREAS_UM2),
+                "by_source_split": tally,
+                "seconds": time.perf_counter() - started,
+            },
+        )
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
