@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         "--nucleus-rule",
         help='the nucleus check\'s rule by key (bench/nucleus_probe.py) or "off"; default: shipped',
     )
+    ap.add_argument(
+        "--no-free-nuclei",
+        action="store_true",
+        help="leave out the step that reports nuclei no detection covers as white cells",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "detection" / "shift.json")
     args = ap.parse_args(argv)
     names = [s for s in args.shifts.split(",") if s]
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.nucleus_rule is not None:
         off = args.nucleus_rule == "off"
         detector.nucleus_rule = None if off else NucleusRule.from_key(args.nucleus_rule)
+    if args.no_free_nuclei:
+        detector.free_nucleus_um2 = None
     results: dict[str, Any] = {}
     for name in tqdm(names + [n for n in unscaled if n not in names], desc="shifts"):
         shift = SHIFTS[name]
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["bench/detector_shift.py", *(sys.argv[1:] if argv is None else argv)]),
         "detector": str(args.detector),
         "nucleus_rule": None if detector.nucleus_rule is None else detector.nucleus_rule.key(),
+        "free_nucleus_um2": detector.free_nucleus_um2,
         "results": results,
         "seconds": round(time.perf_counter() - started, 1),
     }

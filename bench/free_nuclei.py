@@ -5,8 +5,10 @@ neutrophils, lymphocytes, monocytes: docs/detection.md, "White cells missed alto
 nucleus is what the nucleus check (core/detect/nucleus.py) already recognises inside a red
 detection: darker in green optical density than the field's red cells by `darkness`, and bluer
 (blue/green OD under `blueness` of theirs). This probe looks for such pixels **outside every
-detected object's box**, joins them into connected regions, and keeps regions of at least an
-area (um^2, at the field's scale). For each area it counts, per source and split:
+detected object's box** (core.detect.nucleus.nuclear_regions; the detector itself adds the
+regions of FREE_NUCLEUS_MIN_UM2 and more as white cells, turned off here), joins them into
+connected regions, and keeps regions of at least an area (um^2, at the field's scale). For
+each area it counts, per source and split:
 
 - white cells recovered: labelled white cells that no detected white cell matches and that
   hold a kept region's centre;
@@ -15,7 +17,7 @@ area (um^2, at the field's scale). For each area it counts, per source and split
 - second finds: kept regions in the box of a labelled white cell that the detector did find
   (a piece of its nucleus outside the detected box), which would report that cell twice.
 
-A measurement only: nothing in the service uses it. Choose on validation fields only.
+Choose on validation fields only.
 
     python bench/free_nuclei.py --detector runs/detector-loso-raabin-sized/detector [--out F]
 """
@@ -30,51 +32,27 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.probe_fields import add_field_arguments, command_line, probe_fields, write_result
 from core.detect.learned import CellDetector
-from core.detect.nucleus import MIN_RED_CELLS, MIN_STAIN, _ellipse_pixels, background
+from core.detect.nucleus import SHIPPED_RULE, NucleusRule, nuclear_regions
 from training.detection_eval import Found, in_box, match
 
 AREAS_UM2 = (4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
-DARKNESS, BLUENESS = 2.0, 0.7  # the shipped rule's pixel test (core.detect.nucleus.SHIPPED_RULE)
 
 
 def free_regions(
     rgb: np.ndarray, objects: list[Any], microns_per_pixel: float
 ) -> list[tuple[float, float, float]]:
-    """(x, y, area in um^2) of each connected region of nuclear pixels outside every detected
-    object's box; [] when the field has too few counted red cells for a reference colour."""
-    reds = [o.box for o in objects if o.kind == "red_cell" and not o.at_border]
-    if len(reds) < MIN_RED_CELLS:
-        return []
-    light = background(rgb)
-    ref = np.concatenate([_ellipse_pixels(rgb, light, b) for b in reds])
-    stained = ref[ref[:, 1] > MIN_STAIN]
-    if len(stained) == 0:
-        return []
-    green = float(np.median(stained[:, 1]))
-    blue = float(np.median(stained[:, 2] / np.maximum(stained[:, 1], MIN_STAIN)))
-    od = -np.log10(np.clip(rgb.astype(np.float32), 1.0, None) / light)
-    nuclear = (od[..., 1] > DARKNESS * green) & (
-        od[..., 2] / np.maximum(od[..., 1], MIN_STAIN) < BLUENESS * blue
-    )
-    height, width = nuclear.shape
-    for o in objects:
-        x0, y0, x1, y1 = (round(v) for v in o.box)
-        nuclear[max(0, y0) : min(height, y1 + 1), max(0, x0) : min(width, x1 + 1)] = False
-    labels, n = ndimage.label(nuclear)
-    if n == 0:
-        return []
-    index = np.arange(1, n + 1)
-    sizes = ndimage.sum_labels(nuclear, labels, index)
-    centres = ndimage.center_of_mass(nuclear, labels, index)
-    pixel_area = microns_per_pixel**2
+    """(x, y, area in um^2) of each region of nuclear pixels outside every detected object's box
+    (core.detect.nucleus.nuclear_regions, the shipped rule's pixel test)."""
+    reference = [o.box for o in objects if o.kind == "red_cell"]
+    boxes = [o.box for o in objects]
+    rule = SHIPPED_RULE or NucleusRule(darkness=2.0, blueness=0.7, share=0.1)
     return [
-        (float(c[1]), float(c[0]), float(s) * pixel_area)
-        for c, s in zip(centres, sizes, strict=True)
+        ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, area)
+        for b, area in nuclear_regions(rgb, boxes, reference, rule, microns_per_pixel)
     ]
 
 
@@ -85,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     started = time.perf_counter()
     detector = CellDetector.load(args.detector)
+    detector.free_nucleus_um2 = None  # the regions it would add are what is measured
     fields, scales = probe_fields(args.yolo, args.chula, args.chula_fields)
     # (source, split) -> counts per area
     tally: dict[str, dict[str, Any]] = {}
@@ -136,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "command": command_line("bench/free_nuclei.py", argv),
                 "detector": str(args.detector),
-                "pixel_rule": {"darkness": DARKNESS, "blueness": BLUENESS},
+                "pixel_rule": (SHIPPED_RULE.key() if SHIPPED_RULE else None),
                 "areas_um2": list(AREAS_UM2),
                 "by_source_split": tally,
                 "seconds": time.perf_counter() - started,

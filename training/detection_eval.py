@@ -176,6 +176,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             total("white_counted_as_red_within"), total("white_labels")
         ),
         "white_recall": _ratio(total("white_recalled"), total("white_labels")),
+        "white_found": total("white_found"),
         "white_missed_counted_as_red": _ratio(
             total("white_missed_counted_as_red"), total("white_labels")
         ),

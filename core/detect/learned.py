@@ -27,7 +27,13 @@ from PIL import Image
 from torch import nn
 
 from core.detect.focus import sharpness
-from core.detect.nucleus import SHIPPED_RULE, NucleusRule, nucleated
+from core.detect.nucleus import (
+    FREE_NUCLEUS_MIN_UM2,
+    SHIPPED_RULE,
+    NucleusRule,
+    nuclear_regions,
+    nucleated,
+)
 from core.modelcard import ModelFileError, sha256_file
 
 KINDS = ("red_cell", "white_cell", "platelet")
@@ -244,6 +250,8 @@ class FieldDetection:
     scale_search: list[tuple[float, int]] = field(default_factory=list)
     # Red-cell peaks that held a nucleus (core/detect/nucleus.py) and became white cells.
     nucleated: int = 0
+    # Nuclei that no detection covered, reported as white cells (core/detect/nucleus.py).
+    free_nuclei: int = 0
     # core/detect/focus.py at the working scale, and whether it is under the detector's
     # FOCUS_THRESHOLD (a defocused field: red cells missed).
     sharpness: float | None = None
@@ -300,6 +308,55 @@ def set_apart_nucleated(
             )
         )
     return kept, len(moved)
+
+
+def add_free_nuclei(
+    rgb: np.ndarray,
+    objects: list[Detected],
+    microns_per_pixel: float,
+    rule: NucleusRule,
+    min_area_um2: float,
+) -> tuple[list[Detected], int]:
+    """Regions of nuclear pixels outside every detected object become white cells (score 0: no
+    network found them): a white cell of a stain the network never saw can go unseen by it,
+    while its nucleus is as dark and blue as any. As in `set_apart_nucleated`, pieces closer
+    than a red cell's width (the lobes of one neutrophil) are one white cell, and a piece within
+    that reach of a white cell already found is a part of it; a white cell needs one region of
+    `min_area_um2` at least. Returns the objects and how many were added."""
+    reference = [o.box for o in objects if o.kind == "red_cell"]
+    regions = nuclear_regions(rgb, [o.box for o in objects], reference, rule, microns_per_pixel)
+    reach = NORMAL_RED_CELL_UM / microns_per_pixel
+    whites = [o.box for o in objects if o.kind == "white_cell"]
+
+    def near(box: tuple[float, float, float, float], other: tuple[float, ...]) -> bool:
+        """Whether the boxes come within `reach` of each other."""
+        dx = max(other[0] - box[2], box[0] - other[2], 0.0)
+        dy = max(other[1] - box[3], box[1] - other[3], 0.0)
+        return math.hypot(dx, dy) < reach
+
+    pieces: list[list[tuple[tuple[float, float, float, float], float]]] = []
+    for box, area in sorted(regions, key=lambda r: -r[1]):
+        if any(near(box, w) for w in whites):
+            continue
+        joined = next((p for p in pieces if any(near(box, q) for q, _ in p)), None)
+        if joined is None:
+            pieces.append([(box, area)])
+        else:
+            joined.append((box, area))
+    height, width = rgb.shape[:2]
+    added = []
+    for piece in pieces:
+        if max(area for _, area in piece) < min_area_um2:
+            continue  # specks: a white cell's nucleus has one region this large at least
+        x0 = min(b[0] for b, _ in piece)
+        y0 = min(b[1] for b, _ in piece)
+        x1 = max(b[2] for b, _ in piece)
+        y1 = max(b[3] for b, _ in piece)
+        border = x0 <= 0 or y0 <= 0 or x1 >= width or y1 >= height
+        added.append(
+            Detected("white_cell", (x0 + x1) / 2, (y0 + y1) / 2, (x0, y0, x1, y1), 0.0, border)
+        )
+    return objects + added, len(added)
 
 
 @dataclass(frozen=True)
@@ -369,6 +426,7 @@ class CellDetector:
         card: DetectorCard,
         device: str = "cpu",
         nucleus_rule: NucleusRule | None = SHIPPED_RULE,
+        free_nucleus_um2: float | None = FREE_NUCLEUS_MIN_UM2,
     ) -> None:
         self.network = network.eval().to(device)
         self.network.requires_grad_(False)
@@ -376,6 +434,9 @@ class CellDetector:
         self.device = device
         # A red-cell peak that holds a nucleus is a white cell (None: trust the network).
         self.nucleus_rule = nucleus_rule
+        # A nucleus that no detection covers, at least this large, is a white cell the network
+        # missed (None: none is looked for; needs the nucleus rule's colours).
+        self.free_nucleus_um2 = free_nucleus_um2
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu") -> CellDetector:
@@ -462,15 +523,20 @@ class CellDetector:
                 continue  # a peak in the padding
             border = x0 <= m or y0 <= m or x1 >= width - m or y1 >= height - m
             objects.append(Detected(KINDS[k], cx, cy, (x0, y0, x1, y1), score, border))
-        moved = 0
+        moved = added = 0
         if self.nucleus_rule is not None:
             objects, moved = set_apart_nucleated(rgb, objects, microns_per_pixel, self.nucleus_rule)
+            if self.free_nucleus_um2 is not None:
+                objects, added = add_free_nuclei(
+                    rgb, objects, microns_per_pixel, self.nucleus_rule, self.free_nucleus_um2
+                )
         return FieldDetection(
             objects,
             microns_per_pixel,
             estimated,
             search,
             moved,
+            free_nuclei=added,
             sharpness=focus,
             out_of_focus=focus < self.FOCUS_THRESHOLD,
         )

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 INNER = 0.8  # the central share of a box's sides that its ellipse spans
 MIN_STAIN = 0.02  # green OD under this is background: its blue ratio means nothing
@@ -88,6 +89,16 @@ def _blue_ratio(pixels: np.ndarray) -> np.ndarray:
     return pixels[:, 2] / np.maximum(pixels[:, 1], MIN_STAIN)
 
 
+def _red_cell_colour(ellipses: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """The red cells' median green OD and blue/green OD ratio over their stained pixels, from
+    each red cell's ellipse pixels; None when none is stained."""
+    pixels = np.concatenate([p for p in ellipses if len(p)] or [np.zeros((0, 3), np.float32)])
+    stained = pixels[pixels[:, 1] > MIN_STAIN]
+    if len(stained) == 0:
+        return None
+    return float(np.median(stained[:, 1])), float(np.median(_blue_ratio(stained)))
+
+
 def nuclear_shares(
     rgb: np.ndarray,
     boxes: Sequence[Box],
@@ -105,13 +116,10 @@ def nuclear_shares(
     light = background(rgb)
     # Each box's pixels once: the boxes judged are usually among the reference's.
     pixels_of = {tuple(b): _ellipse_pixels(rgb, light, b) for b in (*reference, *boxes)}
-    ref = [pixels_of[tuple(b)] for b in reference]
-    ref_pixels = np.concatenate([p for p in ref if len(p)] or [np.zeros((0, 3), np.float32)])
-    stained = ref_pixels[ref_pixels[:, 1] > MIN_STAIN]
-    if len(stained) == 0:
+    colour = _red_cell_colour([pixels_of[tuple(b)] for b in reference])
+    if colour is None:
         return out
-    green = float(np.median(stained[:, 1]))
-    blue = float(np.median(_blue_ratio(stained)))
+    green, blue = colour
     for i, box in enumerate(boxes):
         pixels = pixels_of[tuple(box)]
         if len(pixels) == 0:
@@ -135,6 +143,58 @@ def nucleated(
     (default: the boxes themselves)."""
     shares = nuclear_shares(rgb, boxes, [rule], reference)
     return [bool(s > rule.share) for s in shares[:, 0]]
+
+
+def nuclear_regions(
+    rgb: np.ndarray,
+    covered: Sequence[Box],
+    reference: Sequence[Box],
+    rule: NucleusRule,
+    microns_per_pixel: float,
+) -> list[tuple[Box, float]]:
+    """(bounding box, area in um^2) of each connected region of nuclear pixels (the rule's
+    darkness and blueness against the red cells of `reference`) outside every box of `covered`;
+    [] when the reference holds fewer than MIN_RED_CELLS boxes. A fine image is looked at every
+    `step` pixels (about REGION_UM per step), so a large field costs no full-size float copy."""
+    if len(reference) < MIN_RED_CELLS:
+        return []
+    light = background(rgb)
+    colour = _red_cell_colour([_ellipse_pixels(rgb, light, b) for b in reference])
+    if colour is None:
+        return []
+    green, blue = colour
+    step = max(1, int(REGION_UM / microns_per_pixel))
+    sample = rgb[::step, ::step].astype(np.float32)
+    od = -np.log10(np.clip(sample, 1.0, None) / light)
+    nuclear = od[..., 1] > rule.darkness * green
+    if rule.blueness is not None:
+        nuclear &= od[..., 2] / np.maximum(od[..., 1], MIN_STAIN) < rule.blueness * blue
+    height, width = nuclear.shape
+    for x0, y0, x1, y1 in covered:
+        top, left = max(0, int(y0 // step)), max(0, int(x0 // step))
+        nuclear[top : min(height, int(y1 // step) + 1), left : min(width, int(x1 // step) + 1)] = 0
+    labels, _ = ndimage.label(nuclear)
+    regions: list[tuple[Box, float]] = []
+    pixel_area = (step * microns_per_pixel) ** 2
+    for k, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        rows, cols = window
+        area = float((labels[window] == k).sum()) * pixel_area
+        box = (
+            float(cols.start * step),
+            float(rows.start * step),
+            float(min(cols.stop * step, rgb.shape[1])),
+            float(min(rows.stop * step, rgb.shape[0])),
+        )
+        regions.append((box, area))
+    return regions
+
+
+# A region of nuclear pixels that no detection covers and at least this large is a white cell the
+# network did not see: chosen by bench/free_nuclei.py on validation fields (docs/detection.md).
+FREE_NUCLEUS_MIN_UM2 = 24.0
+REGION_UM = 0.3  # the resolution nuclear_regions looks at
 
 
 # The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every

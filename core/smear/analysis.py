@@ -532,6 +532,11 @@ def _analyze_detected(
             f"{found.nucleated} object(s) the detector took for red cells hold a nucleus "
             "(darker and bluer than this field's red cells) and are reported as white cells"
         )
+    if getattr(found, "free_nuclei", 0):
+        notes.append(
+            f"{found.free_nuclei} white cell(s) found by the nucleus alone, where the detector "
+            "found nothing (darker and bluer than this field's red cells; score 0)"
+        )
     detected = time.perf_counter()
     if check is not None:
         check()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.detect.learned import Detected, set_apart_nucleated
+from core.detect.learned import Detected, add_free_nuclei, set_apart_nucleated
 from core.detect.nucleus import NucleusRule, nuclear_shares, nucleated
 from tests.synthetic import disc
 
@@ -101,3 +101,40 @@ def test_a_rule_is_named_by_its_key_and_bad_keys_are_refused() -> None:
     for bad in ("", "T2.0", "T2.0-Bx-F0.1", "T2.0-F0.1-Q3", "F0.1"):
         with pytest.raises(ValueError, match="not a nucleus rule"):
             NucleusRule.from_key(bad)
+
+
+def test_a_nucleus_no_detection_covers_becomes_a_white_cell_when_large_enough() -> None:
+    # The network saw the red cells and the dense red cell, and nothing at the nucleus.
+    rgb, reds = field()
+    objects = [Detected("red_cell", x, y, box(x, y), 0.9, False) for x, y in reds]
+    objects.append(Detected("red_cell", 160, 40, box(160, 40), 0.9, False))
+    rule = NucleusRule(darkness=1.6, blueness=0.5, share=0.1)
+    # At 0.5 um per pixel the nucleus (8 px across in radius) is ~50 um^2: a white cell.
+    kept, added = add_free_nuclei(rgb, objects, 0.5, rule, min_area_um2=24.0)
+    assert added == 1 and kept[:-1] == objects
+    white = kept[-1]
+    assert white.kind == "white_cell" and white.score == 0.0 and not white.at_border
+    assert white.x == pytest.approx(160, abs=1.5) and white.y == pytest.approx(120, abs=1.5)
+    # At 0.2 um per pixel it is ~8 um^2: a speck, not a white cell.
+    assert add_free_nuclei(rgb, objects, 0.2, rule, min_area_um2=24.0)[1] == 0
+    # Covered by a detection (here the network's own white cell), nothing is added.
+    covered = [*objects, Detected("white_cell", 160, 120, box(160, 120), 0.8, False)]
+    assert add_free_nuclei(rgb, covered, 0.5, rule, min_area_um2=24.0) == (covered, 0)
+
+
+def test_free_nuclei_close_together_are_one_white_cell_and_one_beside_a_white_cell_is_part() -> (
+    None
+):
+    rgb, reds = field()
+    disc(rgb, 30, 135, 5, PURPLE)  # two lobes 8 px apart: one neutrophil at 0.5 um per pixel
+    disc(rgb, 44, 135, 5, PURPLE)
+    objects = [Detected("red_cell", x, y, box(x, y), 0.9, False) for x, y in reds]
+    objects.append(Detected("red_cell", 160, 40, box(160, 40), 0.9, False))
+    objects.append(Detected("white_cell", 160, 105, box(160, 105, 6), 0.8, False))  # a piece
+    rule = NucleusRule(darkness=1.6, blueness=0.5, share=0.1)
+    kept, added = add_free_nuclei(rgb, objects, 0.5, rule, min_area_um2=15.0)
+    # The lobes (~20 um^2 each) make one white cell; the nucleus at (160, 120) lies within a red
+    # cell's width of the white cell found at (160, 105), so it is that cell's, not a second.
+    assert added == 1
+    lobes = kept[-1]
+    assert lobes.box[0] < 30 < 44 < lobes.box[2] and lobes.y == pytest.approx(135, abs=1.5)
