@@ -164,12 +164,20 @@ def nuclear_regions(
         return []
     green, blue = colour
     step = max(1, int(REGION_UM / microns_per_pixel))
-    sample = rgb[::step, ::step].astype(np.float32)
-    od = -np.log10(np.clip(sample, 1.0, None) / light)
-    nuclear = od[..., 1] > rule.darkness * green
-    if rule.blueness is not None:
-        nuclear &= od[..., 2] / np.maximum(od[..., 1], MIN_STAIN) < rule.blueness * blue
-    height, width = nuclear.shape
+    sample = rgb[::step, ::step]  # a view: no copy
+    # Each channel value's optical density, looked up a band of rows at a time, so that even
+    # the largest image accepted costs a few MB of floats, not a full-size copy.
+    levels = np.clip(np.arange(256, dtype=np.float32), 1.0, None)[:, None]
+    density = -np.log10(levels / light[None, :])  # (256, 3)
+    height, width = sample.shape[:2]
+    nuclear = np.zeros((height, width), dtype=bool)
+    for top in range(0, height, ROWS_PER_BAND):
+        band = sample[top : top + ROWS_PER_BAND]
+        od_green, od_blue = density[band[..., 1], 1], density[band[..., 2], 2]
+        mask = od_green > rule.darkness * green
+        if rule.blueness is not None:
+            mask &= od_blue / np.maximum(od_green, MIN_STAIN) < rule.blueness * blue
+        nuclear[top : top + ROWS_PER_BAND] = mask
     for x0, y0, x1, y1 in covered:
         top, left = max(0, int(y0 // step)), max(0, int(x0 // step))
         nuclear[top : min(height, int(y1 // step) + 1), left : min(width, int(x1 // step) + 1)] = 0
@@ -195,6 +203,7 @@ def nuclear_regions(
 # network did not see: chosen by bench/free_nuclei.py on validation fields (docs/detection.md).
 FREE_NUCLEUS_MIN_UM2 = 24.0
 REGION_UM = 0.3  # the resolution nuclear_regions looks at
+ROWS_PER_BAND = 256
 
 
 # The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
