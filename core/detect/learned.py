@@ -261,6 +261,18 @@ class FieldDetection:
         return [o for o in self.objects if o.kind == kind]
 
 
+def enclosing(
+    boxes: Sequence[tuple[float, float, float, float]],
+) -> tuple[float, float, float, float]:
+    """The smallest box holding all of `boxes` (the pieces of one white cell)."""
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
 def set_apart_nucleated(
     rgb: np.ndarray, objects: list[Detected], microns_per_pixel: float, rule: NucleusRule
 ) -> tuple[list[Detected], int]:
@@ -293,16 +305,13 @@ def set_apart_nucleated(
         else:
             near.append(o)
     for piece in pieces:
-        x0 = min(o.box[0] for o in piece)
-        y0 = min(o.box[1] for o in piece)
-        x1 = max(o.box[2] for o in piece)
-        y1 = max(o.box[3] for o in piece)
+        box = enclosing([o.box for o in piece])
         kept.append(
             Detected(
                 "white_cell",
-                (x0 + x1) / 2,
-                (y0 + y1) / 2,
-                (x0, y0, x1, y1),
+                (box[0] + box[2]) / 2,
+                (box[1] + box[3]) / 2,
+                box,
                 max(o.score for o in piece),
                 any(o.at_border for o in piece),
             )
@@ -348,10 +357,7 @@ def add_free_nuclei(
     for piece in pieces:
         if max(area for _, area in piece) < min_area_um2:
             continue  # specks: a white cell's nucleus has one region this large at least
-        x0 = min(b[0] for b, _ in piece)
-        y0 = min(b[1] for b, _ in piece)
-        x1 = max(b[2] for b, _ in piece)
-        y1 = max(b[3] for b, _ in piece)
+        x0, y0, x1, y1 = enclosing([b for b, _ in piece])
         border = x0 <= 0 or y0 <= 0 or x1 >= width or y1 >= height
         added.append(
             Detected("white_cell", (x0 + x1) / 2, (y0 + y1) / 2, (x0, y0, x1, y1), 0.0, border)
