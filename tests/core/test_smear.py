@@ -165,6 +165,42 @@ def test_a_field_without_red_cells_is_an_answer_not_an_error() -> None:
     assert result.percentages() == {"dark": 0.0, "pale": 0.0, "schistocyte": 0.0}
 
 
+DETECTOR = ROOT / "models" / "detector"
+
+
+@pytest.mark.skipif(not (DETECTOR / "detector_card.json").is_file(), reason="no shipped detector")
+def test_a_nucleus_the_network_missed_is_a_white_cell_and_said_so() -> None:
+    # The shipped detector with its network blinded at the synthetic white cell (200, 215): as
+    # on a stain it never saw, where it finds nothing there. The nucleus (29 um2 at 0.19 um/px)
+    # is then found by its colour alone (add_free_nuclei), reported as a white cell, never
+    # counted as a red one, and the answer says how it was found.
+    from core.detect.learned import CellDetector
+
+    class Blinded(CellDetector):
+        def run(self, rgb: np.ndarray) -> list[tuple[int, float, float, float, float, float]]:
+            factor = 0.19 / self.card.microns_per_pixel  # the field's pixels to the network's
+            return [
+                p
+                for p in super().run(rgb)
+                if np.hypot(p[1] - 200 * factor, p[2] - 215 * factor) > 20 * factor
+            ]
+
+    image, interior = smear_image()
+    shipped = CellDetector.load(DETECTOR)
+    blinded = Blinded(shipped.network, shipped.card)
+    result = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded)
+    assert [(w.x, w.y) for w in result.white_cells] == [pytest.approx((200, 215), abs=6)]
+    assert result.white_cells[0].confidence == 0.0  # no network found it
+    assert sum(c.counted for c in result.cells) == len(interior)
+    assert not any(np.hypot(c.x - 200, c.y - 215) < 20 for c in result.cells)
+    assert any("found by the nucleus alone" in note for note in result.notes)
+    # Without the step the same field has no white cell and no such note.
+    blinded.free_nucleus_um2 = None
+    without = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded)
+    assert without.white_cells == []
+    assert not any("nucleus alone" in note for note in without.notes)
+
+
 def run_app(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`python -m app ...` as users run it, with RBC_* settings from `env`."""
     environ = {**os.environ, "RBC_DEVICE": "cpu", **env}
