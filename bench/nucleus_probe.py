@@ -17,8 +17,8 @@ A rule is chosen on validation fields only: among those that drop at most MAX_RE
 matched red cells of each source used, the one that would recognise the most labelled white
 cells (their own boxes) as nucleated; of those, the one that drops the fewest red cells (the
 sum of each source's share), then the loosest (lowest darkness, then highest blueness, then
-lowest share). Chosen leaving one txl-pbc
-source out (on the other two and Chula) it is reported on the left-out source's test fields:
+lowest share). Chosen leaving one source out (on the others' validation fields) it is reported
+on the left-out source's test fields:
 the white cells taken for red it catches and the red cells it drops; chosen on every source, it
 is the rule to ship, reported on every test split.
 """
@@ -57,6 +57,7 @@ SHARES = (0.05, 0.1, 0.2, 0.3)
 RULES = [NucleusRule(t, b, f) for t in DARKNESS for b in BLUENESS for f in SHARES]
 MAX_RED_LOSS = 0.005
 SOURCES = ("bccd", "bcd", "raabin")
+ALL_SOURCES = (*SOURCES, "chula")
 GROUPS = ("red", "white", "stray", "labelled_white")
 
 
@@ -88,6 +89,21 @@ def choose(table: dict[str, Any], on: list[str]) -> str | None:
             looseness(rules[k]),
         ),
     )
+
+
+def folds(leave_out: str) -> list[list[str]]:
+    """The folds a rule is chosen without: each source alone (Chula too: its red cells are the
+    densest, the budget a looser rule would break first), and `leave_out` (comma-separated)
+    together when it names more than one. ValueError for a source the probe does not know."""
+    together = [s for s in leave_out.split(",") if s]
+    if unknown := set(together) - set(ALL_SOURCES):
+        raise ValueError(f"--leave-out: unknown source(s) {sorted(unknown)}; known: {ALL_SOURCES}")
+    return [[s] for s in ALL_SOURCES] + ([together] if len(together) > 1 else [])
+
+
+def validation_splits(held: list[str]) -> list[str]:
+    """The validation splits a rule is chosen on with the sources `held` left out."""
+    return [f"{s}:val" for s in ALL_SOURCES if s not in held]
 
 
 def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
@@ -128,12 +144,12 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, int]]:
                 ]
                 for group in GROUPS
             }
-            for source in (*SOURCES, "chula")
+            for source in ALL_SOURCES
             for split in ("val", "test")
         }
     counts = {
         f"{s}:{sp}:{g}": sum(1 for r in rows if r[:3] == (s, sp, g))
-        for s in (*SOURCES, "chula")
+        for s in ALL_SOURCES
         for sp in ("val", "test")
         for g in GROUPS
     }
@@ -169,21 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "chosen": key,
             "chosen_on": on,
-            **{f"{s}:test": table[key][f"{s}:test"] for s in (*SOURCES, "chula")},
+            **{f"{s}:test": table[key][f"{s}:test"] for s in ALL_SOURCES},
         }
 
     leave_one_out: dict[str, Any] = {}
-    folds = [[s] for s in SOURCES]
-    together = [s for s in args.leave_out.split(",") if s]
-    if unknown := set(together) - set(SOURCES):
-        ap.error(f"--leave-out: unknown source(s) {sorted(unknown)}; known: {SOURCES}")
-    if len(together) > 1:
-        folds.append(together)
-    for held in folds:
-        on = [f"{s}:val" for s in SOURCES if s not in held] + ["chula:val"]
+    try:
+        held_out = folds(args.leave_out)
+    except ValueError as exc:
+        ap.error(str(exc))
+    for held in held_out:
+        on = validation_splits(held)
         key = choose(table, on)
         leave_one_out["+".join(held)] = {"chosen": None} if key is None else report(key, on)
-    on_all = [f"{s}:val" for s in (*SOURCES, "chula")]
+    on_all = validation_splits([])
     key_all = choose(table, on_all)
     result = {
         "command": command_line("bench/nucleus_probe.py", argv),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.nucleus_probe import MAX_RED_LOSS, RULES, choose
+import pytest
+
+from bench.nucleus_probe import MAX_RED_LOSS, RULES, choose, folds, validation_splits
 
 
 def table(scores: dict[str, tuple[int, int]]) -> dict[str, Any]:
@@ -45,3 +47,12 @@ def test_then_the_loosest_rule() -> None:
 
 def test_no_rule_within_the_budget_chooses_none() -> None:
     assert choose(table({}), ["a:val"]) is None
+
+
+def test_each_source_is_left_out_in_turn_chula_too() -> None:
+    assert folds("") == [["bccd"], ["bcd"], ["raabin"], ["chula"]]
+    assert folds("bccd,bcd")[-1] == ["bccd", "bcd"]
+    assert validation_splits(["chula"]) == ["bccd:val", "bcd:val", "raabin:val"]
+    assert validation_splits(["bccd", "bcd"]) == ["raabin:val", "chula:val"]
+    with pytest.raises(ValueError, match="unknown source"):
+        folds("elsewhere")
