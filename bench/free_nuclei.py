@@ -17,6 +17,11 @@ each area it counts, per source and split:
 - second finds: kept regions in the box of a labelled white cell that the detector did find
   (a piece of its nucleus outside the detected box), which would report that cell twice.
 
+And, to show the threshold's margin on both sides, the largest region of nuclear pixels inside
+each labelled platelet and white cell (clear of the edge) whether or not a detection covers it:
+a platelet, or a clump of them, would be taken for a white cell only with one region of the
+threshold's area, and a white cell the network misses is recovered only with one.
+
 Choose on validation fields only.
 
     python bench/free_nuclei.py --detector runs/detector-loso-raabin-sized/detector [--out F]
@@ -36,7 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.probe_fields import add_field_arguments, command_line, probe_fields, write_result
 from core.detect.learned import CellDetector
-from core.detect.nucleus import SHIPPED_RULE, nuclear_regions
+from core.detect.nucleus import FREE_NUCLEUS_MIN_UM2, SHIPPED_RULE, nuclear_regions
 from training.detection_eval import Found, in_box, match
 
 AREAS_UM2 = (4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
@@ -54,6 +59,23 @@ def free_regions(
     return [
         ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, area)
         for b, area in nuclear_regions(rgb, boxes, reference, SHIPPED_RULE, microns_per_pixel)
+    ]
+
+
+def largest_regions(
+    rgb: np.ndarray, objects: list[Any], labelled: list[Any], microns_per_pixel: float
+) -> list[float]:
+    """For each of `labelled` (objects with a box), the area (um^2) of the largest region of
+    nuclear pixels whose centre lies in its box, every detection's box included in the search
+    (0.0 where there is none): what the free-nucleus step would see there if the network had
+    found nothing."""
+    if SHIPPED_RULE is None or not labelled:
+        return [0.0] * len(labelled)
+    reference = [o.box for o in objects if o.kind == "red_cell"]
+    regions = nuclear_regions(rgb, [], reference, SHIPPED_RULE, microns_per_pixel)
+    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, area) for b, area in regions]
+    return [
+        max((a for x, y, a in centres if in_box(x, y, item.box)), default=0.0) for item in labelled
     ]
 
 
@@ -82,8 +104,19 @@ def main(argv: list[str] | None = None) -> int:
         regions = free_regions(rgb, objects, scale)
         row = tally.setdefault(
             f"{item.source}:{split}",
-            {"fields": 0, "whites": 0, "missed_whole": 0, "by_area": {}},
+            {
+                "fields": 0,
+                "whites": 0,
+                "missed_whole": 0,
+                "by_area": {},
+                "largest_region_um2": {"platelet": [], "white_cell": []},
+            },
         )
+        for kind, areas in row["largest_region_um2"].items():
+            labelled = [
+                o for o in item.of_kind(kind) if o.box is not None and not item.at_border(o)
+            ]
+            areas.extend(round(a, 1) for a in largest_regions(rgb, objects, labelled, scale))
         row["fields"] += 1
         row["whites"] += len(whites)
         row["missed_whole"] += len(missed)
@@ -110,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             for c in (row["by_area"][str(a)] for a in AREAS_UM2)
         ]
         print(f"{key:14s} " + " ".join(f"{c:>15s}" for c in cells) + f"  ({row['fields']})")
+    print(
+        "\nlargest nuclear region inside each labelled object (um^2): n, median, max, "
+        f">= {FREE_NUCLEUS_MIN_UM2:g}"
+    )
+    for key in sorted(tally):
+        for kind, areas in tally[key]["largest_region_um2"].items():
+            if areas:
+                print(
+                    f"{key:14s} {kind:10s} {len(areas):4d} {np.median(areas):6.1f} "
+                    f"{max(areas):6.1f} {sum(a >= FREE_NUCLEUS_MIN_UM2 for a in areas):4d}"
+                )
     if args.out:
         write_result(
             args.out,
