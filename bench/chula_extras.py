@@ -88,11 +88,19 @@ def main() -> None:
     ap.add_argument("--sheet", type=Path, required=True)
     ap.add_argument("--missed-sheet", type=Path, help="also draw the labelled cells missed")
     ap.add_argument("--out", type=Path, help="JSON of the counts")
+    ap.add_argument(
+        "--small-red",
+        metavar="THRESHOLD,UM",
+        help="the candidate rule for small red-cell peaks (core/detect/learned.py)",
+    )
     args = ap.parse_args()
     card = json.loads((args.classifier / "model_card.json").read_text())
     stems = [Path(s).stem for s in card["dataset"]["test_smears"]]
     fields, _ = load_fields(chula=args.chula, chula_stems=stems, progress=False)
     detector = CellDetector.load(args.detector)
+    if args.small_red:
+        threshold, across = (float(v) for v in args.small_red.split(","))
+        detector.small_red = (threshold, across)
     radius = POINT_RADIUS_UM / CHULA_MICRONS_PER_PIXEL
     tiles: list[Image.Image] = []
     missed_tiles: list[Image.Image] = []

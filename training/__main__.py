@@ -140,16 +140,35 @@ def _load_predictor(model: Path, threads: int, tta_views: int | None) -> Any:
         raise DataError(f"cannot load the model: {exc}") from exc
 
 
-def _load_detector(choice: str) -> Any:
-    """ "classical" (or "none"): None, the classical segmentation; else a detector folder."""
+def _load_detector(choice: str, small_red: str | None = None) -> Any:
+    """ "classical" (or "none"): None, the classical segmentation; else a detector folder, with
+    `small_red` ("THRESHOLD,UM": red-cell peaks under UM across kept from THRESHOLD up)."""
     if choice in ("classical", "none"):
         return None
     from core.detect.learned import CellDetector
 
     try:
-        return CellDetector.load(Path(choice))
+        detector = CellDetector.load(Path(choice))
     except ModelFileError as exc:
         raise DataError(f"cannot load the detector: {exc}") from exc
+    if small_red:
+        try:
+            threshold, across = (float(v) for v in small_red.split(","))
+        except ValueError:
+            raise DataError(
+                f"--small-red takes THRESHOLD,UM (e.g. 0.3,6.5), not {small_red!r}"
+            ) from None
+        detector.small_red = (threshold, across)
+    return detector
+
+
+def _add_small_red_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--small-red",
+        metavar="THRESHOLD,UM",
+        help="keep red-cell peaks under UM across from THRESHOLD up (a candidate rule, "
+        "bench/small_cell_threshold.py; default: the card's threshold for every peak)",
+    )
 
 
 def _default_detector() -> str:
@@ -171,7 +190,7 @@ def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
     else:
         stems = [s.strip() for s in args.smears.split(",") if s.strip()]
     summary, rows = evaluate_smears(
-        args.data, stems, predictor, detector=_load_detector(args.detector)
+        args.data, stems, predictor, detector=_load_detector(args.detector, args.small_red)
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +223,7 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
     if not fields:
         raise DataError(f"no field in the split(s) {sorted(splits)}")
     print("scales (um per pixel): " + ", ".join(f"{k} {v:.4f}" for k, v in scales.items()))
-    loaded = _load_detector(args.detector)
+    loaded = _load_detector(args.detector, args.small_red)
     if loaded is not None and args.no_nucleus_rule:
         loaded.nucleus_rule = None
     elif loaded is not None and args.nucleus_rule:
@@ -234,6 +253,7 @@ def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
         payload = {
             "detector": args.detector,
             "nucleus_rule": None if rule is None else rule.key(),
+            "small_red": getattr(loaded, "small_red", None),
             "scales": scales,
             "splits": sorted(splits),
         }
@@ -449,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: one per core)")
     _add_views_arg(p, "test-time views averaged per cell (default: the model card's)")
+    _add_small_red_arg(p)
     p.set_defaults(func=_cmd_evaluate_smears)
 
     p = sub.add_parser(
@@ -486,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "T2.0-B0.7-F0.1",
     )
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")
+    _add_small_red_arg(p)
     p.set_defaults(func=_cmd_evaluate_detector)
 
     p = sub.add_parser("train-detector", help="train the cell detector from a YAML config")

@@ -48,6 +48,16 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # A normal red cell is about this wide (the assumption behind an estimated scale).
 NORMAL_RED_CELL_UM = 7.5
+# A candidate rule, measured and not shipped (docs/detection.md, "Schistocytes"): a red-cell
+# peak whose box is under SMALL_RED_CELL_UM across (the mean of its sides) kept from
+# SMALL_RED_CELL_THRESHOLD up, larger ones from the card's red-cell threshold. The heatmap rises
+# less at fragments: at the card's threshold the detector finds 0.71 of Chula's test
+# schistocytes. Chosen by bench/small_cell_threshold.py on validation fields (the most
+# schistocytes, 0.93, with no source's precision more than a point lower); on the test fields
+# it found 0.80 of them but cost bcd's precision 1.5 points, over the bar set beforehand.
+# `CellDetector(small_red=...)`, `--small-red 0.3,6.5`. Never used by the scale search.
+SMALL_RED_CELL_UM = 6.5
+SMALL_RED_CELL_THRESHOLD = 0.30
 
 
 @dataclass
@@ -179,15 +189,25 @@ class Detected:
 
 
 def decode(
-    heat: torch.Tensor, size: torch.Tensor, thresholds: dict[str, float], max_objects: int = 2000
+    heat: torch.Tensor,
+    size: torch.Tensor,
+    thresholds: dict[str, float],
+    max_objects: int = 2000,
+    small_red: tuple[float, float] | None = None,
 ) -> list[tuple[int, float, float, float, float, float]]:
     """Peaks of one image's heatmaps (logits (K, h, w), sizes (2, h, w)) -> (kind index, x, y,
     width, height, score) in input pixels, strongest first. A peak is a local maximum of its
     3x3 neighbourhood above its kind's threshold, and not near the centre of a stronger object of
-    another kind (one object, one kind: a red cell's faint "white cell" twin is the same cell)."""
+    another kind (one object, one kind: a red cell's faint "white cell" twin is the same cell).
+    `small_red` (threshold, side in input pixels): a red-cell peak whose box is smaller than
+    that side (the mean of its sides) is kept from that lower threshold up."""
     prob = torch.sigmoid(heat)
     peaks = (prob == F.max_pool2d(prob[None], 3, stride=1, padding=1)[0]) & (prob > 0)
-    cut = torch.tensor([thresholds.get(k, 0.5) for k in KINDS], dtype=prob.dtype)[:, None, None]
+    levels = {k: thresholds.get(k, 0.5) for k in KINDS}
+    red_cut = levels["red_cell"]
+    if small_red is not None:
+        levels["red_cell"] = min(red_cut, small_red[0])
+    cut = torch.tensor([levels[k] for k in KINDS], dtype=prob.dtype)[:, None, None]
     kind, ys, xs = torch.nonzero(peaks & (prob >= cut), as_tuple=True)
     scores = prob[kind, ys, xs]
     order = torch.argsort(scores, descending=True)[:max_objects]
@@ -200,6 +220,8 @@ def decode(
         k, y, x = int(kind[o]), int(ys[o]), int(xs[o])
         cx, cy = (x + 0.5) * STRIDE, (y + 0.5) * STRIDE
         w, h = float(wh[0, y, x]), float(wh[1, y, x])
+        if k == 0 and small_red is not None and scores[o] < red_cut and (w + h) / 2 >= small_red[1]:
+            continue  # under the red-cell threshold and not small: not a fragment
         gx, gy = int(cx // cell), int(cy // cell)
         near = [
             i for dx in (-1, 0, 1) for dy in (-1, 0, 1) for i in grid.get((gx + dx, gy + dy), ())
@@ -433,6 +455,7 @@ class CellDetector:
         device: str = "cpu",
         nucleus_rule: NucleusRule | None = SHIPPED_RULE,
         free_nucleus_um2: float | None = FREE_NUCLEUS_MIN_UM2,
+        small_red: tuple[float, float] | None = None,
     ) -> None:
         self.network = network.eval().to(device)
         self.network.requires_grad_(False)
@@ -443,6 +466,10 @@ class CellDetector:
         # A nucleus that no detection covers, at least this large, is a white cell the network
         # missed (None: none is looked for; needs the nucleus rule's colours).
         self.free_nucleus_um2 = free_nucleus_um2
+        # (threshold, um across): red-cell peaks smaller than that are kept from that threshold
+        # up; None (the default): the card's threshold for all. The candidate rule,
+        # (SMALL_RED_CELL_THRESHOLD, SMALL_RED_CELL_UM), is not shipped (docs/detection.md).
+        self.small_red = small_red
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu") -> CellDetector:
@@ -455,12 +482,19 @@ class CellDetector:
             raise ModelFileError(f"cannot load the detector weights {path}: {exc}") from exc
         return cls(network, card, device)
 
-    def run(self, rgb: np.ndarray) -> list[tuple[int, float, float, float, float, float]]:
-        """Peaks of an image already at the working scale (input pixels)."""
+    def run(
+        self, rgb: np.ndarray, small_red: bool = False
+    ) -> list[tuple[int, float, float, float, float, float]]:
+        """Peaks of an image already at the working scale (input pixels); with `small_red`,
+        small red-cell peaks are kept from the detector's lower threshold for them."""
         x, _ = to_input(rgb)
         with torch.inference_mode():
             heat, size = self.network(x.to(self.device))
-        return decode(heat[0].cpu(), size[0].cpu(), self.card.thresholds)
+        small = None
+        if small_red and self.small_red is not None:
+            threshold, across_um = self.small_red
+            small = (threshold, across_um / self.card.microns_per_pixel)
+        return decode(heat[0].cpu(), size[0].cpu(), self.card.thresholds, small_red=small)
 
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
         """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM
@@ -521,7 +555,7 @@ class CellDetector:
         m = max(self.BORDER_MARGIN_PX, self.BORDER_MARGIN_UM / microns_per_pixel)
         work = resample(rgb, factor)
         focus = sharpness(work)
-        for k, x, y, w, h, score in self.run(work):
+        for k, x, y, w, h, score in self.run(work, small_red=True):
             cx, cy, bw, bh = x / factor, y / factor, w / factor, h / factor
             x0, y0 = max(0.0, cx - bw / 2), max(0.0, cy - bh / 2)
             x1, y1 = min(float(width), cx + bw / 2), min(float(height), cy + bh / 2)

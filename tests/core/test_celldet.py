@@ -63,6 +63,29 @@ def test_two_touching_peaks_are_two_cells_and_thresholds_are_per_kind() -> None:
     assert first[3] == pytest.approx(20.0) and first[2] == (4 + 0.5) * STRIDE
 
 
+def test_small_red_peaks_are_kept_from_a_lower_threshold() -> None:
+    # Two red-cell peaks at probability 0.35, under the red threshold 0.5: a fragment (box 12 px)
+    # and a whole-cell-sized one (box 24 px); a platelet peak at 0.6 sits where the large one is.
+    heat = torch.full((3, 12, 12), -8.0)
+    heat[0, 3, 3] = heat[0, 8, 8] = math.log(0.35 / 0.65)
+    heat[2, 8, 8] = math.log(0.6 / 0.4)
+    size = torch.zeros(2, 12, 12)
+    size[:, 3, 3] = math.log(12 / STRIDE)
+    size[:, 8, 8] = math.log(24 / STRIDE)
+    thresholds = {"red_cell": 0.5, "white_cell": 0.5, "platelet": 0.5}
+    plain = decode(heat, size, thresholds)
+    assert [KINDS[k] for k, *_ in plain] == ["platelet"]
+    # Under 16 px across, red peaks count from 0.3: the fragment is found, the large weak peak
+    # is not (and is no red cell at the platelet's centre either).
+    found = decode(heat, size, thresholds, small_red=(0.3, 16.0))
+    kinds = sorted((KINDS[k], x) for k, x, *_ in found)
+    assert kinds == [("platelet", (8 + 0.5) * STRIDE), ("red_cell", (3 + 0.5) * STRIDE)]
+    # A red peak over the card's threshold is kept at any size.
+    heat[0, 8, 8] = 3.0
+    heat[2, 8, 8] = -8.0
+    assert len(decode(heat, size, thresholds, small_red=(0.3, 16.0))) == 2
+
+
 def test_targets_put_a_peak_and_a_size_at_each_centre() -> None:
     objects = np.array([[0, 40.0, 40.0, 20.0, 24.0], [2, 10.0, 50.0, 0.0, 0.0]], dtype=np.float32)
     heat, size, mask = targets(objects, side=64, point_side=20.0)

@@ -177,11 +177,13 @@ def test_a_nucleus_the_network_missed_is_a_white_cell_and_said_so() -> None:
     from core.detect.learned import CellDetector
 
     class Blinded(CellDetector):
-        def run(self, rgb: np.ndarray) -> list[tuple[int, float, float, float, float, float]]:
+        def run(
+            self, rgb: np.ndarray, small_red: bool = False
+        ) -> list[tuple[int, float, float, float, float, float]]:
             factor = 0.19 / self.card.microns_per_pixel  # the field's pixels to the network's
             return [
                 p
-                for p in super().run(rgb)
+                for p in super().run(rgb, small_red)
                 if np.hypot(p[1] - 200 * factor, p[2] - 215 * factor) > 20 * factor
             ]
 
