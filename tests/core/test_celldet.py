@@ -331,3 +331,15 @@ def test_platelets_of_another_laboratory_are_found(shipped: CellDetector) -> Non
         labelled += len(labels)
         found += len(match(platelets, labels, point_radius_px=0.0))
     assert labelled >= 20 and found / labelled >= 0.7, (found, labelled)
+
+
+def test_the_small_red_rule_is_off_unless_asked_and_its_option_is_checked() -> None:
+    if not (SHIPPED / "detector_card.json").is_file():
+        pytest.skip("no detector shipped in models/")
+    from training.__main__ import _load_detector
+    from training.errors import DataError
+
+    assert _load_detector(str(SHIPPED)).small_red is None  # the measured candidate, not shipped
+    assert _load_detector(str(SHIPPED), "0.3,6.5").small_red == (0.3, 6.5)
+    with pytest.raises(DataError, match="THRESHOLD,UM"):
+        _load_detector(str(SHIPPED), "0.3")
