@@ -99,7 +99,10 @@ def main() -> None:
     fields, _ = load_fields(chula=args.chula, chula_stems=stems, progress=False)
     detector = CellDetector.load(args.detector)
     if args.small_red:
-        threshold, across = (float(v) for v in args.small_red.split(","))
+        try:
+            threshold, across = (float(v) for v in args.small_red.split(","))
+        except ValueError:
+            ap.error(f"--small-red takes THRESHOLD,UM (e.g. 0.3,6.5), not {args.small_red!r}")
         detector.small_red = (threshold, across)
     radius = POINT_RADIUS_UM / CHULA_MICRONS_PER_PIXEL
     tiles: list[Image.Image] = []

@@ -48,14 +48,15 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # A normal red cell is about this wide (the assumption behind an estimated scale).
 NORMAL_RED_CELL_UM = 7.5
-# A candidate rule, measured and not shipped (docs/detection.md, "Schistocytes"): a red-cell
-# peak whose box is under SMALL_RED_CELL_UM across (the mean of its sides) kept from
-# SMALL_RED_CELL_THRESHOLD up, larger ones from the card's red-cell threshold. The heatmap rises
-# less at fragments: at the card's threshold the detector finds 0.71 of Chula's test
-# schistocytes. Chosen by bench/small_cell_threshold.py on validation fields (the most
-# schistocytes, 0.93, with no source's precision more than a point lower); on the test fields
-# it found 0.80 of them but cost bcd's precision 1.5 points, over the bar set beforehand.
-# `CellDetector(small_red=...)`, `--small-red 0.3,6.5`. Never used by the scale search.
+# A candidate rule, measured and not shipped (docs/detection.md, "A lower threshold for small
+# red-cell peaks"): a red-cell peak whose box is under SMALL_RED_CELL_UM across (the mean of its
+# sides) kept from SMALL_RED_CELL_THRESHOLD up, larger ones from the card's red-cell threshold.
+# The heatmap rises less at fragments: at the card's threshold the detector finds 0.71 of
+# Chula's test schistocytes. Chosen by bench/small_cell_threshold.py on validation fields (the
+# most schistocytes, 0.93, with no source's precision more than a point lower); on the test
+# fields it found 0.80 of them but cost bcd's precision 1.5 points, over the bar set
+# beforehand. `CellDetector(small_red=...)`, `--small-red 0.3,6.5`. Never used by the scale
+# search.
 SMALL_RED_CELL_UM = 6.5
 SMALL_RED_CELL_THRESHOLD = 0.30
 
