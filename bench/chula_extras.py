@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.white_as_red import save_sheet
-from core.detect.learned import CellDetector
+from core.detect.learned import CellDetector, parse_small_red
 from training.detection_eval import CHULA_MICRONS_PER_PIXEL, POINT_RADIUS_UM, load_fields, match
 
 TILE = 200  # px per case on the sheet
@@ -100,10 +100,9 @@ def main() -> None:
     detector = CellDetector.load(args.detector)
     if args.small_red:
         try:
-            threshold, across = (float(v) for v in args.small_red.split(","))
-        except ValueError:
-            ap.error(f"--small-red takes THRESHOLD,UM (e.g. 0.3,6.5), not {args.small_red!r}")
-        detector.small_red = (threshold, across)
+            detector.small_red = parse_small_red(args.small_red)
+        except ValueError as exc:
+            ap.error(str(exc))
     radius = POINT_RADIUS_UM / CHULA_MICRONS_PER_PIXEL
     tiles: list[Image.Image] = []
     missed_tiles: list[Image.Image] = []

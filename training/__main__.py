@@ -152,13 +152,12 @@ def _load_detector(choice: str, small_red: str | None = None) -> Any:
     except ModelFileError as exc:
         raise DataError(f"cannot load the detector: {exc}") from exc
     if small_red:
+        from core.detect.learned import parse_small_red
+
         try:
-            threshold, across = (float(v) for v in small_red.split(","))
-        except ValueError:
-            raise DataError(
-                f"--small-red takes THRESHOLD,UM (e.g. 0.3,6.5), not {small_red!r}"
-            ) from None
-        detector.small_red = (threshold, across)
+            detector.small_red = parse_small_red(small_red)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     return detector
 
 

@@ -61,6 +61,15 @@ SMALL_RED_CELL_UM = 6.5
 SMALL_RED_CELL_THRESHOLD = 0.30
 
 
+def parse_small_red(value: str) -> tuple[float, float]:
+    """ "THRESHOLD,UM" (the --small-red option) -> (threshold, um across); ValueError else."""
+    try:
+        threshold, across = (float(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError(f"--small-red takes THRESHOLD,UM (e.g. 0.3,6.5), not {value!r}") from None
+    return threshold, across
+
+
 @dataclass
 class DetectorCard:
     name: str

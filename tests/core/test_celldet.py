@@ -21,6 +21,7 @@ from core.detect.learned import (
     DetectorCard,
     ScaleTry,
     decode,
+    parse_small_red,
     start_scale,
     to_input,
     verified_detector_path,
@@ -343,3 +344,10 @@ def test_the_small_red_rule_is_off_unless_asked_and_its_option_is_checked() -> N
     assert _load_detector(str(SHIPPED), "0.3,6.5").small_red == (0.3, 6.5)
     with pytest.raises(DataError, match="THRESHOLD,UM"):
         _load_detector(str(SHIPPED), "0.3")
+
+
+def test_the_small_red_option_is_parsed_or_refused() -> None:
+    assert parse_small_red("0.3,6.5") == (0.3, 6.5)
+    for bad in ("0.3", "0.3,6.5,7", "a,b", ""):
+        with pytest.raises(ValueError, match="THRESHOLD,UM"):
+            parse_small_red(bad)
