@@ -108,7 +108,6 @@ def main() -> None:
     missed_tiles: list[Image.Image] = []
     counts: dict[str, tuple[int, int]] = {}
     missed: dict[str, int] = dict.fromkeys(MISSED_AS, 0)
-    labels_total = 0
     by_class: dict[str, int] = {}  # labelled points per morphology class
     missed_by_class: dict[str, int] = {}
     for item in fields:
@@ -121,7 +120,6 @@ def main() -> None:
         labels = item.of_kind("red_cell")
         pairs = match(red, labels, radius)
         if args.missed_sheet:
-            labels_total += len(labels)
             for label in labels:
                 name = label.label or "?"
                 by_class[name] = by_class.get(name, 0) + 1
@@ -151,7 +149,8 @@ def main() -> None:
     save_sheet(tiles, args.sheet, columns=6)
     if args.missed_sheet:
         print(
-            f"labelled red cells missed, of {labels_total}, by what is there: {json.dumps(missed)}"
+            f"labelled red cells missed, of {sum(by_class.values())}, by what is there: "
+            f"{json.dumps(missed)}"
         )
         print("recall per class (labelled):")
         for name in sorted(by_class, key=lambda c: -by_class[c]):
@@ -164,7 +163,7 @@ def main() -> None:
             "command": " ".join(["bench/chula_extras.py", *sys.argv[1:]]),
             "detector": str(args.detector),
             "extras_per_smear": counts,
-            "labels": labels_total if args.missed_sheet else None,
+            "labels": sum(by_class.values()) if args.missed_sheet else None,
             "missed_as": missed if args.missed_sheet else None,
             "labels_by_class": by_class if args.missed_sheet else None,
             "missed_by_class": missed_by_class if args.missed_sheet else None,

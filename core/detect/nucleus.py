@@ -31,6 +31,8 @@ from scipy import ndimage
 INNER = 0.8  # the central share of a box's sides that its ellipse spans
 MIN_STAIN = 0.02  # green OD under this is background: its blue ratio means nothing
 MIN_RED_CELLS = 3  # fewer and the field gives no reference for a red cell's colour
+REGION_UM = 0.3  # the resolution nuclear_regions looks at
+ROWS_PER_BAND = 256  # rows of optical density nuclear_regions holds at once
 
 Box = tuple[float, float, float, float]
 
@@ -202,8 +204,6 @@ def nuclear_regions(
 # A region of nuclear pixels that no detection covers and at least this large is a white cell the
 # network did not see: chosen by bench/free_nuclei.py on validation fields (docs/detection.md).
 FREE_NUCLEUS_MIN_UM2 = 24.0
-REGION_UM = 0.3  # the resolution nuclear_regions looks at
-ROWS_PER_BAND = 256
 
 
 # The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
