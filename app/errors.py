@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
+from app.openapi import allowed_methods
 from core.imageio import ImageError
 from core.smear.analysis import SmearError, SmearTooLarge
 from records.errors import RecordsError, first_line
@@ -161,7 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's form parser raises HTTPException(400) *while handling* its
         # MultiPartException (so it is the context, not the cause): too many files or fields
         # are a size limit (413); a broken multipart body is a 400.
@@ -175,8 +176,16 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(cause.status, cause.detail, cause.headers)
         if isinstance(cause, BodyTooLarge):
             return error_response(413, str(cause.detail), {"Connection": "close"})
-        # Keep the exception's headers: `Allow` on 405, `WWW-Authenticate` on 401.
-        return error_response(exc.status_code, str(exc.detail), exc.headers)
+        # Keep the exception's headers: `WWW-Authenticate` on 401; `Allow` on 405, with every
+        # method of the path (FastAPI makes one route per method, and Starlette names only the
+        # first route whose path matched).
+        headers = dict(exc.headers or {})
+        documents = getattr(request.app.state, "openapi_documents", None)
+        if exc.status_code == 405 and documents is not None:
+            methods = allowed_methods(documents.get(slides_token=True), request.url.path)
+            if methods:
+                headers["Allow"] = ", ".join(methods)
+        return error_response(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -29,6 +29,7 @@ from app.deps import require_token
 from app.errors import install_error_handlers
 from app.limits import HeavyGate
 from app.middleware import BodyLimit, SecurityHeaders, SlidesGate, TokenGate
+from app.openapi import OpenApiDocuments
 from app.records_slot import RecordsSlot
 from app.routes import api, docs, health, pages, slides
 from app.state import ModelSlot, detector_enabled
@@ -97,8 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # no offline bundle here, so it is off.
         docs_url=None,
         redoc_url=None,
+        # /openapi.json is app/routes/docs.py's: the document depends on the slides' mode.
+        openapi_url=None,
     )
     app.state.settings = settings
+    documents = OpenApiDocuments(app, settings.max_files)
+    app.state.openapi_documents = documents
+    app.openapi = lambda: documents.get(slides_token=True)  # type: ignore[method-assign]
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")
     app.state.heavy_gate = HeavyGate(settings.heavy_concurrency, settings.heavy_wait_s)
     install_error_handlers(app)
@@ -109,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router, dependencies=token_deps)
     # The slides API answers to the records' users (app/records_slot.py), never RBC_API_TOKEN.
     app.include_router(slides.router)
+    app.include_router(slides.audit_router)
     app.include_router(pages.router)
     app.include_router(docs.router)
     docs.mount_assets(app)

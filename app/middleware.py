@@ -5,9 +5,10 @@ Outermost first (create_app adds them in this order):
   errors included.
 - TokenGate: with RBC_API_TOKEN set, the API paths answer 401 from the headers alone, before a
   byte of the body is read (FastAPI reads the body before it runs any dependency).
-- SlidesGate: /slides requests are attributed to a user of the records (app/records_slot.py)
-  from the headers alone: 503 without a database, 401 without a valid token, 403 for a viewer's
-  write, all before the body is read (an upload is not read, let alone analysed, for nothing).
+- SlidesGate: /slides and /audit requests are attributed to a user of the records
+  (app/records_slot.py) from the headers alone: 503 without a database, 401 without a valid
+  token, 403 for a viewer's write, all before the body is read (an upload is not read, let
+  alone analysed, for nothing).
 - BodyLimit: bodies over the byte limit get 413 (by Content-Length up front, or counted as they
   stream in), and a body that has not arrived within the time allowed gets 408.
 """
@@ -86,13 +87,16 @@ class TokenGate:
 
 
 SLIDES_PREFIX = "/slides"
+AUDIT_PREFIX = "/audit"  # the audit trail of any slide, deleted ones too
+RECORDS_PREFIXES = (SLIDES_PREFIX, AUDIT_PREFIX)
 SLIDES_REFUSAL = {**CLOSE, "Cache-Control": "no-store"}
 READ_METHODS = frozenset({"GET", "HEAD"})
 WRITER_ROLES = frozenset({"reviewer", "admin"})
 
 
 def is_slides_path(path: str) -> bool:
-    return path == SLIDES_PREFIX or path.startswith(SLIDES_PREFIX + "/")
+    """A path of the records' API (the slides and the audit trail), which SlidesGate guards."""
+    return any(path == p or path.startswith(p + "/") for p in RECORDS_PREFIXES)
 
 
 class SlidesGate:

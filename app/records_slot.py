@@ -222,6 +222,17 @@ class RecordsSlot:
         self._users_exist = exist
         return exist
 
+    def needs_token(self) -> bool:
+        """Whether /slides asks for a user's token now: False only in local mode (loopback, the
+        database open, no users). Without a database /slides answers 503 whatever is sent."""
+        store = self.store
+        if store is None or not self.loopback:
+            return True
+        try:
+            return self.users_exist(store)
+        except Exception:  # the database went away: the next /slides request will say so
+            return True
+
     def local_user(self, store: Store) -> User:
         """The `local` user (admin), created on first use with a token nobody ever sees."""
         if self._local is not None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL
+
+# What the records database can hold: ids and versions are INTEGER columns (32 bits in
+# PostgreSQL), and PostgreSQL's text refuses NUL. Requests are bounded to that, so a value the
+# database cannot take is a 400, never a 500.
+MAX_DB_INT = 2**31 - 1
+NO_NUL = r"^[^\x00]*$"
 
 
 class ErrorOut(BaseModel):
@@ -64,7 +70,9 @@ class CellPrediction(BaseModel):
 class CellScale(BaseModel):
     """How the scale of single-cell images was handled (see `notes`)."""
 
-    microns_per_pixel: float | None = Field(description="the scale given; null: none given")
+    microns_per_pixel: float | None = Field(
+        None, description="the scale given; absent (or null) when none was given"
+    )
     known: bool = Field(
         description="a scale was given, so each image was brought to the training scale and "
         "cut around its cell (`framing`); false: classified as given, as a training-size crop "
@@ -107,7 +115,7 @@ class ItemError(BaseModel):
 
 class BatchItem(BaseModel):
     index: int
-    filename: str | None
+    filename: str | None = Field(None, description="the file's name as sent; absent when none")
     prediction: CellPrediction | None = None
     error: ItemError | None = None
     framing: Framing | None = Field(
@@ -182,7 +190,11 @@ class OtherCellOut(BaseModel):
 
 
 class SmearScale(BaseModel):
-    microns_per_pixel: float | None = Field(description="the scale the field was analysed at")
+    microns_per_pixel: float | None = Field(
+        None,
+        description="the scale the field was analysed at; absent (or null) when none was "
+        "given or estimated",
+    )
     known: bool = Field(description="given with the request")
     estimated: bool = Field(
         False,
@@ -290,20 +302,33 @@ class SmearOut(BaseModel):
 # --- slides (app/routes/slides.py, docs/slides.md) -------------------------------------------
 
 
+def _json_number(value: object) -> object:
+    """Numbers only: JSON's `true` and "3" are no scale and no version (pydantic would coerce
+    them). An integral float such as 3.0 is an integer in JSON Schema, and is taken as one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a JSON number is needed")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+
+
 class SlideIn(BaseModel):
     sample_id: str = Field(
         min_length=1,
         max_length=128,
+        pattern=NO_NUL,
         description="the laboratory's own id of the sample (free text; no patient data)",
     )
-    microns_per_pixel: float | None = Field(
+    microns_per_pixel: JsonFloat | None = Field(
         None,
         ge=MIN_MICRONS_PER_PIXEL,
         le=MAX_MICRONS_PER_PIXEL,
         description="the fields' scale; every field of the slide is analysed at it (unset: "
         "estimated per field from its own red cells, or the training scale assumed)",
     )
-    notes: str = Field("", max_length=10_000)
+    notes: str = Field("", max_length=10_000, pattern=NO_NUL)
 
 
 class SlideOut(BaseModel):
@@ -422,17 +447,24 @@ class FieldAddedOut(BaseModel):
 
 class CellReviewIn(BaseModel):
     label: str | None = Field(
-        None, description="the class to set; omit it (or null) to confirm the current one"
+        None,
+        max_length=64,
+        pattern=NO_NUL,
+        description="the class to set; omit it (or null) to confirm the current one",
     )
-    version: int = Field(ge=1, description="the cell's version as you read it")
+    version: JsonInt = Field(ge=1, le=MAX_DB_INT, description="the cell's version as you read it")
 
 
 class SignOffIn(BaseModel):
-    version: int = Field(ge=1, description="the slide's version as you reviewed it")
+    version: JsonInt = Field(
+        ge=1, le=MAX_DB_INT, description="the slide's version as you reviewed it"
+    )
 
 
 class ReopenIn(BaseModel):
-    reason: str = Field(min_length=1, max_length=2000, description="why; kept in the audit trail")
+    reason: str = Field(
+        min_length=1, max_length=2000, pattern=NO_NUL, description="why; kept in the audit trail"
+    )
 
 
 class AuditOut(BaseModel):

@@ -40,6 +40,10 @@ class NotFound(RecordsError, LookupError):
     http_status = 404
 
 
+class SlideDeleted(NotFound):
+    """The slide was deleted; its audit trail is kept (`audit_trail(..., deleted=True)`)."""
+
+
 class Conflict(RecordsError):
     """The request clashes with the record's current state."""
 

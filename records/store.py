@@ -67,6 +67,7 @@ from records.errors import (
     InvalidLabel,
     NotFound,
     SchemaOutOfDate,
+    SlideDeleted,
     SlideNotSignedOff,
     SlideSignedOff,
     StaleVersion,
@@ -1396,9 +1397,10 @@ def slide_counts(
         return _counts(session, slide_id, classes)
 
 
-def audit_trail(store: Store, slide_id: int) -> list[AuditEntry]:
-    """Everything done to a slide, oldest first (kept after the slide is deleted). NotFound if
-    neither the slide nor any entry exists."""
+def audit_trail(store: Store, slide_id: int, *, deleted: bool = True) -> list[AuditEntry]:
+    """Everything done to a slide, oldest first; kept after the slide is deleted, and returned
+    for a deleted slide too unless `deleted` is False (then SlideDeleted). NotFound if neither
+    the slide nor any entry exists."""
     who = aliased(db.User)
     a = db.Audit
     with store._read() as session:
@@ -1408,8 +1410,13 @@ def audit_trail(store: Store, slide_id: int) -> list[AuditEntry]:
             .where(a.slide_id == slide_id)
             .order_by(a.id)
         ).all()
-        if not rows:
-            _slide_exists(session, slide_id)
+        if not rows or not deleted:
+            try:
+                _slide_exists(session, slide_id)
+            except NotFound:
+                if rows:
+                    raise SlideDeleted(f"slide {slide_id} was deleted") from None
+                raise
         return [
             AuditEntry(
                 id=e.id,

@@ -13,11 +13,15 @@ import re
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
+from app.openapi import OpenApiDocuments
+from app.records_slot import RecordsSlot
+
 ASSETS = "/docs/assets"
+OPENAPI_URL = "/openapi.json"
 router = APIRouter(include_in_schema=False)
 
 
@@ -34,7 +38,7 @@ def inline_script_hashes(html: str) -> list[str]:
 def swagger_ui(request: Request) -> HTMLResponse:
     app: FastAPI = request.app
     page = get_swagger_ui_html(
-        openapi_url=app.openapi_url or "/openapi.json",
+        openapi_url=OPENAPI_URL,
         title=f"{app.title} - API",
         swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
         swagger_css_url=f"{ASSETS}/swagger-ui.css",
@@ -48,6 +52,15 @@ def swagger_ui(request: Request) -> HTMLResponse:
         "frame-ancestors 'none'"
     )
     return page
+
+
+@router.get(OPENAPI_URL)
+def openapi_document(request: Request) -> JSONResponse:
+    """The OpenAPI document (app/openapi.py); /slides operations declare the user token only
+    when the service asks for one (a plain `def`: deciding may read the records database)."""
+    documents: OpenApiDocuments = request.app.state.openapi_documents
+    records: RecordsSlot = request.state.records
+    return JSONResponse(documents.get(slides_token=records.needs_token()))
 
 
 def mount_assets(app: FastAPI) -> None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.deps import PredictorDep
 from app.records_slot import RecordsSlot
-from app.schemas import DatabaseState, Health, Ready
+from app.schemas import DatabaseState, ErrorOut, Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Ready,
-    responses={503: {"description": "the model is loading or failed to load"}},
+    responses={503: {"model": ErrorOut, "description": "the model is loading or failed to load"}},
 )
 async def readyz(request: Request, predictor: PredictorDep) -> Ready:
     """200 once the model is loaded, its sha256 verified against the card, and warmed up.

@@ -31,9 +31,13 @@ from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep, SlotDep
 from app.errors import Unauthorized, smear_errors
 from app.limits import StopCheck, stop_when_disconnected
+from app.middleware import AUDIT_PREFIX
+from app.openapi import link
 from app.records_slot import RecordsSlot
 from app.routes.api import GATE_WHAT, GateDep, detector_sha256
 from app.schemas import (
+    MAX_DB_INT,
+    NO_NUL,
     AuditList,
     AuditOut,
     CellList,
@@ -58,8 +62,9 @@ from core.detect.learned import CellDetector
 from core.imageio import read_bounded
 from core.smear.analysis import SmearResult
 from core.smear.grading import GRADING_SOURCE, scales_for
-from records.errors import SlideSignedOff
+from records.errors import NotFound, SlideDeleted, SlideSignedOff
 from records.store import (
+    AuditEntry,
     CellInput,
     CellRecord,
     FieldInput,
@@ -94,7 +99,6 @@ MIN_CELLS_FOR_SCHISTOCYTES = 1000
 SUPPORT_STATEMENT = (
     "A support tool, not a diagnosis: every class is a proposal for a qualified person to confirm."
 )
-MAX_ID = 2**31 - 1  # the records' integer keys
 PAGE = 1000  # the store's largest page
 CONSISTENT_READ_TRIES = 5
 REPORT_CSP = (
@@ -181,10 +185,130 @@ def get_store(request: Request) -> Store:
 
 UserDep = Annotated[User, Depends(current_user)]
 StoreDep = Annotated[Store, Depends(get_store)]
-SlideId = Annotated[int, Path(ge=1, le=MAX_ID, description="the slide's id")]
-FieldId = Annotated[int, Path(ge=1, le=MAX_ID, description="the field's id")]
-CellId = Annotated[int, Path(ge=1, le=MAX_ID, description="the cell's id")]
-Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")]
+SlideId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the slide's id")]
+FieldId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the field's id")]
+CellId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the cell's id")]
+Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="items to skip")]
+
+
+# --- links: what an answer leads to (OpenAPI links, for clients and the contract fuzzer) -----
+
+_SLIDE = "/slides/{slide_id}"
+_CELL = _SLIDE + "/cells/{cell_id}"
+_FIELD = _SLIDE + "/fields/{field_id}"
+_NEW_SLIDE = {"slide_id": "$response.body#/id"}
+_SAME_SLIDE = {"slide_id": "$request.path.slide_id"}
+
+
+def _slide_links(ids: dict[str, str], version: str) -> dict[str, Any]:
+    """Where a slide's id leads: its detail, fields, cells, sign-off, exports, deletion."""
+    return {
+        "GetSlide": link("GET", _SLIDE, "the slide with its counts", ids),
+        "AddField": link("POST", _SLIDE + "/fields", "add a field to the slide", ids),
+        "ListCells": link("GET", _SLIDE + "/cells", "the slide's cells", ids),
+        "SignOff": link(
+            "POST", _SLIDE + "/sign-off", "sign the slide off", ids, {"version": version}
+        ),
+        "Audit": link("GET", _SLIDE + "/audit", "the slide's audit trail", ids),
+        "CellsCsv": link("GET", _SLIDE + "/cells.csv", "every cell as CSV", ids),
+        "Report": link("GET", _SLIDE + "/report", "the printable report", ids),
+        "DeleteSlide": link("DELETE", _SLIDE, "delete the slide", ids),
+    }
+
+
+def _cell_links(prefix: str) -> dict[str, Any]:
+    """Review the cell at `prefix` of this answer (a JSON pointer), with its version."""
+    ids = {**_SAME_SLIDE, "cell_id": f"$response.body#{prefix}/id"}
+    return {
+        "ReviewCell": link(
+            "PATCH",
+            _CELL,
+            "confirm or relabel the cell",
+            ids,
+            {"version": f"$response.body#{prefix}/version"},
+        )
+    }
+
+
+def _field_links(prefix: str) -> dict[str, Any]:
+    ids = {**_SAME_SLIDE, "field_id": f"$response.body#{prefix}/id"}
+    return {
+        "FieldImage": link("GET", _FIELD + "/image", "the field's image", ids),
+        "RemoveField": link("DELETE", _FIELD, "remove the field", ids),
+    }
+
+
+DELETED_LINKS: dict[int | str, dict[str, Any]] = {
+    204: {
+        "links": {
+            "AuditOfDeleted": link(
+                "GET",
+                AUDIT_PREFIX,
+                "the deleted slide's audit trail, kept",
+                {"query.slide_id": "$request.path.slide_id"},
+            )
+        }
+    }
+}
+CREATED_LINKS: dict[int | str, dict[str, Any]] = {
+    201: {"links": _slide_links(_NEW_SLIDE, "$response.body#/version")}
+}
+LISTED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            "GetSlide": link(
+                "GET", _SLIDE, "the newest slide", {"slide_id": "$response.body#/items/0/id"}
+            )
+        }
+    }
+}
+DETAIL_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            **_slide_links(_SAME_SLIDE, "$response.body#/version"),
+            **_field_links("/fields/0"),
+        }
+    }
+}
+FIELD_LINKS: dict[int | str, dict[str, Any]] = {
+    201: {
+        "links": {
+            **_cell_links("/cells/0"),
+            **_field_links("/field"),
+            "GetSlide": link("GET", _SLIDE, "the slide, counts updated", _SAME_SLIDE),
+        }
+    }
+}
+CELLS_LINKS: dict[int | str, dict[str, Any]] = {200: {"links": _cell_links("/items/0")}}
+REVIEWED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            **_cell_links(""),
+            "GetSlide": link("GET", _SLIDE, "the slide, counts updated", _SAME_SLIDE),
+        }
+    }
+}
+SIGNED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            "Reopen": link("POST", _SLIDE + "/reopen", "reopen the slide", _NEW_SLIDE),
+            "Report": link("GET", _SLIDE + "/report", "the printable report", _NEW_SLIDE),
+        }
+    }
+}
+REOPENED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            "SignOff": link(
+                "POST",
+                _SLIDE + "/sign-off",
+                "sign it off again",
+                _NEW_SLIDE,
+                {"version": "$response.body#/version"},
+            )
+        }
+    }
+}
 
 
 # --- records to answers ---------------------------------------------------------------------
@@ -340,7 +464,7 @@ def _all_kinds(store: Store, slide_id: int) -> list[CellRecord]:
 # --- slides ---------------------------------------------------------------------------------
 
 
-@router.post("", status_code=201, response_model=SlideOut)
+@router.post("", status_code=201, response_model=SlideOut, responses=CREATED_LINKS)
 def create(body: SlideIn, response: Response, user: UserDep, store: StoreDep) -> SlideOut:
     """Open a new slide for one sample (reviewer or admin). Fields are added one at a time."""
     slide = create_slide(store, user, body.sample_id, body.microns_per_pixel, body.notes)
@@ -348,7 +472,7 @@ def create(body: SlideIn, response: Response, user: UserDep, store: StoreDep) ->
     return _slide_out(slide)
 
 
-@router.get("", response_model=SlideList)
+@router.get("", response_model=SlideList, responses=LISTED_LINKS)
 def slides(
     _user: UserDep,
     store: StoreDep,
@@ -356,7 +480,7 @@ def slides(
         str | None, Query(pattern="^(open|signed_off)$", description="open or signed_off")
     ] = None,
     sample_id: Annotated[
-        str | None, Query(max_length=128, description="exactly this sample id")
+        str | None, Query(max_length=128, pattern=NO_NUL, description="exactly this sample id")
     ] = None,
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -366,7 +490,7 @@ def slides(
     return SlideList(items=[_slide_out(s) for s in items], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{slide_id}", response_model=SlideDetailOut)
+@router.get("/{slide_id}", response_model=SlideDetailOut, responses=DETAIL_LINKS)
 def slide(slide_id: SlideId, _user: UserDep, store: StoreDep) -> SlideDetailOut:
     """The slide over all its fields: counts, percentages and ICSH grades of the counted red
     cells by their current class (reviewed, else proposed), the number of cells the grades rest
@@ -376,7 +500,7 @@ def slide(slide_id: SlideId, _user: UserDep, store: StoreDep) -> SlideDetailOut:
     return _detail_out(detail, counts)
 
 
-@router.delete("/{slide_id}", status_code=204, response_class=Response)
+@router.delete("/{slide_id}", status_code=204, response_class=Response, responses=DELETED_LINKS)
 def remove_slide(slide_id: SlideId, user: UserDep, store: StoreDep) -> Response:
     """Delete an open slide with its fields, images and cells (admins; reopen a signed-off slide
     first). The audit trail stays."""
@@ -508,7 +632,7 @@ def _open_slide(store: Store, slide_id: int) -> SlideDetail:
     "/{slide_id}/fields",
     status_code=201,
     response_model=FieldAddedOut,
-    responses=UPLOAD_ERRORS,
+    responses={**UPLOAD_ERRORS, **FIELD_LINKS},
 )
 async def add_slide_field(
     request: Request,
@@ -582,13 +706,14 @@ def slide_field_image(
 # --- cells ----------------------------------------------------------------------------------
 
 
-@router.get("/{slide_id}/cells", response_model=CellList)
+@router.get("/{slide_id}/cells", response_model=CellList, responses=CELLS_LINKS)
 def cells(
     slide_id: SlideId,
     _user: UserDep,
     store: StoreDep,
     label: Annotated[
-        str | None, Query(max_length=64, description="current class (reviewed, else proposed)")
+        str | None,
+        Query(max_length=64, pattern=NO_NUL, description="current class (reviewed, else proposed)"),
     ] = None,
     needs_review: Annotated[
         bool | None,
@@ -605,7 +730,7 @@ def cells(
     return CellList(items=[_cell_out(c) for c in items], total=total, offset=offset, limit=limit)
 
 
-@router.patch("/{slide_id}/cells/{cell_id}", response_model=SlideCellOut)
+@router.patch("/{slide_id}/cells/{cell_id}", response_model=SlideCellOut, responses=REVIEWED_LINKS)
 def review(
     slide_id: SlideId,
     cell_id: CellId,
@@ -626,22 +751,20 @@ def review(
 # --- sign-off, audit ------------------------------------------------------------------------
 
 
-@router.post("/{slide_id}/sign-off", response_model=SlideOut)
+@router.post("/{slide_id}/sign-off", response_model=SlideOut, responses=SIGNED_LINKS)
 def sign(slide_id: SlideId, body: SignOffIn, user: UserDep, store: StoreDep) -> SlideOut:
     """Sign the slide off with its `version` as you reviewed it (409 if anything changed
     since, or if it is signed off): it becomes read-only, and who and when are recorded."""
     return _slide_out(sign_off(store, user, slide_id, body.version))
 
 
-@router.post("/{slide_id}/reopen", response_model=SlideOut)
+@router.post("/{slide_id}/reopen", response_model=SlideOut, responses=REOPENED_LINKS)
 def reopen_slide(slide_id: SlideId, body: ReopenIn, user: UserDep, store: StoreDep) -> SlideOut:
     """Reopen a signed-off slide for changes; the reason goes into the audit trail."""
     return _slide_out(reopen(store, user, slide_id, body.reason))
 
 
-@router.get("/{slide_id}/audit", response_model=AuditList)
-def audit(slide_id: SlideId, _user: UserDep, store: StoreDep) -> AuditList:
-    """Everything done to the slide, oldest first: who, when, which cell, from, to."""
+def _audit_out(entries: list[AuditEntry]) -> AuditList:
     return AuditList(
         items=[
             AuditOut(
@@ -654,9 +777,37 @@ def audit(slide_id: SlideId, _user: UserDep, store: StoreDep) -> AuditList:
                 to_value=e.to_value,
                 detail=e.detail,
             )
-            for e in audit_trail(store, slide_id)
+            for e in entries
         ]
     )
+
+
+@router.get("/{slide_id}/audit", response_model=AuditList)
+def audit(slide_id: SlideId, _user: UserDep, store: StoreDep) -> AuditList:
+    """Everything done to the slide, oldest first: who, when, which cell, from, to. Once the
+    slide is deleted this answers 404, like everything under it: its trail is kept, at
+    GET /audit?slide_id=."""
+    try:
+        return _audit_out(audit_trail(store, slide_id, deleted=False))
+    except SlideDeleted as exc:
+        raise NotFound(f"{exc}; its audit trail is kept: GET /audit?slide_id={slide_id}") from None
+
+
+audit_router = APIRouter(prefix=AUDIT_PREFIX, tags=["slides"], responses=ERRORS)
+
+
+@audit_router.get("", response_model=AuditList)
+def audit_of_any_slide(
+    _user: UserDep,
+    store: StoreDep,
+    slide_id: Annotated[
+        int, Query(ge=1, le=MAX_DB_INT, description="the slide's id, deleted or not")
+    ],
+) -> AuditList:
+    """Everything done to a slide, oldest first, whether the slide still exists or was deleted
+    (who deleted it, when, with how many fields and cells): the laboratory's record outlives
+    the slide. 404 when there was never such a slide."""
+    return _audit_out(audit_trail(store, slide_id, deleted=True))
 
 
 # --- exports --------------------------------------------------------------------------------
