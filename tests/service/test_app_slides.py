@@ -286,11 +286,16 @@ def test_delete_field_and_a_second_instance(
         done = second.patch(f"/slides/{slide_id}/cells/{cell['id']}", json={"version": 1})
         assert done.status_code == 200
     assert_error(local.patch(f"/slides/{slide_id}/cells/{cell['id']}", json={"version": 1}), 409)
-    # An admin deletes an open slide; its audit trail stays.
+    # An admin deletes an open slide: everything under it is gone, its audit trail stays, kept
+    # at /audit (issue 29: a deleted resource answers 404, sub-resources included).
     assert local.delete(f"/slides/{slide_id}").status_code == 204
     assert_error(local.get(f"/slides/{slide_id}"), 404)
-    actions = [e["action"] for e in local.get(f"/slides/{slide_id}/audit").json()["items"]]
+    assert_error(local.get(f"/slides/{slide_id}/audit"), 404, f"/audit?slide_id={slide_id}")
+    kept = local.get("/audit", params={"slide_id": slide_id})
+    assert kept.status_code == 200, kept.text
+    actions = [e["action"] for e in kept.json()["items"]]
     assert actions[-1] == "delete_slide" and "remove_field" in actions
+    assert_error(local.get("/audit", params={"slide_id": 2**31 - 1}), 404, "no slide")
 
 
 def test_slide_scale_is_used(local: TestClient) -> None:
@@ -429,7 +434,8 @@ def test_openapi_and_model_hash(local: TestClient, state_sha: str) -> None:
         "/slides/{slide_id}/report",
     ):
         assert path in paths, path
-    assert paths["/slides/{slide_id}/cells/{cell_id}"]["patch"]["security"]
+    # Local mode: the slides need no token, and the document asks for none.
+    assert "security" not in paths["/slides/{slide_id}/cells/{cell_id}"]["patch"]
     # Today's single-cell answers name the weights the service loaded, too.
     cell = encode(Image.new("RGB", (24, 24), (200, 100, 120)))
     model = local.post("/predict", files={"file": ("c.png", cell)}).json()["model"]
@@ -439,6 +445,11 @@ def test_openapi_and_model_hash(local: TestClient, state_sha: str) -> None:
 
 
 # --- who may do what --------------------------------------------------------------------------
+
+
+def operation(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    found: dict[str, Any] = document["paths"][path][method]
+    return found
 
 
 def test_local_user_until_users_exist(model_dir: Path, tmp_path: Path) -> None:
@@ -452,12 +463,17 @@ def test_local_user_until_users_exist(model_dir: Path, tmp_path: Path) -> None:
         # A request through a proxy does not get the local user.
         proxied = client.get("/slides", headers={"X-Forwarded-For": "203.0.113.9"})
         assert_error(proxied, 403, "proxy")
-        # The first user switches tokens on at once.
+        review = ("/slides/{slide_id}/cells/{cell_id}", "patch")
+        assert "security" not in operation(client.get("/openapi.json").json(), *review)
+        # The first user switches tokens on at once, in the API and in its document.
         with open_store(url) as store:
             _, token = create_user(store, "ann", "admin")
             assert count_users(store) == 2
         assert_error(client.get("/slides"), 401, "Bearer")
         assert client.get("/slides", headers=bearer(token)).json()["total"] == 2
+        document = client.get("/openapi.json").json()
+        assert operation(document, *review)["security"] == [{"UserToken": []}]
+        assert operation(document, "/audit", "get")["security"] == [{"UserToken": []}]
 
 
 @pytest.fixture(scope="module")
