@@ -310,8 +310,15 @@ def _json_number(value: object) -> object:
     return value
 
 
-JsonInt = Annotated[int, BeforeValidator(_json_number)]
-JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+# A version as the records keep it, and a slide's scale: the bounds go on the number type before
+# the validator (after it, or on a union, pydantic writes them into the schema as `ge`/`le`,
+# keywords JSON Schema does not know, and clients and fuzzers then ignore them).
+Version = Annotated[int, Field(ge=1, le=MAX_DB_INT), BeforeValidator(_json_number)]
+Scale = Annotated[
+    float,
+    Field(ge=MIN_MICRONS_PER_PIXEL, le=MAX_MICRONS_PER_PIXEL),
+    BeforeValidator(_json_number),
+]
 
 
 class SlideIn(BaseModel):
@@ -321,10 +328,8 @@ class SlideIn(BaseModel):
         pattern=NO_NUL,
         description="the laboratory's own id of the sample (free text; no patient data)",
     )
-    microns_per_pixel: JsonFloat | None = Field(
+    microns_per_pixel: Scale | None = Field(
         None,
-        ge=MIN_MICRONS_PER_PIXEL,
-        le=MAX_MICRONS_PER_PIXEL,
         description="the fields' scale; every field of the slide is analysed at it (unset: "
         "estimated per field from its own red cells, or the training scale assumed)",
     )
@@ -452,13 +457,11 @@ class CellReviewIn(BaseModel):
         pattern=NO_NUL,
         description="the class to set; omit it (or null) to confirm the current one",
     )
-    version: JsonInt = Field(ge=1, le=MAX_DB_INT, description="the cell's version as you read it")
+    version: Version = Field(description="the cell's version as you read it")
 
 
 class SignOffIn(BaseModel):
-    version: JsonInt = Field(
-        ge=1, le=MAX_DB_INT, description="the slide's version as you reviewed it"
-    )
+    version: Version = Field(description="the slide's version as you reviewed it")
 
 
 class ReopenIn(BaseModel):

@@ -230,3 +230,21 @@ def test_links_lead_from_a_new_slide_to_its_cells(local_client: Any) -> None:
             pointer = link["operationRef"].removeprefix("#/paths/")
             template, method = pointer.rsplit("/", 1)
             assert method in paths[template.replace("~1", "/").replace("~0", "~")], link
+
+
+def test_every_bound_is_a_json_schema_keyword() -> None:
+    """pydantic writes a bound it cannot place as `ge`/`le`, which JSON Schema (and so every
+    client and fuzzer) ignores: a slide's scale of 0.0 was "valid" by the document."""
+    found: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            found.extend(f"{where}.{k}" for k in ("ge", "le", "gt", "lt") if k in node)
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(schema.raw_schema, "#")
+    assert not found, found
