@@ -1,7 +1,7 @@
 """The OpenAPI document at /openapi.json: FastAPI's, made true to what the service does.
 
-Clients are generated from this document and fuzzers test the service against it (tests/service/
-test_app_contract.py), so it must promise what the service answers, no more and no less:
+Clients are generated from this document and fuzzers test the service against it
+(tests/app/test_contract.py), so it must promise what the service answers, no more and no less:
 - errors are JSON (`{"detail": ...}`) whatever an operation answers on success (the report is
   HTML, cells.csv is CSV, a field's image is an image);
 - an operation that takes a body can be refused before a route runs: 413 (over

@@ -56,3 +56,10 @@ def trained_run(imported: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from training.train import train
 
     return train(tiny_config(imported, tmp_path_factory.mktemp("runs")), progress=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained_run: Path) -> Path:
+    """The tiny run's exported model: what the service tests (and the commands beside the
+    service) serve."""
+    return trained_run / "model"

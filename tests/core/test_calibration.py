@@ -251,8 +251,8 @@ def test_the_service_reports_familiarity_and_warns_on_an_unfamiliar_field(
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.service.test_app_fixtures import calibrated_copy, encode, make_settings, wait_ready
-    from tests.service.test_app_smear import smear_png
+    from tests.app.helpers import calibrated_copy, encode, make_settings, wait_ready
+    from tests.app.test_smear import smear_png
 
     model, result, _ = calibrated
     data, _ = smear_png()

@@ -24,8 +24,6 @@ from core.smear.analysis import (
 )
 from tests.synthetic import make_smear
 
-pytest_plugins = ["tests.service.test_app_fixtures"]
-
 ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
 DEFAULT_MODEL = ROOT / "models" / "default"

@@ -16,8 +16,6 @@ from PIL import Image
 from core.classify.tta import TTA_VIEWS, dihedral_view, tta_probabilities, view_indices
 from training.export import ExportError, publish_run
 
-pytest_plugins = ["tests.service.test_app_fixtures"]
-
 
 def test_the_eight_views_are_distinct_symmetries_of_the_square() -> None:
     batch = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
@@ -139,7 +137,7 @@ def test_service_setting_overrides_the_card(model_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.service.test_app_fixtures import make_settings, wait_ready
+    from tests.app.helpers import make_settings, wait_ready
 
     with TestClient(create_app(make_settings(model_dir, tta_views=2))) as client:
         wait_ready(client)

@@ -101,7 +101,7 @@ def test_service_serves_the_default_model_on_real_cells(card: ModelCard) -> None
     from PIL import Image
 
     from app.main import create_app
-    from tests.service.test_app_fixtures import make_settings, wait_ready
+    from tests.app.helpers import make_settings, wait_ready
     from training.datasets.chula import CHULA_CLASSES, crop_cell
 
     smear = card.dataset["test_smears"][0]

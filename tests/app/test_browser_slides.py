@@ -1,6 +1,6 @@
 """The Slides tab in real headless Chromium against the real server on loopback (local mode: no
 users, so no token): create a slide, add two fields, review with the keyboard, a stale review,
-sign off, reopen, reload. Same browser and server fixtures as tests/service/test_browser.py."""
+sign off, reopen, reload. Same browser and server fixtures as tests/app/test_browser.py."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from typing import Any
 
 import httpx
 
-from tests.service.test_app_fixtures import LiveServer
-from tests.service.test_browser import browser, page  # noqa: F401  (the module's Chromium and page)
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+from tests.app.helpers import LiveServer
+from tests.app.test_browser import browser, page  # noqa: F401  (the module's Chromium and page)
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
@@ -209,7 +207,7 @@ def test_user_token(
     import subprocess
     import sys
 
-    from tests.service.test_app_fixtures import ROOT, running_server
+    from tests.app.helpers import ROOT, running_server
 
     data = tmp_path / "data"
     data.mkdir()

@@ -1,4 +1,6 @@
-"""Fixtures and image builders shared by the service tests (imported by tests/test_app_*.py)."""
+"""Builders shared by the service tests: images, settings, the real server on loopback (the
+fixtures are in conftest.py beside this file; `model_dir`, the tiny trained model, is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.main import create_app
 
 READY_TIMEOUT_S = 90
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,18 +95,6 @@ def wait_ready(client: TestClient) -> None:
     assert slot.predictor is not None, slot.error
 
 
-@pytest.fixture(scope="session")
-def model_dir(trained_run: Path) -> Path:
-    return trained_run / "model"
-
-
-@pytest.fixture(scope="module")
-def client(model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(model_dir))) as test_client:
-        wait_ready(test_client)
-        yield test_client
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,11 +153,3 @@ def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@pytest.fixture(scope="session")
-def live_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The service with its default settings on a free loopback port."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(model_dir, log) as server:
-        yield server

@@ -10,10 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.service.test_app_fixtures import cell_png, make_settings, wait_ready
+from tests.app.helpers import cell_png, make_settings, wait_ready
 from training.learner import load_exported
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -11,9 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.test_app_fixtures import ROOT, LiveServer, cell_png
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+from tests.app.helpers import ROOT, LiveServer, cell_png
 
 
 def test_sixteen_clients_on_the_real_server(live_server: LiveServer) -> None:

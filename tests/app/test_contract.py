@@ -10,7 +10,7 @@ documented status codes and content types, bodies and headers as the schema says
 refused, good input accepted, deleted things gone. The exceptions a schema cannot state live in
 schemathesis.toml at the repository root, which `st run` uses too.
 
-Uploads get real images part of the time (tests/service/contract_hooks.py), so that fields are
+Uploads get real images part of the time (tests/app/contract_hooks.py), so that fields are
 analysed and the stateful chains reach real cells, not only 404s. The operations are tested
 through schemathesis's pytest integration; the chains of calls through its command line (`st
 run --phases stateful`), as a laboratory's integrator would run it: its engine, unlike a plain
@@ -36,13 +36,11 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from tests.service.test_app_fixtures import ROOT, LiveServer, encode, running_server
+from tests.app.helpers import ROOT, LiveServer, encode, running_server
 from tests.synthetic import make_smear
 
 schemathesis = pytest.importorskip("schemathesis")
-import tests.service.contract_hooks  # noqa: E402, F401  (registers the hooks)
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+import tests.app.contract_hooks  # noqa: E402, F401  (registers the hooks)
 
 SEED = int(os.environ.get("RBC_FUZZ_SEED", "20261206"))
 MAX_EXAMPLES = int(os.environ.get("RBC_FUZZ_EXAMPLES", "12"))
@@ -111,7 +109,7 @@ def test_every_operation_keeps_the_contract(case: Any, contract_server: LiveServ
 def run_cli(server: LiveServer, tmp_path: Path, *options: str) -> None:
     """`st run` against the live server from the repository root (so that it reads
     schemathesis.toml), with the hooks; fails with the fuzzer's own report."""
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.service.contract_hooks", "NO_COLOR": "1"}
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.app.contract_hooks", "NO_COLOR": "1"}
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
         "--checks", "all", "--workers", "1", "--no-color", "--generation-database", "none",
@@ -146,7 +144,7 @@ def test_every_phase_keeps_the_contract_longer(contract_server: LiveServer, tmp_
 def local_client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from tests.service.test_app_fixtures import make_settings, wait_ready
+    from tests.app.helpers import make_settings, wait_ready
 
     settings = make_settings(model_dir, data_dir=tmp_path_factory.mktemp("found"))
     with TestClient(create_app(settings)) as client:

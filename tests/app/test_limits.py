@@ -24,11 +24,9 @@ from app.main import create_app
 from app.middleware import TokenGate
 from core.classify.predictor import Predictor
 from core.imageio import has_more_frames
-from tests.service.test_app_fixtures import cell_png, encode, make_settings, wait_ready
-from tests.service.test_app_inputs import assert_error
+from tests.app.helpers import cell_png, encode, make_settings, wait_ready
+from tests.app.test_inputs import assert_error
 from tests.synthetic import make_smear
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

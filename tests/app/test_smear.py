@@ -13,11 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from tests.service.test_app_fixtures import encode, make_settings, wait_ready
-from tests.service.test_app_inputs import assert_error, png_header_only
+from tests.app.helpers import encode, make_settings, wait_ready
+from tests.app.test_inputs import assert_error, png_header_only
 from tests.synthetic import make_smear
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"

@@ -15,9 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.service.test_app_fixtures import LiveServer, cell_png, running_server
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+from tests.app.helpers import LiveServer, cell_png, running_server
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0

@@ -18,9 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.test_app_fixtures import LiveServer, cell_png
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+from tests.app.helpers import LiveServer, cell_png
 
 CHROMIUM = os.environ.get("RBC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine notes say: no sandbox as root, and nothing that calls out to the network.
@@ -304,7 +302,7 @@ DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector"
 def detector_server(
     model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    from tests.service.test_app_fixtures import running_server
+    from tests.app.helpers import running_server
 
     if not (DETECTOR / "detector_card.json").is_file():
         pytest.skip("no detector shipped in models/")
@@ -360,7 +358,7 @@ def test_smear_tab_with_the_detector(
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The shipped model with its familiarity thresholds at 0: every cell and field is
     unfamiliar, so the page's warnings must show."""
-    from tests.service.test_app_fixtures import calibrated_copy, running_server
+    from tests.app.helpers import calibrated_copy, running_server
 
     model = calibrated_copy(
         tmp_path_factory.mktemp("strict") / "model", cell_threshold=0.0, field_threshold=0.0

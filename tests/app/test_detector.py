@@ -13,11 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFilter
 
 from app.main import create_app
-from tests.service.test_app_fixtures import encode, make_settings, wait_ready
-from tests.service.test_app_inputs import assert_error
+from tests.app.helpers import encode, make_settings, wait_ready
+from tests.app.test_inputs import assert_error
 from tests.synthetic import disc, make_smear
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector"
 pytestmark = pytest.mark.skipif(

@@ -22,10 +22,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.service.test_app_fixtures import LiveServer, encode, running_server
+from tests.app.helpers import LiveServer, encode, running_server
 from tests.synthetic import make_smear
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 TIMEOUT_S = 300
 KINDS = ("red_cell", "white_cell", "platelet")

@@ -33,8 +33,7 @@ from app.records_slot import LOCAL_USER, StartRefused, is_loopback
 from app.routes.slides import CSV_COLUMNS, MIN_CELLS_FOR_GRADING, SUPPORT_STATEMENT
 from core.modelcard import ModelCard, sha256_file
 from records.store import count_users, create_user, default_url, list_users, open_store
-from tests.records.test_records import PgDatabase
-from tests.service.test_app_fixtures import (
+from tests.app.helpers import (
     ROOT,
     calibrated_copy,
     encode,
@@ -42,10 +41,9 @@ from tests.service.test_app_fixtures import (
     make_settings,
     wait_ready,
 )
-from tests.service.test_app_inputs import assert_error, png_header_only
+from tests.app.test_inputs import assert_error, png_header_only
+from tests.records.test_records import PgDatabase
 from tests.synthetic import make_smear
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 INTERIOR = 7  # red cells away from the edge in make_smear's field; one more touches the edge
 

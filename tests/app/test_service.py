@@ -24,10 +24,8 @@ from app.config import Settings
 from app.main import create_app
 from app.state import ModelSlot
 from core.modelcard import CARD_FILE, STATE_FILE
-from tests.service.test_app_fixtures import ROOT, cell_png, make_settings, wait_ready
+from tests.app.helpers import ROOT, cell_png, make_settings, wait_ready
 from training.learner import load_exported
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 
 def test_healthz_answers_at_once(client: TestClient) -> None:

@@ -14,9 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from tests.service.test_app_fixtures import cell_array, cell_png, encode, make_settings, wait_ready
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
+from tests.app.helpers import cell_array, cell_png, encode, make_settings, wait_ready
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

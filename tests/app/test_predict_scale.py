@@ -20,12 +20,10 @@ from core.classify.framing import NO_CELL_NOTE, unknown_scale_note
 from core.classify.predictor import Prediction
 from core.detect.classical import segment
 from core.smear.crop import crop_cell, median_colour
-from tests.service.test_app_fixtures import cell_png, encode, make_settings, wait_ready
-from tests.service.test_app_inputs import assert_error
+from tests.app.helpers import cell_png, encode, make_settings, wait_ready
+from tests.app.test_inputs import assert_error
 from tests.synthetic import SMEAR_BACKGROUND, one_cell_image
 from training.learner import load_exported
-
-pytest_plugins = ["tests.service.test_app_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"
