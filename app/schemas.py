@@ -247,7 +247,7 @@ class SmearFocus(BaseModel):
         None, description="the field's sharpness at the detector's working scale"
     )
     threshold: float | None = Field(
-        None, description="under it a field is called out of focus (bench/focus_probe.py)"
+        None, description="under it a field is called out of focus (research/focus_probe.py)"
     )
     out_of_focus: bool = Field(
         False, description="red cells are missed and misread on a blurred field: a note says so"

@@ -30,12 +30,12 @@ step "test fields, nucleus check off"
 $PY -m training evaluate-detector --yolo $YOLO --chula $CHULA --detector "$DETECTOR" \
   --no-nucleus-rule --out "$OUT/$NAME-no-nucleus-test.json"
 step "nucleus probe"
-$PY bench/nucleus_probe.py --detector "$DETECTOR" --out "$OUT/$NAME-nucleus-probe.json"
+$PY research/nucleus_probe.py --detector "$DETECTOR" --out "$OUT/$NAME-nucleus-probe.json"
 step "scale search, against the shipped detector"
-$PY bench/scale_search.py --detector "$DETECTOR" --compare models/detector \
+$PY research/scale_search.py --detector "$DETECTOR" --compare models/detector \
   --out "$OUT/$NAME-scale-search.json"
 step "shifts: defocus and compression"
-$PY bench/detector_shift.py --detector "$DETECTOR" --shifts clean,blur-1um,jpeg-5 \
+$PY research/detector_shift.py --detector "$DETECTOR" --shifts clean,blur-1um,jpeg-5 \
   --without-scale clean,blur-1um --out "$OUT/$NAME-shift.json"
 step "Chula's test smears"
 $PY -m training evaluate-smears --data $CHULA --detector "$DETECTOR" \

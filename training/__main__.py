@@ -166,7 +166,7 @@ def _add_small_red_arg(p: argparse.ArgumentParser) -> None:
         "--small-red",
         metavar="THRESHOLD,UM",
         help="keep red-cell peaks under UM across from THRESHOLD up (a candidate rule, "
-        "bench/small_cell_threshold.py; default: the card's threshold for every peak)",
+        "research/small_cell_threshold.py; default: the card's threshold for every peak)",
     )
 
 
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rule.add_argument(
         "--nucleus-rule",
-        help="another rule than the shipped one, by its key (bench/nucleus_probe.py), e.g. "
+        help="another rule than the shipped one, by its key (research/nucleus_probe.py), e.g. "
         "T2.0-B0.7-F0.1",
     )
     p.add_argument("--out", type=Path, help="JSON file (and a .md table beside it)")

@@ -13,7 +13,7 @@ it). Figures per source, pooled over its fields:
   read two ways: inside the white cell's box (`white_counted_as_red`, the first figure) and
   inside the ellipse inscribed in that box (`white_counted_as_red_within`). A white cell is
   round, so the box's corners are not the white cell: looked at one by one
-  (`bench/white_as_red.py --sheet`), most unmatched red detections in those corners were red
+  (`research/white_as_red.py --sheet`), most unmatched red detections in those corners were red
   cells touching or under the white cell that the labels leave out;
 - white-cell recall: labelled white cells that a detected white cell matches (the network's own
   white cells and the nucleus check's);
@@ -203,7 +203,7 @@ def evaluate_fields(
     """Run `detector` on every field (with the field's scale, or with none when `give_scale` is
     false) and measure it: (summary per source, one row per field). `scale_of` gives the
     field's true scale, used for matching point labels either way; `prepare` changes each
-    field's image first, keeping its size (bench/detector_shift.py's shifts)."""
+    field's image first, keeping its size (research/detector_shift.py's shifts)."""
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for item in tqdm(fields, desc="fields", disable=not progress, unit="img"):

@@ -79,7 +79,7 @@ class DetectorConfig:
     colour: bool = True  # stain, hue, saturation, brightness, contrast, gamma jitter
     degrade: bool = True  # blur and JPEG
     # The strongest blur (sigma, px at the working scale): 1.5 px is 0.57 um; a field blurred by
-    # 1 um (2.6 px) loses 8-18 % of its red cells (bench/detector_shift.py, blur-1um).
+    # 1 um (2.6 px) loses 8-18 % of its red cells (research/detector_shift.py, blur-1um).
     blur_max: float = 1.5
     # The share of crops cut from a field enlarged `enlarged_range` times beyond the working
     # scale, with no object in them: at that size a cell is not a cell to the network. A network

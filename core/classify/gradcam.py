@@ -16,7 +16,7 @@ background more than the cell (issue #12). Several strides give several maps, co
 `grad_cam`, what the service and the training report draw, is LayerCAM on the stride-8 and
 stride-16 stages (12x12 and 6x6 at 96 px), combined by their geometric mean: the 12x12 map's
 detail where the 6x6 map agrees, which drops the stride-8 map's faint haze over the background.
-bench/heatmap_mass.py made that choice: the share of each method's heatmap inside the explained
+research/heatmap_mass.py made that choice: the share of each method's heatmap inside the explained
 cell's outline on the Chula test crops (docs/classification/heatmap-mass.json). The other methods
 stay available by name in `class_activation_maps`; the heatmaps before issue #12 are
 `class_activation_maps(model, x, method="gradcam", strides=(32,))`.
@@ -33,7 +33,7 @@ from torch import nn
 
 METHODS = ("gradcam", "layercam")
 FUSIONS = ("mean", "product")
-# What `grad_cam` (and so the service's heatmaps) uses: chosen by bench/heatmap_mass.py.
+# What `grad_cam` (and so the service's heatmaps) uses: chosen by research/heatmap_mass.py.
 DEFAULT_METHOD = "layercam"
 DEFAULT_STRIDES: tuple[int, ...] = (8, 16)
 DEFAULT_FUSION = "product"

@@ -1,7 +1,7 @@
 """Is a field in focus? A measure from the field's own pixels (issue #11).
 
 The detector misses red cells on a defocused field while what it does find stays right
-(bench/detector_shift.py: blurred by 1 um, recall 0.79-0.95 at a precision of 0.95-0.99), so a
+(research/detector_shift.py: blurred by 1 um, recall 0.79-0.95 at a precision of 0.95-0.99), so a
 defocused field's answer looks sound and is not: the service says so instead. The measure is
 the mean absolute Laplacian of the green channel (where red cells have their contrast) over the
 channel's standard deviation, on the image at the detector's working scale, so that it means the

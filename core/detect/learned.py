@@ -52,7 +52,7 @@ NORMAL_RED_CELL_UM = 7.5
 # red-cell peaks"): a red-cell peak whose box is under SMALL_RED_CELL_UM across (the mean of its
 # sides) kept from SMALL_RED_CELL_THRESHOLD up, larger ones from the card's red-cell threshold.
 # The heatmap rises less at fragments: at the card's threshold the detector finds 0.71 of
-# Chula's test schistocytes. Chosen by bench/small_cell_threshold.py on validation fields (the
+# Chula's test schistocytes. Chosen by research/small_cell_threshold.py on validation fields (the
 # most schistocytes, 0.93, with no source's precision more than a point lower); on the test
 # fields it found 0.80 of them but cost bcd's precision 1.5 points, over the bar set
 # beforehand. `CellDetector(small_red=...)`, `--small-red 0.3,6.5`. Never used by the scale
@@ -416,7 +416,7 @@ def start_scale(tries: Sequence[ScaleTry]) -> float | None:
     candidate up to a few steps off they imply the true scale, so it draws many candidates. A
     wrong scale can agree with itself (a sharp field enlarged several times, where a network
     trained on blurred cells finds "cells" of the size it expects) but draws little else: taking
-    the single candidate with the most cells took that one (bench/scale_search.py). None where
+    the single candidate with the most cells took that one (research/scale_search.py). None where
     no candidate found three red cells."""
     usable = {t.candidate: t for t in tries if t.implied is not None}
     if not usable:
@@ -450,12 +450,12 @@ class CellDetector:
     # A red cell whose box comes this close to the image's edge (in the field's microns) is
     # taken to be cut by it: set aside, not counted. The boxes of cut cells often stop short of
     # the edge; 1 um sets aside 94-98 % of them and 12-19 % of whole cells that close, the best
-    # trade on txl-pbc's validation fields (bench/border_margin.py; 2 px alone: 59-66 %).
+    # trade on txl-pbc's validation fields (research/border_margin.py; 2 px alone: 59-66 %).
     BORDER_MARGIN_UM = 1.0
     # A field whose sharpness (core/detect/focus.py) is under this is called out of focus: the
     # highest value that calls at most 2 % of any source's validation fields so as they are;
     # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
-    # (bench/focus_probe.py, docs/detection/focus-probe.json).
+    # (research/focus_probe.py, docs/detection/focus-probe.json).
     FOCUS_THRESHOLD = 0.118
 
     def __init__(

@@ -5,7 +5,7 @@ lymphocyte, or one lobe of a neutrophil) for a red cell (docs/detection.md). Wha
 detection away is its nucleus: stained far darker than the field's red cells, and **bluer**:
 haematoxylin / azure absorbs red and green light and lets blue through, while a red cell's
 haemoglobin and eosin absorb green and blue. Darkness alone does not separate them (a
-dense red cell is as dark as a nucleus: the rules without a blueness in bench/nucleus_probe.py's
+dense red cell is as dark as a nucleus: the rules without a blueness in research/nucleus_probe.py's
 grid), the hue does.
 
 Everything is relative to the field's own red cells, so no stain or camera is assumed:
@@ -17,7 +17,7 @@ Everything is relative to the field's own red cells, so no stain or camera is as
 - a red detection is *nucleated* when more than `share` of the pixels of its box's central
   ellipse (INNER of each side) are nuclear.
 
-The thresholds are chosen by bench/nucleus_probe.py on validation fields (docs/detection.md).
+The thresholds are chosen by research/nucleus_probe.py on validation fields (docs/detection.md).
 """
 
 from __future__ import annotations
@@ -202,10 +202,10 @@ def nuclear_regions(
 
 
 # A region of nuclear pixels that no detection covers and at least this large is a white cell the
-# network did not see: chosen by bench/free_nuclei.py on validation fields (docs/detection.md).
+# network did not see: chosen by research/free_nuclei.py on validation fields (docs/detection.md).
 FREE_NUCLEUS_MIN_UM2 = 24.0
 
 
-# The rule the service runs: chosen by bench/nucleus_probe.py on the validation fields of every
+# The rule the service runs: chosen by research/nucleus_probe.py on the validation fields of every
 # source. With a source left out it chooses looser neighbours (docs/detection.md).
 SHIPPED_RULE: NucleusRule | None = NucleusRule(darkness=2.0, blueness=0.7, share=0.1)

@@ -75,7 +75,7 @@ def test_a_defocused_field_is_said_to_be(learned: TestClient) -> None:
     sharp = post(learned, encode(Image.fromarray(image)), "?microns_per_pixel=0.19").json()
     assert sharp["focus"]["out_of_focus"] is False
     assert sharp["focus"]["sharpness"] > sharp["focus"]["threshold"] > 0
-    # Blurred by 1 um: the cells' edges gone (bench/focus_probe.py).
+    # Blurred by 1 um: the cells' edges gone (research/focus_probe.py).
     blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(1.0 / 0.19))
     response = post(learned, encode(blurred), "?microns_per_pixel=0.19")
     assert response.status_code == 200, response.text

@@ -1,5 +1,5 @@
 """core/detect/focus.py: a field's sharpness at the detector's working scale, and the detector's
-threshold between a sharp field and a defocused one (bench/focus_probe.py)."""
+threshold between a sharp field and a defocused one (research/focus_probe.py)."""
 
 from __future__ import annotations
 

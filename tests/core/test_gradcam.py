@@ -1,5 +1,5 @@
 """Class activation maps on models whose right answer is known by construction, the overlay, and
-the heatmap-mass benchmark (bench/heatmap_mass.py, issue #12)."""
+the heatmap-mass benchmark (research/heatmap_mass.py, issue #12)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def synthetic_field(discs: list[tuple[float, float, float, bool]]) -> np.ndarray
 def test_outline_is_the_centre_cell_filled() -> None:
     from scipy import ndimage
 
-    from bench.heatmap_mass import cell_outline
+    from research.heatmap_mass import cell_outline
 
     # A pale-centred cell at the centre, a neighbour cut by the crop's edge.
     rgb = synthetic_field([(36, 36, 18, True), (36, 76, 16, False)])
@@ -259,7 +259,7 @@ def test_outline_is_the_centre_cell_filled() -> None:
 
 
 def test_mass_inside() -> None:
-    from bench.heatmap_mass import mass_inside
+    from research.heatmap_mass import mass_inside
 
     mask = np.zeros((8, 8), dtype=bool)
     mask[:2] = True
@@ -275,7 +275,7 @@ def test_bench_runs_end_to_end(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from bench.heatmap_mass import METHODS, main
+    from research.heatmap_mass import METHODS, main
 
     root = tmp_path / "crops"
     rows = ["path,label,split,source_image,x,y,border_fraction"]
