@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Detector recipe search (issue #11): each config in CONFIGS (default configs/detector-search)
+# Detector recipe search (issue #11): each config in CONFIGS (default research/configs/detector-search)
 # overrides configs/detector.yaml; all are trained at once (on a GPU, or slowly on a CPU) from
 # a prepared copy of the fields (`python -m training train-detector --config
 # configs/detector.yaml --prepare-only DIR`), then each run's validation figures and its test
@@ -13,7 +13,7 @@ OUT="${2:-runs/detector-search}"
 LIMIT="${3:-3600}"
 DEVICE="${4:-cuda}"
 WEIGHTS="${5:-imagenet}"
-CONFIGS="${CONFIGS:-configs/detector-search}"
+CONFIGS="${CONFIGS:-research/configs/detector-search}"
 PY="${PYTHON:-.venv/bin/python}"
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Recipe search for the default model (issue #3): every config in CONFIGS (default
-# configs/search) trained at once on one GPU, then each run's valid and test metrics printed as
+# research/configs/search) trained at once on one GPU, then each run's valid and test metrics printed as
 # one JSON object, then research/tta_ensemble.py on every finished run (test-time views and the
 # ensemble of all of them).
-# Choose on "valid"; "test" is only reported. The CPU recipe (configs/default-lite0.yaml) came
-# from configs/search; configs/ceiling asks what lies beyond the CPU hour. See docs/comparison.md.
-# Usage: [CONFIGS=configs/ceiling] research/recipe_search.sh DATA_DIR [OUT_DIR] [SECONDS_PER_RUN]
+# Choose on "valid"; "test" is only reported. The CPU recipe (research/configs/default-lite0.yaml) came
+# from research/configs/search; research/configs/ceiling asks what lies beyond the CPU hour. See docs/comparison.md.
+# Usage: [CONFIGS=research/configs/ceiling] research/recipe_search.sh DATA_DIR [OUT_DIR] [SECONDS_PER_RUN]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:?usage: research/recipe_search.sh DATA_DIR [OUT_DIR] [SECONDS_PER_RUN]}"
 OUT="${2:-runs/search}"
 LIMIT="${3:-3600}"
-CONFIGS="${CONFIGS:-configs/search}"
+CONFIGS="${CONFIGS:-research/configs/search}"
 PY="${PYTHON:-.venv/bin/python}"
 mkdir -p "$OUT"
 # Two threads and two loader processes each: the runs share the machine's cores.
