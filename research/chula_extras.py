@@ -3,7 +3,7 @@ label, and what is at the labelled cells it misses? (issue #11: Chula's interior
 recall.)
 
     .venv/bin/python research/chula_extras.py --detector models/detector \\
-        --sheet docs/detection/chula-extras.jpg [--missed-sheet F] [--out F.json]
+        --sheet research/results/detection/chula-extras.jpg [--missed-sheet F] [--out F.json]
 
 Runs the detector on the fully labelled smears among the classifier's test smears (as
 `evaluate-detector` does, at Chula's 0.19 um per pixel) and draws each counted red cell that

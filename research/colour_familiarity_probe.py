@@ -2,7 +2,7 @@
 field colours of the familiarity (core/classify/calibration.py; docs/classification.md).
 
     .venv/bin/python research/colour_familiarity_probe.py \
-        [--out docs/classification/colour-probe.json]
+        [--out research/results/classification/colour-probe.json]
 
 Reads every field's 13-number colour descriptor (`field_colour_descriptor`: CIELAB median and
 spread of cell and background pixels, the cells' share), and scores six candidates: the first 6

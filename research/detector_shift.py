@@ -2,7 +2,7 @@
 
     .venv/bin/python research/detector_shift.py --detector models/detector \
         [--shifts clean,stain-strong,...] [--without-scale clean,low-res,...] \
-        [--nucleus-rule KEY|off] [--out docs/detection/shift.json]
+        [--nucleus-rule KEY|off] [--out research/results/detection/shift.json]
 
 The detector is checked on laboratories in none of our data sets. Their microscopes and stains
 differ from ours in ways the training augmentation covers only so far (training/augment.py: each

@@ -1,7 +1,7 @@
 """Can a field's own pixels say it is out of focus? (issue #11)
 
     .venv/bin/python research/focus_probe.py [--chula-fields 60] \
-        [--out docs/detection/focus-probe.json]
+        [--out research/results/detection/focus-probe.json]
 
 The detector misses red cells on a defocused field (research/detector_shift.py: blurred by 1 um,
 recall 0.79-0.95) while its precision holds, so the answer looks sound and is not. This

@@ -1,7 +1,8 @@
 """How much of a heatmap lies on the cell it explains (issue #12: explanations that show the cell).
 
     .venv/bin/python research/heatmap_mass.py [--model models/default] [--limit 500] \\
-        [--methods gradcam-s32,layercam-s8] [--examples docs/classification/heatmap-mass.jpg]
+        [--methods gradcam-s32,layercam-s8] \\
+        [--examples research/results/classification/heatmap-mass.jpg]
 
 Takes the test split of an imported crop set (`python -m training import-chula`: data/chula,
 72x72 crops at the native scale with the labelled cell at the centre), keeps the crops whose
@@ -21,14 +22,16 @@ cuts every crop again from its smear with the window moved PX along each axis (r
 so the cell sits off the centre and the outline is taken at its new place: a map that follows
 the cell keeps its mass there, the centre prior loses it.
 
-Writes --out (JSON; default docs/classification/heatmap-mass.json) with the command line and n.
+Writes --out (JSON; default research/results/classification/heatmap-mass.json) with the command
+line and n.
 
-Results with models/default on all 2805 test crops (docs/classification/heatmap-mass.json): mass
-inside the cell, mean, chance 0.25: Grad-CAM on the body's output (3x3, the heatmaps before
-issue #12) 0.14, below chance; LayerCAM at stride 16 (6x6) 0.63, at stride 8 (12x12) 0.53;
-LayerCAM at strides 8 and 16 by their geometric mean (12x12 detail) 0.62, now the service's.
-The centre prior scores 0.80; with --shift 12 (500 crops) it falls to 0.49 and the service's
-map to 0.56.
+Results with the model shipped before the stain augmentation, on all 2805 test crops
+(research/results/classification/heatmap-mass-previous-model.json; the shipped model's are in
+heatmap-mass-shipped.json and docs/classification.md): mass inside the cell, mean, chance 0.25:
+Grad-CAM on the body's output (3x3, the heatmaps before issue #12) 0.14, below chance; LayerCAM at
+stride 16 (6x6) 0.63, at stride 8 (12x12) 0.53; LayerCAM at strides 8 and 16 by their geometric
+mean (12x12 detail) 0.62, now the service's. The centre prior scores 0.80; with --shift 12 (500
+crops) it falls to 0.49 and the service's map to 0.56.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which red detections does the nucleus check move to white cells, and are they white cells?
 
     .venv/bin/python research/nucleated.py --detector models/detector [--split test] \
-        [--sheet docs/detection/nucleated-test.jpg]
+        [--sheet research/results/detection/nucleated-test.jpg]
 
 Runs a detector with the nucleus check off (the network's own red cells) on one split of
 txl-pbc's fields and on the classifier's 82 Chula test smears (each source's scale given),

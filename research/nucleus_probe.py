@@ -1,7 +1,7 @@
 """Would a nucleus give away the white cells the detector counts as red? (issue #11)
 
     .venv/bin/python research/nucleus_probe.py --detector models/detector [--chula-fields 120] \
-        [--leave-out bccd,bcd] [--out docs/detection/nucleus-probe.json]
+        [--leave-out bccd,bcd] [--out research/results/detection/nucleus-probe.json]
     .venv/bin/python research/nucleus_probe.py --table F.json --out F.json  # choose again
 
 For every counted red detection of txl-pbc's validation and test fields and of a seeded sample

@@ -2,7 +2,7 @@
 
     .venv/bin/python research/scale_search.py --detector models/detector \
         [--compare runs/detector-blur/detector] [--sources raabin] [--show-wrong] \
-        [--out docs/detection/scale-search.json]
+        [--out research/results/detection/scale-search.json]
 
 Without a scale, `CellDetector.estimate_scale` runs the network at each candidate scale
 (`scale_tries`), picks a start (`core.detect.learned.start_scale`) and refines it from the red

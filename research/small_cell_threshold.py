@@ -2,7 +2,7 @@
 (issue #11, stop 23)
 
     .venv/bin/python research/small_cell_threshold.py --detector models/detector \
-        [--out docs/detection/small-cell-threshold.json]
+        [--out research/results/detection/small-cell-threshold.json]
 
 The shipped detector finds 0.98 of Chula's red cells but 0.71 of its schistocytes
 (research/chula_extras.py --missed-sheet): at a missed fragment no red-cell peak reaches the

@@ -1,7 +1,7 @@
 """Which counted red cells are white cells, and would their size give them away? (issue #11)
 
     .venv/bin/python research/white_as_red.py --detector models/detector [--split val] \
-        [--sheet docs/detection/white-as-red-val.png]
+        [--sheet research/results/detection/white-as-red-val.png]
 
 Runs a detector on the labelled fields of one split of txl-pbc (each source's derived scale
 given) and sorts every counted red cell (clear of the border) into: a real red cell (matches a

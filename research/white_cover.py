@@ -1,7 +1,7 @@
 """Should a red cell lying on a white cell be set aside? Measured, and not done (issue #11).
 
     .venv/bin/python research/white_cover.py --detector models/detector [--chula-fields 60] \
-        [--out docs/detection/white-cover.json]
+        [--out research/results/detection/white-cover.json]
 
 A smear is read where cells do not overlap: a red cell lying on a white cell has the white
 cell's cytoplasm in its crop, and a piece of a white cell that the network took for a red cell
@@ -20,7 +20,7 @@ sources, since they are few) minus matched red cells set aside (the mean of each
 Chula included); ties go to the larger share. On the shipped detector that is 0.1, which sets
 aside 3 of the 4 white detections of the validation fields and 6-19 % of the real red cells
 (raabin's fields are centred on a white cell): too dear, so the detector does not do it
-(docs/detection.md, "A size rule ...").
+(docs/detection.md, "Red cells lying on a white cell, measured and not set aside").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 # source's test fields with and without a scale, with and without the nucleus check; the nucleus
 # probe (does the shipped rule stay the one chosen?); the scale search against the shipped
 # detector's; the shifts that a candidate recipe is meant to survive; Chula's test smears; speed.
-# About 15 min on 2 cores, nothing else running. Results: docs/detection/NAME-*.json (+ .md).
+# About 15 min on 2 cores, nothing else running. Results: research/results/detection/NAME-*.json (+ .md).
 # Usage: scripts/measure_detector.sh DETECTOR_DIR NAME   (e.g. runs/detector-x/detector candidate-x)
 set -euo pipefail
 cd "$(dirname "$0")/.."

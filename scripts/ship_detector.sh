@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce models/detector (issue #11): train configs/detector.yaml on 2 CPU cores (the fields of
 # ../shared/datasets: txl-pbc and Chula RBC-12), publish it, and measure it per source with and
-# without a scale (docs/detection/learned-test.*). RUN=runs/<name> publishes an existing run.
+# without a scale (research/results/detection/learned-test.*). RUN=runs/<name> publishes an existing run.
 # Usage: [RUN=runs/detector] scripts/ship_detector.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,4 @@ $PY -m training export-detector --run "$RUN" --name detector --overwrite \
   --note "Data: txl-pbc (github lugan113/TXL-PBC_Dataset, MIT licence) and Chula RBC-12 (Naruenatthanaset et al., arXiv:2012.01321, MIT licence)."
 $PY -m training evaluate-detector --yolo ../shared/datasets/txl-pbc \
   --chula ../shared/datasets/chula-rbc-12 --detector models/detector \
-  --out docs/detection/learned-test.json
+  --out research/results/detection/learned-test.json

@@ -17,8 +17,9 @@ background more than the cell (issue #12). Several strides give several maps, co
 stride-16 stages (12x12 and 6x6 at 96 px), combined by their geometric mean: the 12x12 map's
 detail where the 6x6 map agrees, which drops the stride-8 map's faint haze over the background.
 research/heatmap_mass.py made that choice: the share of each method's heatmap inside the explained
-cell's outline on the Chula test crops (docs/classification/heatmap-mass.json). The other methods
-stay available by name in `class_activation_maps`; the heatmaps before issue #12 are
+cell's outline on the Chula test crops (research/results/classification/heatmap-mass-shipped.json;
+docs/classification.md, "Heatmaps that show the cell"). The other methods stay available by name
+in `class_activation_maps`; the heatmaps before issue #12 are
 `class_activation_maps(model, x, method="gradcam", strides=(32,))`.
 """
 

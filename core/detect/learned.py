@@ -455,7 +455,7 @@ class CellDetector:
     # A field whose sharpness (core/detect/focus.py) is under this is called out of focus: the
     # highest value that calls at most 2 % of any source's validation fields so as they are;
     # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
-    # (research/focus_probe.py, docs/detection/focus-probe.json).
+    # (research/focus_probe.py, research/results/detection/focus-probe.json).
     FOCUS_THRESHOLD = 0.118
 
     def __init__(
