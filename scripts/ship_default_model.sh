@@ -2,7 +2,8 @@
 # Reproduce models/default: import Chula RBC-12, train configs/default-lite0-stain.yaml, publish it
 # with the notes of its model card, then fit and measure its calibration (temperature, review
 # threshold, familiarity; docs/classification.md). About 1.5 hours on 2 CPU cores (measured: see
-# the README). RUN=runs/<name> publishes an existing run instead of training one.
+# docs/classification.md, "The shipped model in brief"). RUN=runs/<name> publishes an existing
+# run instead of training one.
 # Usage: [RUN=runs/default-lite0-stain] scripts/ship_default_model.sh [CHULA_DIR] [TXL_PBC_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
