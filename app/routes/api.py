@@ -35,13 +35,6 @@ from app.schemas import (
     SmearCellOut,
     SmearOut,
 )
-from core.classify.framing import (
-    FramedCell,
-    batch_notes,
-    frame_cell,
-    needs_review,
-    unknown_scale_note,
-)
 from core.classify.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
@@ -53,6 +46,13 @@ from core.smear.analysis import (
 )
 from core.smear.counting import count_labels, percentages
 from core.smear.crop import DEFAULT_WINDOW
+from core.smear.framing import (
+    FramedCell,
+    batch_notes,
+    frame_cell,
+    needs_review,
+    unknown_scale_note,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "no file in the expected form field, or malformed"},

@@ -42,7 +42,7 @@ DETECTOR_STATE = "detector_state.pt"
 STRIDE = 4
 # The input normalisation the detector is trained and served with: torchvision's ImageNet
 # statistics. (The Lite body's own pretraining used (x - 127) / 128,
-# core.classify.nets.LITE_STATS; the whole network is fine-tuned, and a change here means
+# core.backbones.LITE_STATS; the whole network is fine-tuned, and a change here means
 # training the detector again.)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -142,7 +142,7 @@ class CentreNet(nn.Module):
 
     def __init__(self, backbone: str = "efficientnet_lite0", width: int = 64) -> None:
         super().__init__()
-        from core.classify.nets import imagenet_network
+        from core.backbones import imagenet_network
 
         net: Any = imagenet_network(backbone)  # efficientnet_lite_pytorch.EfficientNet
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)

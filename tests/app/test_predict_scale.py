@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from core.classify.framing import NO_CELL_NOTE, unknown_scale_note
 from core.classify.predictor import Prediction
 from core.detect.classical import segment
 from core.smear.crop import crop_cell, median_colour
+from core.smear.framing import NO_CELL_NOTE, unknown_scale_note
 from tests.app.helpers import cell_png, encode, make_settings, wait_ready
 from tests.app.test_inputs import assert_error
 from tests.synthetic import SMEAR_BACKGROUND, one_cell_image

@@ -1,4 +1,4 @@
-"""core/classify/framing.py: single-cell images of any framing cut as the training crops were."""
+"""core/smear/framing.py: single-cell images of any framing cut as the training crops were."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.classify.framing import (
+from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL
+from core.smear.crop import DEFAULT_WINDOW
+from core.smear.framing import (
     AT_BORDER_NOTE,
     NO_CELL_NOTE,
     frame_cell,
     needs_review,
     unknown_scale_note,
 )
-from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL
-from core.smear.crop import DEFAULT_WINDOW
 from tests.synthetic import SMEAR_BACKGROUND, SMEAR_CELL, one_cell_image
 
 # Darker than this in green is cell (SMEAR_CELL 105, its pallor 158, plasma 212).
