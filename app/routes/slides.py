@@ -32,9 +32,19 @@ from app.deps import DetectorDep, PredictorDep, SettingsDep, SlotDep
 from app.errors import Unauthorized, smear_errors
 from app.limits import StopCheck, stop_when_disconnected
 from app.middleware import AUDIT_PREFIX
-from app.openapi import link
 from app.records_slot import RecordsSlot
 from app.routes.api import GATE_WHAT, GateDep, detector_sha256
+from app.routes.slide_links import (
+    CELLS_LINKS,
+    CREATED_LINKS,
+    DELETED_LINKS,
+    DETAIL_LINKS,
+    FIELD_LINKS,
+    LISTED_LINKS,
+    REOPENED_LINKS,
+    REVIEWED_LINKS,
+    SIGNED_LINKS,
+)
 from app.schemas import (
     MAX_DB_INT,
     NO_NUL,
@@ -189,126 +199,6 @@ SlideId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the slide's id")
 FieldId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the field's id")]
 CellId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the cell's id")]
 Offset = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="items to skip")]
-
-
-# --- links: what an answer leads to (OpenAPI links, for clients and the contract fuzzer) -----
-
-_SLIDE = "/slides/{slide_id}"
-_CELL = _SLIDE + "/cells/{cell_id}"
-_FIELD = _SLIDE + "/fields/{field_id}"
-_NEW_SLIDE = {"slide_id": "$response.body#/id"}
-_SAME_SLIDE = {"slide_id": "$request.path.slide_id"}
-
-
-def _slide_links(ids: dict[str, str], version: str) -> dict[str, Any]:
-    """Where a slide's id leads: its detail, fields, cells, sign-off, exports, deletion."""
-    return {
-        "GetSlide": link("GET", _SLIDE, "the slide with its counts", ids),
-        "AddField": link("POST", _SLIDE + "/fields", "add a field to the slide", ids),
-        "ListCells": link("GET", _SLIDE + "/cells", "the slide's cells", ids),
-        "SignOff": link(
-            "POST", _SLIDE + "/sign-off", "sign the slide off", ids, {"version": version}
-        ),
-        "Audit": link("GET", _SLIDE + "/audit", "the slide's audit trail", ids),
-        "CellsCsv": link("GET", _SLIDE + "/cells.csv", "every cell as CSV", ids),
-        "Report": link("GET", _SLIDE + "/report", "the printable report", ids),
-        "DeleteSlide": link("DELETE", _SLIDE, "delete the slide", ids),
-    }
-
-
-def _cell_links(prefix: str) -> dict[str, Any]:
-    """Review the cell at `prefix` of this answer (a JSON pointer), with its version."""
-    ids = {**_SAME_SLIDE, "cell_id": f"$response.body#{prefix}/id"}
-    return {
-        "ReviewCell": link(
-            "PATCH",
-            _CELL,
-            "confirm or relabel the cell",
-            ids,
-            {"version": f"$response.body#{prefix}/version"},
-        )
-    }
-
-
-def _field_links(prefix: str) -> dict[str, Any]:
-    ids = {**_SAME_SLIDE, "field_id": f"$response.body#{prefix}/id"}
-    return {
-        "FieldImage": link("GET", _FIELD + "/image", "the field's image", ids),
-        "RemoveField": link("DELETE", _FIELD, "remove the field", ids),
-    }
-
-
-DELETED_LINKS: dict[int | str, dict[str, Any]] = {
-    204: {
-        "links": {
-            "AuditOfDeleted": link(
-                "GET",
-                AUDIT_PREFIX,
-                "the deleted slide's audit trail, kept",
-                {"query.slide_id": "$request.path.slide_id"},
-            )
-        }
-    }
-}
-CREATED_LINKS: dict[int | str, dict[str, Any]] = {
-    201: {"links": _slide_links(_NEW_SLIDE, "$response.body#/version")}
-}
-LISTED_LINKS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "links": {
-            "GetSlide": link(
-                "GET", _SLIDE, "the newest slide", {"slide_id": "$response.body#/items/0/id"}
-            )
-        }
-    }
-}
-DETAIL_LINKS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "links": {
-            **_slide_links(_SAME_SLIDE, "$response.body#/version"),
-            **_field_links("/fields/0"),
-        }
-    }
-}
-FIELD_LINKS: dict[int | str, dict[str, Any]] = {
-    201: {
-        "links": {
-            **_cell_links("/cells/0"),
-            **_field_links("/field"),
-            "GetSlide": link("GET", _SLIDE, "the slide, counts updated", _SAME_SLIDE),
-        }
-    }
-}
-CELLS_LINKS: dict[int | str, dict[str, Any]] = {200: {"links": _cell_links("/items/0")}}
-REVIEWED_LINKS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "links": {
-            **_cell_links(""),
-            "GetSlide": link("GET", _SLIDE, "the slide, counts updated", _SAME_SLIDE),
-        }
-    }
-}
-SIGNED_LINKS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "links": {
-            "Reopen": link("POST", _SLIDE + "/reopen", "reopen the slide", _NEW_SLIDE),
-            "Report": link("GET", _SLIDE + "/report", "the printable report", _NEW_SLIDE),
-        }
-    }
-}
-REOPENED_LINKS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "links": {
-            "SignOff": link(
-                "POST",
-                _SLIDE + "/sign-off",
-                "sign it off again",
-                _NEW_SLIDE,
-                {"version": "$response.body#/version"},
-            )
-        }
-    }
-}
 
 
 # --- records to answers ---------------------------------------------------------------------
