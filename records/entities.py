@@ -1,0 +1,176 @@
+"""What the records module returns and takes: frozen dataclasses, never ORM objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    id: int
+    sample_id: str
+    microns_per_pixel: float | None
+    notes: str
+    status: str  # 'open' | 'signed_off'
+    created_by: str  # user name
+    created_at: datetime
+    signed_off_by: str | None
+    signed_off_at: datetime | None
+    version: int  # give it back to sign_off / update_slide
+    field_count: int
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """A field without its image bytes (`field_image` serves those)."""
+
+    id: int
+    slide_id: int
+    ordinal: int
+    filename: str
+    media_type: str
+    image_bytes: int
+    width: int
+    height: int
+    microns_per_pixel: float | None
+    scale_estimated: bool
+    classifier_name: str
+    classifier_sha256: str
+    detector_name: str
+    detector_sha256: str | None
+    summary: dict[str, Any]
+    created_by: str
+    created_at: datetime
+    cell_count: int
+
+
+@dataclass(frozen=True)
+class SlideDetail(SlideRecord):
+    fields: tuple[FieldRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    id: int
+    slide_id: int
+    field_id: int
+    kind: str
+    x: float
+    y: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1
+    at_border: bool
+    counted: bool
+    proposed_label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    needs_review: bool  # flagged by the analysis (stays set after a review)
+    final_label: str | None  # None until reviewed
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    version: int  # give it back to review_cell
+
+    @property
+    def label(self) -> str | None:
+        """The current label: the reviewed one, else the proposed one."""
+        return self.final_label if self.final_label is not None else self.proposed_label
+
+    @property
+    def reviewed(self) -> bool:
+        return self.reviewed_at is not None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    user: str  # name
+    user_id: int
+    slide_id: int
+    cell_id: int | None
+    action: str
+    from_value: str | None
+    to_value: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExportCell:
+    """One red cell for a training-set exporter. `image` is the field's uploaded bytes, the same
+    object for every cell of a field (read once per field)."""
+
+    slide_id: int
+    sample_id: str
+    slide_status: str
+    field_id: int
+    field_ordinal: int
+    filename: str
+    media_type: str
+    image: bytes = field(repr=False)
+    microns_per_pixel: float | None
+    classifier_name: str
+    cell_id: int
+    box: tuple[int, int, int, int]
+    at_border: bool
+    counted: bool
+    proposed_label: str | None
+    final_label: str | None
+    label: str | None  # final if reviewed, else proposed
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CellInput:
+    """One cell as the analysis found it. Red cells carry the classifier's `label`,
+    `confidence` and `probabilities`; white cells and platelets have `label=None` (their
+    `confidence` is the detector's, if any)."""
+
+    kind: str
+    x: float
+    y: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the uploaded image's pixels
+    at_border: bool = False
+    counted: bool = True
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: Mapping[str, float] | None = None
+    needs_review: bool = False
+
+
+@dataclass(frozen=True)
+class FieldInput:
+    """One analysed field: the uploaded bytes, what the analysis used, and what it found."""
+
+    filename: str
+    image: bytes = field(repr=False)
+    media_type: str
+    width: int
+    height: int
+    classifier_name: str
+    classifier_sha256: str  # of the weights the service loaded
+    detector_name: str
+    detector_sha256: str | None = None  # None for the classical detector
+    microns_per_pixel: float | None = None
+    scale_estimated: bool = False
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    cells: Sequence[CellInput] = ()
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
