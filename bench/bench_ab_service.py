@@ -26,10 +26,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.bench_service import free_port, load_cells
 
-from bench.bench_service import free_port, load_cells  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def start(tree: Path, model: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -47,10 +47,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.bench_service import free_port
 
-from bench.bench_service import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 import httpx
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_service import ROOT, free_port, rss_mib, start_server
 
 CHULA_MICRONS_PER_PIXEL = 0.19

@@ -50,8 +50,6 @@ from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SOURCES = ("bccd", "bcd", "raabin")
 SCALES = (0.7, 1.4)

@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_service import ROOT, free_port, percentile, start_server
 
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12" / "Dataset"

@@ -25,14 +25,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 from sqlalchemy import create_engine, make_url, text
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_service import ROOT, free_port, start_server
 from records.store import create_user, open_store
 

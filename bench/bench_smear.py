@@ -27,11 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from core.classify.predictor import Predictor
+from core.smear.analysis import analyze_smear
 
-from core.classify.predictor import Predictor  # noqa: E402
-from core.smear.analysis import analyze_smear  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_S = 1.0
 

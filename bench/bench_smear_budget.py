@@ -51,7 +51,6 @@ def one(model: Path, chula: Path, side: int, threads: int) -> dict[str, float]:
     """Run in a child process: build the field, then analyse it once."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from core.classify.predictor import Predictor
     from core.smear.analysis import analyze_smear
 
