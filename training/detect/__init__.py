@@ -1,0 +1,2 @@
+"""The cell detector's training pipeline, one stage a module (training/detector.py is its
+import point)."""
