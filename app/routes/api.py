@@ -75,8 +75,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     },
 }
 
+# What GET /model can answer besides 200 (it reads no body and no image).
+CARD_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 503)}
+
 # The API's routes; create_app adds the token check (only when RBC_API_TOKEN is set).
-router = APIRouter(tags=["api"], responses=ERRORS)
+router = APIRouter(tags=["api"])
 
 HeatmapQuery = Annotated[
     bool, Query(description="add a LayerCAM heatmap (PNG data URL) for the predicted class")
@@ -226,7 +229,9 @@ def _load_cell(
     return framed.crop, framed
 
 
-@router.post("/predict", response_model=PredictionOut, response_model_exclude_none=True)
+@router.post(
+    "/predict", response_model=PredictionOut, response_model_exclude_none=True, responses=ERRORS
+)
 def predict(
     file: Annotated[UploadFile, File(description="one cell image (PNG, JPEG, TIFF, BMP)")],
     predictor: PredictorDep,
@@ -251,7 +256,9 @@ def predict(
     )
 
 
-@router.post("/predict/batch", response_model=BatchOut, response_model_exclude_none=True)
+@router.post(
+    "/predict/batch", response_model=BatchOut, response_model_exclude_none=True, responses=ERRORS
+)
 async def predict_batch(
     request: Request,
     files: Annotated[list[UploadFile], File(description="many cell images, one cell each")],
@@ -325,7 +332,9 @@ def _batch(
     )
 
 
-@router.post("/analyze/smear", response_model=SmearOut, response_model_exclude_none=True)
+@router.post(
+    "/analyze/smear", response_model=SmearOut, response_model_exclude_none=True, responses=ERRORS
+)
 async def analyze_smear_image(
     request: Request,
     file: Annotated[UploadFile, File(description="one smear field (PNG, JPEG, TIFF, BMP)")],
@@ -392,7 +401,7 @@ def _other(cell: OtherCell) -> OtherCellOut:
     return OtherCellOut(**{**vars(cell), "crop": image_data_url(cell.crop) if cell.crop else None})
 
 
-@router.get("/model")
+@router.get("/model", responses=CARD_ERRORS)
 def model_card(predictor: PredictorDep, detector: DetectorDep) -> dict[str, Any]:
     """The model card: classes, architecture, input size, normalisation, metrics, sha256...;
     the card's `tta_views` are those its metrics were measured with, `served_tta_views` those
