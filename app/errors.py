@@ -180,9 +180,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # method of the path (FastAPI makes one route per method, and Starlette names only the
         # first route whose path matched).
         headers = dict(exc.headers or {})
-        documents = getattr(request.app.state, "openapi_documents", None)
-        if exc.status_code == 405 and documents is not None:
-            methods = allowed_methods(documents.get(slides_token=True), request.url.path)
+        if exc.status_code == 405:
+            document = request.app.state.openapi_documents.get(slides_token=True)
+            methods = allowed_methods(document, request.url.path)
             if methods:
                 headers["Allow"] = ", ".join(methods)
         return error_response(exc.status_code, str(exc.detail), headers)

@@ -656,19 +656,7 @@ def reopen_slide(slide_id: SlideId, body: ReopenIn, user: UserDep, store: StoreD
 
 def _audit_out(entries: list[AuditEntry]) -> AuditList:
     return AuditList(
-        items=[
-            AuditOut(
-                id=e.id,
-                at=e.at,
-                user=e.user,
-                cell_id=e.cell_id,
-                action=e.action,
-                from_value=e.from_value,
-                to_value=e.to_value,
-                detail=e.detail,
-            )
-            for e in entries
-        ]
+        items=[AuditOut(**{n: getattr(e, n) for n in AuditOut.model_fields}) for e in entries]
     )
 
 
