@@ -1,8 +1,7 @@
-"""Dependencies the routes take: settings, the loaded predictor, the optional bearer token."""
+"""Dependencies the routes take: settings, the loaded predictor, who is asking."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import NotReady, Unauthorized
+from app.identity import Identity
 from app.state import ModelSlot
 from core.classify.predictor import Predictor
 from core.detect.learned import CellDetector
@@ -44,17 +44,24 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 _bearer = HTTPBearer(auto_error=False, description="only when RBC_API_TOKEN is set")
 
 
-def require_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    if settings.api_token is None:
-        return
-    if credentials is None:
+def get_identity(request: Request) -> Identity:
+    """Who is asking, as app.middleware.IdentityGate decided from the headers."""
+    identity = getattr(request.state, "identity", None)
+    if not isinstance(identity, Identity):  # a defence: the gate guards every protected path
         raise Unauthorized("this API needs a token: send 'Authorization: Bearer <token>'")
-    expected = settings.api_token.get_secret_value().encode()
-    if not secrets.compare_digest(credentials.credentials.encode(), expected):
-        raise Unauthorized("the token is not valid")
+    return identity
+
+
+IdentityDep = Annotated[Identity, Depends(get_identity)]
+
+
+def require_token(
+    identity: IdentityDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Identity:
+    """The analysis API's security, for the OpenAPI document (HTTPBearer): the gate has checked
+    the token already, before the body was read; this only reads who it let through."""
+    return identity
 
 
 def get_detector(slot: SlotDep) -> CellDetector | None:

@@ -28,7 +28,7 @@ from app.config import Settings, get_settings
 from app.deps import require_token
 from app.errors import install_error_handlers
 from app.limits import HeavyGate
-from app.middleware import BodyLimit, SecurityHeaders, SlidesGate, TokenGate
+from app.middleware import BodyLimit, IdentityGate, SecurityHeaders
 from app.openapi import OpenApiDocuments
 from app.records_slot import RecordsSlot
 from app.routes import api, docs, health, pages, slides
@@ -109,11 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.heavy_gate = HeavyGate(settings.heavy_concurrency, settings.heavy_wait_s)
     install_error_handlers(app)
     app.include_router(health.router)
-    # The token dependency marks the API as secured in the OpenAPI schema; TokenGate below
+    # The token dependency marks the API as secured in the OpenAPI schema; IdentityGate below
     # enforces it before the body is read. Without a token, the schema asks for none.
     token_deps = [Depends(require_token)] if settings.api_token is not None else []
     app.include_router(api.router, dependencies=token_deps)
-    # The slides API answers to the records' users (app/records_slot.py), never RBC_API_TOKEN.
+    # The slides API answers to the records' users (app/identity.py), never RBC_API_TOKEN.
     app.include_router(slides.router)
     app.include_router(slides.audit_router)
     app.include_router(pages.router)
@@ -127,15 +127,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization"],
         )
-    # Added last = runs first: the headers on every answer, then the token (single-cell API)
-    # or the user (slides), then the body.
+    # Added last = runs first: the headers on every answer, then who is asking (the token on
+    # the analysis API, a user on the slides), then the body.
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s
     )
-    app.add_middleware(SlidesGate)
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     api_paths = {route.path for route in api.router.routes if isinstance(route, APIRoute)}
-    app.add_middleware(TokenGate, token=token, paths=api_paths)
+    app.add_middleware(IdentityGate, api_token=token, analysis_paths=api_paths)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -3,12 +3,12 @@
 Outermost first (create_app adds them in this order):
 - SecurityHeaders: `X-Content-Type-Options: nosniff` and a referrer policy on every answer,
   errors included.
-- TokenGate: with RBC_API_TOKEN set, the API paths answer 401 from the headers alone, before a
-  byte of the body is read (FastAPI reads the body before it runs any dependency).
-- SlidesGate: /slides and /audit requests are attributed to a user of the records
-  (app/records_slot.py) from the headers alone: 503 without a database, 401 without a valid
-  token, 403 for a viewer's write, all before the body is read (an upload is not read, let
-  alone analysed, for nothing).
+- IdentityGate: every protected path learns who is asking (app/identity.py) from the headers
+  alone, before a byte of the body is read (FastAPI reads the body before it runs any
+  dependency, so a route's check would come too late): on the analysis API, 401 without
+  RBC_API_TOKEN when it is set; on /slides and /audit, a records user (app/records_slot.py):
+  503 without a database, 401 without a valid token, 403 for a viewer's write. An upload is not
+  read, let alone analysed, for nothing.
 - BodyLimit: bodies over the byte limit get 413 (by Content-Length up front, or counted as they
   stream in), and a body that has not arrived within the time allowed gets 408.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Collection
 
@@ -33,6 +32,7 @@ from app.errors import (
     database_error_detail,
     error_response,
 )
+from app.identity import Identities, Identity, Realm, needed, refusal
 from records.errors import RecordsError
 
 log = logging.getLogger(__name__)
@@ -63,91 +63,75 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class TokenGate:
-    """401 on `paths` without the bearer token, decided from the headers alone."""
-
-    def __init__(self, app: ASGIApp, token: str | None, paths: Collection[str]) -> None:
-        self.app = app
-        self.expected = None if token is None else token.encode()
-        self.paths = frozenset(paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        scheme, _, sent = dict(scope.get("headers", [])).get(b"authorization", b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not sent:
-            detail = "this API needs a token: send 'Authorization: Bearer <token>'"
-        elif not secrets.compare_digest(sent.strip(), self.expected):
-            detail = "the token is not valid"
-        else:
-            await self.app(scope, receive, send)
-            return
-        await error_response(401, detail, CLOSE)(scope, receive, send)
-
-
 SLIDES_PREFIX = "/slides"
 AUDIT_PREFIX = "/audit"  # the audit trail of any slide, deleted ones too
 RECORDS_PREFIXES = (SLIDES_PREFIX, AUDIT_PREFIX)
 SLIDES_REFUSAL = {**CLOSE, "Cache-Control": "no-store"}
-READ_METHODS = frozenset({"GET", "HEAD"})
-WRITER_ROLES = frozenset({"reviewer", "admin"})
 
 
 def is_slides_path(path: str) -> bool:
-    """A path of the records' API (the slides and the audit trail), which SlidesGate guards."""
+    """A path of the records' API (the slides and the audit trail)."""
     return any(path == p or path.startswith(p + "/") for p in RECORDS_PREFIXES)
 
 
-class SlidesGate:
-    """Attribute every /slides request to a user before its body is read; the user goes into
-    the request's state (`slides_user`) for the routes. The records store re-checks the role
-    inside each write's transaction: this gate only spares the work of refused requests."""
+class IdentityGate:
+    """Decide who is asking (app/identity.py) on every protected path, from the headers alone,
+    and put the identity into the request's state (`identity`); routes only read it. The
+    records store re-checks a user's role inside each write's transaction: this gate spares the
+    work of refused requests."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, api_token: str | None, analysis_paths: Collection[str]
+    ) -> None:
         self.app = app
+        self.identities = Identities(api_token)
+        self.analysis_paths = frozenset(analysis_paths)
+
+    def realm(self, scope: Scope) -> Realm | None:
+        if scope["type"] != "http":
+            return None
+        if scope["path"] in self.analysis_paths:
+            return Realm.ANALYSIS
+        # CORS preflights carry no credentials (the records API's only: the analysis API has
+        # always asked them for the token, and its answers stay as they were).
+        if is_slides_path(scope["path"]) and scope["method"] != "OPTIONS":
+            return Realm.RECORDS
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not is_slides_path(scope["path"])
-            or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
-        ):
+        realm = self.realm(scope)
+        if realm is None:
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        slot = state.get("records")
-        headers = dict(scope.get("headers", []))
+        refused = CLOSE if realm is Realm.ANALYSIS else SLIDES_REFUSAL
         try:
-            if slot is None:
-                raise NotReady("the records database is not open")
-            user = await run_in_threadpool(slot.user_for, headers)
+            identity = await self.identify(realm, scope)
         except ServiceError as exc:
-            refusal = error_response(
-                exc.status, exc.detail, {**(exc.headers or {}), **SLIDES_REFUSAL}
+            await error_response(exc.status, exc.detail, {**(exc.headers or {}), **refused})(
+                scope, receive, send
             )
-            await refusal(scope, receive, send)
             return
         except RecordsError as exc:
-            await error_response(exc.http_status, str(exc), SLIDES_REFUSAL)(scope, receive, send)
+            await error_response(exc.http_status, str(exc), refused)(scope, receive, send)
             return
         except DBAPIError as exc:
             detail = database_error_detail(exc)
             if detail is None:
                 log.exception("unexpected database error", exc_info=exc)
                 await error_response(
-                    500, "internal error in the service; it has been logged", SLIDES_REFUSAL
+                    500, "internal error in the service; it has been logged", refused
                 )(scope, receive, send)
                 return
-            await error_response(503, detail, {"Retry-After": "5", **SLIDES_REFUSAL})(
-                scope, receive, send
-            )
+            await error_response(503, detail, {"Retry-After": "5", **refused})(scope, receive, send)
             return
-        if scope["method"] not in READ_METHODS and user.role not in WRITER_ROLES:
-            detail = f"user {user.name!r} ({user.role}) may read slides but not change them"
-            await error_response(403, detail, SLIDES_REFUSAL)(scope, receive, send)
+        permission = needed(realm, scope["method"])
+        if not identity.may(permission):
+            await error_response(403, refusal(identity, permission), refused)(scope, receive, send)
             return
-        state["slides_user"] = user
+        scope.setdefault("state", {})["identity"] = identity
+        if realm is Realm.ANALYSIS:
+            await self.app(scope, receive, send)
+            return
 
         async def send_no_store(message: Message) -> None:
             # Laboratory records: no cache on the way may keep a copy.
@@ -159,6 +143,15 @@ class SlidesGate:
             await send(message)
 
         await self.app(scope, receive, send_no_store)
+
+    async def identify(self, realm: Realm, scope: Scope) -> Identity:
+        headers = dict(scope.get("headers", []))
+        if realm is Realm.ANALYSIS:
+            return self.identities.analyst(headers)  # no I/O: a comparison
+        slot = scope.get("state", {}).get("records")
+        if slot is None:
+            raise NotReady("the records database is not open")
+        return await run_in_threadpool(self.identities.records_user, slot, headers)
 
 
 class BodyLimit:

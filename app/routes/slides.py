@@ -30,6 +30,7 @@ from app.analysis import analyze_field, read_field
 from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep, SlotDep
 from app.errors import Unauthorized, smear_errors
+from app.identity import Identity
 from app.limits import StopCheck, stop_when_disconnected
 from app.middleware import AUDIT_PREFIX
 from app.records_slot import RecordsSlot
@@ -180,10 +181,11 @@ def current_user(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The user app.middleware.SlidesGate attributed the request to (the bearer declaration
-    only puts the token into the OpenAPI schema: the gate has checked it)."""
-    user = getattr(request.state, "slides_user", None)
-    if not isinstance(user, User):
+    """The records user app.middleware.IdentityGate attributed the request to (the bearer
+    declaration only puts the token into the OpenAPI schema: the gate has checked it)."""
+    identity = getattr(request.state, "identity", None)
+    user = identity.user if isinstance(identity, Identity) else None
+    if user is None:
         raise Unauthorized("the slides API needs a user's token: send 'Authorization: Bearer'")
     return user
 

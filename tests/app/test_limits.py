@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
-from app.middleware import TokenGate
+from app.middleware import IdentityGate
 from core.classify.predictor import Predictor
 from core.imageio import has_more_frames
 from tests.app.helpers import cell_png, encode, make_settings, wait_ready
@@ -288,7 +288,7 @@ def test_token_is_checked_before_the_body_is_read() -> None:
     async def send(message: dict[str, Any]) -> None:
         messages.append(message)
 
-    gate = TokenGate(app, token="secret", paths={"/predict"})
+    gate = IdentityGate(app, api_token="secret", analysis_paths={"/predict"})
     for auth in ([], [(b"authorization", b"Bearer wrong")]):
         scope = {
             "type": "http",
