@@ -17,7 +17,7 @@ from app.config import Settings
 from core.classify.predictor import Predictor
 from core.detect.learned import CellDetector
 from core.imageio import decode_image, read_bounded
-from core.smear.analysis import SmearResult, analyze_smear, check_working_size
+from core.smear.analysis import AnalysedField, analyze_smear, check_working_size
 
 
 def read_field(
@@ -50,7 +50,7 @@ def analyze_field(
     *,
     keep_crops: bool = False,
     check: Callable[[], None] | None = None,
-) -> SmearResult:
+) -> AnalysedField:
     """Find, classify, count and grade the cells of a decoded field (core.smear.analysis)."""
     return analyze_smear(
         image,

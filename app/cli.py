@@ -4,8 +4,9 @@ models, settings (RBC_*, docs/service.md) and limits.
     python -m app                                   # serve on RBC_HOST:RBC_PORT
     python -m app analyze-smear F1.jpg F2.png --out results/ [--microns-per-pixel 0.1]
 
-`analyze-smear` writes, per image, <stem>.json (the summary, every red cell, the white cells and
-platelets), <stem>_cells.csv (one row per red cell) and <stem>_overlay.png. It goes through
+`analyze-smear` writes, per image, <stem>.json (the field's result, core.smear.result: the
+summary, every red cell, the white cells and platelets), <stem>_cells.csv (one row per red cell)
+and <stem>_overlay.png. It goes through
 app/analysis.py as POST /analyze/smear does, so a file gets the same answer and the same refusals
 here as from the API. Exit status 2 when any image could not be analysed, or no model loads.
 """
@@ -13,8 +14,6 @@ here as from the API. Exit status 2 when any image could not be analysed, or no 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,39 +21,25 @@ from typing import Any
 from app.analysis import analyze_field, read_field
 from app.config import Settings
 from app.server import serve
+from app.sheets import FIELD_COLUMNS, csv_text, field_rows
 from app.state import ModelSlot
 from core.imageio import ImageError
 from core.smear.analysis import (
     MAX_MICRONS_PER_PIXEL,
     MIN_MICRONS_PER_PIXEL,
-    OtherCell,
+    AnalysedField,
     SmearError,
-    SmearResult,
 )
-
-CSV_COLUMNS = (
-    "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "confidence",
-    "needs_review", "familiarity",
-)  # fmt: skip
+from core.smear.result import FieldResult
 
 
 class CommandError(Exception):
     """A failure the command reports in one line, with exit status 2."""
 
 
-def _other(cell: OtherCell) -> dict[str, Any]:
-    return {
-        "id": cell.id,
-        "x": round(cell.x, 1),
-        "y": round(cell.y, 1),
-        "box": list(cell.box),
-        "at_border": cell.at_border,
-        "confidence": round(cell.confidence, 4),
-    }
-
-
-def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Path]:
-    """<stem>.json (summary, red cells, white cells, platelets), <stem>_cells.csv and
+def write_result(analysed: AnalysedField, out_dir: Path, stem: str) -> dict[str, Path]:
+    """<stem>.json (the field's result: summary, red cells, white cells, platelets, as
+    POST /analyze/smear answers it without the overlay and models), <stem>_cells.csv and
     <stem>_overlay.png in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -62,38 +47,11 @@ def write_result(result: SmearResult, out_dir: Path, stem: str) -> dict[str, Pat
         "csv": out_dir / f"{stem}_cells.csv",
         "overlay": out_dir / f"{stem}_overlay.png",
     }
-    cells = [
-        {
-            "id": c.id,
-            "x": round(c.x, 1),
-            "y": round(c.y, 1),
-            "box": list(c.box),
-            "at_border": c.at_border,
-            "counted": c.counted,
-            "label": c.label,
-            "confidence": round(c.confidence, 4),
-            "needs_review": c.needs_review,
-            "familiarity": None if c.familiarity is None else round(c.familiarity, 4),
-            "probabilities": {k: round(v, 4) for k, v in c.probabilities.items()},
-        }
-        for c in result.cells
-    ]
-    document = {
-        **result.summary(),
-        "cells": cells,
-        "white_cells": [_other(o) for o in result.white_cells],
-        "platelets": [_other(o) for o in result.platelets],
-    }
-    paths["json"].write_text(json.dumps(document, indent=1))
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for c in result.cells:
-            x0, y0, x1, y1 = c.box
-            row = (c.id, f"{c.x:.1f}", f"{c.y:.1f}", x0, y0, x1, y1, c.at_border, c.counted)
-            familiarity = "" if c.familiarity is None else f"{c.familiarity:.4f}"
-            writer.writerow([*row, c.label, f"{c.confidence:.4f}", c.needs_review, familiarity])
-    paths["overlay"].write_bytes(result.overlay_png)
+    result = analysed.result
+    paths["json"].write_text(result.model_dump_json(indent=1))
+    # newline="": the writer's own line ends (\r\n), as the slides' CSV
+    paths["csv"].write_text(csv_text(FIELD_COLUMNS, field_rows(result)), newline="")
+    paths["overlay"].write_bytes(analysed.overlay_png)
     return paths
 
 
@@ -101,18 +59,17 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _summary_line(path: Path, result: SmearResult, written: dict[str, Path]) -> str:
-    s = result.summary()
-    top = sorted(s["counts"].items(), key=lambda kv: -kv[1])[:4]
-    shown = ", ".join(f"{c} {n} ({s['percentages'][c]:.0f}%)" for c, n in top if n)
-    graded = ", ".join(f"{c} {g}" for c, g in s["grades"].items() if g != "none")
+def _summary_line(path: Path, result: FieldResult, written: dict[str, Path]) -> str:
+    top = sorted(result.counts.items(), key=lambda kv: -kv[1])[:4]
+    shown = ", ".join(f"{c} {n} ({result.percentages[c]:.0f}%)" for c, n in top if n)
+    graded = ", ".join(f"{c} {g}" for c, g in result.grades.items() if g != "none")
     others = (
-        f"{_plural(s['white_cells_found'], 'white cell')}, "
-        f"{_plural(s['platelets_found'], 'platelet')}; "
+        f"{_plural(result.white_cells_found, 'white cell')}, "
+        f"{_plural(result.platelets_found, 'platelet')}; "
     )
     return (
-        f"{path}: {s['cells_counted']} red cells counted ({s['cells_at_border']} at the edge not "
-        f"counted), {others}{s['timings_ms']['total']:.0f} ms; {shown}; "
+        f"{path}: {result.cells_counted} red cells counted ({result.cells_at_border} at the edge "
+        f"not counted), {others}{result.timings_ms['total']:.0f} ms; {shown}; "
         f"grades: {graded or 'none'}; -> {written['json']}"
     )
 
@@ -127,14 +84,14 @@ def analyze_smears(settings: Settings, images: list[Path], out: Path, mpp: float
         try:
             with open(path, "rb") as stream:
                 image = read_field(stream, f"'{path}'", settings, mpp)
-            result = analyze_field(image, slot.predictor, slot.detector, settings, mpp)
+            analysed = analyze_field(image, slot.predictor, slot.detector, settings, mpp)
         except (OSError, ImageError, SmearError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        written = write_result(result, out, path.stem)
-        print(_summary_line(path, result, written), flush=True)
-        for note in result.notes:
+        written = write_result(analysed, out, path.stem)
+        print(_summary_line(path, analysed.result, written), flush=True)
+        for note in analysed.result.notes:
             print(f"  note: {note}")
     if failed:
         raise CommandError(f"{failed} of {len(images)} images could not be analysed")

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field
 
 from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL
+from core.smear.result import (  # noqa: F401  (SmearScale, SmearGrading: API names, used there)
+    FieldCell,
+    FieldObject,
+    FieldResult,
+    SmearFamiliarity,
+    SmearFocus,
+    SmearGrading,
+    SmearScale,
+)
 
 # What the records database can hold: ids and versions are INTEGER columns (32 bits in
 # PostgreSQL), and PostgreSQL's text refuses NUL. Requests are bounded to that, so a value the
@@ -159,141 +169,30 @@ class Ready(BaseModel):
     )
 
 
-class SmearCellOut(BaseModel):
-    id: int
-    x: float = Field(description="centre, pixels of the uploaded image")
-    y: float
-    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 (x1, y1 exclusive)")
-    at_border: bool = Field(description="the cell touches the image edge")
-    counted: bool = Field(description="in the counts (cells at the edge are not)")
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    needs_review: bool
-    familiarity: float | None = Field(
-        None, description="the cell's distance to the training cells (see POST /predict)"
-    )
+class SmearCellOut(FieldCell):
     crop: str | None = Field(
         None, description="the crop the classifier saw (PNG data URL), with ?crops=true"
     )
 
 
-class OtherCellOut(BaseModel):
-    id: int
-    kind: str = Field(description="white_cell or platelet")
-    x: float = Field(description="centre, pixels of the uploaded image")
-    y: float
-    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1")
-    at_border: bool
-    confidence: float = Field(description="the detector's score")
+class OtherCellOut(FieldObject):
     crop: str | None = Field(None, description="a view of it (PNG data URL), with ?crops=true")
 
 
-class SmearScale(BaseModel):
-    microns_per_pixel: float | None = Field(
-        None,
-        description="the scale the field was analysed at; absent (or null) when none was "
-        "given or estimated",
-    )
-    known: bool = Field(description="given with the request")
-    estimated: bool = Field(
-        False,
-        description="estimated from the field's own red cells (size classes are then relative)",
-    )
-    training_microns_per_pixel: float
+class SmearOut(FieldResult):
+    """A field's result (core.smear.result.FieldResult: the one shape of a field's result) with
+    what the service adds: the outlined image, the models that made it, crops on request."""
 
-
-class SmearGrading(BaseModel):
-    source: str
-    scales: dict[str, dict[str, object]] = Field(
-        description="per graded class: lowest rounded percentage of 1+, 2+, 3+ and the rounding"
+    cells: Sequence[SmearCellOut]
+    white_cells: Sequence[OtherCellOut] = Field(default_factory=list)
+    platelets: Sequence[OtherCellOut] = Field(
+        default_factory=list, description="platelets of this field (the count feeds an estimate)"
     )
-
-
-class SmearFamiliarity(BaseModel):
-    """How like the model's training images this field is (needs a calibrated model)."""
-
-    score: float | None = Field(
-        None, description="the median of the counted cells' familiarity distances"
-    )
-    threshold: float | None = Field(
-        None, description="the model's field threshold (chosen on Chula validation fields)"
-    )
-    colour_score: float | None = Field(
-        None,
-        description="the field's stain and light: distance of its colour statistics to the "
-        "nearest training fields' (null for a model calibrated without field colours)",
-    )
-    colour_threshold: float | None = Field(
-        None, description="the model's colour threshold (chosen on Chula validation fields)"
-    )
-    unfamiliar: bool = Field(
-        False,
-        description="the field is unlike the images the model learnt from: a note says so, and "
-        "its cells called abnormal or as far as the threshold are marked needs_review; review "
-        "every cell",
-    )
-    because: list[str] = Field(
-        default_factory=list,
-        description="which signals found the field unfamiliar: 'cells' (the cells' features), "
-        "'colours' (the field's stain and light)",
-    )
-
-
-class SmearFocus(BaseModel):
-    """Whether the field is in focus (learned detector; null figures for the classical one)."""
-
-    sharpness: float | None = Field(
-        None, description="the field's sharpness at the detector's working scale"
-    )
-    threshold: float | None = Field(
-        None, description="under it a field is called out of focus (research/focus_probe.py)"
-    )
-    out_of_focus: bool = Field(
-        False, description="red cells are missed and misread on a blurred field: a note says so"
-    )
-
-
-class SmearOut(BaseModel):
-    width: int
-    height: int
-    scale: SmearScale
-    focus: SmearFocus = Field(
-        default_factory=lambda: SmearFocus(sharpness=None, threshold=None, out_of_focus=False)
-    )
-    familiarity: SmearFamiliarity = Field(
-        default_factory=lambda: SmearFamiliarity(
-            score=None, threshold=None, colour_score=None, colour_threshold=None, unfamiliar=False
-        )
-    )
-    cells_found: int
-    cells_counted: int
-    cells_at_border: int
-    other_objects: int = Field(
-        description="objects that are not red cells (white cells, platelets; with the classical "
-        "detector, dark objects: white cells, fibres, dirt), not counted"
-    )
-    detector: str = Field(description='"learned:<name>" or "classical"')
     detector_weights_sha256: str | None = Field(
         None,
         description="sha256 of the detector weights loaded (detector_state.pt); "
         "null for the classical segmentation",
     )
-    white_cells_found: int
-    platelets_found: int
-    white_cells: list[OtherCellOut] = Field(default_factory=list)
-    platelets: list[OtherCellOut] = Field(
-        default_factory=list, description="platelets of this field (the count feeds an estimate)"
-    )
-    needs_review: int
-    counts: dict[str, int]
-    percentages: dict[str, float]
-    grades: dict[str, str] = Field(description="'none', '1+', '2+' or '3+' per graded class")
-    grading: SmearGrading
-    class_colours: dict[str, str]
-    timings_ms: dict[str, float]
-    notes: list[str]
-    cells: list[SmearCellOut]
     overlay: str = Field(description="the image with every cell outlined by class (PNG data URL)")
     review_threshold: float
     model: ModelRef

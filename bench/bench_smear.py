@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def analyse(path: Path) -> Any:
         with Image.open(path) as opened:
-            return analyze_smear(opened.convert("RGB"), predictor)
+            return analyze_smear(opened.convert("RGB"), predictor).result
 
     analyse(paths[0])  # warm-up: first-call allocations, lazy imports
     totals, parts, cells = [], [], []
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 with Image.open(path) as opened:
                     image = opened.convert("RGB")
                 started = time.perf_counter()
-                result = analyze_smear(image, predictor, scale, detector=detector)
+                result = analyze_smear(image, predictor, scale, detector=detector).result
                 det_totals.append(time.perf_counter() - started)
                 det_detect.append(result.timings_ms["detect"])
                 det_cells.append(len(result.cells))
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cells_per_smear_mean": float(np.mean(det_cells)),
             }
 
-    from training.learner import load_exported
+    from training.classify.learner import load_exported
 
     learn, card = load_exported(args.model)
     predict_times, predict_cells = [], []
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             image = opened.convert("RGB")
         started = time.perf_counter()
         # The same cells, found and cropped the same way; only the classification differs.
-        result = analyze_smear(image, predictor, keep_crops=True)
-        found = time.perf_counter() - started - result.timings_ms["classify"] / 1000
-        crops = [c.crop for c in result.cells if c.crop is not None]
+        analysed = analyze_smear(image, predictor, keep_crops=True)
+        found = time.perf_counter() - started - analysed.result.timings_ms["classify"] / 1000
+        crops = list(analysed.crops.values())
         started = time.perf_counter()
         with learn.no_bar(), learn.no_logging():
             for crop in crops:

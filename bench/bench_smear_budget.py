@@ -62,18 +62,18 @@ def one(model: Path, chula: Path, side: int, threads: int) -> dict[str, float]:
     before = rss_mib()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    result = analyze_smear(field, predictor, max_working_pixels=side * side)
+    analysed = analyze_smear(field, predictor, max_working_pixels=side * side)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "side": side,
         "megapixels": side * side / 1e6,
         "seconds": seconds,
-        "cells": len(result.cells),
+        "cells": len(analysed.result.cells),
         "rss_before_mib": before,
         "peak_growth_mib": max(0.0, peak - max(before, peak_before)),
-        "overlay_mib": len(result.overlay_png) / (1 << 20),
-        **{f"ms_{k}": v for k, v in result.timings_ms.items()},
+        "overlay_mib": len(analysed.overlay_png) / (1 << 20),
+        **{f"ms_{k}": v for k, v in analysed.result.timings_ms.items()},
     }
 
 

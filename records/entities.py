@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from core.smear.result import FieldResult
+
 
 @dataclass(frozen=True)
 class User:
@@ -50,10 +52,25 @@ class FieldRecord:
     classifier_sha256: str
     detector_name: str
     detector_sha256: str | None
-    summary: dict[str, Any]
+    summary: dict[str, Any]  # the field's result without its cells (core.smear.result)
     created_by: str
     created_at: datetime
     cell_count: int
+
+    # The summary as kept: fields added by older versions may lack a key, so each is read with
+    # its default.
+    @property
+    def cells_counted(self) -> int:
+        return int(self.summary.get("cells_counted", 0))
+
+    @property
+    def notes(self) -> list[str]:
+        notes = self.summary.get("notes", [])
+        return [str(n) for n in notes] if isinstance(notes, list) else []
+
+    @property
+    def unfamiliar(self) -> bool:
+        return bool((self.summary.get("familiarity") or {}).get("unfamiliar"))
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,65 @@ class FieldInput:
     scale_estimated: bool = False
     summary: Mapping[str, Any] = field(default_factory=dict)
     cells: Sequence[CellInput] = ()
+
+    @classmethod
+    def analysed(
+        cls,
+        result: FieldResult,
+        *,
+        filename: str,
+        image: bytes,
+        media_type: str,
+        classifier_name: str,
+        classifier_sha256: str,
+        detector_sha256: str | None,
+        analysis: Mapping[str, Any],
+    ) -> FieldInput:
+        """A field as the smear analysis returned it: every cell (red cells with their classes;
+        white cells and platelets never counted) and its summary, with `analysis` (the settings
+        it ran with: review threshold, test-time views)."""
+        cells = [
+            CellInput(
+                kind="red_cell",
+                x=c.x,
+                y=c.y,
+                box=c.box,
+                at_border=c.at_border,
+                counted=c.counted,
+                label=c.label,
+                confidence=c.confidence,
+                probabilities=dict(c.probabilities),
+                needs_review=c.needs_review,
+            )
+            for c in result.cells
+        ]
+        cells += [
+            CellInput(
+                kind=o.kind,
+                x=o.x,
+                y=o.y,
+                box=o.box,
+                at_border=o.at_border,
+                counted=False,
+                confidence=o.confidence,
+            )
+            for o in [*result.white_cells, *result.platelets]
+        ]
+        return cls(
+            filename=filename,
+            image=image,
+            media_type=media_type,
+            width=result.width,
+            height=result.height,
+            classifier_name=classifier_name,
+            classifier_sha256=classifier_sha256,
+            detector_name=result.detector,
+            detector_sha256=detector_sha256,
+            microns_per_pixel=result.scale.microns_per_pixel,
+            scale_estimated=result.scale.estimated,
+            summary={**result.summary().model_dump(mode="json"), **analysis},
+            cells=cells,
+        )
 
 
 class _Unset:

@@ -130,7 +130,7 @@ def _field_runs(
         with Image.open(path) as image:
             rgb = image.convert("RGB")
         try:
-            result = analyze_smear(rgb, predictor, mpp, detector=detector)
+            result = analyze_smear(rgb, predictor, mpp, detector=detector).result
         except SmearError as exc:
             log.warning("%s: %s", path.name, exc)
             continue
@@ -138,9 +138,9 @@ def _field_runs(
         rows.append(
             {
                 "field": path.name,
-                "score": result.familiarity,
-                "colour_score": result.colour_familiarity,
-                "unfamiliar": result.unfamiliar,
+                "score": result.familiarity.score,
+                "colour_score": result.familiarity.colour_score,
+                "unfamiliar": result.familiarity.unfamiliar,
                 "cells": len(counted),
                 "normal": sum(c.label == NORMAL for c in counted),
                 "abnormal_unflagged": sum(

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.smear.analysis import SmearError, SmearResult, analyze_smear
+from core.smear.analysis import SmearError, analyze_smear
 from core.smear.counting import count_labels, percentages
+from core.smear.result import FieldResult
 from training.datasets.chula import CHULA_CLASSES
 from training.errors import DataError
 
@@ -93,16 +94,17 @@ def label_coverage(rgb: np.ndarray, points: Sequence[tuple[float, float]]) -> fl
     return float((foreground & near).sum() / foreground.sum())
 
 
-def evaluate_smear(result: SmearResult, rgb: np.ndarray, points: list[Any]) -> dict[str, Any]:
+def evaluate_smear(result: FieldResult, rgb: np.ndarray, points: list[Any]) -> dict[str, Any]:
     """Detection and counting figures of one analysed smear against its label points."""
-    known = [p for p in points if p[2] in result.classes]
+    classes = list(result.counts)  # every class of the model, counted or not
+    known = [p for p in points if p[2] in classes]
     cells = result.cells
     pairs = match_points(
         [(c.x, c.y) for c in cells], [(x, y) for x, y, _ in points], MATCH_RADIUS_PX
     )
     matched_cells = {i for i, _ in pairs}
     interior = [i for i, c in enumerate(cells) if not c.at_border]
-    label_counts = count_labels((name for _, _, name in known), result.classes)
+    label_counts = count_labels((name for _, _, name in known), classes)
     return {
         "labels": len(points),
         "labels_unknown_to_model": len(points) - len(known),
@@ -111,7 +113,7 @@ def evaluate_smear(result: SmearResult, rgb: np.ndarray, points: list[Any]) -> d
         "interior_detected": len(interior),
         "interior_matched": len(matched_cells.intersection(interior)),
         "coverage": round(label_coverage(rgb, [(x, y) for x, y, _ in points]), 3),
-        "pipeline_pct": result.percentages(),
+        "pipeline_pct": result.percentages,
         "label_pct": percentages(label_counts),
         "label_counts": label_counts,
         "other_objects": result.other_objects,
@@ -172,7 +174,7 @@ def evaluate_smears(
         try:
             # Chula's scale is known: the evaluation measures detection and counting at it.
             scale = 0.19 if detector is not None else None
-            result = analyze_smear(image, classifier, scale, detector=detector)
+            result = analyze_smear(image, classifier, scale, detector=detector).result
         except SmearError as exc:
             log.warning("smear %s: %s", stem, exc)
             continue

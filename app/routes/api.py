@@ -42,7 +42,6 @@ from core.smear.analysis import (
     MAX_MICRONS_PER_PIXEL,
     MIN_MICRONS_PER_PIXEL,
     TRAINING_MICRONS_PER_PIXEL,
-    OtherCell,
 )
 from core.smear.counting import count_labels, percentages
 from core.smear.crop import DEFAULT_WINDOW
@@ -53,6 +52,7 @@ from core.smear.framing import (
     needs_review,
     unknown_scale_note,
 )
+from core.smear.result import FieldObject
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "no file in the expected form field, or malformed"},
@@ -377,28 +377,33 @@ def _smear(
     name = f"'{file.filename}'" if file.filename else "the file"
     with smear_errors():
         image = read_field(file.file, name, settings, microns_per_pixel)
-        result = analyze_field(
+        analysed = analyze_field(
             image, predictor, detector, settings, microns_per_pixel, keep_crops=crops, check=check
         )
     del image
-    cells = [
-        SmearCellOut(**{**vars(c), "crop": image_data_url(c.crop) if c.crop else None})
-        for c in result.cells
-    ]
+    field = analysed.result
+    views = analysed.object_crops
     return SmearOut(
-        **result.summary(),
-        white_cells=[_other(o) for o in result.white_cells],
-        platelets=[_other(o) for o in result.platelets],
-        cells=cells,
-        overlay=png_data_url(result.overlay_png),
+        **field.model_dump(exclude={"cells", "white_cells", "platelets"}),
+        cells=[
+            SmearCellOut(**c.model_dump(), crop=_data_url(analysed.crops.get(c.id)))
+            for c in field.cells
+        ],
+        white_cells=[_other(o, views) for o in field.white_cells],
+        platelets=[_other(o, views) for o in field.platelets],
+        overlay=png_data_url(analysed.overlay_png),
         review_threshold=predictor.review_threshold,
         model=model_ref(predictor),
         detector_weights_sha256=detector_sha256(detector),
     )
 
 
-def _other(cell: OtherCell) -> OtherCellOut:
-    return OtherCellOut(**{**vars(cell), "crop": image_data_url(cell.crop) if cell.crop else None})
+def _data_url(image: Image.Image | None) -> str | None:
+    return image_data_url(image) if image is not None else None
+
+
+def _other(obj: FieldObject, views: dict[int, Image.Image]) -> OtherCellOut:
+    return OtherCellOut(**obj.model_dump(), crop=_data_url(views.get(obj.id)))
 
 
 @router.get("/model", responses=CARD_ERRORS)

@@ -22,9 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
-# A normal red cell's radius in pixels at the training scale (Chula RBC-12: ~39 px across).
+from core.detect.field import Detected, FieldDetection
+
+# The segmentation's sizes are in pixels at Chula RBC-12's scale, the classifier's training
+# scale (its scale bar: 20 um over 105 px); a normal red cell's radius there is ~19.5 px.
+WORKING_MICRONS_PER_PIXEL = 0.19
 CELL_RADIUS_PX = 19.5
 
 
@@ -171,3 +176,46 @@ def segment(rgb: np.ndarray, params: DetectionParams | None = None) -> Segmentat
         )
         kept[index] = len(detections)
     return Segmentation(detections, kept[labels])
+
+
+class ClassicalDetector:
+    """The segmentation as a core.detect.field.Detector: red cells only (dark regions are
+    counted apart, never reported as white cells), found at the working scale and given back in
+    the pixels of the image given, with their regions for true outlines. Without a scale the
+    field is taken to be at the working scale (it cannot estimate one)."""
+
+    name = "classical"
+    stage = "segment"
+
+    def __init__(self, params: DetectionParams | None = None) -> None:
+        self.params = params
+
+    def detect(self, rgb: np.ndarray, microns_per_pixel: float | None = None) -> FieldDetection:
+        factor = 1.0 if microns_per_pixel is None else microns_per_pixel / WORKING_MICRONS_PER_PIXEL
+        work = rgb
+        if factor != 1.0:
+            height, width = rgb.shape[:2]
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            work = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        segmentation = segment(work, self.params)
+        red = [
+            Detected(
+                "red_cell",
+                d.x / factor,
+                d.y / factor,
+                (d.box[0] / factor, d.box[1] / factor, d.box[2] / factor, d.box[3] / factor),
+                1.0,
+                d.at_border,
+                region=region,
+            )
+            for region, d in enumerate(segmentation.detections, start=1)
+            if d.kind == "red_cell"
+        ]
+        return FieldDetection(
+            red,
+            microns_per_pixel,
+            scale_estimated=False,
+            unreported=len(segmentation.detections) - len(red),
+            regions=segmentation.labels,
+            regions_factor=factor,
+        )

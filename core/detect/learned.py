@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from core.detect.field import Detected, FieldDetection
 from core.detect.focus import sharpness
 from core.detect.nucleus import (
     FREE_NUCLEUS_MIN_UM2,
@@ -188,16 +189,6 @@ class CentreNet(nn.Module):
         return self.heat(top), self.size(top)
 
 
-@dataclass
-class Detected:
-    kind: str
-    x: float  # centre, pixels of the image given
-    y: float
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1
-    score: float
-    at_border: bool
-
-
 def decode(
     heat: torch.Tensor,
     size: torch.Tensor,
@@ -271,26 +262,6 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     filt = Image.Resampling.BILINEAR if factor > 1 else Image.Resampling.BOX
     return np.asarray(Image.fromarray(rgb).resize(size, filt))
-
-
-@dataclass
-class FieldDetection:
-    objects: list[Detected]
-    microns_per_pixel: float  # the scale used: given, or estimated
-    scale_estimated: bool
-    # When estimated: the candidate scales tried and the red cells each found.
-    scale_search: list[tuple[float, int]] = field(default_factory=list)
-    # Red-cell peaks that held a nucleus (core/detect/nucleus.py) and became white cells.
-    nucleated: int = 0
-    # Nuclei that no detection covered, reported as white cells (core/detect/nucleus.py).
-    free_nuclei: int = 0
-    # core/detect/focus.py at the working scale, and whether it is under the detector's
-    # FOCUS_THRESHOLD (a defocused field: red cells missed).
-    sharpness: float | None = None
-    out_of_focus: bool = False
-
-    def of_kind(self, kind: str) -> list[Detected]:
-        return [o for o in self.objects if o.kind == kind]
 
 
 def enclosing(
@@ -457,6 +428,7 @@ class CellDetector:
     # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
     # (research/focus_probe.py, research/results/detection/focus-probe.json).
     FOCUS_THRESHOLD = 0.118
+    stage = "detect"  # its step in a result's timings
 
     def __init__(
         self,
@@ -491,6 +463,10 @@ class CellDetector:
         except Exception as exc:
             raise ModelFileError(f"cannot load the detector weights {path}: {exc}") from exc
         return cls(network, card, device)
+
+    @property
+    def name(self) -> str:
+        return f"learned:{self.card.name}"
 
     def run(
         self, rgb: np.ndarray, small_red: bool = False
@@ -589,4 +565,5 @@ class CellDetector:
             free_nuclei=added,
             sharpness=focus,
             out_of_focus=focus < self.FOCUS_THRESHOLD,
+            focus_threshold=self.FOCUS_THRESHOLD,
         )

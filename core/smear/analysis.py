@@ -1,4 +1,5 @@
 """Whole-smear analysis: find every red cell, crop it as training did, classify, count, grade.
+One body for every detector (core.detect.field.Detector); the result is core.smear.result's.
 
 Used by `python -m app analyze-smear` and `POST /analyze/smear`. Cells cut by the image edge
 are found, classified and shown, but not counted: part of the cell is missing, and size classes
@@ -18,10 +19,17 @@ import numpy as np
 from PIL import Image
 
 from core.classify.calibration import field_score
-from core.detect.classical import DetectionParams, NoCellsError, field_contrast, segment
-from core.smear.counting import count_labels, grades, percentages
+from core.detect.classical import ClassicalDetector, DetectionParams, NoCellsError, field_contrast
+from core.detect.field import Detected, Detector, FieldDetection
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
-from core.smear.grading import GRADING_SOURCE, scales_for
+from core.smear.result import (
+    FieldCell,
+    FieldObject,
+    FieldResult,
+    SmearFamiliarity,
+    SmearFocus,
+    SmearScale,
+)
 
 # The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
 # and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
@@ -74,125 +82,15 @@ class CellClassifier(Protocol):
 
 
 @dataclass
-class SmearCell:
-    id: int
-    x: float  # centre in the uploaded image's pixels
-    y: float
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the uploaded image's pixels
-    at_border: bool
-    counted: bool
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    needs_review: bool
-    familiarity: float | None = None  # distance to training cells (core/classify/calibration)
-    crop: Image.Image | None = field(default=None, repr=False)  # as the classifier saw it
+class AnalysedField:
+    """A field analysed: its typed result (what leaves this process) and what only this process
+    uses: the overlay, and with `keep_crops` each red cell's crop as the classifier saw it and a
+    view of each white cell and platelet, by id."""
 
-
-@dataclass
-class OtherCell:
-    """A white cell or platelet: found, shown and counted apart, never classified as a red cell."""
-
-    id: int
-    kind: str  # "white_cell" or "platelet"
-    x: float  # centre in the uploaded image's pixels
-    y: float
-    box: tuple[int, int, int, int]
-    at_border: bool
-    confidence: float
-    crop: Image.Image | None = field(default=None, repr=False)  # for the gallery
-
-
-@dataclass
-class SmearResult:
-    width: int
-    height: int
-    microns_per_pixel: float | None
-    cells: list[SmearCell]
-    other_objects: int  # dark regions (white cells, fibres, dirt) not counted as red cells
-    classes: list[str]
-    class_colours: dict[str, str]
+    result: FieldResult
     overlay_png: bytes = field(repr=False)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    white_cells: list[OtherCell] = field(default_factory=list)
-    platelets: list[OtherCell] = field(default_factory=list)
-    # With the learned detector and no scale given: the scale estimated from the field's cells.
-    scale_estimated: bool = False
-    detector: str = "classical"
-    # The field's familiarity: the median of its counted cells' distances to the training cells,
-    # the model's threshold, and the verdict (None: the model has no calibration statistics).
-    familiarity: float | None = None
-    familiarity_threshold: float | None = None
-    # The field's colours against the training fields' (a second signal; None without one).
-    colour_familiarity: float | None = None
-    colour_threshold: float | None = None
-    unfamiliar: bool = False
-    unfamiliar_because: list[str] = field(default_factory=list)
-    # With the learned detector: the field's sharpness (core/detect/focus.py) and the
-    # detector's threshold under which a field is out of focus (red cells missed).
-    sharpness: float | None = None
-    focus_threshold: float | None = None
-
-    @property
-    def out_of_focus(self) -> bool:
-        if self.sharpness is None or self.focus_threshold is None:
-            return False
-        return self.sharpness < self.focus_threshold
-
-    @property
-    def counted(self) -> list[SmearCell]:
-        return [c for c in self.cells if c.counted]
-
-    def counts(self) -> dict[str, int]:
-        return count_labels((cell.label for cell in self.counted), self.classes)
-
-    def percentages(self) -> dict[str, float]:
-        return percentages(self.counts())
-
-    def grades(self) -> dict[str, str]:
-        return grades(self.percentages())
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the cells and the overlay: counts, percentages, grades, scale, notes."""
-        return {
-            "width": self.width,
-            "height": self.height,
-            "scale": {
-                "microns_per_pixel": self.microns_per_pixel,
-                "known": self.microns_per_pixel is not None and not self.scale_estimated,
-                "estimated": self.scale_estimated,
-                "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
-            },
-            "detector": self.detector,
-            "white_cells_found": len(self.white_cells),
-            "platelets_found": len(self.platelets),
-            "cells_found": len(self.cells),
-            "cells_counted": len(self.counted),
-            "cells_at_border": sum(c.at_border for c in self.cells),
-            "other_objects": self.other_objects,
-            "needs_review": sum(c.needs_review for c in self.counted),
-            "counts": self.counts(),
-            "percentages": self.percentages(),
-            "grades": self.grades(),
-            "grading": {"source": GRADING_SOURCE, "scales": scales_for(self.classes)},
-            "class_colours": self.class_colours,
-            "timings_ms": self.timings_ms,
-            "familiarity": {
-                "score": self.familiarity,
-                "threshold": self.familiarity_threshold,
-                "colour_score": self.colour_familiarity,
-                "colour_threshold": self.colour_threshold,
-                "unfamiliar": self.unfamiliar,
-                "because": self.unfamiliar_because,
-            },
-            "focus": {
-                "sharpness": self.sharpness,
-                "threshold": self.focus_threshold,
-                "out_of_focus": self.out_of_focus,
-            },
-            "notes": self.notes,
-        }
+    crops: dict[int, Image.Image] = field(default_factory=dict, repr=False)
+    object_crops: dict[int, Image.Image] = field(default_factory=dict, repr=False)
 
 
 UNFAMILIAR_FIELD_NOTE = (
@@ -213,36 +111,37 @@ NORMAL = "normal"
 
 
 def judge_familiarity(
-    classifier: CellClassifier, result: SmearResult, image: Image.Image | None = None
-) -> SmearResult:
+    classifier: CellClassifier, cells: Sequence[FieldCell], image: Image.Image | None = None
+) -> SmearFamiliarity:
     """The field's familiarity, when the classifier has calibration statistics: its counted
     cells' median distance to the training cells and, given the field `image`, its colours'
-    distance to the training fields'. Either beyond its threshold makes the field unfamiliar: a
-    plain-words note, and its doubtful cells get `needs_review`: every cell called abnormal (on
-    such a field an abnormal call is a guess until a person confirms it) and every cell as far
-    from the training cells as an unfamiliar field's median."""
+    distance to the training fields'. Either beyond its threshold makes the field unfamiliar,
+    and its doubtful cells get `needs_review`: every cell called abnormal (on such a field an
+    abnormal call is a guess until a person confirms it) and every cell as far from the
+    training cells as an unfamiliar field's median."""
+    judged = SmearFamiliarity.unknown()
     calibration = getattr(classifier, "calibration", None)
     if calibration is None:
-        return result
-    distances = [c.familiarity for c in result.counted if c.familiarity is not None]
+        return judged
+    counted = [c for c in cells if c.counted]
+    distances = [c.familiarity for c in counted if c.familiarity is not None]
     if distances:
-        result.familiarity = field_score(distances)
-        result.familiarity_threshold = calibration.field_threshold
-        if calibration.is_unfamiliar_field(result.familiarity):
-            result.unfamiliar_because.append(UNFAMILIAR_CELLS)
-    if image is not None and result.counted and calibration.colours is not None:
-        result.colour_familiarity = calibration.field_colour_score(image)
-        result.colour_threshold = calibration.colour_threshold
-        if calibration.is_unfamiliar_colour(result.colour_familiarity):
-            result.unfamiliar_because.append(UNFAMILIAR_COLOURS)
-    result.unfamiliar = bool(result.unfamiliar_because)
-    if result.unfamiliar:
-        result.notes.append(UNFAMILIAR_FIELD_NOTE)
-        for cell in result.cells:
+        judged.score = field_score(distances)
+        judged.threshold = calibration.field_threshold
+        if calibration.is_unfamiliar_field(judged.score):
+            judged.because.append(UNFAMILIAR_CELLS)
+    if image is not None and counted and calibration.colours is not None:
+        judged.colour_score = calibration.field_colour_score(image)
+        judged.colour_threshold = calibration.colour_threshold
+        if calibration.is_unfamiliar_colour(judged.colour_score):
+            judged.because.append(UNFAMILIAR_COLOURS)
+    judged.unfamiliar = bool(judged.because)
+    if judged.unfamiliar:
+        for cell in cells:
             far = cell.familiarity is not None and cell.familiarity > calibration.field_threshold
             if far or cell.label != NORMAL:
                 cell.needs_review = True
-    return result
+    return judged
 
 
 def scale_factor(microns_per_pixel: float | None) -> float:
@@ -331,125 +230,6 @@ def draw_overlay(
     return buffer.getvalue()
 
 
-def analyze_smear(
-    image: Image.Image,
-    classifier: CellClassifier,
-    microns_per_pixel: float | None = None,
-    *,
-    window: int | None = None,
-    max_working_pixels: int = 4096 * 4096,
-    max_cells: int | None = None,
-    keep_crops: bool = False,
-    params: DetectionParams | None = None,
-    check: Callable[[], None] | None = None,
-    detector: Any | None = None,
-) -> SmearResult:
-    """Find, crop, classify, count and grade the red cells of one RGB smear image.
-
-    With `microns_per_pixel`, the image is first rescaled to the training scale, so that cells
-    have the size the classifier learnt and the size classes keep their meaning. Without it the
-    image is taken to be at the training scale, and a note in the result says so.
-    `window` is the crop side at the training scale; by default the classifier's model card's
-    (`crop_window_px`), which is what its training crops were cut with.
-    With a `detector` (core.detect.learned.CellDetector) red cells, white cells and platelets
-    are found by it, and without `microns_per_pixel` the scale is estimated from the field's own red
-    cells; without one, the classical segmentation of core.detect.classical finds the red cells.
-    Raises SmearError for images that cannot be a smear (no contrast), SmearTooLarge for more
-    working pixels or red cells than allowed. `check` runs between stages and chunks of cells
-    and may raise to stop the work (a client that went away).
-    """
-    started = time.perf_counter()
-    if image.mode != "RGB":
-        raise ValueError(f"analyze_smear expects an RGB image, got mode {image.mode!r}")
-    if window is None:
-        card = getattr(classifier, "card", None)
-        window = getattr(card, "crop_window_px", None) or DEFAULT_WINDOW
-    if detector is not None:
-        return _analyze_detected(
-            image, classifier, detector, microns_per_pixel, window,
-            max_working_pixels, max_cells, keep_crops, check, started,
-        )  # fmt: skip
-    notes: list[str] = []
-    if microns_per_pixel is None:
-        notes.append(
-            "scale unknown: the image was taken to be at the training scale "
-            f"({TRAINING_MICRONS_PER_PIXEL} um per pixel, 100x objective on the Chula camera); "
-            "give microns_per_pixel for other microscopes, or size classes (macrocyte, "
-            "microcyte) may be wrong"
-        )
-    width, height = image.size
-    work_size = check_working_size(image.size, microns_per_pixel, max_working_pixels)
-    factor = scale_factor(microns_per_pixel)
-    work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
-    try:
-        segmentation = segment(np.asarray(work), params)
-    except NoCellsError as exc:
-        raise SmearError(str(exc)) from exc
-    segmented = time.perf_counter()
-    if check is not None:
-        check()
-
-    red = [(i + 1, d) for i, d in enumerate(segmentation.detections) if d.kind == "red_cell"]
-    check_cell_budget(len(red), max_cells)
-    fill = median_colour(work)
-    crops = [crop_cell(work, round(d.x), round(d.y), window, fill)[0] for _, d in red]
-    predictions = classifier.predict(crops, check=check)
-    classified = time.perf_counter()
-
-    colours = class_colours(classifier.classes)
-    cells: list[SmearCell] = []
-    region_colours: dict[int, str] = {}
-    for (region, d), p, crop in zip(red, predictions, crops, strict=True):
-        x0, y0, x1, y1 = d.box
-        cells.append(
-            SmearCell(
-                id=len(cells) + 1,
-                x=d.x / factor,
-                y=d.y / factor,
-                box=(
-                    int(x0 / factor),
-                    int(y0 / factor),
-                    min(width, int(np.ceil(x1 / factor))),
-                    min(height, int(np.ceil(y1 / factor))),
-                ),
-                at_border=d.at_border,
-                counted=not d.at_border,
-                label=p.label,
-                confidence=p.confidence,
-                probabilities=p.probabilities,
-                needs_review=p.needs_review,
-                familiarity=getattr(p, "familiarity", None),
-                crop=crop if keep_crops else None,
-            )
-        )
-        region_colours[region] = BORDER_COLOUR if d.at_border else colours[p.label]
-    if not cells:
-        notes.append("no red cells were found in this image")
-    overlay = draw_overlay(image, segmentation.labels, region_colours, factor)
-    done = time.perf_counter()
-    return judge_familiarity(
-        classifier,
-        SmearResult(
-            width=width,
-            height=height,
-            microns_per_pixel=microns_per_pixel,
-            cells=cells,
-            other_objects=len(segmentation.detections) - len(red),
-            classes=list(classifier.classes),
-            class_colours=colours,
-            overlay_png=overlay,
-            timings_ms={
-                "segment": 1000 * (segmented - started),
-                "classify": 1000 * (classified - segmented),
-                "overlay": 1000 * (done - classified),
-                "total": 1000 * (done - started),
-            },
-            notes=notes,
-        ),
-        image,
-    )
-
-
 # Overlay styles of what is not a red cell.
 WHITE_CELL_COLOUR = "#1f4fff"
 PLATELET_COLOUR = "#7b2cbf"
@@ -469,9 +249,9 @@ def object_crop(
 
 def draw_boxes_overlay(
     image: Image.Image,
-    cells: Sequence[SmearCell],
+    cells: Sequence[FieldCell],
     colours: dict[str, str],
-    others: Sequence[OtherCell],
+    others: Sequence[FieldObject],
 ) -> bytes:
     """The image with each red cell's outline (the ellipse in its box) in its class colour, white
     cells as thick boxes, platelets as small circles (PNG)."""
@@ -496,54 +276,87 @@ def draw_boxes_overlay(
     return buffer.getvalue()
 
 
-def _analyze_detected(
-    image: Image.Image,
-    classifier: CellClassifier,
-    detector: Any,
-    microns_per_pixel: float | None,
-    window: int,
-    max_working_pixels: int,
-    max_cells: int | None,
-    keep_crops: bool,
-    check: Callable[[], None] | None,
-    started: float,
-) -> SmearResult:
-    """analyze_smear with the learned detector (see there)."""
+def detection_notes(found: FieldDetection) -> list[str]:
+    """What a reader must know of how the field's cells were found, in plain words."""
     notes: list[str] = []
-    if microns_per_pixel is not None:
-        scale_factor(microns_per_pixel)  # the range check
-    rgb = np.asarray(image)
-    try:
-        field_contrast(rgb)  # blank, saturated or uniform: a clear error, as with the classical
-    except NoCellsError as exc:
-        raise SmearError(str(exc)) from exc
-    found = detector.detect(rgb, microns_per_pixel)
-    used = float(found.microns_per_pixel)
-    if found.scale_estimated:
+    if found.scale_estimated and found.microns_per_pixel is not None:
         notes.append(
-            f"scale estimated from the field's own red cells: {used:.3f} um per pixel (a normal "
-            "red cell taken as 7.5 um across); size classes (macrocyte, microcyte) are then "
-            "relative to this field's cells: give microns_per_pixel for absolute sizes"
+            f"scale estimated from the field's own red cells: {found.microns_per_pixel:.3f} um "
+            "per pixel (a normal red cell taken as 7.5 um across); size classes (macrocyte, "
+            "microcyte) are then relative to this field's cells: give microns_per_pixel for "
+            "absolute sizes"
         )
-    if getattr(found, "out_of_focus", False):
+    elif found.microns_per_pixel is None:
+        notes.append(
+            "scale unknown: the image was taken to be at the training scale "
+            f"({TRAINING_MICRONS_PER_PIXEL} um per pixel, 100x objective on the Chula camera); "
+            "give microns_per_pixel for other microscopes, or size classes (macrocyte, "
+            "microcyte) may be wrong"
+        )
+    if found.out_of_focus:
         notes.append(OUT_OF_FOCUS_NOTE)
-    if getattr(found, "nucleated", 0):
+    if found.nucleated:
         notes.append(
             f"{found.nucleated} object(s) the detector took for red cells hold a nucleus "
             "(darker and bluer than this field's red cells) and are reported as white cells"
         )
-    if getattr(found, "free_nuclei", 0):
+    if found.free_nuclei:
         notes.append(
             f"{found.free_nuclei} white cell(s) found by the nucleus alone, where the detector "
             "found nothing (darker and bluer than this field's red cells; score 0)"
         )
+    return notes
+
+
+def analyze_smear(
+    image: Image.Image,
+    classifier: CellClassifier,
+    microns_per_pixel: float | None = None,
+    *,
+    window: int | None = None,
+    max_working_pixels: int = 4096 * 4096,
+    max_cells: int | None = None,
+    keep_crops: bool = False,
+    params: DetectionParams | None = None,
+    check: Callable[[], None] | None = None,
+    detector: Detector | None = None,
+) -> AnalysedField:
+    """Find, crop, classify, count and grade the red cells of one RGB smear image.
+
+    The `detector` (core.detect.field.Detector: the learned CellDetector, or by default the
+    classical segmentation with `params`) finds the cells; without `microns_per_pixel` the
+    learned one estimates the scale from the field's own red cells, and the classical one takes
+    the image to be at the training scale (a note says so). Each red cell is cut from the image
+    brought to the training scale, so that cells have the size the classifier learnt and the
+    size classes keep their meaning; `window` is the crop side there, by default the
+    classifier's model card's (`crop_window_px`), which its training crops were cut with.
+    Raises SmearError for images that cannot be a smear (no contrast), SmearTooLarge for more
+    working pixels or red cells than allowed. `check` runs between stages and chunks of cells
+    and may raise to stop the work (a client that went away).
+    """
+    started = time.perf_counter()
+    if image.mode != "RGB":
+        raise ValueError(f"analyze_smear expects an RGB image, got mode {image.mode!r}")
+    if window is None:
+        card = getattr(classifier, "card", None)
+        window = getattr(card, "crop_window_px", None) or DEFAULT_WINDOW
+    if detector is None:
+        detector = ClassicalDetector(params)
+    check_working_size(image.size, microns_per_pixel, max_working_pixels)
+    rgb = np.asarray(image)
+    try:
+        field_contrast(rgb)  # blank, saturated or uniform: one clear error for every detector
+        found = detector.detect(rgb, microns_per_pixel)
+    except NoCellsError as exc:
+        raise SmearError(str(exc)) from exc
     detected = time.perf_counter()
     if check is not None:
         check()
-    # An estimated scale may make the working image larger than the header check allowed.
-    work_size = check_working_size(image.size, used, max_working_pixels)
-    factor = scale_factor(used)
-    width, height = image.size
+
+    notes = detection_notes(found)
+    # An estimated scale may make the working image larger than the check above allowed.
+    work_size = check_working_size(image.size, found.microns_per_pixel, max_working_pixels)
+    factor = scale_factor(found.microns_per_pixel)
     red = found.of_kind("red_cell")
     check_cell_budget(len(red), max_cells)
     work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
@@ -554,16 +367,13 @@ def _analyze_detected(
     predictions = classifier.predict(crops, check=check)
     classified = time.perf_counter()
 
-    def int_box(box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
-        x0, y0, x1, y1 = box
-        return int(x0), int(y0), min(width, int(np.ceil(x1))), min(height, int(np.ceil(y1)))
-
+    width, height = image.size
     cells = [
-        SmearCell(
+        FieldCell(
             id=k + 1,
             x=d.x,
             y=d.y,
-            box=int_box(d.box),
+            box=_pixel_box(d.box, width, height),
             at_border=d.at_border,
             counted=not d.at_border,
             label=p.label,
@@ -571,53 +381,92 @@ def _analyze_detected(
             probabilities=p.probabilities,
             needs_review=p.needs_review,
             familiarity=getattr(p, "familiarity", None),
-            crop=crop if keep_crops else None,
         )
-        for k, (d, p, crop) in enumerate(zip(red, predictions, crops, strict=True))
+        for k, (d, p) in enumerate(zip(red, predictions, strict=True))
     ]
-    others = [
-        OtherCell(
+    others = [o for o in found.objects if o.kind != "red_cell"]
+    objects = [
+        FieldObject(
             id=k + 1,
             kind=d.kind,
             x=d.x,
             y=d.y,
-            box=int_box(d.box),
+            box=_pixel_box(d.box, width, height),
             at_border=d.at_border,
             confidence=d.score,
-            crop=object_crop(image, d.box) if keep_crops else None,
         )
-        for k, d in enumerate(o for o in found.objects if o.kind != "red_cell")
+        for k, d in enumerate(others)
     ]
     if not cells:
         notes.append("no red cells were found in this image")
+    familiarity = judge_familiarity(classifier, cells, image)
+    if familiarity.unfamiliar:
+        notes.append(UNFAMILIAR_FIELD_NOTE)
     colours = class_colours(classifier.classes)
-    overlay = draw_boxes_overlay(image, cells, colours, others)
+    overlay = draw_field_overlay(image, found, red, cells, objects, colours)
     done = time.perf_counter()
-    card = getattr(detector, "card", None)
-    return judge_familiarity(
-        classifier,
-        SmearResult(
-            width=width,
-            height=height,
-            microns_per_pixel=used,
-            cells=cells,
-            other_objects=len(others),
-            classes=list(classifier.classes),
-            class_colours=colours,
-            overlay_png=overlay,
-            timings_ms={
-                "detect": 1000 * (detected - started),
-                "classify": 1000 * (classified - detected),
-                "overlay": 1000 * (done - classified),
-                "total": 1000 * (done - started),
-            },
-            notes=notes,
-            white_cells=[o for o in others if o.kind == "white_cell"],
-            platelets=[o for o in others if o.kind == "platelet"],
-            scale_estimated=bool(found.scale_estimated),
-            detector=f"learned:{getattr(card, 'name', 'detector')}",
-            sharpness=getattr(found, "sharpness", None),
-            focus_threshold=getattr(detector, "FOCUS_THRESHOLD", None),
+    result = FieldResult.tally(
+        cells,
+        classifier.classes,
+        white_cells=[o for o in objects if o.kind == "white_cell"],
+        platelets=[o for o in objects if o.kind == "platelet"],
+        width=width,
+        height=height,
+        scale=SmearScale(
+            microns_per_pixel=found.microns_per_pixel,
+            known=microns_per_pixel is not None,
+            estimated=found.scale_estimated,
+            training_microns_per_pixel=TRAINING_MICRONS_PER_PIXEL,
         ),
-        image,
+        focus=SmearFocus(
+            sharpness=found.sharpness,
+            threshold=found.focus_threshold,
+            out_of_focus=found.out_of_focus,
+        ),
+        familiarity=familiarity,
+        other_objects=len(objects) + found.unreported,
+        detector=detector.name,
+        class_colours=colours,
+        timings_ms={
+            detector.stage: 1000 * (detected - started),
+            "classify": 1000 * (classified - detected),
+            "overlay": 1000 * (done - classified),
+            "total": 1000 * (done - started),
+        },
+        notes=notes,
     )
+    return AnalysedField(
+        result,
+        overlay,
+        crops={c.id: crop for c, crop in zip(cells, crops, strict=True)} if keep_crops else {},
+        object_crops={o.id: object_crop(image, d.box) for o, d in zip(objects, others, strict=True)}
+        if keep_crops
+        else {},
+    )
+
+
+def _pixel_box(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[int, int, int, int]:
+    """A box in whole pixels of the uploaded image (x1, y1 exclusive, within the image)."""
+    x0, y0, x1, y1 = box
+    return int(x0), int(y0), min(width, math.ceil(x1)), min(height, math.ceil(y1))
+
+
+def draw_field_overlay(
+    image: Image.Image,
+    found: FieldDetection,
+    red: Sequence[Detected],
+    cells: Sequence[FieldCell],
+    objects: Sequence[FieldObject],
+    colours: dict[str, str],
+) -> bytes:
+    """The field with its cells outlined: each segmented region's own outline when the detector
+    segments, else each box's ellipse (draw_boxes_overlay)."""
+    if found.regions is None:
+        return draw_boxes_overlay(image, cells, colours, objects)
+    region_colours = {
+        d.region: BORDER_COLOUR if c.at_border else colours[c.label]
+        for d, c in zip(red, cells, strict=True)
+    }
+    return draw_overlay(image, found.regions, region_colours, found.regions_factor)

@@ -65,23 +65,26 @@ def smear_image(**kwargs: object) -> tuple[Image.Image, list[tuple[int, int]]]:
 def test_counts_exclude_cells_cut_by_the_edge() -> None:
     image, interior = smear_image()
     classifier = FakeClassifier()
-    result = analyze_smear(image, classifier, window=72)
-    summary = result.summary()
-    assert summary["cells_found"] == len(interior) + 1
-    assert summary["cells_counted"] == len(interior)
-    assert summary["cells_at_border"] == 1
-    assert summary["other_objects"] == 1
-    assert sum(summary["counts"].values()) == len(interior)
-    assert sum(summary["percentages"].values()) == pytest.approx(100.0)
-    assert summary["grades"] == {"schistocyte": "none"}  # the only graded class of this model
-    assert summary["grading"]["source"].startswith("ICSH 2015")
+    analysed = analyze_smear(image, classifier, window=72)
+    result = analysed.result
+    assert result.cells_found == len(interior) + 1
+    assert result.cells_counted == len(interior)
+    assert result.cells_at_border == 1
+    assert result.other_objects == 1
+    assert sum(result.counts.values()) == len(interior)
+    assert sum(result.percentages.values()) == pytest.approx(100.0)
+    assert result.grades == {"schistocyte": "none"}  # the only graded class of this model
+    assert result.grading.source.startswith("ICSH 2015")
     # Crops are 72 px, centred on the cells, as the importer cuts them.
     assert {c.size for c in classifier.crops} == {(72, 72)}
     assert all(c.label == "dark" for c in result.counted)
     # The scale was not given: the result says so.
-    assert summary["scale"]["known"] is False
-    assert any("scale unknown" in n for n in summary["notes"])
-    assert set(summary["timings_ms"]) == {"segment", "classify", "overlay", "total"}
+    assert result.scale.known is False
+    assert any("scale unknown" in n for n in result.notes)
+    assert set(result.timings_ms) == {"segment", "classify", "overlay", "total"}
+    # One shape: what the records keep is the result without its cells.
+    summary = result.summary().model_dump()
+    assert "cells" not in summary and summary["counts"] == result.counts
 
 
 def test_window_comes_from_the_model_card() -> None:
@@ -94,10 +97,10 @@ def test_window_comes_from_the_model_card() -> None:
 
 def test_overlay_outlines_cells_in_their_class_colour() -> None:
     image, _ = smear_image()
-    result = analyze_smear(image, FakeClassifier(), window=72)
-    overlay = np.asarray(Image.open(io.BytesIO(result.overlay_png)).convert("RGB"))
+    analysed = analyze_smear(image, FakeClassifier(), window=72)
+    overlay = np.asarray(Image.open(io.BytesIO(analysed.overlay_png)).convert("RGB"))
     assert overlay.shape == (image.height, image.width, 3)
-    dark = tuple(int(result.class_colours["dark"][i : i + 2], 16) for i in (1, 3, 5))
+    dark = tuple(int(analysed.result.class_colours["dark"][i : i + 2], 16) for i in (1, 3, 5))
     # The outline of the cell at (60, 60), radius 19: its left edge is drawn in "dark"'s colour.
     row = overlay[60, 35:50]
     assert any(tuple(px) == dark for px in row)
@@ -111,12 +114,12 @@ def test_microns_per_pixel_rescales_to_the_training_scale() -> None:
     # The same field photographed at half the magnification: cells half as big.
     small = image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
     classifier = FakeClassifier()
-    result = analyze_smear(small, classifier, 2 * TRAINING_MICRONS_PER_PIXEL, window=72)
+    result = analyze_smear(small, classifier, 2 * TRAINING_MICRONS_PER_PIXEL, window=72).result
     assert len(result.counted) == len(interior)
     # Coordinates come back in the uploaded image's pixels.
     for x, y in interior:
         assert any(np.hypot(c.x - x / 2, c.y - y / 2) < 4 for c in result.counted)
-    assert result.summary()["scale"] == {
+    assert result.scale.model_dump() == {
         "microns_per_pixel": 2 * TRAINING_MICRONS_PER_PIXEL,
         "known": True,
         "estimated": False,
@@ -157,10 +160,10 @@ def test_a_field_without_red_cells_is_an_answer_not_an_error() -> None:
     array[:] = array[5, 150]
     array[100:103, 100:103] = (90, 40, 120)  # specks of debris only
     array[60:63, 200:203] = (90, 40, 120)
-    result = analyze_smear(Image.fromarray(array), FakeClassifier(), window=72)
+    result = analyze_smear(Image.fromarray(array), FakeClassifier(), window=72).result
     assert result.cells == [] and result.other_objects == 0
     assert "no red cells" in " ".join(result.notes)
-    assert result.percentages() == {"dark": 0.0, "pale": 0.0, "schistocyte": 0.0}
+    assert result.percentages == {"dark": 0.0, "pale": 0.0, "schistocyte": 0.0}
 
 
 DETECTOR = ROOT / "models" / "detector"
@@ -188,7 +191,7 @@ def test_a_nucleus_the_network_missed_is_a_white_cell_and_said_so() -> None:
     image, interior = smear_image()
     shipped = CellDetector.load(DETECTOR)
     blinded = Blinded(shipped.network, shipped.card)
-    result = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded)
+    result = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded).result
     assert [(w.x, w.y) for w in result.white_cells] == [pytest.approx((200, 215), abs=6)]
     assert result.white_cells[0].confidence == 0.0  # no network found it
     assert sum(c.counted for c in result.cells) == len(interior)
@@ -196,7 +199,7 @@ def test_a_nucleus_the_network_missed_is_a_white_cell_and_said_so() -> None:
     assert any("found by the nucleus alone" in note for note in result.notes)
     # Without the step the same field has no white cell and no such note.
     blinded.free_nucleus_um2 = None
-    without = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded)
+    without = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded).result
     assert without.white_cells == []
     assert not any("nucleus alone" in note for note in without.notes)
 
