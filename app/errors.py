@@ -45,6 +45,12 @@ class BadImage(ServiceError):
     status = 422
 
 
+class UnknownClass(ServiceError):
+    """A label sent back that is not a class of the served model (a stale page, another model)."""
+
+    status = 422
+
+
 class NotReady(ServiceError):
     status = 503
 

@@ -102,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.settings = settings
-    documents = OpenApiDocuments(app, settings.max_files)
+    documents = OpenApiDocuments(
+        app, settings.max_files, {"SmearCellsIn.cells": settings.max_smear_cells}
+    )
     app.state.openapi_documents = documents
     app.openapi = lambda: documents.get(slides_token=True)  # type: ignore[method-assign]
     app.state.templates = Jinja2Templates(directory=ROOT / "templates")

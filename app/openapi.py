@@ -13,6 +13,9 @@ Clients are generated from this document and fuzzers test the service against it
   answer, so the items stay unconstrained. No schema can say "bytes that decode as an image":
   such a file gets 415 or 422. (The accepted formats are not given as `encoding` media types:
   TIFF and BMP have no registered serializer in common clients and fuzzers, which then fail.)
+- lists bounded by a setting say so: a field's cells sent back (POST /analyze/smear/counts,
+  /analyze/smear/cells.csv) hold at most RBC_MAX_SMEAR_CELLS (413 beyond), as an analysed
+  field does.
 """
 
 from __future__ import annotations
@@ -85,7 +88,17 @@ def _file_parts(document: dict[str, Any], operation: dict[str, Any], max_files: 
             part["minLength"] = 1
 
 
-def build_document(app: FastAPI, max_files: int) -> dict[str, Any]:
+def _list_bounds(document: dict[str, Any], bounds: dict[str, int]) -> None:
+    """maxItems of the lists named "Schema.property" (a setting, so not in the model)."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for name, bound in bounds.items():
+        model, prop = name.split(".")
+        schemas[model]["properties"][prop]["maxItems"] = bound
+
+
+def build_document(
+    app: FastAPI, max_files: int, list_bounds: dict[str, int] | None = None
+) -> dict[str, Any]:
     """FastAPI's document with the rules above, slides secured (users mode)."""
     document = get_openapi(
         title=app.title,
@@ -99,6 +112,7 @@ def build_document(app: FastAPI, max_files: int) -> dict[str, Any]:
         _errors_are_json(operation)
         _body_refusals(operation)
         _file_parts(document, operation, max_files)
+    _list_bounds(document, list_bounds or {})
     return document
 
 
@@ -119,14 +133,19 @@ def without_slides_security(document: dict[str, Any]) -> dict[str, Any]:
 class OpenApiDocuments:
     """The two documents, built once each: slides with a token (users) and without (local)."""
 
-    def __init__(self, app: FastAPI, max_files: int) -> None:
+    def __init__(
+        self, app: FastAPI, max_files: int, list_bounds: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_files = max_files
+        self.list_bounds = dict(list_bounds or {})
         self._documents: dict[bool, dict[str, Any]] = {}
 
     def get(self, slides_token: bool) -> dict[str, Any]:
         if slides_token not in self._documents:
-            users = self._documents.get(True) or build_document(self.app, self.max_files)
+            users = self._documents.get(True) or build_document(
+                self.app, self.max_files, self.list_bounds
+            )
             self._documents[True] = users
             if not slides_token:
                 self._documents[False] = without_slides_security(users)

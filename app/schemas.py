@@ -382,3 +382,105 @@ class AuditOut(BaseModel):
 
 class AuditList(BaseModel):
     items: list[AuditOut]
+
+
+# --- a page's results sent back (POST /analyze/smear/counts, /analyze/smear/cells.csv,
+# /predict/batch/summary, /predict/batch/results.csv): the page keeps what the person changed
+# and the server counts and writes it, so that the rules live in core alone ----------------------
+
+# Class names are the served model's (checked by the route, 422); the bound is the one reviews
+# have (CellReviewIn.label).
+MAX_LABEL = 64
+# A model has a handful of classes (Chula: 12); a probabilities object larger than this is no
+# model's.
+MAX_CLASSES = 64
+# Results of /predict/batch sent back at once: the page sends every file it analysed, over
+# several requests of RBC_MAX_FILES each; beyond this, 400.
+MAX_BATCH_RESULTS = 10_000
+
+JsonBool = Annotated[bool, Field(strict=True)]  # JSON's true and false only, never "yes" or 1
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL, pattern=NO_NUL)]
+# A probabilities key: a pattern on keys becomes patternProperties, which would leave the other
+# keys' values unconstrained in the document; a key that is no class is a 422 anyway.
+ClassKey = Annotated[str, Field(min_length=1, max_length=MAX_LABEL)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_json_number)]
+Coordinate = Annotated[float, Field(ge=0, le=MAX_DB_INT), BeforeValidator(_json_number)]
+UInt = Annotated[int, Field(ge=0, le=MAX_DB_INT), BeforeValidator(_json_number)]
+
+
+class SmearCellIn(BaseModel):
+    """A red cell of a field as the page holds it: the answer's cell (POST /analyze/smear), with
+    `label` the class the person chose and `model_label` the classifier's."""
+
+    id: UInt = Field(description="the cell's id in the field's answer")
+    label: Label = Field(description="the current class (the person's, else the model's)")
+    counted: JsonBool = Field(description="in the counts (cells at the edge are not)")
+    needs_review: JsonBool = Field(description="flagged by the analysis")
+    model_label: Label | None = Field(
+        None,
+        description="the classifier's class; differs from `label` when the person reclassified "
+        "the cell (unset: the same as `label`)",
+    )
+    x: Coordinate | None = Field(None, description="centre, pixels of the uploaded image")
+    y: Coordinate | None = None
+    box: tuple[UInt, UInt, UInt, UInt] | None = Field(
+        None, description="x0, y0, x1, y1 (x1, y1 exclusive)"
+    )
+    at_border: JsonBool = False
+    confidence: Probability | None = Field(None, description="probability of `model_label`")
+    probabilities: dict[ClassKey, Probability] = Field(
+        default_factory=dict, max_length=MAX_CLASSES, description="every class's probability"
+    )
+
+    @property
+    def reclassified(self) -> bool:
+        return self.model_label is not None and self.label != self.model_label
+
+
+class SmearCellsIn(BaseModel):
+    cells: list[SmearCellIn] = Field(
+        description="every red cell of one field, counted or not (at most RBC_MAX_SMEAR_CELLS, "
+        "as for an analysed field: 413 beyond)"
+    )
+
+
+class SmearCountsOut(BaseModel):
+    """What is counted from a field's cells as they stand (core.smear.counting, grading)."""
+
+    cells_counted: int
+    needs_review: int = Field(
+        description="counted cells flagged by the analysis that the person has not reclassified"
+    )
+    reclassified: int = Field(description="cells whose class differs from the model's")
+    counts: dict[str, int] = Field(description="counted cells per class (every class of the model)")
+    percentages: dict[str, float] = Field(description="share of the counted cells, in %")
+    grades: dict[str, str] = Field(description="'none', '1+', '2+' or '3+' per graded class")
+    grading: SmearGrading
+
+
+class PredictionIn(BaseModel):
+    label: Label
+    confidence: Probability
+    probabilities: dict[ClassKey, Probability] = Field(default_factory=dict, max_length=MAX_CLASSES)
+    needs_review: JsonBool
+
+
+class ItemErrorIn(BaseModel):
+    status: Annotated[int, Field(ge=400, le=599), BeforeValidator(_json_number)] | None = None
+    detail: str = Field(max_length=10_000, pattern=NO_NUL)
+
+
+class BatchItemIn(BaseModel):
+    """One result of POST /predict/batch as it answered it (`index`, `framing` and the
+    heatmap may be left in or out)."""
+
+    filename: str | None = Field(None, max_length=1024, pattern=NO_NUL)
+    prediction: PredictionIn | None = Field(None, description="absent: the file failed")
+    error: ItemErrorIn | None = None
+
+
+class BatchResultsIn(BaseModel):
+    results: list[BatchItemIn] = Field(
+        max_length=MAX_BATCH_RESULTS,
+        description="the results of one or more POST /predict/batch answers, in order",
+    )

@@ -1,6 +1,7 @@
 """The one CSV writer: cells as spreadsheet rows, for `python -m app analyze-smear` (a field's red
-cells) and GET /slides/{id}/cells.csv (a slide's cells with their reviews). Text a person typed
-never runs as a formula in the spreadsheet that opens it."""
+cells), GET /slides/{id}/cells.csv (a slide's cells with their reviews), and the page's downloads
+(POST /analyze/smear/cells.csv: a field's cells as reclassified; POST /predict/batch/results.csv).
+Text a person typed never runs as a formula in the spreadsheet that opens it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from app.schemas import BatchItemIn, SmearCellIn
 from core.smear.result import FieldResult
 
 # A field's red cells, one row each (python -m app analyze-smear: <stem>_cells.csv).
@@ -51,3 +53,70 @@ def field_rows(result: FieldResult) -> list[list[Any]]:
         ]
         for c in result.cells
     ]
+
+
+# The page's two downloads keep the columns and the number formats the page wrote before the
+# server did (lower-case true/false, six decimals), so that spreadsheets built on them still work.
+def page_flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def page_number(value: float | None, decimals: int = 6) -> str:
+    return "" if value is None else f"{value:.{decimals}f}"
+
+
+def smear_columns(classes: Sequence[str]) -> list[str]:
+    """A field's cells as the page holds them: one probability column per class."""
+    return [
+        "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "model_label",
+        "reclassified", "confidence", "needs_review", *(f"p_{c}" for c in classes),
+    ]  # fmt: skip
+
+
+def smear_rows(cells: Iterable[SmearCellIn], classes: Sequence[str]) -> list[list[Any]]:
+    return [
+        [
+            c.id,
+            page_number(c.x, 1),
+            page_number(c.y, 1),
+            *(c.box or ("", "", "", "")),
+            page_flag(c.at_border),
+            page_flag(c.counted),
+            c.label,
+            c.model_label or c.label,
+            page_flag(c.reclassified),
+            page_number(c.confidence),
+            page_flag(c.needs_review),
+            *(page_number(c.probabilities.get(k)) for k in classes),
+        ]
+        for c in cells
+    ]
+
+
+def batch_columns(classes: Sequence[str]) -> list[str]:
+    """Single-cell results, one row per file sent."""
+    return [
+        "filename",
+        "label",
+        "confidence",
+        "needs_review",
+        "error",
+        *(f"p_{c}" for c in classes),
+    ]
+
+
+def batch_rows(items: Iterable[BatchItemIn], classes: Sequence[str]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    for item in items:
+        p = item.prediction
+        rows.append(
+            [
+                sheet_text(item.filename),
+                p.label if p else "",
+                page_number(p.confidence) if p else "",
+                page_flag(p.needs_review) if p else "",
+                sheet_text(item.error.detail if item.error else None),
+                *(page_number(p.probabilities.get(k)) if p else "" for k in classes),
+            ]
+        )
+    return rows

@@ -9,20 +9,23 @@ threads at once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.analysis import analyze_field, read_field
 from app.config import Settings
 from app.deps import DetectorDep, PredictorDep, SettingsDep
-from app.errors import ServiceError, TooLarge, smear_errors
+from app.errors import ServiceError, TooLarge, UnknownClass, smear_errors
 from app.limits import HeavyGate, StopCheck, stop_when_disconnected
 from app.schemas import (
     BatchItem,
+    BatchItemIn,
     BatchOut,
+    BatchResultsIn,
     BatchSummary,
     CellPrediction,
     CellScale,
@@ -32,9 +35,14 @@ from app.schemas import (
     ModelRef,
     OtherCellOut,
     PredictionOut,
+    SmearCellIn,
     SmearCellOut,
+    SmearCellsIn,
+    SmearCountsOut,
+    SmearGrading,
     SmearOut,
 )
+from app.sheets import batch_columns, batch_rows, csv_text, smear_columns, smear_rows
 from core.classify.predictor import Prediction, Predictor, image_data_url, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import ImageError, SizeCheck, decode_image, read_bounded
@@ -43,7 +51,7 @@ from core.smear.analysis import (
     MIN_MICRONS_PER_PIXEL,
     TRAINING_MICRONS_PER_PIXEL,
 )
-from core.smear.counting import count_labels, percentages
+from core.smear.counting import count_labels, grades, percentages
 from core.smear.crop import DEFAULT_WINDOW
 from core.smear.framing import (
     FramedCell,
@@ -52,6 +60,7 @@ from core.smear.framing import (
     needs_review,
     unknown_scale_note,
 )
+from core.smear.grading import GRADING_SOURCE, scales_for
 from core.smear.result import FieldObject
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -77,6 +86,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 # What GET /model can answer besides 200 (it reads no body and no image).
 CARD_ERRORS: dict[int | str, dict[str, Any]] = {status: ERRORS[status] for status in (401, 503)}
+
+# What the operations that take results back (JSON, no image) can answer besides 200.
+RESULTS_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the body is not JSON of the documented shape"},
+    401: ERRORS[401],
+    422: {"model": ErrorOut, "description": "a label that is not a class of the served model"},
+    503: {"model": ErrorOut, "description": "the model is not loaded yet (its classes are needed)"},
+}
+SMEAR_RESULTS_ERRORS: dict[int | str, dict[str, Any]] = {
+    **RESULTS_ERRORS,
+    413: {
+        "model": ErrorOut,
+        "description": "more cells than a field may hold (RBC_MAX_SMEAR_CELLS)",
+    },
+}
+CSV_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "the rows, as an attachment"}
+}
 
 # The API's routes; create_app adds the token check (only when RBC_API_TOKEN is set).
 router = APIRouter(tags=["api"])
@@ -307,15 +334,10 @@ def _batch(
     predictions = predictor.predict([g[1] for g in good], heatmap=heatmap, check=check)
     for (index, _, framed), prediction in zip(good, predictions, strict=True):
         items[index].prediction = CellPrediction(**_cell(prediction, framed))
-    counts = count_labels((p.label for p in predictions), predictor.classes)
-    classified = len(predictions)
-    summary = BatchSummary(
-        total=len(items),
-        classified=classified,
-        failed=len(items) - classified,
-        needs_review=sum(bool(i.prediction and i.prediction.needs_review) for i in items),
-        counts=counts,
-        percentages=percentages(counts),
+    summary = batch_summary(
+        len(items),
+        [(i.prediction.label, i.prediction.needs_review) for i in items if i.prediction],
+        predictor.classes,
     )
     notes = (
         [unknown_scale_note(crop_window(predictor))]
@@ -329,6 +351,22 @@ def _batch(
         model=model_ref(predictor),
         scale=_scale_out(microns_per_pixel),
         notes=notes,
+    )
+
+
+def batch_summary(
+    total: int, predicted: Sequence[tuple[str, bool]], classes: Sequence[str]
+) -> BatchSummary:
+    """A batch's counts from its classified cells' (label, needs_review): the one place, for
+    POST /predict/batch and POST /predict/batch/summary."""
+    counts = count_labels((label for label, _ in predicted), classes)
+    return BatchSummary(
+        total=total,
+        classified=len(predicted),
+        failed=total - len(predicted),
+        needs_review=sum(flag for _, flag in predicted),
+        counts=counts,
+        percentages=percentages(counts),
     )
 
 
@@ -404,6 +442,119 @@ def _data_url(image: Image.Image | None) -> str | None:
 
 def _other(obj: FieldObject, views: dict[int, Image.Image]) -> OtherCellOut:
     return OtherCellOut(**obj.model_dump(), crop=_data_url(views.get(obj.id)))
+
+
+# --- results sent back: the page keeps what a person changed (a cell reclassified) and the
+# server counts, grades and writes the CSV, so the rules stay in core and the columns in
+# app/sheets.py. Stateless: nothing is kept; slides are where results are kept (/slides).
+
+
+def _check_classes(labels: Iterable[str], classes: Sequence[str]) -> None:
+    known = set(classes)
+    for label in labels:
+        if label not in known:
+            raise UnknownClass(
+                f"'{label}' is not a class of the served model ({', '.join(classes)}); "
+                "analyse the image again with this model"
+            )
+
+
+def _smear_cells(
+    body: SmearCellsIn, classes: Sequence[str], settings: Settings
+) -> list[SmearCellIn]:
+    """A field's cells, checked: no more than an analysed field may hold (its maxItems in the
+    OpenAPI document), every class one of the served model's."""
+    if len(body.cells) > settings.max_smear_cells:
+        raise TooLarge(
+            f"{len(body.cells):,} cells sent; a field holds at most {settings.max_smear_cells:,} "
+            "red cells (RBC_MAX_SMEAR_CELLS)"
+        )
+    for c in body.cells:
+        _check_classes(
+            [c.label, *([c.model_label] if c.model_label else []), *c.probabilities], classes
+        )
+    return body.cells
+
+
+def _batch_items(body: BatchResultsIn, classes: Sequence[str]) -> list[BatchItemIn]:
+    for item in body.results:
+        if item.prediction is not None:
+            _check_classes([item.prediction.label, *item.prediction.probabilities], classes)
+    return body.results
+
+
+def _csv_attachment(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.post("/analyze/smear/counts", response_model=SmearCountsOut, responses=SMEAR_RESULTS_ERRORS)
+def smear_counts(
+    body: SmearCellsIn, predictor: PredictorDep, settings: SettingsDep
+) -> SmearCountsOut:
+    """Counts, percentages and ICSH grades of a field's red cells as they stand: send the
+    `cells` of a POST /analyze/smear answer with `label` set to the class a person chose (and
+    `model_label` to the classifier's); the rules are those of the analysis itself. The page
+    calls it after each reclassification."""
+    classes = predictor.classes
+    cells = _smear_cells(body, classes, settings)
+    counted = [c for c in cells if c.counted]
+    counts = count_labels((c.label for c in counted), classes)
+    shares = percentages(counts)
+    return SmearCountsOut(
+        cells_counted=len(counted),
+        # A cell a person reclassified has been looked at.
+        needs_review=sum(c.needs_review and not c.reclassified for c in counted),
+        reclassified=sum(c.reclassified for c in cells),
+        counts=counts,
+        percentages=shares,
+        grades=grades(shares),
+        grading=SmearGrading(source=GRADING_SOURCE, scales=scales_for(list(classes))),
+    )
+
+
+@router.post(
+    "/analyze/smear/cells.csv",
+    response_class=Response,
+    responses={**CSV_ANSWER, **SMEAR_RESULTS_ERRORS},
+)
+def smear_cells_csv(body: SmearCellsIn, predictor: PredictorDep, settings: SettingsDep) -> Response:
+    """A field's red cells as CSV, reclassifications included (the same body as
+    POST /analyze/smear/counts): id, x, y, x0, y0, x1, y1, at_border, counted, label,
+    model_label, reclassified, confidence, needs_review and p_<class> for every class."""
+    classes = predictor.classes
+    cells = _smear_cells(body, classes, settings)
+    return _csv_attachment(
+        csv_text(smear_columns(classes), smear_rows(cells, classes)), "smear-cells.csv"
+    )
+
+
+@router.post("/predict/batch/summary", response_model=BatchSummary, responses=RESULTS_ERRORS)
+def batch_results_summary(body: BatchResultsIn, predictor: PredictorDep) -> BatchSummary:
+    """The summary of the `results` of one or more POST /predict/batch answers together (a
+    page that sent its files in several requests of RBC_MAX_FILES): the same counts as one
+    answer's `summary`."""
+    items = _batch_items(body, predictor.classes)
+    predicted = [(i.prediction.label, i.prediction.needs_review) for i in items if i.prediction]
+    return batch_summary(len(items), predicted, predictor.classes)
+
+
+@router.post(
+    "/predict/batch/results.csv",
+    response_class=Response,
+    responses={**CSV_ANSWER, **RESULTS_ERRORS},
+)
+def batch_results_csv(body: BatchResultsIn, predictor: PredictorDep) -> Response:
+    """The `results` of one or more POST /predict/batch answers as CSV, one row per file:
+    filename, label, confidence, needs_review, error and p_<class> for every class."""
+    classes = predictor.classes
+    items = _batch_items(body, classes)
+    return _csv_attachment(
+        csv_text(batch_columns(classes), batch_rows(items, classes)), "rbc-results.csv"
+    )
 
 
 @router.get("/model", responses=CARD_ERRORS)
