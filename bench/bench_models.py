@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 
 def _median_seconds(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

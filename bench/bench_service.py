@@ -212,7 +212,7 @@ def main() -> None:
     from core.classify.nets import load_network
     from core.classify.preprocess import Preprocessor
     from core.classify.tta import tta_probabilities
-    from training.learner import load_exported
+    from training.classify.learner import load_exported
 
     if args.threads:
         torch.set_num_threads(args.threads)

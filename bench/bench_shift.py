@@ -429,7 +429,7 @@ def load_test_crops(
 ) -> SplitCrops:
     """The test split's crops whose label is one of `classes` (a seeded class-stratified subset
     of `limit` of them, when given), read into memory."""
-    from training.data import scan_dataset
+    from training.classify.data import scan_dataset
 
     items = scan_dataset(data, check_images=False, progress=False).items
     test = items[items["split"] == "test"]
@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.classify.predictor import Predictor
-    from training.metrics import classification_metrics
+    from training.classify.evaluate import classification_metrics
 
     torch.set_num_threads(args.threads)
     model_dirs: list[Path] = args.model or [ROOT / "models" / "default"]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.classify.predictor import Predictor
 from core.classify.preprocess import Preprocessor
 from core.classify.tta import TTA_VIEWS, dihedral_view, view_indices
-from training.metrics import classification_metrics
+from training.classify.evaluate import classification_metrics
 
 
 def all_view_probs(predictor: Predictor, batch: torch.Tensor) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from tests.synthetic import make_chula_dir
-from training.config import TrainConfig, load_config
+from training.classify.config import TrainConfig, load_config
 
 WINDOW = 24  # synthetic cells are ~18 px across
 
@@ -53,7 +53,7 @@ def tiny_config(data: Path, out_dir: Path, **overrides: object) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def trained_run(imported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.train import train
+    from training.classify.engine import train
 
     return train(tiny_config(imported, tmp_path_factory.mktemp("runs")), progress=False)
 

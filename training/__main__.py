@@ -81,8 +81,8 @@ def _train_overrides(args: argparse.Namespace, method: str) -> dict[str, object]
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from training.config import load_config
-    from training.train import train
+    from training.classify.config import load_config
+    from training.classify.engine import train
 
     cfg = load_config(args.config, _train_overrides(args, args.command))
     run_dir = train(cfg)
@@ -109,7 +109,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from training.evaluate import evaluate
+    from training.classify.evaluate import evaluate
 
     result = evaluate(args.model, args.data, split=args.split, tta_views=args.tta_views)
     # The last stdout line is the machine-readable result.
@@ -117,7 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from training.export import publish_run
+    from training.classify.export import publish_run
 
     notes = [Path(n[1:]).read_text().strip() if n.startswith("@") else n for n in args.note]
     dest = publish_run(

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.helpers import cell_png, make_settings, wait_ready
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 
 def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:

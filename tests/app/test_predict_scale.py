@@ -23,7 +23,7 @@ from core.smear.framing import NO_CELL_NOTE, unknown_scale_note
 from tests.app.helpers import cell_png, encode, make_settings, wait_ready
 from tests.app.test_inputs import assert_error
 from tests.synthetic import SMEAR_BACKGROUND, one_cell_image
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 ROOT = Path(__file__).resolve().parents[2]
 CHULA = ROOT.parent / "shared" / "datasets" / "chula-rbc-12"

@@ -25,7 +25,7 @@ from app.main import create_app
 from app.state import ModelSlot
 from core.modelcard import CARD_FILE, STATE_FILE
 from tests.app.helpers import ROOT, cell_png, make_settings, wait_ready
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 
 def test_healthz_answers_at_once(client: TestClient) -> None:

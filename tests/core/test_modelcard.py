@@ -18,7 +18,7 @@ from core.modelcard import (
     sha256_file,
     verified_weights_path,
 )
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 WEIGHTS = b"pretend these bytes are an exported learner\n"
 

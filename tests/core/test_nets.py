@@ -35,8 +35,8 @@ from core.modelcard import (
     verified_state_path,
 )
 from training.archs import ARCHS, create_model
-from training.export import ExportError, publish_run, save_state
-from training.learner import load_exported
+from training.classify.export import ExportError, publish_run, save_state
+from training.classify.learner import load_exported
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.classify.preprocess import Preprocessor, pad_resize
 from core.modelcard import ModelCard
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 SIZES = [(24, 24), (37, 21), (19, 44), (32, 32), (100, 61), (8, 9), (5, 200)]
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from core.classify.tta import TTA_VIEWS, dihedral_view, tta_probabilities, view_indices
-from training.export import ExportError, publish_run
+from training.classify.export import ExportError, publish_run
 
 
 def test_the_eight_views_are_distinct_symmetries_of_the_square() -> None:
@@ -76,8 +76,8 @@ def _test_items(imported: Path) -> pd.DataFrame:
 
 def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path) -> None:
     from core.classify.predictor import Predictor
-    from training.interpret import predict
-    from training.learner import load_exported
+    from training.classify.evaluate import predict
+    from training.classify.learner import load_exported
 
     learn, _ = load_exported(trained_run / "model")
     items = _test_items(imported)
@@ -96,7 +96,7 @@ def test_publish_with_views_measures_again_and_serves_them(
 ) -> None:
     from core.classify.predictor import ModelLoadError, Predictor
     from core.modelcard import ModelCard
-    from training.evaluate import evaluate
+    from training.classify.evaluate import evaluate
 
     dest = publish_run(trained_run, tmp_path / "models", "viewed", tta_views=4)
     card = ModelCard.load(dest)

@@ -17,8 +17,8 @@ from training.datasets.chula import (
     import_chula,
     is_chula_layout,
 )
+from training.datasets.split import SPLITS
 from training.errors import DataError
-from training.split import SPLITS
 
 # Synthetic cells are r <= 9 and lie >= 12 px from the border: a 24 px window is interior.
 WINDOW = 24

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import AugmentConfig, TrainConfig, load_config
+from training.classify.config import AugmentConfig, TrainConfig, load_config
 from training.errors import ConfigError
 
 

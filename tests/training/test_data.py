@@ -13,16 +13,16 @@ import torch
 from PIL import Image
 
 from tests.synthetic import make_folder_dataset
-from training.config import TrainConfig, load_config
-from training.data import (
+from training.classify.config import TrainConfig, load_config
+from training.classify.data import (
     MANIFEST,
     DatasetIndex,
     assign_splits,
-    batch_transforms,
     build_dataloaders,
     fingerprint,
     scan_dataset,
 )
+from training.classify.transforms import batch_transforms
 from training.errors import DataError
 
 
@@ -79,7 +79,7 @@ def test_bad_files_are_skipped_by_name_with_a_warning(
     huge = tmp_path / "b" / "huge.png"
     Image.new("1", (5000, 5000)).save(huge)
 
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.classify.data"):
         index = scan_dataset(tmp_path, progress=False)
 
     assert len(index.items) == 6
@@ -117,7 +117,7 @@ def test_all_files_bad(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None
         (tmp_path / name).mkdir()
         (tmp_path / name / "cell.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     with (
-        caplog.at_level(logging.WARNING, logger="training.data"),
+        caplog.at_level(logging.WARNING, logger="training.classify.data"),
         pytest.raises(DataError, match=r"no usable images.*2 skipped") as err,
     ):
         scan_dataset(tmp_path, progress=False)
@@ -280,7 +280,7 @@ def test_valid_items_of_classes_absent_from_training_are_dropped(
     test = synthetic_index({"ghost": 1, "a": 1}, split="test").items
     items = pd.concat([train, valid, test], ignore_index=True)
     index = DatasetIndex(root=Path("/data"), layout="folders", items=items)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.classify.data"):
         df = assign_splits(index, config())
     assert "ghost" not in set(df["label"])
     assert df["split"].value_counts().to_dict() == {"train": 8, "valid": 4, "test": 1}

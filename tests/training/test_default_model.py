@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.modelcard import ModelCard, verified_weights_path
-from training.learner import load_exported
+from training.classify.learner import load_exported
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "models" / "default"

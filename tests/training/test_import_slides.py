@@ -39,11 +39,11 @@ from records.store import (
 from tests.conftest import tiny_config
 from tests.synthetic import make_smear
 from training.__main__ import main
-from training.data import assign_splits, scan_dataset
+from training.classify.data import assign_splits, scan_dataset
 from training.datasets import slides as slides_module
 from training.datasets.slides import MANIFEST_COLUMNS, import_slides
+from training.datasets.split import SPLITS
 from training.errors import DataError
-from training.split import SPLITS
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["normal", "spherocyte", "target_cell"]
@@ -196,7 +196,7 @@ def test_reviewed_cells_become_a_training_set(database: dict[str, Any], tmp_path
     assert set(items["split"]) <= set(SPLITS) and (items["split"] == "train").any()
     import torch
 
-    from training.data import build_dataloaders
+    from training.classify.data import build_dataloaders
 
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     dls = build_dataloaders(items, cfg, mean, std, torch.device("cpu"))
@@ -350,7 +350,7 @@ def test_database_errors_exit_2_with_one_line(
 def test_the_imported_set_trains_a_model(database: dict[str, Any], tmp_path: Path) -> None:
     """End to end on tiny data: reviewed slides -> import-slides -> a trained, exported model
     whose classes are the reviewed labels (the tiny config of tests/conftest.py, one epoch)."""
-    from training.train import train
+    from training.classify.engine import train
 
     out = tmp_path / "set"
     done = _run("--database", database["url"], "--out", str(out), "--all")

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from training.metrics import classification_metrics, confusion_matrix, most_confused
+from training.classify.evaluate import classification_metrics, confusion_matrix, most_confused
 
 CLASSES = ["normal", "spherocyte", "target cell", "teardrop"]
 

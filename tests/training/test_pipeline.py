@@ -14,12 +14,11 @@ import yaml
 
 from core.modelcard import ModelCard, ModelFileError
 from tests.conftest import tiny_config
-from training.config import load_config
+from training.classify.config import load_config
+from training.classify.evaluate import classification_metrics, predict
+from training.classify.export import ExportError, _check_same_predictions, publish_run
+from training.classify.learner import load_exported
 from training.errors import ConfigError
-from training.export import ExportError, _check_same_predictions, publish_run
-from training.interpret import predict
-from training.learner import load_exported
-from training.metrics import classification_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +133,7 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
 def test_fine_tune_from_a_feature_extraction_run(
     trained_run: Path, imported: Path, tmp_path: Path
 ) -> None:
-    from training.train import train
+    from training.classify.engine import train
 
     cfg = tiny_config(imported, tmp_path, method="fine-tune", init_from=str(trained_run))
     run = train(cfg, progress=False)
@@ -149,7 +148,7 @@ def test_fine_tune_from_a_feature_extraction_run(
 def test_init_from_must_match_architecture(
     trained_run: Path, imported: Path, tmp_path: Path
 ) -> None:
-    from training.train import train
+    from training.classify.engine import train
 
     cfg = tiny_config(
         imported, tmp_path, method="fine-tune", arch="resnet34", init_from=str(trained_run)
@@ -160,7 +159,7 @@ def test_init_from_must_match_architecture(
 
 
 def test_resnet50_trains_and_exports(imported: Path, tmp_path: Path) -> None:
-    from training.train import train
+    from training.classify.engine import train
 
     cfg = tiny_config(imported, tmp_path, arch="resnet50", max_per_class=6, top_losses=2)
     run = train(cfg, progress=False)
@@ -170,7 +169,7 @@ def test_resnet50_trains_and_exports(imported: Path, tmp_path: Path) -> None:
 
 
 def test_runs_never_overwrite_each_other(imported: Path, tmp_path: Path) -> None:
-    from training.train import new_run_dir
+    from training.classify.engine import new_run_dir
 
     first = new_run_dir(tmp_path, "same")
     second = new_run_dir(tmp_path, "same")
@@ -193,7 +192,7 @@ def test_publish_copies_verified_model_and_report(trained_run: Path, tmp_path: P
 
 
 def test_feature_extraction_on_cached_features(imported: Path, tmp_path: Path) -> None:
-    from training.train import train
+    from training.classify.engine import train
 
     cfg = tiny_config(imported, tmp_path, cache_features=True, cache_views=2, epochs=2)
     run = train(cfg, progress=False)
@@ -207,7 +206,7 @@ def test_feature_extraction_on_cached_features(imported: Path, tmp_path: Path) -
 
 
 def test_class_weights_favour_rare_classes_and_keep_the_loss_scale() -> None:
-    from training.train import class_weights
+    from training.classify.engine import class_weights
 
     labels = pd.Series(["a"] * 90 + ["b"] * 10)
     assert class_weights(load_config(None, {"data": "x"}), ["a", "b"], labels) is None
@@ -221,7 +220,7 @@ def test_class_weights_favour_rare_classes_and_keep_the_loss_scale() -> None:
 
 
 def test_fine_tuning_with_class_weights_and_label_smoothing(imported: Path, tmp_path: Path) -> None:
-    from training.train import train
+    from training.classify.engine import train
 
     cfg = tiny_config(
         imported,

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from training.split import SPLITS, grouped_split, validate_fractions
+from training.datasets.split import SPLITS, grouped_split, validate_fractions
 
 
 def random_groups(seed: int, n_groups: int = 300) -> dict[str, dict[str, int]]:

@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
+from training.datasets.split import SPLITS, grouped_split, validate_fractions
 from training.errors import DataError
-from training.split import SPLITS, grouped_split, validate_fractions
 
 CHULA_CLASSES: dict[int, str] = {
     0: "normal",

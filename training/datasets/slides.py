@@ -33,8 +33,8 @@ from core.imageio import ImageError, decode_image
 from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL, SmearError, scale_factor
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from training.datasets.chula import check_output
+from training.datasets.split import SPLITS, grouped_split, validate_fractions
 from training.errors import DataError
-from training.split import SPLITS, grouped_split, validate_fractions
 
 ENV_URL = "RBC_DATABASE_URL"
 ENV_DATA_DIR = "RBC_DATA_DIR"

@@ -27,8 +27,8 @@ from core.modelcard import (
     ModelCard,
     sha256_file,
 )
+from training.classify.learner import load_exported
 from training.errors import TrainingError
-from training.learner import load_exported
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
 
@@ -114,10 +114,14 @@ def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
 def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict[str, Any]]:
     """Metrics of the valid and test splits of the data the card was trained on, averaging
     `tta_views` test-time views. Refuses data that is not byte for byte the training data."""
-    from training.config import TrainConfig
-    from training.data import assign_splits, fingerprint, scan_dataset
-    from training.interpret import predict
-    from training.metrics import classification_metrics, confusion_matrix, most_confused
+    from training.classify.config import TrainConfig
+    from training.classify.data import assign_splits, fingerprint, scan_dataset
+    from training.classify.evaluate import (
+        classification_metrics,
+        confusion_matrix,
+        most_confused,
+        predict,
+    )
 
     view_indices(tta_views)
     root = Path(str(card.dataset.get("source", "")))
@@ -154,7 +158,7 @@ def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict
 
 def views_section(tta_views: int, results: list[dict[str, Any]]) -> str:
     """The report's section on the published model's figures with test-time views."""
-    from training.interpret import confused_pairs, split_figures
+    from training.classify.interpret import confused_pairs, split_figures
 
     lines = [
         "",

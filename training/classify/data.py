@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from training.config import TrainConfig
+from training.classify.config import TrainConfig
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -198,41 +198,6 @@ def fingerprint(df: pd.DataFrame, root: Path) -> str:
     return digest.hexdigest()
 
 
-def batch_transforms(cfg: TrainConfig, mean: list[float], std: list[float]) -> list[Any]:
-    from fastai.vision.all import Hue, Normalize, Saturation, aug_transforms
-
-    aug = cfg.augment
-    extra: list[Any] = []
-    if aug.max_hue > 0:
-        extra.append(Hue(max_hue=aug.max_hue, p=aug.p_lighting))
-    if aug.max_saturation > 0:
-        extra.append(Saturation(max_lighting=aug.max_saturation, p=aug.p_lighting))
-    tfms = aug_transforms(
-        do_flip=True,
-        flip_vert=aug.flip_vert,
-        max_rotate=aug.max_rotate,
-        max_zoom=aug.max_zoom,
-        max_lighting=aug.max_lighting,
-        max_warp=aug.max_warp,
-        p_affine=aug.p_affine,
-        p_lighting=aug.p_lighting,
-        xtra_tfms=extra or None,
-    )
-    return [*tfms, Normalize.from_stats(mean, std)]
-
-
-def item_transforms(cfg: TrainConfig) -> list[Any]:
-    from fastai.vision.all import PadMode, Resize, ResizeMethod
-
-    # Pad, not crop or squish: a cell's shape is what several classes are about.
-    resize = Resize(cfg.input_size, method=ResizeMethod.Pad, pad_mode=PadMode.Border)
-    if cfg.augment.stain or cfg.augment.degrade:
-        from training.labshift import LabShift  # fastai at import: only when training
-
-        return [LabShift(cfg.augment.stain, cfg.augment.degrade), resize]
-    return [resize]
-
-
 def build_dataloaders(
     df: pd.DataFrame, cfg: TrainConfig, mean: list[float], std: list[float], device: Any
 ) -> Any:
@@ -244,6 +209,9 @@ def build_dataloaders(
         DataBlock,
         ImageBlock,
     )
+
+    # fastai at import: only when training.
+    from training.classify.transforms import batch_transforms, item_transforms
 
     usable = df[df["split"].isin(["train", "valid"])].assign(
         is_valid=lambda d: d["split"] == "valid"

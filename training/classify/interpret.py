@@ -15,23 +15,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from core.classify.gradcam import grad_cam, overlay
-from core.classify.tta import tta_probabilities
-from training.metrics import classification_metrics, confusion_matrix, most_confused
-
-
-@dataclass
-class Predictions:
-    probs: np.ndarray  # (N, C)
-    targets: np.ndarray  # (N,)
-    losses: np.ndarray  # (N,)
-    items: pd.DataFrame  # path, label, ...
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
+from training.classify.evaluate import (
+    Predictions,
+    classification_metrics,
+    confusion_matrix,
+    most_confused,
+)
 
 
 @dataclass
@@ -51,30 +42,6 @@ class History:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.epochs)
-
-
-def predict(learn: Any, items: pd.DataFrame, tta_views: int = 1) -> Predictions:
-    """Probabilities and per-item losses for labelled items, without random augmentation;
-    averaged over `tta_views` test-time views (core/classify/tta.py), as the service does.
-
-    With one view the losses are the training loss (class weights included); with more, the
-    cross-entropy of the averaged probabilities."""
-    dl = learn.dls.test_dl(items, with_labels=True)
-    if tta_views == 1:
-        with learn.no_bar():
-            probs, targets, losses = learn.get_preds(dl=dl, with_loss=True)
-    else:
-        model = learn.model.eval()
-        chunks, labels = [], []
-        with torch.inference_mode():
-            for xb, yb in dl:
-                # Plain tensors: fastai's TensorImage / TensorCategory types refuse nll_loss.
-                x = xb.as_subclass(torch.Tensor)
-                chunks.append(tta_probabilities(model, x, tta_views).cpu())
-                labels.append(yb.as_subclass(torch.Tensor).cpu())
-        probs, targets = torch.cat(chunks), torch.cat(labels)
-        losses = F.nll_loss(probs.clamp_min(1e-12).log(), targets, reduction="none")
-    return Predictions(probs.numpy(), targets.numpy(), losses.numpy(), items.reset_index(drop=True))
 
 
 def plot_loss_curves(history: History, path: Path) -> None:
