@@ -131,6 +131,16 @@ class Store:
             yield session
 
     @contextmanager
+    def _snapshot(self) -> Iterator[Session]:
+        """One read transaction whose queries all see the same state: on PostgreSQL at
+        REPEATABLE READ (its default, READ COMMITTED, gives each query its own snapshot); a
+        SQLite read transaction (WAL) holds its snapshot from its first query to its end."""
+        with self._reads() as session:
+            if self.dialect == "postgresql":
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+
+    @contextmanager
     def _write(self) -> Iterator[Session]:
         """One write transaction: committed when the block ends, rolled back on any exception."""
         with self._writes() as session, session.begin():

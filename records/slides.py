@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    case,
     delete,
     func,
     insert,
@@ -49,6 +48,7 @@ from records.steps import (
     _acting,
     _audit,
     _cell_record,
+    _cell_rows,
     _field_records,
     _slide_exists,
     _slide_record,
@@ -373,19 +373,10 @@ def list_cells(
         where.append(c.reviewed_at.is_not(None) if reviewed else c.reviewed_at.is_(None))
     if field_id is not None:
         where.append(c.field_id == field_id)
-    reviewer = aliased(db.User)
-    with store._read() as session:
+    with store._snapshot() as session:
         _slide_exists(session, slide_id)
         total = int(session.scalar(select(func.count(c.id)).where(*where)) or 0)
-        rows = session.execute(
-            select(c, reviewer.name)
-            .outerjoin(reviewer, reviewer.id == c.reviewed_by)
-            .where(*where)
-            .order_by(case((c.confidence.is_(None), 1), else_=0), c.confidence, c.id)
-            .offset(offset)
-            .limit(limit)
-        ).all()
-        return [_cell_record(cell, name) for cell, name in rows], total
+        return _cell_rows(session, *where, offset=offset, limit=limit), total
 
 
 def get_cell(store: Store, slide_id: int, cell_id: int) -> CellRecord:

@@ -11,6 +11,7 @@ from typing import Any, Final
 from sqlalchemy import (
     ColumnElement,
     and_,
+    case,
     func,
     insert,
     select,
@@ -229,6 +230,24 @@ def _cell_record(c: db.Cell, reviewer: str | None) -> CellRecord:
         reviewed_at=c.reviewed_at,
         version=c.version,
     )
+
+
+def _cell_rows(
+    session: Session, *where: ColumnElement[bool], offset: int = 0, limit: int | None = None
+) -> list[CellRecord]:
+    """Cells, least confident first (then by id; no confidence last), with their reviewer."""
+    reviewer = aliased(db.User)
+    c = db.Cell
+    query = (
+        select(c, reviewer.name)
+        .outerjoin(reviewer, reviewer.id == c.reviewed_by)
+        .where(*where)
+        .order_by(case((c.confidence.is_(None), 1), else_=0), c.confidence, c.id)
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [_cell_record(cell, name) for cell, name in session.execute(query).all()]
 
 
 def _slide_exists(session: Session, slide_id: int) -> None:

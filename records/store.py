@@ -2,8 +2,9 @@
 
 The one import point of the records' functions (`from records.store import ...`): they live, one
 concern a module, in database.py (engine, upgrade, transactions, backups), entities.py (what
-they return and take), users.py, slides.py (the slide aggregate), counts.py, audit.py and
-export.py, on validation.py and steps.py (what every write shares).
+they return and take), users.py, slides.py (the slide aggregate), counts.py, audit.py,
+export.py and views.py (what a slide's views read, each in one transaction, and the grading
+warnings), on validation.py and steps.py (what every write shares).
 
 Plain functions over a `Store` (an engine plus the Alembic upgrade). Each function is one
 transaction and returns frozen dataclasses or plain dicts, never ORM objects.
@@ -88,11 +89,22 @@ from records.users import (
 from records.validation import (
     MAX_PAGE,
 )
+from records.views import (
+    MIN_CELLS_FOR_GRADING,
+    MIN_CELLS_FOR_SCHISTOCYTES,
+    SlideView,
+    field_cells,
+    grading_warnings,
+    slide_sheet,
+    slide_view,
+)
 
 __all__ = [
     "ADMINS",
     "MAX_PAGE",
     "MIGRATIONS_DIR",
+    "MIN_CELLS_FOR_GRADING",
+    "MIN_CELLS_FOR_SCHISTOCYTES",
     "PG_CONNECT_TIMEOUT_S",
     "SQLITE_BUSY_TIMEOUT_MS",
     "UNSET",
@@ -106,6 +118,7 @@ __all__ = [
     "FieldRecord",
     "SlideDetail",
     "SlideRecord",
+    "SlideView",
     "Store",
     "User",
     "add_field",
@@ -117,10 +130,12 @@ __all__ = [
     "create_user",
     "default_url",
     "delete_slide",
+    "field_cells",
     "field_image",
     "find_user",
     "get_cell",
     "get_slide",
+    "grading_warnings",
     "list_cells",
     "list_slides",
     "list_users",
@@ -132,6 +147,8 @@ __all__ = [
     "set_user_active",
     "sign_off",
     "slide_counts",
+    "slide_sheet",
+    "slide_view",
     "slides_created_before",
     "update_slide",
 ]

@@ -1,24 +1,21 @@
 """The slides API: the fields of one sample kept in the records database (records/), analysed as
 they arrive, reviewed cell by cell, signed off and reported (docs/slides.md).
 
-Who acts is decided before a route runs, from the headers (app.middleware.SlidesGate, with
+Who acts is decided before a route runs, from the headers (app.middleware.IdentityGate, with
 app/records_slot.py): the routes take the user from the request's state. Every write is one
 transaction of the records store, which re-reads the user's role, refuses a signed-off slide and
 checks versions inside it; its errors carry their HTTP status (records/errors.py, mapped in
-app/errors.py). Reads that combine several queries (a slide with its counts, the CSV, the
-report) are repeated when the slide's version moved under them, so that they show one state.
-"""
+app/errors.py). What a view shows (a slide with its counts and warnings, the CSV, the report)
+is read in one transaction that sees one state of the slide (records/views.py); the routes only
+translate records into answers."""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse
@@ -64,30 +61,32 @@ from app.schemas import (
     SlideIn,
     SlideList,
     SlideOut,
-    SmearGrading,
-    SmearScale,
     WeightsRef,
 )
+from app.sheets import csv_text, sheet_text
 from core.classify.predictor import Predictor, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import read_bounded
-from core.smear.analysis import SmearResult
+from core.smear.analysis import AnalysedField
 from core.smear.grading import GRADING_SOURCE, scales_for
+from core.smear.result import FieldResult, SmearGrading
 from records.errors import NotFound, SlideDeleted, SlideSignedOff
 from records.store import (
+    MIN_CELLS_FOR_GRADING,
     AuditEntry,
-    CellInput,
     CellRecord,
     FieldInput,
     FieldRecord,
     SlideDetail,
     SlideRecord,
+    SlideView,
     Store,
     User,
     add_field,
     audit_trail,
     create_slide,
     delete_slide,
+    field_cells,
     field_image,
     get_slide,
     list_cells,
@@ -96,22 +95,16 @@ from records.store import (
     reopen,
     review_cell,
     sign_off,
-    slide_counts,
+    slide_sheet,
+    slide_view,
 )
 
 log = logging.getLogger(__name__)
 
-# Grades are read as grades from this many counted red cells (docs/slides.md, "How many
-# cells"): at 500 cells the 95 % interval of a 11 % share is about +-2.7 points, narrower than a
-# grade's band; at 100 cells it is +-6 points, most of the 1+ band. ICSH asks for 1,000 cells for
-# schistocytes.
-MIN_CELLS_FOR_GRADING = 500
-MIN_CELLS_FOR_SCHISTOCYTES = 1000
 SUPPORT_STATEMENT = (
     "A support tool, not a diagnosis: every class is a proposal for a qualified person to confirm."
 )
 PAGE = 1000  # the store's largest page
-CONSISTENT_READ_TRIES = 5
 REPORT_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
@@ -122,7 +115,6 @@ CSV_COLUMNS = (
     "at_border", "counted", "proposed_class", "final_class", "class", "confidence",
     "needs_review", "reviewed_by", "reviewed_at", "version",
 )  # fmt: skip
-KIND_ORDER = {"red_cell": 0, "white_cell": 1, "platelet": 2}
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "a malformed request (missing or invalid field)"},
@@ -211,7 +203,6 @@ def _slide_out(slide: SlideRecord) -> SlideOut:
 
 
 def _field_out(f: FieldRecord) -> FieldOut:
-    notes = f.summary.get("notes", [])
     return FieldOut(
         id=f.id,
         ordinal=f.ordinal,
@@ -223,8 +214,8 @@ def _field_out(f: FieldRecord) -> FieldOut:
         microns_per_pixel=f.microns_per_pixel,
         scale_estimated=f.scale_estimated,
         cells=f.cell_count,
-        cells_counted=int(f.summary.get("cells_counted", 0)),
-        notes=[str(n) for n in notes] if isinstance(notes, list) else [],
+        cells_counted=f.cells_counted,
+        notes=f.notes,
         models=FieldModels(
             classifier=WeightsRef(name=f.classifier_name, weights_sha256=f.classifier_sha256),
             detector=WeightsRef(name=f.detector_name, weights_sha256=f.detector_sha256),
@@ -257,65 +248,8 @@ def _cell_out(c: CellRecord) -> SlideCellOut:
     )
 
 
-def grading_warnings(counts: dict[str, Any], fields: tuple[FieldRecord, ...]) -> list[str]:
-    """What a reader of a slide's figures must know, in plain words."""
-    n = int(counts["cells_counted"])
-    warnings: list[str] = []
-    if n == 0:
-        warnings.append("no red cells counted yet: add the slide's fields")
-    elif n < MIN_CELLS_FOR_GRADING:
-        warnings.append(
-            f"grades rest on {n} red cells; at least {MIN_CELLS_FOR_GRADING} are needed "
-            "(ICSH grading wants several hundred to 1,000): add fields"
-        )
-    if 0 < n < MIN_CELLS_FOR_SCHISTOCYTES and "schistocyte" in counts["grades"]:
-        warnings.append(
-            f"the schistocyte grade rests on {n} red cells; ICSH asks for at least "
-            f"{MIN_CELLS_FOR_SCHISTOCYTES:,}"
-        )
-    remaining = int(counts["needs_review_remaining"])
-    if remaining:
-        warnings.append(f"{remaining} cells flagged for review have not been reviewed")
-    unfamiliar = [
-        str(f.ordinal) for f in fields if (f.summary.get("familiarity") or {}).get("unfamiliar")
-    ]
-    if unfamiliar:
-        warnings.append(
-            f"field{'s' if len(unfamiliar) > 1 else ''} {', '.join(unfamiliar)}: unlike the "
-            "images the model learnt from (another stain, camera or preparation); review every "
-            "cell of it"
-        )
-    estimated = [str(f.ordinal) for f in fields if f.scale_estimated]
-    if estimated:
-        warnings.append(
-            f"field{'s' if len(estimated) > 1 else ''} {', '.join(estimated)}: the scale was "
-            "estimated from the field's own red cells, so size classes (macrocyte, microcyte) "
-            "are relative to them; give the slide's microns_per_pixel"
-        )
-    return warnings
-
-
-_T = TypeVar("_T")
-
-
-def _consistent(store: Store, slide_id: int, read: Callable[[], _T]) -> tuple[SlideDetail, _T]:
-    """The slide and `read()` as of one version of the slide: read again while the slide's
-    version moves under the reads (every change to a slide or its cells bumps it)."""
-    for _ in range(CONSISTENT_READ_TRIES):
-        before = get_slide(store, slide_id)
-        value = read()
-        after = get_slide(store, slide_id)
-        if after.version == before.version:
-            return after, value
-    log.warning("slide %d kept changing while it was read; answering with the last read", slide_id)
-    return after, value
-
-
-def _detail(store: Store, slide_id: int) -> tuple[SlideDetail, dict[str, Any]]:
-    return _consistent(store, slide_id, lambda: slide_counts(store, slide_id))
-
-
-def _detail_out(slide: SlideDetail, counts: dict[str, Any]) -> SlideDetailOut:
+def _detail_out(view: SlideView) -> SlideDetailOut:
+    slide, counts = view.slide, view.counts
     return SlideDetailOut(
         **_slide_out(slide).model_dump(),
         classes=counts["classes"],
@@ -325,7 +259,7 @@ def _detail_out(slide: SlideDetail, counts: dict[str, Any]) -> SlideDetailOut:
         grading=SmearGrading(source=GRADING_SOURCE, scales=scales_for(list(counts["classes"]))),
         cells_counted=counts["cells_counted"],
         min_cells_for_grading=MIN_CELLS_FOR_GRADING,
-        warnings=grading_warnings(counts, slide.fields),
+        warnings=view.warnings,
         red_cells=counts["red_cells"],
         white_cells=counts["white_cells"],
         platelets=counts["platelets"],
@@ -334,23 +268,6 @@ def _detail_out(slide: SlideDetail, counts: dict[str, Any]) -> SlideDetailOut:
         needs_review_remaining=counts["needs_review_remaining"],
         fields=[_field_out(f) for f in slide.fields],
     )
-
-
-def _every_cell(
-    store: Store, slide_id: int, kind: str, field_id: int | None = None
-) -> list[CellRecord]:
-    cells: list[CellRecord] = []
-    while True:
-        page, total = list_cells(
-            store, slide_id, kind=kind, offset=len(cells), limit=PAGE, field_id=field_id
-        )
-        cells += page
-        if not page or len(cells) >= total:
-            return cells
-
-
-def _all_kinds(store: Store, slide_id: int) -> list[CellRecord]:
-    return [c for kind in KIND_ORDER for c in _every_cell(store, slide_id, kind)]
 
 
 # --- slides ---------------------------------------------------------------------------------
@@ -388,8 +305,7 @@ def slide(slide_id: SlideId, _user: UserDep, store: StoreDep) -> SlideDetailOut:
     cells by their current class (reviewed, else proposed), the number of cells the grades rest
     on with a warning when it is too few, white cells and platelets, the fields with the models
     (and their weights' sha256) that analysed each, status, version and sign-off."""
-    detail, counts = _detail(store, slide_id)
-    return _detail_out(detail, counts)
+    return _detail_out(slide_view(store, slide_id))
 
 
 @router.delete("/{slide_id}", status_code=204, response_class=Response, responses=DELETED_LINKS)
@@ -420,15 +336,6 @@ def _filename(upload: UploadFile, media_type: str) -> str:
     return name[-255:]
 
 
-def _plain(value: Any) -> Any:
-    """JSON-plain (numpy scalars become Python numbers)."""
-
-    def scalar(o: Any) -> Any:
-        return o.item() if hasattr(o, "item") else str(o)
-
-    return json.loads(json.dumps(value, default=scalar))
-
-
 def _analyse(
     upload: UploadFile,
     predictor: Predictor,
@@ -436,80 +343,38 @@ def _analyse(
     settings: Settings,
     microns_per_pixel: float | None,
     check: StopCheck,
-) -> tuple[bytes, str, SmearResult]:
+) -> tuple[bytes, str, AnalysedField]:
     """Read and analyse one field exactly as POST /analyze/smear does (same limits, same
     refusals); the bytes are kept to be stored."""
     name = f"'{upload.filename}'" if upload.filename else "the file"
     data = read_bounded(upload.file, settings.max_upload_bytes, name)
     with smear_errors():
         image = read_field(io.BytesIO(data), name, settings, microns_per_pixel)
-        result = analyze_field(image, predictor, detector, settings, microns_per_pixel, check=check)
-    return data, _media_type(data), result
+        analysed = analyze_field(
+            image, predictor, detector, settings, microns_per_pixel, check=check
+        )
+    return data, _media_type(data), analysed
 
 
 def _field_input(
     upload: UploadFile,
     data: bytes,
     media_type: str,
-    result: SmearResult,
+    result: FieldResult,
     predictor: Predictor,
     detector: CellDetector | None,
 ) -> FieldInput:
     card = predictor.card
     assert card.state_sha256, "the predictor loads verified state files only"
-    cells = [
-        CellInput(
-            kind="red_cell",
-            x=float(c.x),
-            y=float(c.y),
-            box=(int(c.box[0]), int(c.box[1]), int(c.box[2]), int(c.box[3])),
-            at_border=bool(c.at_border),
-            counted=bool(c.counted),
-            label=c.label,
-            confidence=float(c.confidence),
-            probabilities={k: float(v) for k, v in c.probabilities.items()},
-            needs_review=bool(c.needs_review),
-        )
-        for c in result.cells
-    ]
-    cells += [
-        CellInput(
-            kind=o.kind,
-            x=float(o.x),
-            y=float(o.y),
-            box=(int(o.box[0]), int(o.box[1]), int(o.box[2]), int(o.box[3])),
-            at_border=bool(o.at_border),
-            counted=False,  # never in the red-cell counts
-            confidence=float(o.confidence),
-        )
-        for o in [*result.white_cells, *result.platelets]
-    ]
-    summary = result.summary()
-    kept = (
-        "scale", "detector", "cells_found", "cells_counted", "cells_at_border", "other_objects",
-        "white_cells_found", "platelets_found", "needs_review", "counts", "timings_ms", "notes",
-        "familiarity", "focus",
-    )  # fmt: skip
-    return FieldInput(
+    return FieldInput.analysed(
+        result,
         filename=_filename(upload, media_type),
         image=data,
         media_type=media_type,
-        width=int(result.width),
-        height=int(result.height),
         classifier_name=card.name,
         classifier_sha256=card.state_sha256,
-        detector_name=result.detector,
         detector_sha256=detector_sha256(detector),
-        microns_per_pixel=result.microns_per_pixel,
-        scale_estimated=result.scale_estimated,
-        summary=_plain(
-            {
-                **{k: summary[k] for k in kept},
-                "review_threshold": predictor.review_threshold,
-                "tta_views": predictor.tta_views,
-            }
-        ),
-        cells=cells,
+        analysis={"review_threshold": predictor.review_threshold, "tta_views": predictor.tta_views},
     )
 
 
@@ -548,22 +413,20 @@ async def add_slide_field(
     slide_now = await run_in_threadpool(_open_slide, store, slide_id)  # before any work
     mpp = slide_now.microns_per_pixel
     async with gate.slot(GATE_WHAT["smear"]), stop_when_disconnected(request) as check:
-        data, media_type, result = await run_in_threadpool(
+        data, media_type, analysed = await run_in_threadpool(
             _analyse, file, predictor, detector, settings, mpp, check
         )
-    field_in = _field_input(file, data, media_type, result, predictor, detector)
+    field_in = _field_input(file, data, media_type, analysed.result, predictor, detector)
     del data
     record = await run_in_threadpool(add_field, store, user, slide_id, field_in)
-    red, white, platelets = await run_in_threadpool(
-        lambda: [_every_cell(store, slide_id, k, record.id) for k in KIND_ORDER]
-    )
+    cells = await run_in_threadpool(field_cells, store, slide_id, record.id)
     return FieldAddedOut(
         field=_field_out(record),
-        cells=[_cell_out(c) for c in red],
-        white_cells=[_cell_out(c) for c in white],
-        platelets=[_cell_out(c) for c in platelets],
-        scale=SmearScale(**result.summary()["scale"]),
-        overlay=png_data_url(result.overlay_png) if overlay else None,
+        cells=[_cell_out(c) for c in cells["red_cell"]],
+        white_cells=[_cell_out(c) for c in cells["white_cell"]],
+        platelets=[_cell_out(c) for c in cells["platelet"]],
+        scale=analysed.result.scale,
+        overlay=png_data_url(analysed.overlay_png) if overlay else None,
     )
 
 
@@ -693,13 +556,6 @@ def audit_of_any_slide(
 # --- exports --------------------------------------------------------------------------------
 
 
-def _sheet_text(value: str | None) -> str:
-    """Text that a spreadsheet will not run as a formula."""
-    if not value:
-        return ""
-    return "'" + value if value[0] in "=+-@\t\r" else value
-
-
 @router.get(
     "/{slide_id}/cells.csv",
     response_class=Response,
@@ -708,19 +564,16 @@ def _sheet_text(value: str | None) -> str:
 def cells_csv(slide_id: SlideId, _user: UserDep, store: StoreDep) -> Response:
     """Every cell of the slide (red cells, then white cells and platelets), field by field:
     position, proposed class, final class, confidence, who reviewed it and when."""
-    detail, every = _consistent(store, slide_id, lambda: _all_kinds(store, slide_id))
+    detail, every = slide_sheet(store, slide_id)
     fields = {f.id: f for f in detail.fields}
-    every.sort(key=lambda c: (fields[c.field_id].ordinal if c.field_id in fields else 0, c.id))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    rows = []
     for c in every:
         f = fields.get(c.field_id)
-        writer.writerow(
+        rows.append(
             [
                 f.ordinal if f else "",
                 c.field_id,
-                _sheet_text(f.filename if f else None),
+                sheet_text(f.filename if f else None),
                 c.id,
                 c.kind,
                 f"{c.x:.1f}",
@@ -733,13 +586,13 @@ def cells_csv(slide_id: SlideId, _user: UserDep, store: StoreDep) -> Response:
                 c.label or "",
                 "" if c.confidence is None else f"{c.confidence:.4f}",
                 c.needs_review,
-                _sheet_text(c.reviewed_by),
+                sheet_text(c.reviewed_by),
                 c.reviewed_at.isoformat() if c.reviewed_at else "",
                 c.version,
             ]
         )
     return Response(
-        out.getvalue(),
+        csv_text(CSV_COLUMNS, rows),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="slide-{slide_id}-cells.csv"'},
     )
@@ -764,7 +617,8 @@ def report(request: Request, slide_id: SlideId, _user: UserDep, store: StoreDep)
     """A printable HTML report of the slide: sample id, fields, cells counted, counts,
     percentages and grades, reviewer and sign-off time, models and their weights' sha256,
     and the support-tool statement. Everything typed by a user is escaped."""
-    detail, counts = _detail(store, slide_id)
+    view = slide_view(store, slide_id)
+    detail, counts = view.slide, view.counts
     rows = [
         {
             "label": label,
@@ -781,7 +635,7 @@ def report(request: Request, slide_id: SlideId, _user: UserDep, store: StoreDep)
             "slide": detail,
             "counts": counts,
             "rows": rows,
-            "warnings": grading_warnings(counts, detail.fields),
+            "warnings": view.warnings,
             "fields": [_field_out(f) for f in detail.fields],
             "models": _distinct_models(detail.fields),
             "grading_source": GRADING_SOURCE,

@@ -43,6 +43,7 @@ from records.errors import (
     StaleVersion,
 )
 from records.store import (
+    MIN_CELLS_FOR_GRADING,
     CellInput,
     FieldInput,
     Store,
@@ -55,9 +56,11 @@ from records.store import (
     create_user,
     default_url,
     delete_slide,
+    field_cells,
     field_image,
     get_cell,
     get_slide,
+    grading_warnings,
     list_cells,
     list_slides,
     list_users,
@@ -69,6 +72,8 @@ from records.store import (
     set_user_active,
     sign_off,
     slide_counts,
+    slide_sheet,
+    slide_view,
     update_slide,
 )
 
@@ -997,3 +1002,40 @@ def test_cli_default_url_and_module_entry(
     )
     assert done.returncode == 0, done.stderr
     assert env_db.is_file()
+
+
+# --- views: what a page shows, read at one state ------------------------------------------------
+
+
+def test_a_view_reads_one_state_of_the_slide(store: Store, reviewer: User) -> None:
+    """Every query of a view's transaction sees the same state: a review committed between two
+    of them is not half in the answer (PostgreSQL's default would show it to the second)."""
+    slide_id = slide_with_field(store, reviewer)
+    cell = red_cells(store, slide_id)[0]
+    with store._snapshot() as session:
+        before = session.scalar(text("SELECT version FROM slides WHERE id = :id"), {"id": slide_id})
+        review_cell(store, reviewer, slide_id, cell.id, cell.version, "spherocyte")
+        after = session.scalar(text("SELECT version FROM slides WHERE id = :id"), {"id": slide_id})
+        reviewed = session.scalar(
+            text("SELECT count(*) FROM cells WHERE slide_id = :id AND final_label IS NOT NULL"),
+            {"id": slide_id},
+        )
+    assert after == before and reviewed == 0
+    assert get_slide(store, slide_id).version == before + 1  # and it is there once read again
+
+
+def test_slide_view_sheet_and_field_cells(store: Store, reviewer: User) -> None:
+    slide_id = slide_with_field(store, reviewer)
+    view = slide_view(store, slide_id)
+    assert view.counts == slide_counts(store, slide_id)
+    assert view.slide == get_slide(store, slide_id)
+    assert view.warnings == grading_warnings(view.counts, view.slide.fields)
+    assert any(f"at least {MIN_CELLS_FOR_GRADING}" in w for w in view.warnings)
+    detail, cells = slide_sheet(store, slide_id)
+    assert [c.id for c in cells] == sorted(c.id for c in cells)  # one field: by id
+    assert {c.kind for c in cells} == {"red_cell", "white_cell", "platelet"}
+    by_kind = field_cells(store, slide_id, detail.fields[0].id)
+    assert sorted(c.id for k in by_kind for c in by_kind[k]) == [c.id for c in cells]
+    assert by_kind["red_cell"] == red_cells(store, slide_id)  # least confident first
+    with pytest.raises(NotFound):
+        slide_view(store, slide_id + 1000)
