@@ -32,7 +32,7 @@ from core.classify.calibration import (  # noqa: E402
     fit_temperature,
 )
 from core.classify.predictor import Predictor  # noqa: E402
-from training.calibrate import crop_outputs, model_crops  # noqa: E402
+from training.classify.calibrate import crop_outputs, model_crops  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ from core.classify.calibration import (  # noqa: E402
     FieldColours,
     field_colour_descriptor,
 )
-from training.calibrate import auroc  # noqa: E402
+from training.classify.calibrate import auroc  # noqa: E402
 
 SOURCES = ("bccd", "bcd", "raabin")
 NUMBERS = {"medians-6": 6, "with-share-7": 7, "all-13": 13}

@@ -30,7 +30,7 @@ from core.classify.calibration import Familiarity  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
 from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL  # noqa: E402
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour  # noqa: E402
-from training.calibrate import auroc  # noqa: E402
+from training.classify.calibrate import auroc  # noqa: E402
 from training.datasets.fields import derived_microns_per_pixel, read_yolo  # noqa: E402
 
 

@@ -90,7 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from training.calibrate import calibrate
+    from training.classify.calibrate import calibrate
 
     if not 0.5 <= args.target_accuracy < 1:
         raise TrainingError("--target-accuracy must be at least 0.5 and below 1")

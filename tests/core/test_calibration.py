@@ -191,7 +191,7 @@ def model_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def calibrated(
     model_copy: Path, imported: Path, chula_src: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, Any], list[str]]:
-    from training.calibrate import calibrate
+    from training.classify.calibrate import calibrate
 
     dest = tmp_path_factory.mktemp("calibrated") / "model"
     shutil.copytree(model_copy, dest)
