@@ -7,7 +7,7 @@ and measures:
   (one-to-one matching, closest pairs first);
 - interior precision: detected red cells not touching the image edge that match a label, on the
   smears whose labels cover the whole field (many Chula smears label only some cells; see
-  `label_coverage`);
+  `training.datasets.chula.label_coverage`);
 - per-smear percentage of each class, pipeline (counted cells) against labels, on those smears:
   the mean absolute difference per class in percentage points.
 """
@@ -26,26 +26,12 @@ from PIL import Image
 from core.smear.analysis import SmearError, analyze_smear
 from core.smear.counting import count_labels, percentages
 from core.smear.result import FieldResult
-from training.datasets.chula import CHULA_CLASSES
+from training.datasets.chula import FULL_COVERAGE, label_coverage, read_label_file
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
 MATCH_RADIUS_PX = 20  # about one cell radius: the label point lies inside the detected cell
-COVERAGE_RADIUS_PX = 30  # label points are approximate centres, often ~10 px off
-FULL_COVERAGE = 0.8
 COMMON_SHARE = 0.05  # "common" classes: at least 5 % of the evaluated labels
-
-
-def read_points(label_file: Path) -> list[tuple[int, int, str]]:
-    """Chula label points (x, y, class name); malformed lines are skipped."""
-    points = []
-    for line in label_file.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and all(p.lstrip("-").isdigit() for p in parts[:3]):
-            x, y, class_id = (int(p) for p in parts[:3])
-            if class_id in CHULA_CLASSES:
-                points.append((x, y, CHULA_CLASSES[class_id]))
-    return points
 
 
 def match_points(
@@ -68,30 +54,6 @@ def match_points(
             used_p.add(j)
             pairs.append((i, j))
     return pairs
-
-
-def label_coverage(rgb: np.ndarray, points: Sequence[tuple[float, float]]) -> float:
-    """Share of the cell-covered pixels within COVERAGE_RADIUS_PX of a label point: near 1 on a
-    smear whose every cell is labelled, low where only some cells (say, the abnormal ones) are.
-    "Cell-covered" is a plain Otsu cut of the green channel, fixed on purpose: the set of smears
-    that count as fully labelled must not move when the detector's settings do."""
-    from scipy import ndimage as ndi
-
-    from core.detect.classical import otsu_threshold
-
-    green = ndi.gaussian_filter(rgb[..., 1].astype(np.float32), 1.0)
-    foreground = green < otsu_threshold(green)
-    if not foreground.any():
-        return 0.0
-    height, width = foreground.shape[:2]
-    seeds = np.zeros((height, width), dtype=bool)
-    for x, y in points:
-        if 0 <= int(y) < height and 0 <= int(x) < width:
-            seeds[int(y), int(x)] = True
-    if not seeds.any():
-        return 0.0
-    near = ndi.distance_transform_edt(~seeds) <= COVERAGE_RADIUS_PX
-    return float((foreground & near).sum() / foreground.sum())
 
 
 def evaluate_smear(result: FieldResult, rgb: np.ndarray, points: list[Any]) -> dict[str, Any]:
@@ -166,7 +128,7 @@ def evaluate_smears(
         if not image_path.is_file() or not label_path.is_file():
             log.warning("smear %s: image or label file missing, skipped", stem)
             continue
-        points = read_points(label_path)
+        points = [(p.x, p.y, p.label) for p in read_label_file(label_path).points]
         if not points:
             continue
         with Image.open(image_path) as opened:

@@ -9,7 +9,8 @@ from core.detect.classical import NoCellsError, segment
 from core.smear.crop import crop_cell
 from core.smear.grading import GRADING_SCALES, grade, scales_for
 from tests.synthetic import make_smear
-from training.smear import label_coverage, match_points
+from training.datasets.chula import label_coverage
+from training.smear import match_points
 
 
 def near(points: list[tuple[int, int]], x: float, y: float, radius: float = 6) -> bool:

@@ -1,4 +1,5 @@
-"""Importer of the Chula RBC-12 layout: crops, manifest, report, errors, determinism."""
+"""The Chula RBC-12 layout: its label reader; the importer's crops, manifest, report, errors,
+determinism."""
 
 import json
 from pathlib import Path
@@ -12,10 +13,13 @@ from tests.synthetic import BORDER_CELL_X, make_chula_dir
 from training.datasets import chula
 from training.datasets.chula import (
     CHULA_CLASSES,
+    MALFORMED,
     MANIFEST_COLUMNS,
+    UNKNOWN_CLASS,
     crop_cell,
     import_chula,
     is_chula_layout,
+    read_label_file,
 )
 from training.datasets.split import SPLITS
 from training.errors import DataError
@@ -122,6 +126,26 @@ def test_malformed_lines_are_counted_and_good_lines_kept(src: Path, tmp_path: Pa
     assert "non-integer" in examples
     assert "got 2" in examples
     assert "2.txt:10" in report.summary()
+
+
+def test_one_label_reader_for_every_use(tmp_path: Path) -> None:
+    # The importer, the detector's fields and the smear evaluation all read labels through it.
+    label = tmp_path / "1.txt"
+    label.write_bytes(b"\xef\xbb\xbf10 12 3\n\n1 2\na b c\n5 5 99\n3 4 0 7\n-1 4 0\n")
+    read = read_label_file(label)
+    assert [(p.x, p.y, p.label, p.line) for p in read.points] == [
+        (10, 12, "spherocyte", 1),
+        (-1, 4, "normal", 7),  # inside the image or not: the caller, who has the image, says
+    ]
+    assert [(b.line, b.problem) for b in read.bad_lines] == [
+        (3, MALFORMED),
+        (4, MALFORMED),
+        (5, UNKNOWN_CLASS),
+        (6, MALFORMED),
+    ]
+    assert read.bad_lines[2].class_id == 99 and not read.empty
+    label.write_text("\n  \n")
+    assert read_label_file(label).empty
 
 
 def test_empty_label_files_and_images_without_labels(src: Path, tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Import the Chula RBC-12 layout (`Dataset/<n>.jpg`, `Label/<n>.txt`) into a folder-per-class
-crop set with a smear-grouped split.
+"""The Chula RBC-12 layout (`Dataset/<n>.jpg`, `Label/<n>.txt`): the one reader of its label files
+(`read_label_file`), how much of a smear its labels cover (`label_coverage`), and the import into
+a folder-per-class crop set with a smear-grouped split.
 
-Output: `out/<class_name>/<image_stem>_<x>_<y>.png`, `out/manifest.csv` (columns `path`, `label`,
-`split`, `source_image`, `x`, `y`, `border_fraction`) and `out/import_report.json`.
+Output of the import: `out/<class_name>/<image_stem>_<x>_<y>.png`, `out/manifest.csv` (columns
+`path`, `label`, `split`, `source_image`, `x`, `y`, `border_fraction`) and
+`out/import_report.json`.
 """
 
 import json
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
@@ -43,11 +46,78 @@ MANIFEST_COLUMNS = ["path", "label", "split", "source_image", "x", "y", "border_
 MAX_BAD_LINE_EXAMPLES = 10
 # Split name used when splits=False (evaluation sets).
 NO_SPLIT = "all"
+# What is wrong with a label line (`BadLine.problem`).
+MALFORMED = "malformed line"
+UNKNOWN_CLASS = "unknown class"
+COVERAGE_RADIUS_PX = 30  # label points are approximate centres, often ~10 px off
+FULL_COVERAGE = 0.8
 
 
 def is_chula_layout(path: Path) -> bool:
     """True if `path` has the `Dataset/` and `Label/` folders of the Chula RBC-12 layout."""
     return (path / "Dataset").is_dir() and (path / "Label").is_dir()
+
+
+@dataclass(frozen=True)
+class LabelPoint:
+    """One labelled cell: its centre in the image's pixels and its class id (in CHULA_CLASSES)."""
+
+    x: int
+    y: int
+    class_id: int
+    line: int  # 1-based line number in the label file
+
+    @property
+    def label(self) -> str:
+        return CHULA_CLASSES[self.class_id]
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A label line that gives no point: `problem` is MALFORMED or UNKNOWN_CLASS, `reason` says
+    what is wrong in words."""
+
+    line: int  # 1-based line number in the label file
+    text: str
+    problem: str
+    reason: str
+    class_id: int | None = None  # the unknown id, for UNKNOWN_CLASS
+
+
+@dataclass
+class LabelFile:
+    points: list[LabelPoint]
+    bad_lines: list[BadLine]
+    empty: bool  # nothing but white space
+
+
+def read_label_file(path: Path) -> LabelFile:
+    """Read a Chula label file: one cell a line, `x y class_id` (integers). Blank lines are
+    skipped; any other line that is not three integers with a known class id is a BadLine.
+    Whether a point lies inside its image is for the caller, who has the image."""
+    points: list[LabelPoint] = []
+    bad: list[BadLine] = []
+    # utf-8-sig drops a BOM; undecodable bytes become malformed lines instead of a crash.
+    text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            reason = f"expected 3 fields 'x y class_id', got {len(fields)}"
+            bad.append(BadLine(number, line, MALFORMED, reason))
+            continue
+        try:
+            x, y, class_id = (int(f) for f in fields)
+        except ValueError:
+            bad.append(BadLine(number, line, MALFORMED, f"non-integer value in {line.strip()!r}"))
+            continue
+        if class_id not in CHULA_CLASSES:
+            reason = f"unknown class id {class_id}"
+            bad.append(BadLine(number, line, UNKNOWN_CLASS, reason, class_id))
+            continue
+        points.append(LabelPoint(x, y, class_id, number))
+    return LabelFile(points, bad, empty=not text.strip())
 
 
 @dataclass
@@ -123,31 +193,28 @@ def _natural_key(path: Path) -> tuple[bool, int, str]:
     return (not stem.isdigit(), int(stem) if stem.isdigit() else 0, path.name)
 
 
-def _parse_label_file(path: Path, report: ImportReport) -> list[tuple[int, int, int, str]]:
-    """(x, y, class_id, "file:line") of each well-formed line; malformed lines are counted."""
-    rows = []
-    # utf-8-sig drops a BOM; undecodable bytes become malformed lines instead of a crash.
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    if not text.strip():
-        report.n_empty_label_files += 1
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path.name}:{number}"
-        if len(fields) != 3:
-            report.add_bad_line(where, f"expected 3 fields 'x y class_id', got {len(fields)}")
-            continue
-        try:
-            x, y, class_id = (int(f) for f in fields)
-        except ValueError:
-            report.add_bad_line(where, f"non-integer value in {line.strip()!r}")
-            continue
-        if class_id not in CHULA_CLASSES:
-            report.add_bad_line(where, f"unknown class id {class_id}")
-            continue
-        rows.append((x, y, class_id, where))
-    return rows
+def label_coverage(rgb: np.ndarray, points: Sequence[tuple[float, float]]) -> float:
+    """Share of the cell-covered pixels within COVERAGE_RADIUS_PX of a label point: near 1 on a
+    smear whose every cell is labelled, low where only some cells (say, the abnormal ones) are.
+    "Cell-covered" is a plain Otsu cut of the green channel, fixed on purpose: the set of smears
+    that count as fully labelled must not move when the detector's settings do."""
+    from scipy import ndimage as ndi
+
+    from core.detect.classical import otsu_threshold
+
+    green = ndi.gaussian_filter(rgb[..., 1].astype(np.float32), 1.0)
+    foreground = green < otsu_threshold(green)
+    if not foreground.any():
+        return 0.0
+    height, width = foreground.shape[:2]
+    seeds = np.zeros((height, width), dtype=bool)
+    for x, y in points:
+        if 0 <= int(y) < height and 0 <= int(x) < width:
+            seeds[int(y), int(x)] = True
+    if not seeds.any():
+        return 0.0
+    near = ndi.distance_transform_edt(~seeds) <= COVERAGE_RADIUS_PX
+    return float((foreground & near).sum() / foreground.sum())
 
 
 def check_output(out: Path, overwrite: bool, overwrite_hint: str = "overwrite=True") -> None:
@@ -287,8 +354,12 @@ def _write_crops(
     rows: list[dict[str, object]] = []
     stems = [stem for stem in images if stem in labels]
     for stem in tqdm(stems, desc="Importing smears", unit="image", disable=not progress):
-        parsed = _parse_label_file(labels[stem], report)
-        if not parsed:
+        label_file = read_label_file(labels[stem])
+        if label_file.empty:
+            report.n_empty_label_files += 1
+        for bad in label_file.bad_lines:
+            report.add_bad_line(f"{labels[stem].name}:{bad.line}", bad.reason)
+        if not label_file.points:
             continue
         try:
             with Image.open(images[stem]) as opened:
@@ -301,7 +372,9 @@ def _write_crops(
         fill = median_colour(image)
         seen: set[tuple[int, int]] = set()
         used = False
-        for x, y, class_id, where in parsed:
+        for point in label_file.points:
+            x, y, class_id = point.x, point.y, point.class_id
+            where = f"{labels[stem].name}:{point.line}"
             if not (0 <= x < width and 0 <= y < height):
                 report.add_bad_line(where, f"point ({x}, {y}) outside the {width}x{height} image")
                 continue

@@ -6,8 +6,9 @@ its objects, each a red cell, white cell or platelet with a box or a point):
   object `class xc yc w h` normalised to 0..1; class names from `data.yaml` or `classes.txt`;
   an optional `sources.csv` with columns image, source);
 - `read_coco(json_file, images_dir)`: COCO detection JSON (`bbox` = x, y, w, h in pixels);
-- `read_chula_points(root)`: Chula RBC-12's red-cell centres (`Label/<n>.txt`, `x y class_id`),
-  with the morphology class kept and `complete` set on the smears whose labels cover the field.
+- `read_chula_points(root)`: Chula RBC-12's red-cell centres (`Label/<n>.txt`, `x y class_id`,
+  read by training.datasets.chula.read_label_file), with the morphology class kept and
+  `complete` set on the smears whose labels cover the field.
 
 Whatever cannot be used is counted in the `FieldReport` (malformed lines, unknown classes, boxes
 outside the image or clipped to it, missing and unreadable images, empty label files) and never
@@ -340,10 +341,15 @@ def read_chula_points(
     progress: bool = True,
 ) -> FieldReport:
     """Chula RBC-12 smears as fields of red-cell points with their morphology class; `complete`
-    where the labels cover the field (training.smear.label_coverage), split from `split_of`
-    (stem -> split; default "all")."""
-    from training.datasets.chula import CHULA_CLASSES, is_chula_layout
-    from training.smear import FULL_COVERAGE, label_coverage
+    where the labels cover the field (training.datasets.chula.label_coverage), split from
+    `split_of` (stem -> split; default "all")."""
+    from training.datasets.chula import (
+        FULL_COVERAGE,
+        UNKNOWN_CLASS,
+        is_chula_layout,
+        label_coverage,
+        read_label_file,
+    )
 
     root = Path(root)
     if not is_chula_layout(root):
@@ -361,24 +367,19 @@ def read_chula_points(
         if size is None:
             continue
         width, height = size
+        label_file = read_label_file(label_path)
+        for bad in label_file.bad_lines:
+            if bad.problem == UNKNOWN_CLASS:
+                report.note(bad.problem, f"{stem}.txt:{bad.line} class {bad.class_id}")
+            else:
+                report.note(bad.problem, f"{stem}.txt:{bad.line} {bad.text[:60]!r}")
         objects = []
-        for number, line in enumerate(label_path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            try:
-                x, y, class_id = int(parts[0]), int(parts[1]), int(parts[2])
-            except (ValueError, IndexError):
-                report.note("malformed line", f"{stem}.txt:{number} {line[:60]!r}")
-                continue
-            if class_id not in CHULA_CLASSES:
-                report.note("unknown class", f"{stem}.txt:{number} class {class_id}")
-                continue
-            if not (0 <= x < width and 0 <= y < height):
-                report.note("point outside the image", f"{stem}.txt:{number}")
+        for point in label_file.points:
+            if not (0 <= point.x < width and 0 <= point.y < height):
+                report.note("point outside the image", f"{stem}.txt:{point.line}")
                 continue
             objects.append(
-                FieldObject("red_cell", float(x), float(y), label=CHULA_CLASSES[class_id])
+                FieldObject("red_cell", float(point.x), float(point.y), label=point.label)
             )
         if not objects:
             report.note("empty label file", stem)
