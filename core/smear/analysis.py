@@ -343,60 +343,17 @@ def analyze_smear(
     if detector is None:
         detector = ClassicalDetector(params)
     check_working_size(image.size, microns_per_pixel, max_working_pixels)
-    rgb = np.asarray(image)
-    try:
-        field_contrast(rgb)  # blank, saturated or uniform: one clear error for every detector
-        found = detector.detect(rgb, microns_per_pixel)
-    except NoCellsError as exc:
-        raise SmearError(str(exc)) from exc
+    found = _detect(image, detector, microns_per_pixel)
     detected = time.perf_counter()
     if check is not None:
         check()
-
     notes = detection_notes(found)
-    # An estimated scale may make the working image larger than the check above allowed.
-    work_size = check_working_size(image.size, found.microns_per_pixel, max_working_pixels)
-    factor = scale_factor(found.microns_per_pixel)
     red = found.of_kind("red_cell")
     check_cell_budget(len(red), max_cells)
-    work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
-    fill = median_colour(work)
-    crops = [
-        crop_cell(work, round(d.x * factor), round(d.y * factor), window, fill)[0] for d in red
-    ]
-    predictions = classifier.predict(crops, check=check)
+    cells, crops = _classify(image, red, found, classifier, window, max_working_pixels, check)
     classified = time.perf_counter()
-
-    width, height = image.size
-    cells = [
-        FieldCell(
-            id=k + 1,
-            x=d.x,
-            y=d.y,
-            box=_pixel_box(d.box, width, height),
-            at_border=d.at_border,
-            counted=not d.at_border,
-            label=p.label,
-            confidence=p.confidence,
-            probabilities=p.probabilities,
-            needs_review=p.needs_review,
-            familiarity=getattr(p, "familiarity", None),
-        )
-        for k, (d, p) in enumerate(zip(red, predictions, strict=True))
-    ]
     others = [o for o in found.objects if o.kind != "red_cell"]
-    objects = [
-        FieldObject(
-            id=k + 1,
-            kind=d.kind,
-            x=d.x,
-            y=d.y,
-            box=_pixel_box(d.box, width, height),
-            at_border=d.at_border,
-            confidence=d.score,
-        )
-        for k, d in enumerate(others)
-    ]
+    objects = _field_objects(others, image.size)
     if not cells:
         notes.append("no red cells were found in this image")
     familiarity = judge_familiarity(classifier, cells, image)
@@ -410,46 +367,123 @@ def analyze_smear(
         classifier.classes,
         white_cells=[o for o in objects if o.kind == "white_cell"],
         platelets=[o for o in objects if o.kind == "platelet"],
-        width=width,
-        height=height,
-        scale=SmearScale(
-            microns_per_pixel=found.microns_per_pixel,
-            known=microns_per_pixel is not None,
-            estimated=found.scale_estimated,
-            training_microns_per_pixel=TRAINING_MICRONS_PER_PIXEL,
-        ),
-        focus=SmearFocus(
-            sharpness=found.sharpness,
-            threshold=found.focus_threshold,
-            out_of_focus=found.out_of_focus,
-        ),
+        width=image.width,
+        height=image.height,
+        scale=_scale(found, given=microns_per_pixel is not None),
+        focus=_focus(found),
         familiarity=familiarity,
         other_objects=len(objects) + found.unreported,
         detector=detector.name,
         class_colours=colours,
-        timings_ms={
-            detector.stage: 1000 * (detected - started),
-            "classify": 1000 * (classified - detected),
-            "overlay": 1000 * (done - classified),
-            "total": 1000 * (done - started),
-        },
+        timings_ms=_timings(
+            {detector.stage: detected, "classify": classified, "overlay": done}, started
+        ),
         notes=notes,
     )
+    if not keep_crops:
+        return AnalysedField(result, overlay)
+    views = [object_crop(image, d.box) for d in others]
     return AnalysedField(
-        result,
-        overlay,
-        crops={c.id: crop for c, crop in zip(cells, crops, strict=True)} if keep_crops else {},
-        object_crops={o.id: object_crop(image, d.box) for o, d in zip(objects, others, strict=True)}
-        if keep_crops
-        else {},
+        result, overlay, dict(zip([c.id for c in cells], crops, strict=True)),
+        dict(zip([o.id for o in objects], views, strict=True)),
+    )  # fmt: skip
+
+
+def _scale(found: FieldDetection, given: bool) -> SmearScale:
+    return SmearScale(
+        microns_per_pixel=found.microns_per_pixel,
+        known=given,
+        estimated=found.scale_estimated,
+        training_microns_per_pixel=TRAINING_MICRONS_PER_PIXEL,
     )
+
+
+def _focus(found: FieldDetection) -> SmearFocus:
+    return SmearFocus(
+        sharpness=found.sharpness, threshold=found.focus_threshold, out_of_focus=found.out_of_focus
+    )
+
+
+def _timings(ends: dict[str, float], started: float) -> dict[str, float]:
+    """Each stage's milliseconds from the times it ended (in order), and the total."""
+    timings, last = {}, started
+    for stage, end in ends.items():
+        timings[stage], last = 1000 * (end - last), end
+    return {**timings, "total": 1000 * (last - started)}
+
+
+def _detect(
+    image: Image.Image, detector: Detector, microns_per_pixel: float | None
+) -> FieldDetection:
+    rgb = np.asarray(image)
+    try:
+        field_contrast(rgb)  # blank, saturated or uniform: one clear error for every detector
+        return detector.detect(rgb, microns_per_pixel)
+    except NoCellsError as exc:
+        raise SmearError(str(exc)) from exc
+
+
+def _classify(
+    image: Image.Image,
+    red: Sequence[Detected],
+    found: FieldDetection,
+    classifier: CellClassifier,
+    window: int,
+    max_working_pixels: int,
+    check: Callable[[], None] | None,
+) -> tuple[list[FieldCell], list[Image.Image]]:
+    """The red cells cut from the image brought to the training scale, as training cut them,
+    and classified: the cells, and the crops the classifier saw."""
+    # An estimated scale may make the working image larger than the first check allowed.
+    work_size = check_working_size(image.size, found.microns_per_pixel, max_working_pixels)
+    factor = scale_factor(found.microns_per_pixel)
+    work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
+    fill = median_colour(work)
+    crops = [
+        crop_cell(work, round(d.x * factor), round(d.y * factor), window, fill)[0] for d in red
+    ]
+    predictions = classifier.predict(crops, check=check)
+    cells = [
+        FieldCell(
+            id=k + 1,
+            x=d.x,
+            y=d.y,
+            box=_pixel_box(d.box, image.size),
+            at_border=d.at_border,
+            counted=not d.at_border,
+            label=p.label,
+            confidence=p.confidence,
+            probabilities=p.probabilities,
+            needs_review=p.needs_review,
+            familiarity=getattr(p, "familiarity", None),
+        )
+        for k, (d, p) in enumerate(zip(red, predictions, strict=True))
+    ]
+    return cells, crops
+
+
+def _field_objects(others: Sequence[Detected], size: tuple[int, int]) -> list[FieldObject]:
+    """White cells and platelets, numbered apart from the red cells."""
+    return [
+        FieldObject(
+            id=k + 1,
+            kind=d.kind,
+            x=d.x,
+            y=d.y,
+            box=_pixel_box(d.box, size),
+            at_border=d.at_border,
+            confidence=d.score,
+        )
+        for k, d in enumerate(others)
+    ]
 
 
 def _pixel_box(
-    box: tuple[float, float, float, float], width: int, height: int
+    box: tuple[float, float, float, float], size: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """A box in whole pixels of the uploaded image (x1, y1 exclusive, within the image)."""
     x0, y0, x1, y1 = box
+    width, height = size
     return int(x0), int(y0), min(width, math.ceil(x1)), min(height, math.ceil(y1))
 
 
