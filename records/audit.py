@@ -14,7 +14,7 @@ from records.errors import (
     NotFound,
     SlideDeleted,
 )
-from records.steps import _slide_exists
+from records.steps import check_slide_exists
 
 
 def audit_trail(store: Store, slide_id: int, *, deleted: bool = True) -> list[AuditEntry]:
@@ -23,7 +23,7 @@ def audit_trail(store: Store, slide_id: int, *, deleted: bool = True) -> list[Au
     the slide nor any entry exists."""
     who = aliased(db.User)
     a = db.Audit
-    with store._read() as session:
+    with store.reading() as session:
         rows = session.execute(
             select(a, who.name)
             .join(who, who.id == a.user_id)
@@ -32,7 +32,7 @@ def audit_trail(store: Store, slide_id: int, *, deleted: bool = True) -> list[Au
         ).all()
         if not rows or not deleted:
             try:
-                _slide_exists(session, slide_id)
+                check_slide_exists(session, slide_id)
             except NotFound:
                 if rows:
                     raise SlideDeleted(f"slide {slide_id} was deleted") from None

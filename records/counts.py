@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from core.smear.counting import count_labels, grades, percentages
 from records import schema as db
 from records.database import Store
-from records.steps import _AWAITING_REVIEW, _CURRENT_LABEL, _slide_exists
+from records.steps import AWAITING_REVIEW, CURRENT_LABEL, check_slide_exists
 
 
-def _slide_classes(session: Session, slide_id: int) -> list[str]:
+def slide_classes(session: Session, slide_id: int) -> list[str]:
     """The classes of the classifier(s) that analysed the slide: the probabilities' keys of the
     first red cell of each field, in their order."""
     firsts = (
@@ -37,18 +37,18 @@ def _slide_classes(session: Session, slide_id: int) -> list[str]:
     return classes
 
 
-def _counts(session: Session, slide_id: int, classes: Sequence[str] | None) -> dict[str, Any]:
+def counts_in(session: Session, slide_id: int, classes: Sequence[str] | None) -> dict[str, Any]:
     c = db.Cell
     red = and_(c.slide_id == slide_id, c.kind == "red_cell")
     per_label = {
         str(label): int(n)
         for label, n in session.execute(
-            select(_CURRENT_LABEL, func.count(c.id))
+            select(CURRENT_LABEL, func.count(c.id))
             .where(red, c.counted.is_(True))
-            .group_by(_CURRENT_LABEL)
+            .group_by(CURRENT_LABEL)
         ).all()
     }
-    names = list(classes) if classes is not None else _slide_classes(session, slide_id)
+    names = list(classes) if classes is not None else slide_classes(session, slide_id)
     names += sorted(label for label in per_label if label not in names)
     counts = count_labels((), names)
     counts.update(per_label)
@@ -60,7 +60,7 @@ def _counts(session: Session, slide_id: int, classes: Sequence[str] | None) -> d
             func.count(
                 case((and_(c.reviewed_at.is_not(None), c.final_label != c.proposed_label), 1))
             ),
-            func.count(case((_AWAITING_REVIEW, 1))),
+            func.count(case((AWAITING_REVIEW, 1))),
         ).where(red)
     ).one()
     by_kind = dict(
@@ -96,6 +96,6 @@ def slide_counts(
     `classes`. Every class of `classes` (default: the classifier's, from the cells'
     probabilities) is present, 0 when none; a label outside them is added, never dropped.
     NotFound if there is no such slide."""
-    with store._read() as session:
-        _slide_exists(session, slide_id)
-        return _counts(session, slide_id, classes)
+    with store.reading() as session:
+        check_slide_exists(session, slide_id)
+        return counts_in(session, slide_id, classes)

@@ -126,12 +126,12 @@ class Store:
         self.close()
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def reading(self) -> Iterator[Session]:
         with self._reads() as session:
             yield session
 
     @contextmanager
-    def _snapshot(self) -> Iterator[Session]:
+    def snapshot(self) -> Iterator[Session]:
         """One read transaction whose queries all see the same state: on PostgreSQL at
         REPEATABLE READ (its default, READ COMMITTED, gives each query its own snapshot); a
         SQLite read transaction (WAL) holds its snapshot from its first query to its end."""
@@ -141,12 +141,12 @@ class Store:
             yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def writing(self) -> Iterator[Session]:
         """One write transaction: committed when the block ends, rolled back on any exception."""
         with self._writes() as session, session.begin():
             yield session
 
-    def _hook(self, point: str, session: Session) -> None:
+    def fault_point(self, point: str, session: Session) -> None:
         if self.fault_hook is not None:
             self.fault_hook(point, session)
 

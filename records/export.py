@@ -28,7 +28,7 @@ def reviewed_cells(
         where.append(c.reviewed_at.is_not(None))
     if signed_off_only:
         where.append(s.status == "signed_off")
-    with store._read() as session:
+    with store.reading() as session:
         field_ids = list(
             session.scalars(
                 select(f.id)
@@ -39,7 +39,7 @@ def reviewed_cells(
         )
     reviewer = aliased(db.User)
     for field_id in field_ids:
-        with store._read() as session:
+        with store.reading() as session:
             head = session.execute(
                 select(
                     s.id,

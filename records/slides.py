@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 
 from records import schema as db
-from records.counts import _counts
+from records.counts import counts_in
 from records.database import Store
 from records.entities import (
     UNSET,
@@ -41,22 +41,28 @@ from records.errors import (
 )
 from records.schema import CELL_KINDS, utcnow
 from records.steps import (
-    _AWAITING_REVIEW,
-    _CURRENT_LABEL,
     ADMINS,
+    AWAITING_REVIEW,
+    CURRENT_LABEL,
     WRITERS,
-    _acting,
-    _audit,
-    _cell_record,
-    _cell_rows,
-    _field_records,
-    _slide_exists,
-    _slide_record,
-    _slide_records,
-    _touch_open_slide,
-    _why_not,
+    acting_user,
+    cell_record,
+    cell_rows,
+    check_slide_exists,
+    field_records,
+    slide_record,
+    slide_records,
+    touch_open_slide,
+    why_not_open,
+    write_audit,
 )
-from records.validation import _SHA256, _cell_row, _check_page, _json, _scale, _text
+from records.validation import (
+    cell_row,
+    check_page,
+    checked_scale,
+    checked_text,
+    field_values,
+)
 
 
 def create_slide(
@@ -68,11 +74,11 @@ def create_slide(
 ) -> SlideRecord:
     """A new open slide (reviewer or admin). `sample_id` is the laboratory's own id of the sample:
     required, free text, no patient data."""
-    sample_id = _text(sample_id, "sample_id", 128)
-    scale = _scale(microns_per_pixel)
-    notes = _text(notes, "notes", 10_000, empty=True)
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "create slides")
+    sample_id = checked_text(sample_id, "sample_id", 128)
+    scale = checked_scale(microns_per_pixel)
+    notes = checked_text(notes, "notes", 10_000, empty=True)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "create slides")
         now = utcnow()
         row = db.Slide(
             sample_id=sample_id,
@@ -85,8 +91,8 @@ def create_slide(
         )
         session.add(row)
         session.flush()
-        _audit(session, actor.id, row.id, "create_slide", to_value=sample_id, at=now)
-        return _slide_record(session, row.id)
+        write_audit(session, actor.id, row.id, "create_slide", to_value=sample_id, at=now)
+        return slide_record(session, row.id)
 
 
 def update_slide(
@@ -104,23 +110,23 @@ def update_slide(
     values as JSON."""
     changes: dict[str, Any] = {}
     if sample_id is not None:
-        changes["sample_id"] = _text(sample_id, "sample_id", 128)
+        changes["sample_id"] = checked_text(sample_id, "sample_id", 128)
     if notes is not None:
-        changes["notes"] = _text(notes, "notes", 10_000, empty=True)
+        changes["notes"] = checked_text(notes, "notes", 10_000, empty=True)
     if not isinstance(microns_per_pixel, _Unset):
-        changes["microns_per_pixel"] = _scale(microns_per_pixel)
+        changes["microns_per_pixel"] = checked_scale(microns_per_pixel)
     if not changes:
         raise InvalidInput("nothing to change: give sample_id, notes or microns_per_pixel")
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "change slides")
-        _touch_open_slide(session, slide_id, version)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "change slides")
+        touch_open_slide(session, slide_id, version)
         row = session.get(db.Slide, slide_id)
         assert row is not None
         before = {k: getattr(row, k) for k in changes}
         for k, v in changes.items():
             setattr(row, k, v)
         session.flush()
-        _audit(
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -128,7 +134,7 @@ def update_slide(
             from_value=json.dumps(before, sort_keys=True),
             to_value=json.dumps(changes, sort_keys=True),
         )
-        return _slide_record(session, slide_id)
+        return slide_record(session, slide_id)
 
 
 def list_slides(
@@ -140,7 +146,7 @@ def list_slides(
 ) -> tuple[list[SlideRecord], int]:
     """Slides, newest first, and how many match in all. `status`: 'open' or 'signed_off';
     `sample_id`: exact match."""
-    _check_page(offset, limit)
+    check_page(offset, limit)
     where: list[ColumnElement[bool]] = []
     if status is not None:
         if status not in db.SLIDE_STATUSES:
@@ -148,7 +154,7 @@ def list_slides(
         where.append(db.Slide.status == status)
     if sample_id is not None:
         where.append(db.Slide.sample_id == sample_id.strip())
-    with store._read() as session:
+    with store.reading() as session:
         total = int(session.scalar(select(func.count(db.Slide.id)).where(*where)) or 0)
         ids = list(
             session.scalars(
@@ -159,31 +165,31 @@ def list_slides(
                 .limit(limit)
             )
         )
-        items = _slide_records(session, db.Slide.id.in_(ids)) if ids else []
+        items = slide_records(session, db.Slide.id.in_(ids)) if ids else []
     return items, total
 
 
 def get_slide(store: Store, slide_id: int) -> SlideDetail:
     """A slide and its fields (without image bytes), in upload order. NotFound if none."""
-    with store._read() as session:
-        slide = _slide_record(session, slide_id)
-        fields = _field_records(session, db.Field.slide_id == slide_id)
+    with store.reading() as session:
+        slide = slide_record(session, slide_id)
+        fields = field_records(session, db.Field.slide_id == slide_id)
     return SlideDetail(**vars(slide), fields=tuple(fields))
 
 
 def delete_slide(store: Store, user: User, slide_id: int) -> None:
     """Delete a slide with its fields and cells (admin only; an open slide: reopen a signed-off
     one first). The audit trail stays, with a 'delete_slide' entry."""
-    with store._write() as session:
-        actor = _acting(session, user, ADMINS, "delete slides")
-        _touch_open_slide(session, slide_id)
+    with store.writing() as session:
+        actor = acting_user(session, user, ADMINS, "delete slides")
+        touch_open_slide(session, slide_id)
         slide = session.get(db.Slide, slide_id)
         assert slide is not None
         n_fields = session.scalar(
             select(func.count(db.Field.id)).where(db.Field.slide_id == slide_id)
         )
         n_cells = session.scalar(select(func.count(db.Cell.id)).where(db.Cell.slide_id == slide_id))
-        _audit(
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -203,30 +209,12 @@ def add_field(store: Store, user: User, slide_id: int, field_in: FieldInput) -> 
     """Store an analysed field with all its cells (reviewer or admin), in ONE transaction with
     its audit row: all of it is there, or none of it. Refused on a signed-off slide
     (SlideSignedOff); InvalidInput for a malformed field or cell (before anything is written)."""
-    filename = _text(field_in.filename, "filename", 255)
-    media_type = _text(field_in.media_type, "media_type", 64)
-    if not isinstance(field_in.image, bytes) or not field_in.image:
-        raise InvalidInput("image must be non-empty bytes")
-    for what, value in (("width", field_in.width), ("height", field_in.height)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InvalidInput(f"{what} must be a positive integer")
-    classifier_name = _text(field_in.classifier_name, "classifier_name", 128)
-    detector_name = _text(field_in.detector_name, "detector_name", 128)
-    for what, digest in (
-        ("classifier_sha256", field_in.classifier_sha256),
-        ("detector_sha256", field_in.detector_sha256),
-    ):
-        if (digest is not None or what == "classifier_sha256") and not (
-            isinstance(digest, str) and _SHA256.fullmatch(digest)
-        ):
-            raise InvalidInput(f"{what} must be 64 lowercase hex digits")
-    scale = _scale(field_in.microns_per_pixel)
-    summary = _json(field_in.summary, "summary")
-    cells = [_cell_row(i, c) for i, c in enumerate(field_in.cells)]
+    values = field_values(field_in)
+    cells = [cell_row(i, c) for i, c in enumerate(field_in.cells)]
 
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "add fields")
-        _touch_open_slide(session, slide_id)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "add fields")
+        touch_open_slide(session, slide_id)
         ordinal = 1 + int(
             session.scalar(
                 select(func.coalesce(func.max(db.Field.ordinal), 0)).where(
@@ -237,22 +225,7 @@ def add_field(store: Store, user: User, slide_id: int, field_in: FieldInput) -> 
         )
         now = utcnow()
         row = db.Field(
-            slide_id=slide_id,
-            ordinal=ordinal,
-            filename=filename,
-            image=field_in.image,
-            media_type=media_type,
-            width=field_in.width,
-            height=field_in.height,
-            microns_per_pixel=scale,
-            scale_estimated=bool(field_in.scale_estimated),
-            classifier_name=classifier_name,
-            classifier_sha256=field_in.classifier_sha256,
-            detector_name=detector_name,
-            detector_sha256=field_in.detector_sha256,
-            summary=summary,
-            created_by=actor.id,
-            created_at=now,
+            **values, slide_id=slide_id, ordinal=ordinal, created_by=actor.id, created_at=now
         )
         session.add(row)
         session.flush()
@@ -262,9 +235,9 @@ def add_field(store: Store, user: User, slide_id: int, field_in: FieldInput) -> 
             session.execute(
                 insert(db.Cell), [{**c, "slide_id": slide_id, "field_id": field_id} for c in cells]
             )
-        store._hook("add_field:cells_added", session)
+        store.fault_point("add_field:cells_added", session)
         n_red = sum(c["kind"] == "red_cell" for c in cells)
-        _audit(
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -273,26 +246,26 @@ def add_field(store: Store, user: User, slide_id: int, field_in: FieldInput) -> 
             detail={
                 "field_id": field_id,
                 "ordinal": ordinal,
-                "filename": filename,
+                "filename": values["filename"],
                 "image_bytes": len(field_in.image),
                 "cells": len(cells),
                 "red_cells": n_red,
-                "classifier": classifier_name,
-                "classifier_sha256": field_in.classifier_sha256,
-                "detector": detector_name,
-                "detector_sha256": field_in.detector_sha256,
+                "classifier": values["classifier_name"],
+                "classifier_sha256": values["classifier_sha256"],
+                "detector": values["detector_name"],
+                "detector_sha256": values["detector_sha256"],
             },
             at=now,
         )
-        return _field_records(session, db.Field.id == field_id)[0]
+        return field_records(session, db.Field.id == field_id)[0]
 
 
 def remove_field(store: Store, user: User, slide_id: int, field_id: int) -> None:
     """Remove a field and its cells from an open slide (reviewer or admin), audited with what
     went (cells, reviewed cells). NotFound if the field is not on that slide."""
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "remove fields")
-        _touch_open_slide(session, slide_id)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "remove fields")
+        touch_open_slide(session, slide_id)
         found = session.execute(
             select(db.Field.ordinal, db.Field.filename).where(
                 db.Field.id == field_id, db.Field.slide_id == slide_id
@@ -310,8 +283,8 @@ def remove_field(store: Store, user: User, slide_id: int, field_id: int) -> None
             .where(db.Field.id == field_id)
             .execution_options(synchronize_session=False)
         )
-        store._hook("remove_field:deleted", session)
-        _audit(
+        store.fault_point("remove_field:deleted", session)
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -329,7 +302,7 @@ def remove_field(store: Store, user: User, slide_id: int, field_id: int) -> None
 
 def field_image(store: Store, slide_id: int, field_id: int) -> tuple[bytes, str]:
     """The field's uploaded bytes and media type. NotFound if not on that slide."""
-    with store._read() as session:
+    with store.reading() as session:
         found = session.execute(
             select(db.Field.image, db.Field.media_type).where(
                 db.Field.id == field_id, db.Field.slide_id == slide_id
@@ -362,27 +335,27 @@ def list_cells(
     """
     if kind not in CELL_KINDS:
         raise InvalidInput(f"kind {kind!r} is not one of {', '.join(CELL_KINDS)}")
-    _check_page(offset, limit)
+    check_page(offset, limit)
     c = db.Cell
     where: list[ColumnElement[bool]] = [c.slide_id == slide_id, c.kind == kind]
     if label is not None:
-        where.append(_CURRENT_LABEL == label)  # noqa: SIM300 (typed: a SQL expression)
+        where.append(CURRENT_LABEL == label)  # noqa: SIM300 (typed: a SQL expression)
     if needs_review is not None:
-        where.append(_AWAITING_REVIEW if needs_review else not_(_AWAITING_REVIEW))
+        where.append(AWAITING_REVIEW if needs_review else not_(AWAITING_REVIEW))
     if reviewed is not None:
         where.append(c.reviewed_at.is_not(None) if reviewed else c.reviewed_at.is_(None))
     if field_id is not None:
         where.append(c.field_id == field_id)
-    with store._snapshot() as session:
-        _slide_exists(session, slide_id)
+    with store.snapshot() as session:
+        check_slide_exists(session, slide_id)
         total = int(session.scalar(select(func.count(c.id)).where(*where)) or 0)
-        return _cell_rows(session, *where, offset=offset, limit=limit), total
+        return cell_rows(session, *where, offset=offset, limit=limit), total
 
 
 def get_cell(store: Store, slide_id: int, cell_id: int) -> CellRecord:
     """One cell of a slide. NotFound if not on that slide."""
     reviewer = aliased(db.User)
-    with store._read() as session:
+    with store.reading() as session:
         found = session.execute(
             select(db.Cell, reviewer.name)
             .outerjoin(reviewer, reviewer.id == db.Cell.reviewed_by)
@@ -390,7 +363,7 @@ def get_cell(store: Store, slide_id: int, cell_id: int) -> CellRecord:
         ).one_or_none()
         if found is None:
             raise NotFound(f"no cell {cell_id} on slide {slide_id}")
-        return _cell_record(found[0], found[1])
+        return cell_record(found[0], found[1])
 
 
 def review_cell(
@@ -411,9 +384,9 @@ def review_cell(
     otherwise). SlideSignedOff on a signed-off slide, Forbidden for viewers, NotFound if the cell
     is not on that slide, InvalidInput for a white cell or platelet.
     """
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "review cells")
-        _touch_open_slide(session, slide_id)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "review cells")
+        touch_open_slide(session, slide_id)
         found = session.execute(
             select(
                 db.Cell.kind, db.Cell.proposed_label, db.Cell.final_label, db.Cell.probabilities
@@ -449,8 +422,8 @@ def review_cell(
         ).scalar_one_or_none()
         if updated is None:
             raise StaleVersion(f"cell {cell_id} changed since version {version}: read it again")
-        store._hook("review_cell:updated", session)
-        _audit(
+        store.fault_point("review_cell:updated", session)
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -462,7 +435,7 @@ def review_cell(
             at=now,
         )
         reviewed = session.get_one(db.Cell, cell_id)
-        return _cell_record(reviewed, actor.name)
+        return cell_record(reviewed, actor.name)
 
 
 def sign_off(store: Store, user: User, slide_id: int, version: int) -> SlideRecord:
@@ -470,8 +443,8 @@ def sign_off(store: Store, user: User, slide_id: int, version: int) -> SlideReco
     reopened. `version` is the slide's version as the signer saw it (any change since, a review
     included, gives StaleVersion). SlideSignedOff if it already is. Audited with the counts at
     sign-off."""
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "sign off slides")
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "sign off slides")
         now = utcnow()
         done = session.execute(
             update(db.Slide)
@@ -486,11 +459,11 @@ def sign_off(store: Store, user: User, slide_id: int, version: int) -> SlideReco
             .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
         if done is None:
-            _why_not(session, slide_id)
+            why_not_open(session, slide_id)
             raise StaleVersion(f"slide {slide_id} changed since version {version}: read it again")
-        store._hook("sign_off:updated", session)
-        counts = _counts(session, slide_id, None)
-        _audit(
+        store.fault_point("sign_off:updated", session)
+        counts = counts_in(session, slide_id, None)
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -504,15 +477,15 @@ def sign_off(store: Store, user: User, slide_id: int, version: int) -> SlideReco
             },
             at=now,
         )
-        return _slide_record(session, slide_id)
+        return slide_record(session, slide_id)
 
 
 def reopen(store: Store, user: User, slide_id: int, reason: str) -> SlideRecord:
     """Reopen a signed-off slide (reviewer or admin) for changes; `reason` is required and goes
     into the audit trail with who had signed it off and when. SlideNotSignedOff if it is open."""
-    reason = _text(reason, "reason", 2000)
-    with store._write() as session:
-        actor = _acting(session, user, WRITERS, "reopen slides")
+    reason = checked_text(reason, "reason", 2000)
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "reopen slides")
         before = session.execute(
             select(db.Slide.signed_off_by, db.Slide.signed_off_at).where(
                 db.Slide.id == slide_id, db.Slide.status == "signed_off"
@@ -528,10 +501,10 @@ def reopen(store: Store, user: User, slide_id: int, reason: str) -> SlideRecord:
             .execution_options(synchronize_session=False)
         ).scalar_one_or_none()
         if done is None or before is None:
-            _slide_exists(session, slide_id)
+            check_slide_exists(session, slide_id)
             raise SlideNotSignedOff(f"slide {slide_id} is open")
         signer = session.get(db.User, before.signed_off_by) if before.signed_off_by else None
-        _audit(
+        write_audit(
             session,
             actor.id,
             slide_id,
@@ -544,7 +517,7 @@ def reopen(store: Store, user: User, slide_id: int, reason: str) -> SlideRecord:
                 "signed_off_at": before.signed_off_at.isoformat() if before.signed_off_at else None,
             },
         )
-        return _slide_record(session, slide_id)
+        return slide_record(session, slide_id)
 
 
 def slides_created_before(
@@ -559,6 +532,6 @@ def slides_created_before(
         if status not in db.SLIDE_STATUSES:
             raise InvalidInput(f"status {status!r} is not one of {', '.join(db.SLIDE_STATUSES)}")
         where.append(db.Slide.status == status)
-    with store._read() as session:
-        records = _slide_records(session, *where)
+    with store.reading() as session:
+        records = slide_records(session, *where)
     return sorted(records, key=lambda r: (r.created_at, r.id))

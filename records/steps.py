@@ -35,7 +35,7 @@ WRITERS: Final = ("reviewer", "admin")
 ADMINS: Final = ("admin",)
 
 
-def _acting(session: Session, user: User, roles: Sequence[str], what: str) -> db.User:
+def acting_user(session: Session, user: User, roles: Sequence[str], what: str) -> db.User:
     """The acting user as the database has them now; Forbidden unless active with a role in
     `roles`."""
     row = session.get(db.User, user.id)
@@ -46,7 +46,7 @@ def _acting(session: Session, user: User, roles: Sequence[str], what: str) -> db
     return row
 
 
-def _why_not(session: Session, slide_id: int) -> None:
+def why_not_open(session: Session, slide_id: int) -> None:
     """After a guarded slide UPDATE matched nothing: NotFound or SlideSignedOff (else return:
     the version was stale)."""
     status = session.scalar(select(db.Slide.status).where(db.Slide.id == slide_id))
@@ -56,7 +56,7 @@ def _why_not(session: Session, slide_id: int) -> None:
         raise SlideSignedOff(f"slide {slide_id} is signed off: reopen it first")
 
 
-def _touch_open_slide(session: Session, slide_id: int, version: int | None = None) -> int:
+def touch_open_slide(session: Session, slide_id: int, version: int | None = None) -> int:
     """`version = version + 1` on an open slide (and at `version`, when given): refuses a signed-off
     slide and locks its row until commit. Returns the new version."""
     where = [db.Slide.id == slide_id, db.Slide.status == "open"]
@@ -70,12 +70,12 @@ def _touch_open_slide(session: Session, slide_id: int, version: int | None = Non
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
     if new is None:
-        _why_not(session, slide_id)
+        why_not_open(session, slide_id)
         raise StaleVersion(f"slide {slide_id} changed since version {version}: read it again")
     return int(new)
 
 
-def _audit(
+def write_audit(
     session: Session,
     user_id: int,
     slide_id: int,
@@ -101,7 +101,7 @@ def _audit(
     )
 
 
-def _slide_records(session: Session, *where: ColumnElement[bool]) -> list[SlideRecord]:
+def slide_records(session: Session, *where: ColumnElement[bool]) -> list[SlideRecord]:
     creator, signer = aliased(db.User), aliased(db.User)
     field_count = (
         select(func.count(db.Field.id))
@@ -134,18 +134,18 @@ def _slide_records(session: Session, *where: ColumnElement[bool]) -> list[SlideR
     ]
 
 
-def _slide_record(session: Session, slide_id: int) -> SlideRecord:
-    found = _slide_records(session, db.Slide.id == slide_id)
+def slide_record(session: Session, slide_id: int) -> SlideRecord:
+    found = slide_records(session, db.Slide.id == slide_id)
     if not found:
         raise NotFound(f"no slide {slide_id}")
     return found[0]
 
 
-def _user(row: db.User) -> User:
+def user_record(row: db.User) -> User:
     return User(row.id, row.name, row.role, row.active, row.created_at)
 
 
-def _field_records(session: Session, *where: ColumnElement[bool]) -> list[FieldRecord]:
+def field_records(session: Session, *where: ColumnElement[bool]) -> list[FieldRecord]:
     creator = aliased(db.User)
     cell_count = (
         select(func.count(db.Cell.id))
@@ -204,13 +204,13 @@ def _field_records(session: Session, *where: ColumnElement[bool]) -> list[FieldR
     ]
 
 
-_CURRENT_LABEL = func.coalesce(db.Cell.final_label, db.Cell.proposed_label)
+CURRENT_LABEL = func.coalesce(db.Cell.final_label, db.Cell.proposed_label)
 
 
-_AWAITING_REVIEW = and_(db.Cell.needs_review.is_(True), db.Cell.reviewed_at.is_(None))
+AWAITING_REVIEW = and_(db.Cell.needs_review.is_(True), db.Cell.reviewed_at.is_(None))
 
 
-def _cell_record(c: db.Cell, reviewer: str | None) -> CellRecord:
+def cell_record(c: db.Cell, reviewer: str | None) -> CellRecord:
     return CellRecord(
         id=c.id,
         slide_id=c.slide_id,
@@ -232,7 +232,7 @@ def _cell_record(c: db.Cell, reviewer: str | None) -> CellRecord:
     )
 
 
-def _cell_rows(
+def cell_rows(
     session: Session, *where: ColumnElement[bool], offset: int = 0, limit: int | None = None
 ) -> list[CellRecord]:
     """Cells, least confident first (then by id; no confidence last), with their reviewer."""
@@ -247,9 +247,9 @@ def _cell_rows(
     )
     if limit is not None:
         query = query.limit(limit)
-    return [_cell_record(cell, name) for cell, name in session.execute(query).all()]
+    return [cell_record(cell, name) for cell, name in session.execute(query).all()]
 
 
-def _slide_exists(session: Session, slide_id: int) -> None:
+def check_slide_exists(session: Session, slide_id: int) -> None:
     if session.scalar(select(db.Slide.id).where(db.Slide.id == slide_id)) is None:
         raise NotFound(f"no slide {slide_id}")

@@ -20,8 +20,8 @@ from records.errors import (
     NotFound,
 )
 from records.schema import ROLES, utcnow
-from records.steps import _user
-from records.validation import _text
+from records.steps import user_record
+from records.validation import checked_text
 
 
 def _token_hash(token: str) -> str:
@@ -31,7 +31,7 @@ def _token_hash(token: str) -> str:
 def create_user(store: Store, name: str, role: str) -> tuple[User, str]:
     """A new active user and their API token. The token is returned once and only its sha256 is
     stored. Raises InvalidInput (empty name, unknown role) or DuplicateName."""
-    name = _text(name, "user name", 64)
+    name = checked_text(name, "user name", 64)
     if role not in ROLES:
         raise InvalidInput(f"role {role!r} is not one of {', '.join(ROLES)}")
     token = secrets.token_urlsafe(32)
@@ -39,12 +39,12 @@ def create_user(store: Store, name: str, role: str) -> tuple[User, str]:
         name=name, role=role, token_sha256=_token_hash(token), created_at=utcnow(), active=True
     )
     try:
-        with store._write() as session:
+        with store.writing() as session:
             if session.scalar(select(db.User.id).where(db.User.name == name)) is not None:
                 raise DuplicateName(f"a user named {name!r} exists")
             session.add(row)
             session.flush()
-            user = _user(row)
+            user = user_record(row)
     except IntegrityError:  # a concurrent create of the same name
         raise DuplicateName(f"a user named {name!r} exists") from None
     return user, token
@@ -54,36 +54,36 @@ def authenticate(store: Store, token: str) -> User | None:
     """The active user holding `token`, else None (looked up by the token's sha256)."""
     if not token:
         return None
-    with store._read() as session:
+    with store.reading() as session:
         row = session.scalar(select(db.User).where(db.User.token_sha256 == _token_hash(token)))
-        return _user(row) if row is not None and row.active else None
+        return user_record(row) if row is not None and row.active else None
 
 
 def count_users(store: Store) -> int:
     """How many users there are (active or not)."""
-    with store._read() as session:
+    with store.reading() as session:
         return int(session.scalar(select(func.count(db.User.id))) or 0)
 
 
 def list_users(store: Store) -> list[User]:
     """Every user, by name."""
-    with store._read() as session:
-        return [_user(r) for r in session.scalars(select(db.User).order_by(db.User.name))]
+    with store.reading() as session:
+        return [user_record(r) for r in session.scalars(select(db.User).order_by(db.User.name))]
 
 
 def set_user_active(store: Store, name: str, active: bool) -> User:
     """Deactivate (their token stops working) or reactivate a user. NotFound if unknown."""
-    with store._write() as session:
+    with store.writing() as session:
         row = session.scalar(select(db.User).where(db.User.name == name))
         if row is None:
             raise NotFound(f"no user {name!r}")
         row.active = active
         session.flush()
-        return _user(row)
+        return user_record(row)
 
 
 def find_user(store: Store, name: str) -> User | None:
     """The user named `name` (active or not), else None."""
-    with store._read() as session:
+    with store.reading() as session:
         row = session.scalar(select(db.User).where(db.User.name == name))
-        return _user(row) if row is not None else None
+        return user_record(row) if row is not None else None

@@ -1,5 +1,5 @@
 """What the slide views need, each read in one transaction that sees one state of the slide
-(records.database.Store._snapshot): a slide with its counts and the warnings a reader of its
+(records.database.Store.snapshot): a slide with its counts and the warnings a reader of its
 figures must have, every cell for the sheet, a field's cells. The grading warnings are the
 laboratory's rules, so they live here, not in the routes."""
 
@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from records import schema as db
-from records.counts import _counts
+from records.counts import counts_in
 from records.database import Store
 from records.entities import CellRecord, FieldRecord, SlideDetail
 from records.schema import CELL_KINDS
-from records.steps import _cell_rows, _field_records, _slide_record
+from records.steps import cell_rows, field_records, slide_record
 
 # Grades are read as grades from this many counted red cells (docs/slides.md, "How many
 # cells"): at 500 cells the 95 % interval of a 11 % share is about +-2.7 points, narrower than a
@@ -36,25 +36,25 @@ class SlideView:
 
 
 def _detail(session: Session, slide_id: int) -> SlideDetail:
-    slide = _slide_record(session, slide_id)
-    fields = _field_records(session, db.Field.slide_id == slide_id)
+    slide = slide_record(session, slide_id)
+    fields = field_records(session, db.Field.slide_id == slide_id)
     return SlideDetail(**vars(slide), fields=tuple(fields))
 
 
 def slide_view(store: Store, slide_id: int, classes: Sequence[str] | None = None) -> SlideView:
     """The slide, its counts and warnings as of one state. NotFound if there is no such slide."""
-    with store._snapshot() as session:
+    with store.snapshot() as session:
         slide = _detail(session, slide_id)
-        counts = _counts(session, slide_id, classes)
+        counts = counts_in(session, slide_id, classes)
     return SlideView(slide, counts, grading_warnings(counts, slide.fields))
 
 
 def slide_sheet(store: Store, slide_id: int) -> tuple[SlideDetail, list[CellRecord]]:
     """The slide and every cell of it for a sheet: field by field (upload order), red cells,
     then white cells and platelets, each by id. NotFound if there is no such slide."""
-    with store._snapshot() as session:
+    with store.snapshot() as session:
         slide = _detail(session, slide_id)
-        cells = _cell_rows(session, db.Cell.slide_id == slide_id)
+        cells = cell_rows(session, db.Cell.slide_id == slide_id)
     ordinal = {f.id: f.ordinal for f in slide.fields}
     # A field's cells were stored red cells first, then white cells, then platelets: by id.
     cells.sort(key=lambda c: (ordinal.get(c.field_id, 0), c.id))
@@ -63,8 +63,8 @@ def slide_sheet(store: Store, slide_id: int) -> tuple[SlideDetail, list[CellReco
 
 def field_cells(store: Store, slide_id: int, field_id: int) -> dict[str, list[CellRecord]]:
     """A field's cells by kind (every kind present), least confident first."""
-    with store._snapshot() as session:
-        cells = _cell_rows(session, db.Cell.slide_id == slide_id, db.Cell.field_id == field_id)
+    with store.snapshot() as session:
+        cells = cell_rows(session, db.Cell.slide_id == slide_id, db.Cell.field_id == field_id)
     return {k: [c for c in cells if c.kind == k] for k in CELL_KINDS}
 
 

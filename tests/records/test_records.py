@@ -1012,7 +1012,7 @@ def test_a_view_reads_one_state_of_the_slide(store: Store, reviewer: User) -> No
     of them is not half in the answer (PostgreSQL's default would show it to the second)."""
     slide_id = slide_with_field(store, reviewer)
     cell = red_cells(store, slide_id)[0]
-    with store._snapshot() as session:
+    with store.snapshot() as session:
         before = session.scalar(text("SELECT version FROM slides WHERE id = :id"), {"id": slide_id})
         review_cell(store, reviewer, slide_id, cell.id, cell.version, "spherocyte")
         after = session.scalar(text("SELECT version FROM slides WHERE id = :id"), {"id": slide_id})
