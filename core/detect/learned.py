@@ -90,6 +90,22 @@ class DetectorCard:
     library_versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     notes: list[str] = field(default_factory=list)
+    # The rules around the network, tuned on validation fields (docs/detection.md). A card from
+    # before they were kept here gets the values the service ran with then.
+    # A field whose sharpness (core/detect/focus.py) is under this is called out of focus: the
+    # highest value that calls at most 2 % of any source's validation fields so as they are;
+    # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
+    # (research/focus_probe.py, research/results/detection/focus-probe.json).
+    focus_threshold: float = 0.118
+    # A red cell whose box comes this close to the image's edge (in the field's microns) is
+    # taken to be cut by it: set aside, not counted. The boxes of cut cells often stop short of
+    # the edge; 1 um sets aside 94-98 % of them and 12-19 % of whole cells that close, the best
+    # trade on txl-pbc's validation fields (research/border_margin.py; 2 px alone: 59-66 %).
+    border_margin_um: float = 1.0
+    # The nucleus rule (core/detect/nucleus.py, NucleusRule.key) and the least area of a free
+    # nucleus; None turns each off.
+    nucleus_rule: str | None = SHIPPED_RULE.key() if SHIPPED_RULE else None
+    free_nucleus_um2: float | None = FREE_NUCLEUS_MIN_UM2
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / DETECTOR_CARD
@@ -417,17 +433,9 @@ class CellDetector:
     # The scale search looks at the middle of the field only, at most this many input pixels
     # a side: enough red cells to measure, a fraction of the cost on a large field.
     SEARCH_SIDE = 288
+    # The least margin to the image's edge under which a red cell is cut by it (the card's
+    # border_margin_um is the tuned one).
     BORDER_MARGIN_PX = 2.0
-    # A red cell whose box comes this close to the image's edge (in the field's microns) is
-    # taken to be cut by it: set aside, not counted. The boxes of cut cells often stop short of
-    # the edge; 1 um sets aside 94-98 % of them and 12-19 % of whole cells that close, the best
-    # trade on txl-pbc's validation fields (research/border_margin.py; 2 px alone: 59-66 %).
-    BORDER_MARGIN_UM = 1.0
-    # A field whose sharpness (core/detect/focus.py) is under this is called out of focus: the
-    # highest value that calls at most 2 % of any source's validation fields so as they are;
-    # it calls 92-100 % of them so when blurred by 0.75 um and more, where red cells go missing
-    # (research/focus_probe.py, research/results/detection/focus-probe.json).
-    FOCUS_THRESHOLD = 0.118
     stage = "detect"  # its step in a result's timings
 
     def __init__(
@@ -435,19 +443,18 @@ class CellDetector:
         network: CentreNet,
         card: DetectorCard,
         device: str = "cpu",
-        nucleus_rule: NucleusRule | None = SHIPPED_RULE,
-        free_nucleus_um2: float | None = FREE_NUCLEUS_MIN_UM2,
         small_red: tuple[float, float] | None = None,
     ) -> None:
         self.network = network.eval().to(device)
         self.network.requires_grad_(False)
         self.card = card
         self.device = device
+        # The tuned rules come from the card; a probe may change them on a loaded detector.
         # A red-cell peak that holds a nucleus is a white cell (None: trust the network).
-        self.nucleus_rule = nucleus_rule
+        self.nucleus_rule = NucleusRule.from_key(card.nucleus_rule) if card.nucleus_rule else None
         # A nucleus that no detection covers, at least this large, is a white cell the network
         # missed (None: none is looked for; needs the nucleus rule's colours).
-        self.free_nucleus_um2 = free_nucleus_um2
+        self.free_nucleus_um2 = card.free_nucleus_um2
         # (threshold, um across): red-cell peaks smaller than that are kept from that threshold
         # up; None (the default): the card's threshold for all. The candidate rule,
         # (SMALL_RED_CELL_THRESHOLD, SMALL_RED_CELL_UM), is not shipped (docs/detection.md).
@@ -538,7 +545,7 @@ class CellDetector:
         factor = microns_per_pixel / self.card.microns_per_pixel
         height, width = rgb.shape[:2]
         objects = []
-        m = max(self.BORDER_MARGIN_PX, self.BORDER_MARGIN_UM / microns_per_pixel)
+        m = max(self.BORDER_MARGIN_PX, self.card.border_margin_um / microns_per_pixel)
         work = resample(rgb, factor)
         focus = sharpness(work)
         for k, x, y, w, h, score in self.run(work, small_red=True):
@@ -564,6 +571,6 @@ class CellDetector:
             moved,
             free_nuclei=added,
             sharpness=focus,
-            out_of_focus=focus < self.FOCUS_THRESHOLD,
-            focus_threshold=self.FOCUS_THRESHOLD,
+            out_of_focus=focus < self.card.focus_threshold,
+            focus_threshold=self.card.focus_threshold,
         )

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from core.detect.focus import sharpness
-from core.detect.learned import CellDetector, resample
+from core.detect.learned import DetectorCard, resample
 from tests.synthetic import make_smear
 
 WORKING = 0.38  # the shipped detector's working scale (um per pixel)
@@ -25,8 +25,8 @@ def blurred(rgb: np.ndarray, sigma_um: float) -> np.ndarray:
 def test_a_sharp_field_is_over_the_threshold_and_a_defocused_one_under() -> None:
     image, _, _ = make_smear()
     sharp = sharpness(at_working(image))
-    assert sharp > CellDetector.FOCUS_THRESHOLD
-    assert sharpness(at_working(blurred(image, 1.0))) < CellDetector.FOCUS_THRESHOLD
+    assert sharp > DetectorCard.focus_threshold
+    assert sharpness(at_working(blurred(image, 1.0))) < DetectorCard.focus_threshold
     # More blur, less sharpness.
     values = [sharpness(at_working(blurred(image, s))) for s in (0.25, 0.5, 1.0)]
     assert values == sorted(values, reverse=True) and values[0] < sharp
