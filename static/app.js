@@ -1,12 +1,14 @@
 // The upload page: plain JavaScript, no build step. User-supplied text (file names, class names,
-// error messages) only ever goes into the page through textContent, never as HTML.
+// error messages) only ever goes into the page through textContent, never as HTML. Counts and
+// CSV files come from the server (the batch's summary, POST /predict/batch/results.csv): the
+// page shows them, it never counts.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const maxFiles = parseInt(document.body.dataset.maxFiles, 10) || 1;
   const tokenRequired = document.body.dataset.tokenRequired === "true";
-  const state = { files: [], urls: [], rows: [], classes: [] };
+  const state = { files: [], urls: [], rows: [], summary: null };
 
   function el(tag, className, text) {
     const node = document.createElement(tag);
@@ -35,33 +37,41 @@
     return h;
   }
 
-  async function callApi(path, form) {
+  // POST to the API with the token when the page has one: `body` is a FormData (uploads) or a
+  // plain object (sent as JSON). The answer's JSON, or with { blob: true } its bytes (a CSV).
+  async function callApi(path, body, options) {
+    const upload = body instanceof FormData;
+    const h = headers();
+    if (!upload) h["Content-Type"] = "application/json";
     let response;
     try {
-      response = await fetch(path, { method: "POST", body: form, headers: headers() });
+      response = await fetch(path, {
+        method: "POST", body: upload ? body : JSON.stringify(body), headers: h,
+      });
     } catch (err) {
       throw new Error("The service could not be reached. Check your connection and try again.");
     }
-    let body = null;
+    if (response.ok && options && options.blob) return response.blob();
+    let data = null;
     try {
-      body = await response.json();
+      data = await response.json();
     } catch (err) {
-      body = null;
+      data = null;
     }
     if (!response.ok) {
-      const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
-      throw new Error(explain(response.status, detail));
+      const detail = data && typeof data.detail === "string" ? data.detail : response.statusText;
+      throw new Error(explain(response.status, detail, upload));
     }
-    return body;
+    return data;
   }
 
-  function explain(status, detail) {
+  function explain(status, detail, upload) {
     const lead = {
       400: "The request was not understood",
       401: "The API token is missing or wrong",
       413: "Too large",
       415: "This file type is not accepted",
-      422: "This file could not be read as an image",
+      422: upload ? "This file could not be read as an image" : "Not accepted",
       503: "The model is not ready yet",
     }[status] || "The service answered with an error (" + status + ")";
     return lead + ": " + detail;
@@ -139,70 +149,85 @@
     addScale(form);
     const body = await callApi("predict?heatmap=true", form);
     showNotes(body.notes || []);
-    state.classes = Object.keys(body.probabilities);
     state.rows = [{ filename: state.files[0].name, prediction: body, url: state.urls[0] }];
     showSingle(body, state.urls[0]);
+  }
+
+  // The results as the service answered them, for POST /predict/batch/summary and
+  // /predict/batch/results.csv (without the heatmaps, which only the page needs).
+  function resultsBody() {
+    return {
+      results: state.rows.map((r) => {
+        const p = r.prediction;
+        return {
+          filename: r.filename,
+          prediction: p ? { label: p.label, confidence: p.confidence,
+            probabilities: p.probabilities, needs_review: p.needs_review } : null,
+          error: r.error,
+        };
+      }),
+    };
   }
 
   async function analyzeMany() {
     const rows = [];
     const notes = new Set();
+    const summaries = [];
     for (let start = 0; start < state.files.length; start += maxFiles) {
       const form = new FormData();
       state.files.slice(start, start + maxFiles).forEach((f) => form.append("files", f, f.name));
       addScale(form);
       const body = await callApi("predict/batch?heatmap=true", form);
       (body.notes || []).forEach((n) => notes.add(n));
-      state.classes = Object.keys(body.summary.counts);
+      summaries.push(body.summary);
       body.results.forEach((r) => {
         rows.push({
           filename: state.files[start + r.index].name,
           prediction: r.prediction || null,
-          error: r.error ? r.error.detail : null,
+          error: r.error || null,
           url: state.urls[start + r.index],
         });
       });
     }
     state.rows = rows;
-    showBatch(rows);
+    // Files sent in several requests: the service sums their results as it sums one batch.
+    state.summary = summaries.length === 1
+      ? summaries[0] : await callApi("predict/batch/summary", resultsBody());
+    showBatch(rows, state.summary);
     showNotes(Array.from(notes));
   }
 
-  function showBatch(rows) {
+  // The rows and the service's summary of them (counts, percentages, how many need review).
+  function showBatch(rows, summary) {
     const done = rows.filter((r) => r.prediction);
     const failed = rows.filter((r) => !r.prediction);
-    const review = done.filter((r) => r.prediction.needs_review).length;
     $("batch-summary").textContent =
-      done.length + " of " + rows.length + " cells classified; " + review + " need review" +
-      (failed.length ? "; " + failed.length + " could not be analysed." : ".");
+      summary.classified + " of " + summary.total + " cells classified; " + summary.needs_review +
+      " need review" + (summary.failed ? "; " + summary.failed + " could not be analysed." : ".");
     const tbody = $("batch-table").querySelector("tbody");
     tbody.replaceChildren();
-    const counts = {};
-    state.classes.forEach((c) => (counts[c] = 0));
-    done.forEach((r) => (counts[r.prediction.label] += 1));
-    state.classes
-      .slice()
-      .sort((a, b) => counts[b] - counts[a])
-      .forEach((c) => {
-        const tr = el("tr");
-        const share = done.length ? (100 * counts[c]) / done.length : 0;
-        tr.append(el("td", "", c), el("td", "", String(counts[c])), el("td", "", share.toFixed(1)));
-        tbody.appendChild(tr);
-      });
+    const counts = summary.counts;
+    const ranked = Object.keys(counts).sort((a, b) => counts[b] - counts[a]);
+    ranked.forEach((c) => {
+      const tr = el("tr");
+      tr.dataset.label = c;
+      tr.append(el("td", "", c), el("td", "", String(counts[c])),
+        el("td", "", summary.percentages[c].toFixed(1)));
+      tbody.appendChild(tr);
+    });
     const list = $("failed-list");
     list.replaceChildren();
-    failed.forEach((r) => list.appendChild(el("li", "", r.error)));
+    failed.forEach((r) => list.appendChild(el("li", "", r.error ? r.error.detail : "")));
     $("failed").hidden = failed.length === 0;
 
     const gallery = $("gallery");
     gallery.replaceChildren();
-    state.classes
+    ranked
       .filter((c) => counts[c] > 0)
-      .sort((a, b) => counts[b] - counts[a])
       .forEach((c) => {
         const group = el("section", "group");
         group.dataset.label = c;
-        const share = ((100 * counts[c]) / done.length).toFixed(1);
+        const share = summary.percentages[c].toFixed(1);
         group.appendChild(el("h3", "", c + " · " + counts[c] + " (" + share + " %)"));
         const cells = el("div", "cells");
         done
@@ -224,25 +249,15 @@
     $("batch").hidden = false;
   }
 
-  function csvCell(value) {
-    let text = value === null || value === undefined ? "" : String(value);
-    // Spreadsheets run cells that start with these as formulas.
-    if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
-    return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
-  }
-
-  function downloadCsv() {
-    const head = ["filename", "label", "confidence", "needs_review", "error"].concat(
-      state.classes.map((c) => "p_" + c));
-    const lines = [head.map(csvCell).join(",")];
-    state.rows.forEach((r) => {
-      const p = r.prediction;
-      const row = [r.filename, p ? p.label : "", p ? p.confidence.toFixed(6) : "",
-        p ? String(p.needs_review) : "", r.error || ""].concat(
-        state.classes.map((c) => (p ? p.probabilities[c].toFixed(6) : "")));
-      lines.push(row.map(csvCell).join(","));
-    });
-    download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "rbc-results.csv");
+  // The CSV is written by the service (app/sheets.py), from the results the page holds.
+  async function downloadCsv() {
+    showError("");
+    try {
+      download(await callApi("predict/batch/results.csv", resultsBody(), { blob: true }),
+        "rbc-results.csv");
+    } catch (err) {
+      showError("The CSV could not be made: " + err.message);
+    }
   }
 
   function download(blob, name) {
@@ -308,7 +323,7 @@
   $("tab-slides").addEventListener("click", () => selectTab("slides"));
 
   // Shared with smear.js (the whole-smear tab) and slides.js (the slides tab).
-  window.RBC = { $, el, percent, bars, callApi, csvCell, download, wireDrop, selectTab };
+  window.RBC = { $, el, percent, bars, callApi, download, wireDrop, selectTab };
 
   wireDrop($("drop"), setFiles);
   $("file").addEventListener("change", (e) => setFiles(e.target.files));

@@ -1,12 +1,14 @@
 // The whole-smear tab: upload one field, show the overlay, counts and grades, a gallery of the
-// cells by class (least confident first), a cell's probabilities and heatmap, reclassification
-// with live recounting, CSV and PNG downloads. Text from the service only goes in via textContent.
+// cells by class (least confident first), a cell's probabilities and heatmap, reclassification,
+// CSV and PNG downloads. The page keeps the person's classes; the service counts and grades them
+// (POST /analyze/smear/counts) and writes the CSV (POST /analyze/smear/cells.csv), so the rules
+// live in one place (core/smear). Text from the service only goes in via textContent.
 "use strict";
 
 (function () {
-  const { $, el, percent, bars, callApi, csvCell, download, wireDrop } = window.RBC;
-  const GRADES = ["none", "1+", "2+", "3+"];
-  const state = { file: null, result: null, cells: [], classes: [], selected: null };
+  const { $, el, percent, bars, callApi, download, wireDrop } = window.RBC;
+  // tally: the service's counts of the cells as they stand.
+  const state = { file: null, result: null, cells: [], classes: [], selected: null, tally: null };
 
   function showError(message) {
     const box = $("smear-error");
@@ -31,28 +33,20 @@
     return new Blob([array], { type });
   }
 
-  // The same rule as core/smear/grading.py: round, then count the grade bounds reached.
-  function grade(label, pct) {
-    const scale = state.result.grading.scales[label];
-    if (!scale) return "";
-    const factor = Math.pow(10, scale.decimals);
-    const value = Math.round(pct * factor) / factor;
-    return GRADES[scale.bounds.filter((b) => value >= b).length];
-  }
-
-  function tally() {
-    const counted = state.cells.filter((c) => c.counted);
-    const counts = {};
-    state.classes.forEach((c) => (counts[c] = 0));
-    counted.forEach((c) => (counts[c.label] += 1));
-    return { counted, counts };
+  // The cells as the person has them, for the service (no crops or heatmaps: it needs none).
+  function cellsBody() {
+    return {
+      cells: state.cells.map((c) => ({
+        id: c.id, x: c.x, y: c.y, box: c.box, at_border: c.at_border, counted: c.counted,
+        label: c.label, model_label: c.model_label, confidence: c.confidence,
+        probabilities: c.probabilities, needs_review: c.needs_review,
+      })),
+    };
   }
 
   function renderSummary() {
     const r = state.result;
-    const { counted } = tally();
-    const review = counted.filter((c) => c.needs_review && !c.reclassified).length;
-    const changed = state.cells.filter((c) => c.reclassified).length;
+    const t = state.tally;
     // The learned detector sets white cells and platelets apart; the classical one only
     // knows "other" dark objects.
     const others = r.detector === "classical"
@@ -60,9 +54,9 @@
       : r.white_cells_found + " white cells (blue boxes) and " + r.platelets_found +
         " platelets (purple circles) found, not counted as red cells; ";
     $("smear-summary").textContent =
-      counted.length + " red cells counted; " + r.cells_at_border + " cut by the edge (shown, not counted); " +
-      others + review + " counted cells need review" +
-      (changed ? "; " + changed + " reclassified by you" : "") +
+      t.cells_counted + " red cells counted; " + r.cells_at_border + " cut by the edge (shown, not counted); " +
+      others + t.needs_review + " counted cells need review" +
+      (t.reclassified ? "; " + t.reclassified + " reclassified by you" : "") +
       ". Analysed in " + Math.round(r.timings_ms.total) + " ms.";
     $("smear-unfamiliar").hidden = !(r.familiarity && r.familiarity.unfamiliar);
     $("smear-unfamiliar-why").textContent = unfamiliarWhy(r.familiarity);
@@ -80,29 +74,28 @@
   }
 
   function renderTable() {
-    const { counted, counts } = tally();
+    const { counts, percentages, grades } = state.tally;
     const tbody = $("smear-table").querySelector("tbody");
     tbody.replaceChildren();
     state.classes
       .slice()
       .sort((a, b) => counts[b] - counts[a])
       .forEach((c) => {
-        const share = counted.length ? (100 * counts[c]) / counted.length : 0;
         const tr = el("tr");
         tr.dataset.label = c;
         const name = el("td");
         const swatch = el("span", "swatch");
         swatch.style.background = state.result.class_colours[c] || "#000";
         name.append(swatch, document.createTextNode(c));
-        tr.append(name, el("td", "", String(counts[c])), el("td", "", share.toFixed(1)),
-          el("td", "grade", grade(c, share)));
+        tr.append(name, el("td", "", String(counts[c])), el("td", "", percentages[c].toFixed(1)),
+          el("td", "grade", grades[c] || ""));
         tbody.appendChild(tr);
       });
-    $("smear-grading").textContent = "Grades: " + state.result.grading.source + ".";
+    $("smear-grading").textContent = "Grades: " + state.tally.grading.source + ".";
   }
 
   function renderGallery() {
-    const { counts } = tally();
+    const { counts } = state.tally;
     const gallery = $("smear-gallery");
     gallery.replaceChildren();
     const present = state.classes.filter((c) => state.cells.some((cell) => cell.label === c));
@@ -209,13 +202,38 @@
     loadHeatmap(cell);
   }
 
-  function reclassify() {
+  function setLabel(cell, label) {
+    cell.label = label;
+    cell.reclassified = cell.label !== cell.model_label;
+  }
+
+  // The person's class for the selected cell; the service counts and grades the field again.
+  // Until it answers, the previous counts stay; if it fails, the cell keeps its previous class
+  // and the page says why.
+  async function reclassify() {
     const cell = state.selected;
     if (!cell) return;
-    cell.label = $("smear-cell-reclass").value;
-    cell.reclassified = cell.label !== cell.model_label;
+    const select = $("smear-cell-reclass");
+    const before = cell.label;
+    const field = state.result;
+    setLabel(cell, select.value);
+    showError("");
+    // One change at a time, so that every answer counts every change made before it.
+    select.disabled = true;
+    try {
+      const tally = await callApi("analyze/smear/counts", cellsBody());
+      if (state.result !== field) return; // another field was analysed meanwhile
+      state.tally = tally;
+    } catch (err) {
+      if (state.result !== field) return;
+      setLabel(cell, before);
+      showError("The counts could not be updated, so cell #" + cell.id + " keeps its class: " +
+        err.message);
+    } finally {
+      select.disabled = false;
+    }
     render();
-    showCell(cell);
+    if (state.selected === cell) showCell(cell);
   }
 
   async function analyze() {
@@ -237,6 +255,7 @@
       }
       const body = await callApi(query, form);
       state.result = body;
+      state.tally = body; // the analysis's own counts until a cell is reclassified
       state.classes = Object.keys(body.counts);
       state.cells = body.cells.map((c) => Object.assign({}, c, { model_label: c.label, reclassified: false }));
       state.selected = null;
@@ -252,18 +271,15 @@
     }
   }
 
-  function downloadCsv() {
-    const head = ["id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label",
-      "model_label", "reclassified", "confidence", "needs_review"].concat(state.classes.map((c) => "p_" + c));
-    const lines = [head.map(csvCell).join(",")];
-    state.cells.forEach((c) => {
-      const row = [c.id, c.x.toFixed(1), c.y.toFixed(1)].concat(c.box).concat([
-        String(c.at_border), String(c.counted), c.label, c.model_label, String(c.reclassified),
-        c.confidence.toFixed(6), String(c.needs_review)]).concat(
-        state.classes.map((k) => c.probabilities[k].toFixed(6)));
-      lines.push(row.map(csvCell).join(","));
-    });
-    download(new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" }), "smear-cells.csv");
+  // The cells with the person's classes, written by the service (app/sheets.py).
+  async function downloadCsv() {
+    showError("");
+    try {
+      download(await callApi("analyze/smear/cells.csv", cellsBody(), { blob: true }),
+        "smear-cells.csv");
+    } catch (err) {
+      showError("The CSV could not be made: " + err.message);
+    }
   }
 
   wireDrop($("smear-drop"), (files) => setFile(files[0]));

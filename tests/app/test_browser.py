@@ -118,11 +118,32 @@ def test_single_cell_scale_and_its_note(page: Any, tmp_path: Path) -> None:
     assert page.is_hidden("#cells-notes")
 
 
-def test_batch_gallery_and_csv(page: Any, tmp_path: Path) -> None:
+def batch_table(page: Any) -> dict[str, tuple[int, str]]:
+    """The batch table: class -> (cells, percentage as shown)."""
+    found = {}
+    for row in page.locator("#batch-table tbody tr").all():
+        cells = row.locator("td").all_text_contents()
+        found[cells[0]] = (int(cells[1]), cells[2])
+    return found
+
+
+def served_download(server: LiveServer, response: Any) -> bytes:
+    """What the service answers to the request the page made (Chromium keeps no body of an
+    attachment fetched by a script)."""
+    request = response.request
+    again = httpx.post(
+        server.url + request.url.split(server.url, 1)[1], json=request.post_data_json
+    )
+    assert again.status_code == 200, again.text
+    return again.content
+
+
+def test_batch_gallery_and_csv(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
     paths = [write(tmp_path, f"cell{i}.png", cell_png(seed=i)) for i in range(5)]
     paths.append(write(tmp_path, "broken.png", b"not an image at all"))
     page.set_input_files("#file", paths)
-    page.click("#analyze")
+    with page.expect_response("**/predict/batch?heatmap=true") as answer:
+        page.click("#analyze")
     page.wait_for_selector("#batch:not([hidden])")
     summary = page.text_content("#batch-summary")
     assert summary.startswith("5 of 6 cells classified") and "1 could not be analysed" in summary
@@ -130,10 +151,20 @@ def test_batch_gallery_and_csv(page: Any, tmp_path: Path) -> None:
     groups = page.locator("#gallery .group")
     assert groups.count() >= 1
     assert page.locator("#gallery .thumb").count() == 5
-    counts = page.locator("#batch-table tbody td:nth-child(2)").all_text_contents()
-    assert sum(int(c) for c in counts) == 5
-    with page.expect_download() as info:
+    # The counts are the service's summary, as it sent them.
+    served = answer.value.json()["summary"]
+    assert batch_table(page) == {
+        c: (n, f"{served['percentages'][c]:.1f}") for c, n in served["counts"].items()
+    }
+    # The CSV is the service's, written from the results the page holds.
+    with (
+        page.expect_download() as info,
+        page.expect_response("**/predict/batch/results.csv") as sent,
+    ):
         page.click("#csv")
+    assert sent.value.ok and "attachment" in sent.value.headers["content-disposition"]
+    assert Path(info.value.path()).read_bytes() == served_download(live_server, sent.value)
+    assert "heatmap" not in sent.value.request.post_data  # the page sends no images back
     rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
     assert [r["filename"] for r in rows] == [Path(p).name for p in paths]
     assert rows[-1]["error"] and not rows[-1]["label"]
@@ -236,7 +267,7 @@ def table_counts(page: Any) -> dict[str, int]:
     }
 
 
-def test_smear_tab(page: Any, tmp_path: Path) -> None:
+def test_smear_tab(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
     page.click("#tab-smear")
     assert page.is_visible("#panel-smear") and page.is_hidden("#panel-cells")
     path, n_counted = smear_file(tmp_path)
@@ -262,19 +293,37 @@ def test_smear_tab(page: Any, tmp_path: Path) -> None:
         " return i.complete && i.naturalWidth > 0; }"
     )
     assert page.locator("#smear-cell-bars li").count() == len(counts)
-    # Reclassify it: the counts follow.
+    # Reclassify it: the service counts and grades again, and the page shows its answer.
     old = page.text_content("#smear-cell-label")
     new = next(c for c in counts if c != old)
     cell_id = first.get_attribute("data-cell-id")
-    page.select_option("#smear-cell-reclass", new)
+    with page.expect_response("**/analyze/smear/counts") as answer:
+        page.select_option("#smear-cell-reclass", new)
     page.wait_for_selector(f"#smear-gallery .group[data-label='{new}'] .thumb.changed")
+    sent = answer.value.request.post_data_json
+    assert [(c["label"], c["model_label"]) for c in sent["cells"] if str(c["id"]) == cell_id] == [
+        (new, old)
+    ]
+    assert all("crop" not in c for c in sent["cells"])
+    served = answer.value.json()
     after = table_counts(page)
+    assert after == served["counts"]
     counted = "(edge)" not in page.locator(f".thumb[data-cell-id='{cell_id}']").text_content()
     assert after[new] == counts[new] + counted and after[old] == counts[old] - counted
-    assert "reclassified by you" in page.text_content("#smear-summary")
-    # Downloads: the cells as CSV (with the change) and the overlay as PNG.
-    with page.expect_download() as info:
+    grades = page.locator("#smear-table tbody td.grade").all_text_contents()
+    labels = [r.get_attribute("data-label") for r in page.locator("#smear-table tbody tr").all()]
+    assert dict(zip(labels, grades, strict=True)) == {
+        c: served["grades"].get(c, "") for c in labels
+    }
+    summary = page.text_content("#smear-summary")
+    assert summary.startswith(f"{served['cells_counted']} red cells counted")
+    assert f"{served['needs_review']} counted cells need review" in summary
+    assert "1 reclassified by you" in summary
+    # Downloads: the cells as CSV (written by the service, with the change) and the overlay.
+    with page.expect_download() as info, page.expect_response("**/analyze/smear/cells.csv") as sent:
         page.click("#smear-csv")
+    assert sent.value.ok
+    assert Path(info.value.path()).read_bytes() == served_download(live_server, sent.value)
     rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
     assert len(rows) == n_counted + 1
     changed = [r for r in rows if r["reclassified"] == "true"]
@@ -282,6 +331,33 @@ def test_smear_tab(page: Any, tmp_path: Path) -> None:
     with page.expect_download() as info:
         page.click("#smear-png")
     assert Path(info.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_smear_tab_keeps_the_class_when_the_counts_fail(page: Any, tmp_path: Path) -> None:
+    # The service refuses the counts (a model swapped under the page, say): the cell keeps its
+    # class, the counts stay the service's last, and the page says why in plain words.
+    page.route(
+        "**/analyze/smear/counts",
+        lambda route: route.fulfill(
+            status=422, json={"detail": "'x' is not a class of the served model"}
+        ),
+    )
+    page.click("#tab-smear")
+    path, _ = smear_file(tmp_path)
+    analyse_smear(page, path)
+    counts = table_counts(page)
+    first = page.locator("#smear-gallery .thumb").first
+    first.click()
+    page.wait_for_selector("#smear-cell:not([hidden])")
+    old = page.text_content("#smear-cell-label")
+    page.select_option("#smear-cell-reclass", next(c for c in counts if c != old))
+    page.wait_for_selector("#smear-error:not([hidden])")
+    error = page.text_content("#smear-error")
+    assert error.startswith("The counts could not be updated") and "not a class" in error
+    assert page.text_content("#smear-cell-label") == old
+    assert page.input_value("#smear-cell-reclass") == old
+    assert table_counts(page) == counts
+    assert page.locator("#smear-gallery .thumb.changed").count() == 0
 
 
 def test_smear_tab_explains_a_blank_image(page: Any, tmp_path: Path) -> None:
