@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -172,6 +173,36 @@ def test_batch_gallery_and_csv(page: Any, live_server: LiveServer, tmp_path: Pat
     # A thumbnail opens that cell's details.
     page.locator("#gallery .thumb").first.click()
     page.wait_for_selector("#single:not([hidden])")
+
+
+def test_a_batch_sent_in_several_requests_is_summed_by_the_service(
+    browser: Any, live_server: LiveServer, tmp_path: Path
+) -> None:
+    # The page sends RBC_MAX_FILES files per request; here 2 (its copy of the setting changed),
+    # so 5 files go in 3 requests and the service sums their results as one batch.
+    page = browser.new_page()
+    page.route(
+        live_server.url + "/",
+        lambda route: route.fulfill(
+            response=(fetched := route.fetch()),
+            body=re.sub(r'data-max-files="\d+"', 'data-max-files="2"', fetched.text()),
+        ),
+    )
+    page.goto(live_server.url + "/")
+    page.wait_for_selector("#model-status:has-text('ready')")
+    paths = [write(tmp_path, f"cell{i}.png", cell_png(seed=i)) for i in range(4)]
+    paths.append(write(tmp_path, "broken.png", b"not an image at all"))
+    page.set_input_files("#file", paths)
+    with page.expect_response("**/predict/batch/summary") as answer:
+        page.click("#analyze")
+    page.wait_for_selector("#batch:not([hidden])")
+    served = answer.value.json()
+    assert (served["total"], served["classified"], served["failed"]) == (5, 4, 1)
+    assert page.text_content("#batch-summary").startswith("4 of 5 cells classified")
+    assert batch_table(page) == {
+        c: (n, f"{served['percentages'][c]:.1f}") for c, n in served["counts"].items()
+    }
+    page.close()
 
 
 def test_error_in_plain_words(page: Any, tmp_path: Path) -> None:
