@@ -32,7 +32,7 @@ from app.middleware import BodyLimit, IdentityGate, SecurityHeaders
 from app.openapi import OpenApiDocuments
 from app.records_slot import RecordsSlot
 from app.routes import api, docs, health, pages, slides
-from app.state import ModelSlot, detector_enabled
+from app.state import ModelSlot, check_training_scale, detector_enabled
 from core.classify.predictor import ModelLoadError, resolve_device
 from core.detect.learned import verified_detector_path
 from core.modelcard import ModelFileError, verified_state_path
@@ -45,7 +45,8 @@ def check_model_dir(settings: Settings) -> None:
     """The fast start-up checks; raises RuntimeError with a message a person can act on."""
     try:
         resolve_device(settings.device)
-        verified_state_path(settings.model_dir)
+        _, card = verified_state_path(settings.model_dir)
+        check_training_scale(card)
         if detector_enabled(settings):
             verified_detector_path(settings.detector_dir)
     except (ModelFileError, ModelLoadError) as exc:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 from app.config import Settings
 from core.classify.predictor import ModelLoadError, Predictor
 from core.detect.learned import CellDetector
-from core.modelcard import ModelFileError
+from core.modelcard import ModelCard, ModelFileError
+from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class ModelSlot:
                 threads=settings.torch_threads,
                 tta_views=settings.tta_views,
             )
+            check_training_scale(self.predictor.card)
         except (ModelLoadError, ModelFileError) as exc:
             self.error = str(exc)
             log.error("the model could not be loaded: %s", exc)
@@ -42,6 +45,17 @@ class ModelSlot:
             log.exception("the model could not be loaded")
         finally:
             self.loaded.set()
+
+
+def check_training_scale(card: ModelCard) -> None:
+    """ModelLoadError unless the classifier learnt at the scale this service cuts cells at: the
+    whole pipeline (limits, framing, crops) brings fields to one scale."""
+    if not math.isclose(card.microns_per_pixel, TRAINING_MICRONS_PER_PIXEL, rel_tol=1e-6):
+        raise ModelLoadError(
+            f"model {card.name} learnt from cells at {card.microns_per_pixel} um per pixel; this "
+            f"service cuts cells at {TRAINING_MICRONS_PER_PIXEL} um per pixel "
+            "(core.smear.analysis.TRAINING_MICRONS_PER_PIXEL)"
+        )
 
 
 def detector_enabled(settings: Settings) -> bool:

@@ -25,6 +25,12 @@ class ModelFileError(Exception):
     """A model directory is missing a file, has an unreadable card, or its weights fail the hash."""
 
 
+# Chula RBC-12's scale: its own scale bar reads 20 um over 105 px (images 100 and 200), so 0.19
+# um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured. Every classifier so far
+# learnt from cells at this scale (Chula's crops as they are; slides' fields brought to it).
+CHULA_MICRONS_PER_PIXEL = 0.19
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -44,6 +50,9 @@ class ModelCard:
     # Test-time views (core/classify/tta.py) the service averages by default, and that
     # `metrics` were measured with; 1 on cards written before test-time views existed.
     tta_views: int = 1
+    # The scale of its training cells (um per pixel): fields are brought to it before cells are
+    # cut, so that size classes keep their meaning. Cards written before it was kept: Chula's.
+    microns_per_pixel: float = CHULA_MICRONS_PER_PIXEL
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from PIL import Image
 from core.classify.calibration import field_score
 from core.detect.classical import ClassicalDetector, DetectionParams, NoCellsError, field_contrast
 from core.detect.field import Detected, Detector, FieldDetection
+from core.modelcard import CHULA_MICRONS_PER_PIXEL
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
 from core.smear.result import (
     FieldCell,
@@ -31,9 +32,9 @@ from core.smear.result import (
     SmearScale,
 )
 
-# The training images' scale: Chula RBC-12's own scale bar reads 20 um over 105 px (images 100
-# and 200), so 0.19 um per pixel; a normal red cell (7.5 um) is then ~39 px, as measured.
-TRAINING_MICRONS_PER_PIXEL = 0.19
+# The scale fields are brought to before their cells are cut: the classifier's training scale
+# (its card's microns_per_pixel; every classifier so far, Chula's: core.modelcard).
+TRAINING_MICRONS_PER_PIXEL = CHULA_MICRONS_PER_PIXEL
 # Outline colour per class (normal green; the page's legend uses the same colours). Classes of
 # other models take the spare colours in order.
 CLASS_COLOURS = {

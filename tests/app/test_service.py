@@ -127,6 +127,19 @@ def test_card_without_state_file_stops_the_start(model_dir: Path, tmp_path: Path
         pass
 
 
+def test_a_model_trained_at_another_scale_stops_the_start(model_dir: Path, tmp_path: Path) -> None:
+    # The card states its training scale; the service cuts cells at one scale and says so.
+    other = tmp_path / "model"
+    shutil.copytree(model_dir, other)
+    raw = json.loads((other / CARD_FILE).read_text())
+    assert raw["microns_per_pixel"] == 0.19  # an export states it
+    raw["microns_per_pixel"] = 0.38
+    (other / CARD_FILE).write_text(json.dumps(raw))
+    app = create_app(make_settings(other))
+    with pytest.raises(RuntimeError, match="0.38 um per pixel"), TestClient(app):
+        pass
+
+
 def test_serves_without_the_pickled_learner(model_dir: Path, tmp_path: Path) -> None:
     # The card and model_state.pt are all the service needs; export.pkl is never read.
     bare = tmp_path / "model"
