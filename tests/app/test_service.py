@@ -136,7 +136,7 @@ def test_a_model_trained_at_another_scale_stops_the_start(model_dir: Path, tmp_p
     raw["microns_per_pixel"] = 0.38
     (other / CARD_FILE).write_text(json.dumps(raw))
     app = create_app(make_settings(other))
-    with pytest.raises(RuntimeError, match="0.38 um per pixel"), TestClient(app):
+    with pytest.raises(RuntimeError, match=r"0\.38 um per pixel"), TestClient(app):
         pass
 
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from core.smear.result import FieldCell, FieldResult
 from tests.app.helpers import encode, make_settings, wait_ready
 from tests.app.test_inputs import assert_error, png_header_only
 from tests.synthetic import make_smear
@@ -52,6 +53,11 @@ def test_smear_answer(client: TestClient) -> None:
     assert body["scale"]["known"] is False and body["notes"]
     assert body["grading"]["source"].startswith("ICSH")
     assert len(body["cells"]) == n_interior + 1
+    # One shape: the answer is core's FieldResult (every key of it, cells with their crops) and
+    # what the service adds.
+    served = {"overlay", "review_threshold", "model", "detector_weights_sha256"}
+    assert set(body) - served == set(FieldResult.model_fields)
+    assert set(body["cells"][0]) == set(FieldCell.model_fields) | {"crop"}
     for cell in body["cells"]:
         assert cell["counted"] == (not cell["at_border"])
         assert sum(cell["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

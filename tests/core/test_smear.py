@@ -22,6 +22,7 @@ from core.smear.analysis import (
     SmearTooLarge,
     analyze_smear,
 )
+from core.smear.result import FieldResult
 from tests.synthetic import make_smear
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +227,7 @@ def test_analyze_smear_command(model_dir: Path, tmp_path: Path) -> None:
     assert "broken.jpg" in done.stderr and "1 of 2 images could not be analysed" in done.stderr
     assert f"{len(interior)} red cells counted" in done.stdout
     result = json.loads((out / "field.json").read_text())
+    assert set(result) == set(FieldResult.model_fields)  # the one shape, as the API's
     assert result["cells_counted"] == len(interior) and len(result["cells"]) == len(interior) + 1
     assert result["detector"] == "classical"
     assert result["white_cells"] == [] and result["platelets"] == []

@@ -1039,3 +1039,55 @@ def test_slide_view_sheet_and_field_cells(store: Store, reviewer: User) -> None:
     assert by_kind["red_cell"] == red_cells(store, slide_id)  # least confident first
     with pytest.raises(NotFound):
         slide_view(store, slide_id + 1000)
+
+
+def test_a_field_result_is_kept_as_the_analysis_returned_it(store: Store, reviewer: User) -> None:
+    """core's FieldResult into the records (FieldInput.analysed): every cell with its kind, and
+    the result without its cells as the field's summary (no migration for a new summary key)."""
+    from core.smear.result import (
+        FieldCell,
+        FieldObject,
+        FieldResult,
+        FieldSummary,
+        SmearFamiliarity,
+        SmearFocus,
+        SmearScale,
+    )
+
+    def cell(i: int, label: str, at_border: bool = False) -> FieldCell:
+        probabilities = {"normal": 0.1, "spherocyte": 0.1, label: 0.8}
+        return FieldCell(
+            id=i, x=10.0 * i, y=20.0, box=(0, 0, 5, 5), at_border=at_border,
+            counted=not at_border, label=label, confidence=0.8, probabilities=probabilities,
+            needs_review=label != "normal",
+        )  # fmt: skip
+
+    white = FieldObject(id=1, kind="white_cell", x=50, y=50, box=(40, 40, 60, 60),
+                        at_border=False, confidence=0.9)  # fmt: skip
+    result = FieldResult.tally(
+        [cell(1, "normal"), cell(2, "spherocyte"), cell(3, "normal", at_border=True)],
+        ["normal", "spherocyte"],
+        white_cells=[white], platelets=[], width=100, height=80,
+        scale=SmearScale(microns_per_pixel=0.1, known=True, estimated=False,
+                         training_microns_per_pixel=0.19),
+        focus=SmearFocus(sharpness=None, threshold=None, out_of_focus=False),
+        familiarity=SmearFamiliarity.unknown(), other_objects=1, detector="learned:detector",
+        class_colours={"normal": "#4daf4a", "spherocyte": "#e41a1c"},
+        timings_ms={"detect": 1.0, "total": 2.0}, notes=["a note"],
+    )  # fmt: skip
+    assert result.counts == {"normal": 1, "spherocyte": 1} and result.needs_review == 1
+    slide = create_slide(store, reviewer, "S-9", microns_per_pixel=0.1)
+    kept = add_field(
+        store, reviewer, slide.id,
+        FieldInput.analysed(
+            result, filename="f.png", image=b"png", media_type="image/png",
+            classifier_name="clf", classifier_sha256="a" * 64, detector_sha256="b" * 64,
+            analysis={"review_threshold": 0.9, "tta_views": 1},
+        ),
+    )  # fmt: skip
+    assert set(kept.summary) == set(FieldSummary.model_fields) | {"review_threshold", "tta_views"}
+    assert kept.cells_counted == 2 and kept.notes == ["a note"] and not kept.unfamiliar
+    assert kept.detector_name == "learned:detector" and kept.microns_per_pixel == 0.1
+    cells = list_cells(store, slide.id, limit=10)[0]
+    assert sorted(c.label for c in cells if c.label) == ["normal", "normal", "spherocyte"]
+    assert [c.kind for c in list_cells(store, slide.id, kind="white_cell")[0]] == ["white_cell"]
