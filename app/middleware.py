@@ -88,13 +88,13 @@ class IdentityGate:
         self.analysis_paths = frozenset(analysis_paths)
 
     def realm(self, scope: Scope) -> Realm | None:
-        if scope["type"] != "http":
+        # A CORS preflight carries no credentials, by the standard: refusing it would keep every
+        # browser page of an allowed origin from calling the API with its token.
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
             return None
         if scope["path"] in self.analysis_paths:
             return Realm.ANALYSIS
-        # CORS preflights carry no credentials (the records API's only: the analysis API has
-        # always asked them for the token, and its answers stay as they were).
-        if is_slides_path(scope["path"]) and scope["method"] != "OPTIONS":
+        if is_slides_path(scope["path"]):
             return Realm.RECORDS
         return None
 

@@ -151,8 +151,10 @@ def test_the_gate_puts_who_is_asking_on_the_request() -> None:
     assert (b"cache-control", b"no-store") in headers
     status, identity, _, _ = call_gate("GET", "/audit", "vic-token", slot)
     assert status == 200 and identity is not None and identity.role == "viewer"
-    # Paths nobody guards, and the records API's CORS preflights, pass with no identity.
-    for method, path in (("GET", "/healthz"), ("GET", "/"), ("OPTIONS", "/slides")):
+    # Paths nobody guards, and CORS preflights (they carry no credentials), pass with no identity.
+    for method, path in (
+        ("GET", "/healthz"), ("GET", "/"), ("OPTIONS", "/slides"), ("OPTIONS", "/predict")
+    ):  # fmt: skip
         assert call_gate(method, path, None, slot)[:2] == (200, None)
 
 

@@ -288,3 +288,22 @@ def test_cors_only_for_listed_origins(model_dir: Path) -> None:
         other = c.get("/healthz", headers={"Origin": "https://evil.example.com"})
     assert ok.headers["access-control-allow-origin"] == "https://lab.example.org"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_token_protected_api_answers_its_origins_preflights(model_dir: Path) -> None:
+    # A preflight carries no credentials (the CORS standard): refused, no page of an allowed
+    # origin could call the API with its token. The call itself still needs the token.
+    settings = make_settings(
+        model_dir, cors_origins=("https://lab.example.org",), api_token="secret"
+    )
+    preflight = {
+        "Origin": "https://lab.example.org",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    with TestClient(create_app(settings)) as c:
+        asked = c.options("/predict", headers=preflight)
+        call = c.post("/predict", headers={"Origin": "https://lab.example.org"})
+    assert asked.status_code == 200, asked.text
+    assert asked.headers["access-control-allow-origin"] == "https://lab.example.org"
+    assert call.status_code == 401
