@@ -166,11 +166,15 @@
     if (!cell.crop) return;
     if (!cell.heatmap) {
       try {
-        const form = new FormData();
-        form.append("file", dataUrlToBlob(cell.crop), "cell-" + cell.id + ".png");
-        const body = await callApi("predict?heatmap=true", form);
-        cell.heatmap = body.heatmap;
+        // One request per cell, however often the cell is shown while it runs.
+        if (!cell.heatmapAsked) {
+          const form = new FormData();
+          form.append("file", dataUrlToBlob(cell.crop), "cell-" + cell.id + ".png");
+          cell.heatmapAsked = callApi("predict?heatmap=true", form).then((body) => body.heatmap);
+        }
+        cell.heatmap = await cell.heatmapAsked;
       } catch (err) {
+        cell.heatmapAsked = null; // asked again next time the cell is shown
         caption.textContent = "The heatmap could not be made: " + err.message;
         return;
       }

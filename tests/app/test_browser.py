@@ -378,7 +378,8 @@ def test_smear_tab_keeps_the_class_when_the_counts_fail(page: Any, tmp_path: Pat
     analyse_smear(page, path)
     counts = table_counts(page)
     first = page.locator("#smear-gallery .thumb").first
-    first.click()
+    with page.expect_response("**/predict?heatmap=true"):
+        first.click()
     page.wait_for_selector("#smear-cell:not([hidden])")
     old = page.text_content("#smear-cell-label")
     page.select_option("#smear-cell-reclass", next(c for c in counts if c != old))
