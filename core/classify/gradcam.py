@@ -25,6 +25,7 @@ in `class_activation_maps`; the heatmaps before issue #12 are
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -109,10 +110,13 @@ def class_activation_maps(
     body, head = model[0], model[1:]
     layers = candidate_layers(body)
     outputs: dict[int, torch.Tensor] = {}
+    # The model is shared: the service's other threads classify (or draw heatmaps) with it while
+    # the hooks are on. Only this call's own forward pass is kept.
+    caller = threading.get_ident()
 
     def keeper(index: int) -> Callable[[nn.Module, object, object], None]:
         def keep(_module: nn.Module, _inputs: object, output: object) -> None:
-            if isinstance(output, torch.Tensor):
+            if isinstance(output, torch.Tensor) and threading.get_ident() == caller:
                 outputs[index] = output
 
         return keep

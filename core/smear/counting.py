@@ -1,6 +1,6 @@
 """Counts, percentages and grades of classified cells: the one place they are computed (the
-batch summary, a smear field, the smear evaluation; the page recounts after a reclassification
-with the grading scales the service sends it)."""
+batch summary, a smear field, a slide, the smear evaluation, and the page's reclassified cells,
+which it sends back to POST /analyze/smear/counts)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ the heatmap-mass benchmark (research/heatmap_mass.py, issue #12)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,43 @@ def test_bench_runs_end_to_end(tmp_path: Path) -> None:
         assert figures["ms_per_crop"] >= 0.0
     with Image.open(examples) as grid:
         assert grid.size[0] > 72 * len(METHODS) and grid.size[1] > 72
+
+
+class Interleaved(nn.Module):
+    """A body that, in the middle of the heatmap's own forward pass, lets another thread run the
+    shared model (as the service's threads do): the race, made certain."""
+
+    def __init__(self, inner: nn.Module, model: list[nn.Module], other: torch.Tensor) -> None:
+        super().__init__()
+        self.inner, self.model, self.other = inner, model, other
+        self.interleave = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if self.interleave:
+            self.interleave = False
+
+            def classify() -> None:
+                with torch.inference_mode():
+                    self.model[0](self.other)
+
+            worker = threading.Thread(target=classify)
+            worker.start()
+            worker.join()
+        return out
+
+
+def test_another_threads_forward_pass_does_not_enter_the_heatmap() -> None:
+    model = staged_model()
+    x = two_patches()
+    expected = class_activation_maps(model, x, strides=(8, 16))
+    holder: list[nn.Module] = []
+    # The interleaving stage comes after the stride-8 one, whose output the other thread's pass
+    # then replaces.
+    last = model[0][2]
+    model[0][2] = Interleaved(last, holder, torch.rand(1, 3, 64, 64))
+    holder.append(model)
+    # Before the fix: the other thread's inference tensors replaced this call's activations
+    # ("One of the differentiated Tensors does not require grad").
+    cam = class_activation_maps(model, x, strides=(8, 16))
+    torch.testing.assert_close(cam, expected)
