@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from core.detect.learned import CellDetector  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM, load_fields, match  # noqa: E402
+from training.detect.data import load_fields  # noqa: E402
+from training.detect.evaluate import POINT_RADIUS_UM, match  # noqa: E402
 
 MARGINS_UM = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)
 SOURCES = ("bccd", "bcd", "raabin")

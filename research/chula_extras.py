@@ -33,7 +33,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector, parse_small_red
 from research.white_as_red import save_sheet
-from training.detection_eval import CHULA_MICRONS_PER_PIXEL, POINT_RADIUS_UM, load_fields, match
+from training.detect.config import CHULA_MICRONS_PER_PIXEL
+from training.detect.data import load_fields
+from training.detect.evaluate import POINT_RADIUS_UM, match
 
 TILE = 200  # px per case on the sheet
 WINDOW = 120  # px of the field around each case

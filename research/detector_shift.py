@@ -53,12 +53,8 @@ if str(ROOT) not in sys.path:
 from core.detect.learned import CellDetector  # noqa: E402
 from core.detect.nucleus import NucleusRule  # noqa: E402
 from training.augment import _HED_FROM_RGB, _RGB_FROM_HED  # noqa: E402
-from training.detection_eval import (  # noqa: E402
-    LearnedDetector,
-    evaluate_fields,
-    load_fields,
-    scale_errors,
-)
+from training.detect.data import load_fields  # noqa: E402
+from training.detect.evaluate import LearnedDetector, evaluate_fields, scale_errors  # noqa: E402
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 

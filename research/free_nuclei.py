@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector
 from core.detect.nucleus import FREE_NUCLEUS_MIN_UM2, SHIPPED_RULE, nuclear_regions
 from research.probe_fields import add_field_arguments, command_line, probe_fields, write_result
-from training.detection_eval import Found, in_box, match
+from training.detect.evaluate import Found, in_box, match
 
 AREAS_UM2 = (4.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 

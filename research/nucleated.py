@@ -30,7 +30,8 @@ if str(ROOT) not in sys.path:
 from core.detect.learned import CellDetector  # noqa: E402
 from core.detect.nucleus import SHIPPED_RULE, nuclear_shares  # noqa: E402
 from research.white_as_red import case_tile, red_groups, save_sheet  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM, load_fields  # noqa: E402
+from training.detect.data import load_fields  # noqa: E402
+from training.detect.evaluate import POINT_RADIUS_UM  # noqa: E402
 
 SOURCES = ("bccd", "bcd", "raabin", "chula")
 

@@ -49,7 +49,7 @@ from research.probe_fields import (  # noqa: E402
     write_result,
 )
 from research.white_as_red import red_groups  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM  # noqa: E402
+from training.detect.evaluate import POINT_RADIUS_UM  # noqa: E402
 
 DARKNESS = (1.3, 1.6, 2.0, 2.5)
 BLUENESS: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7)

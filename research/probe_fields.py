@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from training.detection_eval import load_fields
+from training.detect.data import load_fields
 
 TXL_SOURCES = ("bccd", "bcd", "raabin")
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ detector before stop 23. For each (low,
 size) it runs the detector, nucleus check and free-nucleus step included, at each field's
 scale on **validation fields only** (txl-pbc's val split, and the Chula smears that detector
 training holds out for validation: not the classifier's test smears, 15 % of the rest by a hash
-of the name, as training/detector.py splits them), and reports:
+of the name, as training/detect/data.py splits them), and reports:
 
 - red-cell recall (interior) and one-to-one precision per source (evaluate-detector's figures);
 - on Chula, recall per morphology class (schistocyte, spherocyte, all others).
@@ -37,14 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector
-from training.detection_eval import (
-    POINT_RADIUS_UM,
-    Found,
-    LearnedDetector,
-    evaluate_fields,
-    load_fields,
-    match,
-)
+from training.detect.data import load_fields
+from training.detect.evaluate import POINT_RADIUS_UM, Found, LearnedDetector, evaluate_fields, match
 
 LOWS = (0.35, 0.3, 0.25, 0.2)
 SIZES_UM = (4.5, 5.5, 6.5, 100.0)  # 100: every red peak (a lower threshold for all)

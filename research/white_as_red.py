@@ -34,7 +34,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.detect.learned import CellDetector
-from training.detection_eval import in_box, in_ellipse, load_fields, match
+from training.detect.data import load_fields
+from training.detect.evaluate import in_box, in_ellipse, match
 
 RATIOS = (1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 2.0, 2.2)
 INNER = 0.8  # the central share of a detected white cell's box (each side) that a red centre is in

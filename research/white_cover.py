@@ -48,7 +48,7 @@ from research.probe_fields import (  # noqa: E402
     write_result,
 )
 from research.white_as_red import red_groups  # noqa: E402
-from training.detection_eval import POINT_RADIUS_UM  # noqa: E402
+from training.detect.evaluate import POINT_RADIUS_UM  # noqa: E402
 
 SHARES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 SOURCES = ("bccd", "bcd", "raabin")

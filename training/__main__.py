@@ -198,11 +198,11 @@ def _cmd_evaluate_smears(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate_detector(args: argparse.Namespace) -> None:
-    from training.detection_eval import (
+    from training.detect.data import load_fields
+    from training.detect.evaluate import (
         LearnedDetector,
         classical_detector,
         evaluate_fields,
-        load_fields,
         markdown_table,
         scale_errors,
     )

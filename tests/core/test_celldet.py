@@ -315,7 +315,7 @@ def test_platelets_of_another_laboratory_are_found(shipped: CellDetector) -> Non
     from PIL import Image
 
     from training.datasets.fields import derived_microns_per_pixel, read_yolo
-    from training.detection_eval import Found, match
+    from training.detect.evaluate import Found, match
 
     report = read_yolo(TXL, splits=("test",), progress=False)
     bccd = [f for f in report.fields if f.source == "bccd"]

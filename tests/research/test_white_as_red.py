@@ -8,7 +8,7 @@ import numpy as np
 
 from research.white_as_red import in_place_of, missed_white_tiles
 from training.datasets.fields import Field, FieldObject
-from training.detection_eval import Found
+from training.detect.evaluate import Found
 
 WHITE = (30.0, 30.0, 70.0, 70.0)
 

@@ -18,7 +18,7 @@ from training.datasets.fields import (
     read_coco,
     read_yolo,
 )
-from training.detection_eval import (
+from training.detect.evaluate import (
     Found,
     classical_detector,
     evaluate_fields,

@@ -1,5 +1,6 @@
-"""The labelled fields as training samples: read from YOLO, COCO or Chula's points, brought to the
-detector's working scale, and optionally prepared once on disk (`--prepare-only`)."""
+"""The labelled fields (`load_fields`: YOLO, COCO or Chula's points, with each source's scale) and
+the same fields as training samples: brought to the detector's working scale, and optionally
+prepared once on disk (`--prepare-only`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 import time
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,15 @@ from core.detect.learned import (
     KINDS,
     resample,
 )
-from training.datasets.fields import Field
-from training.detect.config import DetectorConfig
+from training.datasets.fields import (
+    Field,
+    FieldReport,
+    derived_microns_per_pixel,
+    read_chula_points,
+    read_coco,
+    read_yolo,
+)
+from training.detect.config import CHULA_MICRONS_PER_PIXEL, DetectorConfig
 from training.errors import DataError
 
 
@@ -100,6 +109,34 @@ def to_sample(
     )
 
 
+def load_fields(
+    yolo: Sequence[Any] = (),
+    coco: Sequence[tuple[Any, Any]] = (),
+    chula: Any | None = None,
+    chula_stems: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[list[Field], dict[str, float]]:
+    """Every field of the given sets, and each source's scale: Chula's known 0.19 um/px, the
+    others derived from their own red cells (training.datasets.fields.derived_microns_per_pixel,
+    over all of the source's fields)."""
+    reports: list[FieldReport] = [read_yolo(Path(root), progress=progress) for root in yolo]
+    reports += [read_coco(Path(j), Path(i) if i else None, progress=progress) for j, i in coco]
+    if chula is not None:
+        reports.append(read_chula_points(Path(chula), chula_stems, progress=progress))
+    for report in reports:
+        print(report.summary(), flush=True)
+    fields = [f for r in reports for f in r.fields]
+    scales: dict[str, float] = {}
+    for source in sorted({f.source for f in fields}):
+        if source == "chula":
+            scales[source] = CHULA_MICRONS_PER_PIXEL
+            continue
+        derived = derived_microns_per_pixel([f for f in fields if f.source == source])
+        if derived is not None:
+            scales[source] = derived
+    return fields, scales
+
+
 def read_samples(
     cfg: DetectorConfig, progress: bool = True
 ) -> tuple[dict[str, list[Sample]], dict[str, float]]:
@@ -108,8 +145,6 @@ def read_samples(
     prepared = Path(cfg.prepared) if cfg.prepared else None
     if prepared and any((prepared / n).is_file() for n in (PREPARED_INDEX, PREPARED_INDEX + ".gz")):
         return load_prepared(prepared)
-    from training.detection_eval import load_fields
-
     test_stems: set[str] = set()
     if cfg.chula:
         card_path = Path(cfg.chula_test_from) / "model_card.json"
