@@ -29,15 +29,11 @@ from core.detect.learned import (
 from core.modelcard import ModelFileError
 from tests.training.test_fields import write_yolo
 from training.augment import stain_jitter
-from training.detector import (
-    DetectorConfig,
-    export_detector,
-    load_detector_config,
-    load_samples,
-    segmented_sizes,
-    targets,
-    train_detector,
-)
+from training.detect.config import DetectorConfig, load_detector_config
+from training.detect.data import load_samples, segmented_sizes
+from training.detect.engine import train_detector
+from training.detect.export import export_detector
+from training.detect.transforms import targets
 
 
 def test_network_predicts_at_a_quarter_of_the_input() -> None:
@@ -337,13 +333,13 @@ def test_platelets_of_another_laboratory_are_found(shipped: CellDetector) -> Non
 def test_the_small_red_rule_is_off_unless_asked_and_its_option_is_checked() -> None:
     if not (SHIPPED / "detector_card.json").is_file():
         pytest.skip("no detector shipped in models/")
-    from training.__main__ import _load_detector
+    from training.commands.shared import load_detector
     from training.errors import DataError
 
-    assert _load_detector(str(SHIPPED)).small_red is None  # the measured candidate, not shipped
-    assert _load_detector(str(SHIPPED), "0.3,6.5").small_red == (0.3, 6.5)
+    assert load_detector(str(SHIPPED)).small_red is None  # the measured candidate, not shipped
+    assert load_detector(str(SHIPPED), "0.3,6.5").small_red == (0.3, 6.5)
     with pytest.raises(DataError, match="THRESHOLD,UM"):
-        _load_detector(str(SHIPPED), "0.3")
+        load_detector(str(SHIPPED), "0.3")
 
 
 def test_the_small_red_option_is_parsed_or_refused() -> None:

@@ -11,13 +11,9 @@ import pytest
 
 from tests.synthetic import make_smear
 from training.augment import degrade
-from training.detector import (
-    DetectorConfig,
-    Sample,
-    augment,
-    enlarged_negative,
-    load_detector_config,
-)
+from training.detect.config import DetectorConfig, load_detector_config
+from training.detect.data import Sample
+from training.detect.transforms import augment, enlarged_negative
 from training.errors import ConfigError
 
 
