@@ -1,1 +1,3 @@
-"""Training subpackage: import data, train (feature extraction / fine tuning), evaluate, export."""
+"""Training subpackage: the importers (`datasets/`), the classifier's pipeline (`classify/`) and
+the cell detector's (`detect/`), the two of the same shape, and their CLI (`python -m training`,
+one module of `commands/` a group)."""
