@@ -1,6 +1,6 @@
-"""Calibration (core/classify/calibration.py) and its fitting command (training/calibrate.py):
-temperature, review threshold, familiarity, the files beside the weights, and the predictor and
-smear analysis using them."""
+"""Calibration (core/classify/calibration.py) and its fitting command
+(training/classify/calibrate.py): temperature, review threshold, familiarity, the files beside
+the weights, and the predictor and smear analysis using them."""
 
 from __future__ import annotations
 

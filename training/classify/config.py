@@ -61,7 +61,7 @@ class TrainConfig:
     max_lr: float | None = None
     lr_ratio: float = 100.0
     # Frozen stages on cached body features, `cache_views` augmented views per training image
-    # (training/cache.py): minutes instead of hours on a CPU.
+    # (engine.fit_head_on_cached_features): minutes instead of hours on a CPU.
     cache_features: bool = False
     cache_views: int = 4
     # Loss: class weights against imbalance ("none", "inverse_sqrt": w ~ 1/sqrt(train count),

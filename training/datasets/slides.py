@@ -225,11 +225,11 @@ def import_slides(
     `reviewed_only`: only cells a technologist reviewed, labelled with the final label; else every
     red cell, labelled with the final label where reviewed and the proposed one elsewhere.
     `signed_off_only`: only cells of signed-off slides. Every cell of a slide goes to the same
-    split (grouped, class-stratified, seeded: training.split.grouped_split), so valid and test
-    never hold a cell of a training slide. Cells are `window` px crops at the training scale
-    (`TRAINING_MICRONS_PER_PIXEL`), padded where the window runs past the field's edge; cells the
-    analysis found cut by that edge (`at_border`, not counted in grades) are dropped with
-    `drop_border`, else kept.
+    split (grouped, class-stratified, seeded: training.datasets.split.grouped_split), so valid
+    and test never hold a cell of a training slide. Cells are `window` px crops at the training
+    scale (`TRAINING_MICRONS_PER_PIXEL`), padded where the window runs past the field's edge;
+    cells the analysis found cut by that edge (`at_border`, not counted in grades) are dropped
+    with `drop_border`, else kept.
     The set is built in a hidden folder beside `out` and renamed at the end. DataError, one line,
     for a database that cannot be reached or is not at the current schema, and when no cell is
     left to import.
