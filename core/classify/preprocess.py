@@ -1,6 +1,6 @@
 """Test-time preprocessing of an exported learner, without fastai.
 
-The training pipeline (training/data.py) feeds the network with fastai's
+The training pipeline (training/classify/data.py) feeds the network with fastai's
 `Resize(size, method=ResizeMethod.Pad, pad_mode=PadMode.Border)` item transform (centred at test
 time), then `IntToFloatTensor` (divide by 255) and `Normalize` with the model's mean and std; the
 random augmentations run on the training split only. This module does exactly the same to a PIL

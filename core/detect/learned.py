@@ -7,7 +7,7 @@ cells are two peaks, and a white cell is never a red cell. It works at one pixel
 (`DetectorCard.microns_per_pixel`, a red cell ~20 px across): an image is resampled to it from
 the scale given, or from a scale estimated from the field's own red cells (`CellDetector`).
 
-Trained by `python -m training train-detector` (training/detector.py); loaded here as the
+Trained by `python -m training train-detector` (training/detect/); loaded here as the
 classifier is: the card's sha256 checked before the state dict is read, tensors only.
 """
 
