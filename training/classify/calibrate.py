@@ -246,6 +246,10 @@ def _share(rows: list[dict[str, Any]], key: str, of: str = "cells") -> float | N
     return None if total == 0 else sum(r[key] for r in rows) / total
 
 
+# Per split: the crops' logits (views, N, classes), features (N, D) and targets (N).
+Outputs = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def calibrate(
     model_dir: Path,
     data: Path,
@@ -264,146 +268,24 @@ def calibrate(
     # Fit on the raw network, whatever calibration the folder holds already.
     predictor.calibration = None
     df = model_crops(data, predictor.classes)
-    outputs = {}
-    for split in ("train", "valid", "test"):
-        part = df[df["split"] == split]
-        logits, feats = crop_outputs(predictor, data, list(part["path"]), split, progress)
-        outputs[split] = (logits, feats, torch.tensor(part["target"].to_numpy()))
-
-    v_logits, v_feats, v_y = outputs["valid"]
-    t_logits, t_feats, t_y = outputs["test"]
-    temperature = fit_temperature(v_logits, v_y)
-    say(f"temperature {temperature:.3f} (fitted on {len(v_y)} validation crops)")
-
-    def confidences(logits: torch.Tensor, y: torch.Tensor, t: float) -> tuple[Any, Any]:
-        probs = calibrated_probabilities(logits, t)
-        conf, pred = probs.max(dim=1)
-        return conf, pred == y
-
-    figures: dict[str, Any] = {"temperature_fitted_on": len(v_y)}
-    for split, (logits, _, y) in (("valid", outputs["valid"]), ("test", outputs["test"])):
-        for name, t in (("before", 1.0), ("after", temperature)):
-            conf, ok = confidences(logits, y, t)
-            figures[f"ece_{split}_{name}"] = round(expected_calibration_error(conf, ok), 4)
-    v_conf, v_ok = confidences(v_logits, v_y, temperature)
-    threshold = choose_review_threshold(v_conf, v_ok, target_accuracy)
-
-    _, tr_feats, tr_y = outputs["train"]
-    familiarity = Familiarity.fit(tr_feats, tr_y)
-    v_dist = familiarity.distance(v_feats)
-    t_dist = familiarity.distance(t_feats)
-    cell_threshold = _quantile(v_dist.tolist(), CELL_QUANTILE)
-
-    t_conf, t_ok = confidences(t_logits, t_y, temperature)
-    unflagged = (t_conf >= threshold) & (t_dist <= cell_threshold)
-    figures.update(
-        {
-            "test_cells": len(t_y),
-            "test_accuracy": round(float(t_ok.float().mean()), 4),
-            "test_unflagged_share": round(float(unflagged.float().mean()), 4),
-            "test_unflagged_accuracy": round(float(t_ok[unflagged].float().mean()), 4)
-            if unflagged.any()
-            else None,
-            "test_flagged_low_confidence": int((t_conf < threshold).sum()),
-            "test_flagged_unfamiliar": int((t_dist > cell_threshold).sum()),
-            "valid_unflagged_share": round(
-                float(((v_conf >= threshold) & (v_dist <= cell_threshold)).float().mean()), 4
-            ),
-            "distance_train_median": round(float(familiarity.distance(tr_feats).median()), 3),
-            "distance_valid_median": round(float(v_dist.median()), 3),
-            "distance_test_median": round(float(t_dist.median()), 3),
-            "reliability_test_before": reliability_bins(*confidences(t_logits, t_y, 1.0)),
-            "reliability_test_after": reliability_bins(t_conf, t_ok),
-        }
-    )
-    calibration = Calibration(
-        temperature=temperature,
-        review_threshold=threshold,
-        target_accuracy=target_accuracy,
-        cell_threshold=cell_threshold,
-        field_threshold=math.inf,  # chosen below, on whole fields
-        familiarity=familiarity,
-    )
+    outputs = _split_outputs(predictor, data, df, progress)
+    calibration, figures = _fit_cells(outputs, target_accuracy, say)
     predictor.calibration = calibration
-    predictor.review_threshold = threshold
-    say(
-        f"review threshold {threshold:.3f} (valid, target {target_accuracy}); test: "
-        f"{figures['test_unflagged_share']:.1%} of cells not flagged, "
-        f"{figures['test_unflagged_accuracy']} accurate; ECE {figures['ece_test_before']} -> "
-        f"{figures['ece_test_after']}"
-    )
-
+    predictor.review_threshold = calibration.review_threshold
     if chula is not None:
-        from core.detect.learned import CellDetector
-
-        detector = CellDetector.load(detector_dir, device="cpu") if detector_dir else None
-        smears = Path(chula) / "Dataset"
-        train_fields = _chula_fields(df, smears, "train", chula_microns_per_pixel)
-        calibration.colours = FieldColours.fit(
-            np.stack(
-                [
-                    _colour_descriptor(path)
-                    for path, _ in tqdm(
-                        train_fields, desc="chula train field colours", disable=not progress
-                    )
-                ]
+        figures.update(
+            _fit_fields(
+                calibration,
+                predictor,
+                df,
+                Path(chula) / "Dataset",
+                chula_microns_per_pixel,
+                detector_dir,
+                foreign,
+                progress,
+                say,
             )
         )
-        calibration.colour_threshold = math.inf  # chosen below, on the validation fields
-        valid_rows = _field_runs(
-            _chula_fields(df, smears, "valid", chula_microns_per_pixel),
-            predictor,
-            detector,
-            "chula valid",
-            progress,
-        )
-        valid_scores = [r["score"] for r in valid_rows if r["score"] is not None]
-        valid_colours = [r["colour_score"] for r in valid_rows if r["colour_score"] is not None]
-        if not valid_scores or not valid_colours:
-            raise DataError(f"no validation field of {smears} had a red cell to score")
-        calibration.field_threshold = _quantile(valid_scores, FIELD_QUANTILE)
-        calibration.colour_threshold = _quantile(valid_colours, FIELD_QUANTILE)
-        test_rows = _field_runs(
-            _chula_fields(df, smears, "test", chula_microns_per_pixel),
-            predictor,
-            detector,
-            "chula test",
-            progress,
-        )
-        runs = {"chula": test_rows}
-        if foreign is not None:
-            for source, items in _foreign_fields(Path(foreign), "test").items():
-                runs[source] = _field_runs(items, predictor, detector, source, progress)
-        by_source = {
-            source: _source_figures(rows, test_rows, calibration, source == "chula")
-            for source, rows in runs.items()
-        }
-        everyone_else = [r for s, rows in runs.items() if s != "chula" for r in rows]
-        figures.update(
-            {
-                "field_threshold_fitted_on": len(valid_scores),
-                "colour_reference_fields": len(train_fields),
-                "valid_fields_unfamiliar_share": round(
-                    sum(_verdict(r, calibration) > 1 for r in valid_rows) / len(valid_rows), 4
-                ),
-                "fields": by_source,
-                **{
-                    f"auroc_vs_chula_test_all_foreign{suffix}": auroc(
-                        _signal(test_rows, signal, calibration),
-                        _signal(everyone_else, signal, calibration),
-                    )
-                    for signal, suffix in SIGNALS.items()
-                },
-                "detector": str(detector_dir) if detector_dir else "classical",
-            }
-        )
-        say(
-            f"field threshold {calibration.field_threshold:.3f}, colour threshold "
-            f"{calibration.colour_threshold:.3f}; Chula test fields judged unfamiliar: "
-            f"{by_source['chula']['unfamiliar_fields']} of {by_source['chula']['fields']}"
-        )
-        for source, row in by_source.items():
-            say(f"  {source}: {row}")
     figures["seconds"] = round(time.perf_counter() - started, 1)
     calibration.figures = figures
     calibration.save(Path(model_dir))
@@ -411,14 +293,229 @@ def calibrate(
     return {**calibration.summary(), "figures": figures}
 
 
+def _split_outputs(predictor: Predictor, data: Path, df: pd.DataFrame, progress: bool) -> Outputs:
+    """The network's outputs on the train, valid and test crops, with their targets."""
+    outputs = {}
+    for split in ("train", "valid", "test"):
+        part = df[df["split"] == split]
+        logits, feats = crop_outputs(predictor, data, list(part["path"]), split, progress)
+        outputs[split] = (logits, feats, torch.tensor(part["target"].to_numpy()))
+    return outputs
+
+
+def _confidences(logits: torch.Tensor, y: torch.Tensor, t: float) -> tuple[Any, Any]:
+    """Each crop's top calibrated probability at temperature `t`, and whether it is right."""
+    probs = calibrated_probabilities(logits, t)
+    conf, pred = probs.max(dim=1)
+    return conf, pred == y
+
+
+def _fit_cells(
+    outputs: Outputs, target_accuracy: float, say: Callable[[str], None]
+) -> tuple[Calibration, dict[str, Any]]:
+    """The cells' part: temperature and review threshold on the validation crops, familiarity
+    on the training crops, measured on the test crops. The field threshold is left to fields."""
+    v_logits, v_feats, v_y = outputs["valid"]
+    temperature = fit_temperature(v_logits, v_y)
+    say(f"temperature {temperature:.3f} (fitted on {len(v_y)} validation crops)")
+    figures: dict[str, Any] = {"temperature_fitted_on": len(v_y)}
+    figures.update(_ece_figures(outputs, temperature))
+    v_conf, v_ok = _confidences(v_logits, v_y, temperature)
+    threshold = choose_review_threshold(v_conf, v_ok, target_accuracy)
+
+    _, tr_feats, tr_y = outputs["train"]
+    familiarity = Familiarity.fit(tr_feats, tr_y)
+    v_dist = familiarity.distance(v_feats)
+    cell_threshold = _quantile(v_dist.tolist(), CELL_QUANTILE)
+    figures.update(
+        _cell_figures(outputs, familiarity, temperature, threshold, cell_threshold, v_conf, v_dist)
+    )
+    calibration = Calibration(
+        temperature=temperature,
+        review_threshold=threshold,
+        target_accuracy=target_accuracy,
+        cell_threshold=cell_threshold,
+        field_threshold=math.inf,  # chosen on whole fields, if any
+        familiarity=familiarity,
+    )
+    say(
+        f"review threshold {threshold:.3f} (valid, target {target_accuracy}); test: "
+        f"{figures['test_unflagged_share']:.1%} of cells not flagged, "
+        f"{figures['test_unflagged_accuracy']} accurate; ECE {figures['ece_test_before']} -> "
+        f"{figures['ece_test_after']}"
+    )
+    return calibration, figures
+
+
+def _ece_figures(outputs: Outputs, temperature: float) -> dict[str, float]:
+    """Expected calibration error of the valid and test crops, before and after scaling."""
+    figures = {}
+    for split in ("valid", "test"):
+        logits, _, y = outputs[split]
+        for name, t in (("before", 1.0), ("after", temperature)):
+            conf, ok = _confidences(logits, y, t)
+            figures[f"ece_{split}_{name}"] = round(expected_calibration_error(conf, ok), 4)
+    return figures
+
+
+def _cell_figures(
+    outputs: Outputs,
+    familiarity: Familiarity,
+    temperature: float,
+    threshold: float,
+    cell_threshold: float,
+    v_conf: torch.Tensor,
+    v_dist: torch.Tensor,
+) -> dict[str, Any]:
+    """The test crops' share flagged and accuracy; distances of each split; reliability bins."""
+    t_logits, t_feats, t_y = outputs["test"]
+    _, tr_feats, _ = outputs["train"]
+    t_dist = familiarity.distance(t_feats)
+    t_conf, t_ok = _confidences(t_logits, t_y, temperature)
+    unflagged = (t_conf >= threshold) & (t_dist <= cell_threshold)
+    return {
+        "test_cells": len(t_y),
+        "test_accuracy": round(float(t_ok.float().mean()), 4),
+        "test_unflagged_share": round(float(unflagged.float().mean()), 4),
+        "test_unflagged_accuracy": round(float(t_ok[unflagged].float().mean()), 4)
+        if unflagged.any()
+        else None,
+        "test_flagged_low_confidence": int((t_conf < threshold).sum()),
+        "test_flagged_unfamiliar": int((t_dist > cell_threshold).sum()),
+        "valid_unflagged_share": round(
+            float(((v_conf >= threshold) & (v_dist <= cell_threshold)).float().mean()), 4
+        ),
+        "distance_train_median": round(float(familiarity.distance(tr_feats).median()), 3),
+        "distance_valid_median": round(float(v_dist.median()), 3),
+        "distance_test_median": round(float(t_dist.median()), 3),
+        "reliability_test_before": reliability_bins(*_confidences(t_logits, t_y, 1.0)),
+        "reliability_test_after": reliability_bins(t_conf, t_ok),
+    }
+
+
+def _fit_fields(
+    calibration: Calibration,
+    predictor: Predictor,
+    df: pd.DataFrame,
+    smears: Path,
+    microns_per_pixel: float,
+    detector_dir: Path | None,
+    foreign: Path | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The fields' part, on whole fields through the service's analysis: colours on Chula's
+    training fields, both field thresholds on its validation fields, figures on the test fields
+    (Chula's, and `foreign`'s per source). `predictor` must hold `calibration`."""
+    from core.detect.learned import CellDetector
+
+    detector = CellDetector.load(detector_dir, device="cpu") if detector_dir else None
+
+    def runs_of(split: str) -> list[dict[str, Any]]:
+        fields = _chula_fields(df, smears, split, microns_per_pixel)
+        return _field_runs(fields, predictor, detector, f"chula {split}", progress)
+
+    train_fields = _chula_fields(df, smears, "train", microns_per_pixel)
+    calibration.colours = _fit_colours(train_fields, progress)
+    calibration.colour_threshold = math.inf  # chosen below, on the validation fields
+    valid_rows = runs_of("valid")
+    fitted_on = _fit_field_thresholds(calibration, valid_rows, smears)
+    runs = {"chula": runs_of("test")}
+    if foreign is not None:
+        for source, items in _foreign_fields(Path(foreign), "test").items():
+            runs[source] = _field_runs(items, predictor, detector, source, progress)
+    figures = {
+        "field_threshold_fitted_on": fitted_on,
+        "colour_reference_fields": len(train_fields),
+        **_field_figures(calibration, runs, valid_rows),
+        "detector": str(detector_dir) if detector_dir else "classical",
+    }
+    by_source = figures["fields"]
+    say(
+        f"field threshold {calibration.field_threshold:.3f}, colour threshold "
+        f"{calibration.colour_threshold:.3f}; Chula test fields judged unfamiliar: "
+        f"{by_source['chula']['unfamiliar_fields']} of {by_source['chula']['fields']}"
+    )
+    for source, row in by_source.items():
+        say(f"  {source}: {row}")
+    return figures
+
+
+def _fit_colours(train_fields: Sequence[tuple[Path, float]], progress: bool) -> FieldColours:
+    """The reference of field colours: one descriptor per training field."""
+    return FieldColours.fit(
+        np.stack(
+            [
+                _colour_descriptor(path)
+                for path, _ in tqdm(
+                    train_fields, desc="chula train field colours", disable=not progress
+                )
+            ]
+        )
+    )
+
+
+def _fit_field_thresholds(
+    calibration: Calibration, valid_rows: list[dict[str, Any]], smears: Path
+) -> int:
+    """Set the field and colour thresholds from the validation fields' scores; returns how many
+    fields had a score."""
+    valid_scores = [r["score"] for r in valid_rows if r["score"] is not None]
+    valid_colours = [r["colour_score"] for r in valid_rows if r["colour_score"] is not None]
+    if not valid_scores or not valid_colours:
+        raise DataError(f"no validation field of {smears} had a red cell to score")
+    calibration.field_threshold = _quantile(valid_scores, FIELD_QUANTILE)
+    calibration.colour_threshold = _quantile(valid_colours, FIELD_QUANTILE)
+    return len(valid_scores)
+
+
+def _field_figures(
+    calibration: Calibration,
+    runs: dict[str, list[dict[str, Any]]],
+    valid_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The validation fields judged unfamiliar, each source's figures, and each signal's AUROC
+    between Chula's test fields and every foreign field together."""
+    test_rows = runs["chula"]
+    everyone_else = [r for s, rows in runs.items() if s != "chula" for r in rows]
+    return {
+        "valid_fields_unfamiliar_share": round(
+            sum(_verdict(r, calibration) > 1 for r in valid_rows) / len(valid_rows), 4
+        ),
+        "fields": {
+            source: _source_figures(rows, test_rows, calibration, source == "chula")
+            for source, rows in runs.items()
+        },
+        **{
+            f"auroc_vs_chula_test_all_foreign{suffix}": auroc(
+                _signal(test_rows, signal, calibration),
+                _signal(everyone_else, signal, calibration),
+            )
+            for signal, suffix in SIGNALS.items()
+        },
+    }
+
+
 def write_report(model_dir: Path, calibration: Calibration) -> None:
     """calibration.md and its plots: the reliability diagram and the familiarity of fields."""
     import matplotlib
 
     matplotlib.use("Agg")
+
+    fields = calibration.figures.get("fields") or {}
+    _plot_reliability(calibration.figures, model_dir / "reliability_test.png")
+    if fields:
+        _plot_field_familiarity(calibration, fields, model_dir / "familiarity_fields.png")
+    lines = _summary_lines(calibration)
+    if fields:
+        lines += _fields_table(calibration.figures, fields)
+    (model_dir / "calibration.md").write_text("\n".join(lines) + "\n")
+
+
+def _plot_reliability(fig: dict[str, Any], dest: Path) -> None:
+    """The test crops' accuracy against confidence, before and after temperature scaling."""
     import matplotlib.pyplot as plt
 
-    fig = calibration.figures
     fig_, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
     curves = (("reliability_test_before", "softmax"), ("reliability_test_after", "T-scaled"))
@@ -434,36 +531,42 @@ def write_report(model_dir: Path, calibration: Calibration) -> None:
     )
     ax.legend()
     fig_.tight_layout()
-    fig_.savefig(model_dir / "reliability_test.png", dpi=110)
+    fig_.savefig(dest, dpi=110)
     plt.close(fig_)
-    fields = fig.get("fields") or {}
-    if fields:
-        panels = [
-            ("scores", calibration.field_threshold, "cells: median distance to training cells")
-        ]
-        if calibration.colour_threshold is not None:
-            panels.append(
-                (
-                    "colour_scores",
-                    calibration.colour_threshold,
-                    "colours: distance to training fields",
-                )
-            )
-        fig_, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3), squeeze=False)
-        for ax, (key, threshold, title) in zip(axes[0], panels, strict=True):
-            for row, values in enumerate(fields.values()):
-                scores = values.get(key, [])
-                jitter = np.random.default_rng(row).uniform(-0.25, 0.25, len(scores))
-                ax.scatter(scores, row + jitter, s=8, alpha=0.6)
-            ax.axvline(threshold, color="red", lw=1, label="threshold")
-            ax.set_yticks(range(len(fields)), list(fields))
-            ax.set_xlabel(title)
-            ax.legend(fontsize=8)
-        fig_.tight_layout()
-        fig_.savefig(model_dir / "familiarity_fields.png", dpi=110)
-        plt.close(fig_)
 
-    lines = [
+
+def _plot_field_familiarity(calibration: Calibration, fields: dict[str, Any], dest: Path) -> None:
+    """Each source's field scores (cells, and colours where fitted) against the threshold."""
+    import matplotlib.pyplot as plt
+
+    panels = [("scores", calibration.field_threshold, "cells: median distance to training cells")]
+    if calibration.colour_threshold is not None:
+        panels.append(
+            (
+                "colour_scores",
+                calibration.colour_threshold,
+                "colours: distance to training fields",
+            )
+        )
+    fig_, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3), squeeze=False)
+    for ax, (key, threshold, title) in zip(axes[0], panels, strict=True):
+        for row, values in enumerate(fields.values()):
+            scores = values.get(key, [])
+            jitter = np.random.default_rng(row).uniform(-0.25, 0.25, len(scores))
+            ax.scatter(scores, row + jitter, s=8, alpha=0.6)
+        ax.axvline(threshold, color="red", lw=1, label="threshold")
+        ax.set_yticks(range(len(fields)), list(fields))
+        ax.set_xlabel(title)
+        ax.legend(fontsize=8)
+    fig_.tight_layout()
+    fig_.savefig(dest, dpi=110)
+    plt.close(fig_)
+
+
+def _summary_lines(calibration: Calibration) -> list[str]:
+    """The report's heading and its paragraph on cells, colours and the reliability diagram."""
+    fig = calibration.figures
+    return [
         "# Calibration (`python -m training calibrate`)",
         "",
         f"- temperature {calibration.temperature:.3f}; expected calibration error on the test "
@@ -483,34 +586,38 @@ def write_report(model_dir: Path, calibration: Calibration) -> None:
         "",
         "![reliability](reliability_test.png)",
     ]
-    if fields:
-        lines += [
-            "",
-            "| fields from | fields | judged unfamiliar | median score (cells / colours) "
-            "| AUROC vs Chula test (cells / colours / verdict) "
-            "| red cells | called normal | abnormal, not flagged |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for source, row in fields.items():
-            aurocs = " / ".join(
-                _fmt(row.get(f"auroc_vs_chula_test{suffix}")) for suffix in SIGNALS.values()
-            )
-            lines.append(
-                f"| {source} | {row['fields']} | {row['unfamiliar_fields']} | "
-                f"{row['score_median']} / {row.get('colour_score_median')} | {aurocs} | "
-                f"{row['red_cells']} | "
-                f"{_fmt(row['normal_share'])} | {_fmt(row['abnormal_unflagged_share'])} |"
-            )
-        lines.append("")
-        everyone = " / ".join(
-            _fmt(fig.get(f"auroc_vs_chula_test_all_foreign{suffix}")) for suffix in SIGNALS.values()
+
+
+def _fields_table(fig: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """The report's table of fields per source, the AUROC against every foreign field, and the
+    familiarity plot."""
+    lines = [
+        "",
+        "| fields from | fields | judged unfamiliar | median score (cells / colours) "
+        "| AUROC vs Chula test (cells / colours / verdict) "
+        "| red cells | called normal | abnormal, not flagged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for source, row in fields.items():
+        aurocs = " / ".join(
+            _fmt(row.get(f"auroc_vs_chula_test{suffix}")) for suffix in SIGNALS.values()
         )
         lines.append(
-            f"AUROC, Chula test fields against every foreign field (cells / colours / verdict): "
-            f"{everyone}. On an unfamiliar field every cell called abnormal is marked for review."
+            f"| {source} | {row['fields']} | {row['unfamiliar_fields']} | "
+            f"{row['score_median']} / {row.get('colour_score_median')} | {aurocs} | "
+            f"{row['red_cells']} | "
+            f"{_fmt(row['normal_share'])} | {_fmt(row['abnormal_unflagged_share'])} |"
         )
-        lines += ["", "![field familiarity](familiarity_fields.png)"]
-    (model_dir / "calibration.md").write_text("\n".join(lines) + "\n")
+    lines.append("")
+    everyone = " / ".join(
+        _fmt(fig.get(f"auroc_vs_chula_test_all_foreign{suffix}")) for suffix in SIGNALS.values()
+    )
+    lines.append(
+        f"AUROC, Chula test fields against every foreign field (cells / colours / verdict): "
+        f"{everyone}. On an unfamiliar field every cell called abnormal is marked for review."
+    )
+    lines += ["", "![field familiarity](familiarity_fields.png)"]
+    return lines
 
 
 def _fmt(value: float | None) -> str:
