@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.archs import create_model, get_spec
+from training.archs import ArchSpec, create_model, get_spec
 from training.classify.config import TrainConfig
 from training.classify.data import assign_splits, build_dataloaders, fingerprint, scan_dataset
 from training.classify.evaluate import predict
@@ -236,10 +236,7 @@ def _fit(
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Run one training method as configured; returns the run folder."""
     import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
-    from fastai.learner import Learner
-    from fastai.metrics import F1Score, accuracy
     from fastai.torch_core import set_seed
-    from fastai.vision.learner import default_split
 
     spec = get_spec(cfg.arch)
     device = resolve_device(cfg.device)
@@ -250,15 +247,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     dls = build_dataloaders(items, cfg, spec.mean, spec.std, device)
     classes = [str(c) for c in dls.vocab]
     # Built before the run folder so that a weights error leaves no empty run behind.
-    model = create_model(cfg.arch, len(classes), cfg.weights)
-    if cfg.init_from:
-        previous, prev_card = load_exported(Path(cfg.init_from) / "model")
-        if prev_card.classes != classes or prev_card.architecture != cfg.arch:
-            raise ConfigError(
-                f"init_from {cfg.init_from} is a {prev_card.architecture} for {prev_card.classes}, "
-                f"not a {cfg.arch} for {classes}"
-            )
-        model.load_state_dict(previous.model.state_dict())
+    model = _initial_model(cfg, classes)
     run_dir = new_run_dir(Path(cfg.out_dir), cfg.name)
     cfg.save(run_dir / "config.yaml")
     log.info("run folder %s", run_dir)
@@ -269,48 +258,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "class weights %s",
             {c: round(float(w), 2) for c, w in zip(classes, weights, strict=True)},
         )
-    learn = Learner(
-        dls,
-        model,
-        loss_func=make_loss(cfg, weights, device),
-        metrics=[accuracy, F1Score(average="macro")],
-        splitter=default_split,
-        path=run_dir,
-    )
-    learn.logger = epoch_logger(learn)
+    learn = _learner(dls, model, make_loss(cfg, weights, device), run_dir)
     history = History()
     started = time.perf_counter()
-    # Bars on a terminal; one printed line per epoch in logs, where bars turn into noise.
-    show_bars = progress and sys.stdout.isatty()
-    # Added for the fit only: the exported learner must hold no callback of ours.
-    batch_log = batch_progress() if progress and not show_bars else None
-    with contextlib.nullcontext() if show_bars else learn.no_bar():
-        if batch_log is not None:
-            learn.add_cb(batch_log)
-        try:
-            lr_info = _fit(
-                learn, cfg, history, run_dir, make_loss(cfg, weights, torch.device("cpu"))
-            )
-        finally:
-            if batch_log is not None:
-                learn.remove_cb(batch_log)
-            learn.logger = print  # fastai's default; our closure is not for the exported file
+    lr_info = _fit_with_progress(
+        learn, cfg, history, run_dir, make_loss(cfg, weights, torch.device("cpu")), progress
+    )
     train_seconds = time.perf_counter() - started
     with contextlib.suppress(OSError):
         (run_dir / "models").rmdir()  # lr_find's scratch folder, once empty
 
-    history.frame().to_csv(run_dir / "history.csv", index=False)
-    plot_loss_curves(history, run_dir / "loss_curves.png")
-    results = []
-    for split in ("valid", "test"):
-        split_items = items[items["split"] == split]
-        if len(split_items):
-            pred = predict(learn, split_items)
-            results.append(interpret_split(learn, pred, split, run_dir, cfg.top_losses))
-    card_metrics = {k: v for k, v in results[-1].items() if k != "top_losses"}
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-
-    split_counts = {s: int((items["split"] == s).sum()) for s in ("train", "valid", "test")}
+    results = _evaluate_run(learn, items, history, run_dir, cfg.top_losses)
     summary: dict[str, Any] = {
         "name": run_dir.name,
         "method": cfg.method,
@@ -323,9 +281,97 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         "data": str(data),
         "layout": index.layout,
         "fingerprint": fingerprint(items, data),
-        "split_counts": split_counts,
+        "split_counts": {s: int((items["split"] == s).sum()) for s in ("train", "valid", "test")},
         "lr_find": lr_info,
     }
+    card_metrics = {k: v for k, v in results[-1].items() if k != "top_losses"}
+    _export_run(
+        learn, cfg, spec, run_dir, classes, items, len(index.skipped), summary, card_metrics
+    )
+    write_report(run_dir, summary, results)
+    log.info("train time %.0f s; %s", train_seconds, {r["split"]: r["accuracy"] for r in results})
+    return run_dir
+
+
+def _initial_model(cfg: TrainConfig, classes: list[str]) -> nn.Sequential:
+    """A new model for `classes`, with the weights of `cfg.init_from`'s model where given."""
+    model = create_model(cfg.arch, len(classes), cfg.weights)
+    if cfg.init_from:
+        previous, prev_card = load_exported(Path(cfg.init_from) / "model")
+        if prev_card.classes != classes or prev_card.architecture != cfg.arch:
+            raise ConfigError(
+                f"init_from {cfg.init_from} is a {prev_card.architecture} for {prev_card.classes}, "
+                f"not a {cfg.arch} for {classes}"
+            )
+        model.load_state_dict(previous.model.state_dict())
+    return model
+
+
+def _learner(dls: Any, model: nn.Sequential, loss_func: Any, run_dir: Path) -> Any:
+    from fastai.learner import Learner
+    from fastai.metrics import F1Score, accuracy
+    from fastai.vision.learner import default_split
+
+    learn = Learner(
+        dls,
+        model,
+        loss_func=loss_func,
+        metrics=[accuracy, F1Score(average="macro")],
+        splitter=default_split,
+        path=run_dir,
+    )
+    learn.logger = epoch_logger(learn)
+    return learn
+
+
+def _fit_with_progress(
+    learn: Any, cfg: TrainConfig, history: History, run_dir: Path, head_loss: Any, progress: bool
+) -> dict[str, float | bool | None] | None:
+    """`_fit`, showing its progress as suits where the output goes."""
+    # Bars on a terminal; one printed line per epoch in logs, where bars turn into noise.
+    show_bars = progress and sys.stdout.isatty()
+    # Added for the fit only: the exported learner must hold no callback of ours.
+    batch_log = batch_progress() if progress and not show_bars else None
+    with contextlib.nullcontext() if show_bars else learn.no_bar():
+        if batch_log is not None:
+            learn.add_cb(batch_log)
+        try:
+            return _fit(learn, cfg, history, run_dir, head_loss)
+        finally:
+            if batch_log is not None:
+                learn.remove_cb(batch_log)
+            learn.logger = print  # fastai's default; our closure is not for the exported file
+
+
+def _evaluate_run(
+    learn: Any, items: Any, history: History, run_dir: Path, top_losses: int
+) -> list[dict[str, Any]]:
+    """The run's history, loss curves and per-split figures (valid, test where present), written
+    into `run_dir`; returns the splits' metrics."""
+    history.frame().to_csv(run_dir / "history.csv", index=False)
+    plot_loss_curves(history, run_dir / "loss_curves.png")
+    results = []
+    for split in ("valid", "test"):
+        split_items = items[items["split"] == split]
+        if len(split_items):
+            pred = predict(learn, split_items)
+            results.append(interpret_split(learn, pred, split, run_dir, top_losses))
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _export_run(
+    learn: Any,
+    cfg: TrainConfig,
+    spec: ArchSpec,
+    run_dir: Path,
+    classes: list[str],
+    items: Any,
+    skipped_files: int,
+    summary: dict[str, Any],
+    card_metrics: dict[str, Any],
+) -> None:
+    """The trained learner and its model card, into `run_dir / "model"`."""
     sample = learn.dls.test_dl(items[items["split"] == "valid"].head(16)).one_batch()[0]
     export_learner(
         learn,
@@ -336,29 +382,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         architecture=cfg.arch,
         input_size=cfg.input_size,
         normalization={"mean": spec.mean, "std": spec.std},
-        crop_window_px=_crop_window(data),
+        crop_window_px=_crop_window(Path(cfg.data)),
         resize_method="pad-border",
         method=cfg.method,
         metrics=card_metrics,
         dataset={
-            "source": str(data),
+            "source": summary["data"],
             "fingerprint": summary["fingerprint"],
-            "layout": index.layout,
-            "split_counts": split_counts,
+            "layout": summary["layout"],
+            "split_counts": summary["split_counts"],
             "class_counts": {
                 str(k): int(v)
                 for k, v in items[items["split"] == "train"]["label"].value_counts().items()
             },
-            "skipped_files": len(index.skipped),
+            "skipped_files": skipped_files,
             "test_smears": test_smears(items),
         },
         training_config={
             **cfg.to_dict(),
-            "epochs_run": len(history.epochs),
-            "train_seconds": round(train_seconds, 1),
-            "lr_find": lr_info,
+            "epochs_run": summary["epochs_run"],
+            "train_seconds": round(summary["train_seconds"], 1),
+            "lr_find": summary["lr_find"],
         },
     )
-    write_report(run_dir, summary, results)
-    log.info("train time %.0f s; %s", train_seconds, {r["split"]: r["accuracy"] for r in results})
-    return run_dir
