@@ -234,11 +234,6 @@ def import_slides(
     for a database that cannot be reached or is not at the current schema, and when no cell is
     left to import.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from records.errors import first_line
-    from records.store import reviewed_cells
-
     out = Path(out)
     if isinstance(window, bool) or not isinstance(window, int) or window < MIN_WINDOW:
         raise DataError(f"window must be an integer >= {MIN_WINDOW} pixels, got {window!r}")
@@ -253,54 +248,101 @@ def import_slides(
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        try:
-            cells = iter(reviewed_cells(store, reviewed_only, signed_off_only=signed_off_only))
-            first = next(cells, None)  # no progress bar before the "no cells" error line
-            rows: list[dict[str, object]] = (
-                []
-                if first is None
-                else _write_crops(
-                    itertools.chain([first], cells), tmp, window, drop_border, report, progress
-                )
-            )
-        except SQLAlchemyError as exc:
-            raise DataError(f"database {store.display_url}: {first_line(exc)}") from None
-        finally:
-            store.close()
+        rows = _crop_from_store(store, tmp, window, drop_border, report, progress)
         if not rows:
-            what = "reviewed red cells" if reviewed_only else "red cells"
-            where = " on signed-off slides" if signed_off_only else ""
-            hint = " (review cells first, or pass --all)" if reviewed_only else ""
-            if report.n_cells_read == 0:
-                raise DataError(f"no {what}{where} to import in {report.database}{hint}")
-            raise DataError(
-                f"none of the {report.n_cells_read} {what}{where} in {report.database} could be "
-                f"used: {report.problems()}"
-            )
-        manifest = pd.DataFrame(rows)
-        manifest["split"] = (
-            manifest["slide_id"].astype(str).map(_split_by_slide(manifest, fractions, seed))
-        )
-        manifest = manifest[MANIFEST_COLUMNS]
-        manifest.to_csv(tmp / "manifest.csv", index=False, lineterminator="\n")
-        _fill_stats(report, manifest, fractions)
-        arguments = {
-            "database": report.database,  # without the password
-            "reviewed_only": reviewed_only,
-            "signed_off_only": signed_off_only,
-            "fractions": list(fractions),
-            "seed": seed,
-            "window": window,
-            "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
-            "drop_border": drop_border,
-        }
-        payload = {"report": asdict(report), "arguments": arguments}
-        (tmp / "import_report.json").write_text(json.dumps(payload, indent=2) + "\n")
+            raise _nothing_to_import(report)
+        _write_manifest(tmp, rows, fractions, seed, report)
+        _write_import_report(tmp, report, fractions, seed, window, drop_border)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _crop_from_store(
+    store: Any,
+    dest: Path,
+    window: int,
+    drop_border: bool,
+    report: SlidesImportReport,
+    progress: bool,
+) -> list[dict[str, object]]:
+    """`_write_crops` on the cells `report` asks for, read from `store`, which is closed after.
+    A database error becomes a one-line DataError."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from records.errors import first_line
+    from records.store import reviewed_cells
+
+    try:
+        cells = iter(
+            reviewed_cells(store, report.reviewed_only, signed_off_only=report.signed_off_only)
+        )
+        first = next(cells, None)  # no progress bar before the "no cells" error line
+        if first is None:
+            return []
+        return _write_crops(
+            itertools.chain([first], cells), dest, window, drop_border, report, progress
+        )
+    except SQLAlchemyError as exc:
+        raise DataError(f"database {store.display_url}: {first_line(exc)}") from None
+    finally:
+        store.close()
+
+
+def _nothing_to_import(report: SlidesImportReport) -> DataError:
+    """Why an import wrote no cell: none to read, or none of those read usable."""
+    what = "reviewed red cells" if report.reviewed_only else "red cells"
+    where = " on signed-off slides" if report.signed_off_only else ""
+    hint = " (review cells first, or pass --all)" if report.reviewed_only else ""
+    if report.n_cells_read == 0:
+        return DataError(f"no {what}{where} to import in {report.database}{hint}")
+    return DataError(
+        f"none of the {report.n_cells_read} {what}{where} in {report.database} could be "
+        f"used: {report.problems()}"
+    )
+
+
+def _write_manifest(
+    dest: Path,
+    rows: list[dict[str, object]],
+    fractions: tuple[float, float, float],
+    seed: int,
+    report: SlidesImportReport,
+) -> None:
+    """manifest.csv of `rows`, each slide's cells given one split; the split's figures go into
+    `report`."""
+    manifest = pd.DataFrame(rows)
+    manifest["split"] = (
+        manifest["slide_id"].astype(str).map(_split_by_slide(manifest, fractions, seed))
+    )
+    manifest = manifest[MANIFEST_COLUMNS]
+    manifest.to_csv(dest / "manifest.csv", index=False, lineterminator="\n")
+    _fill_stats(report, manifest, fractions)
+
+
+def _write_import_report(
+    dest: Path,
+    report: SlidesImportReport,
+    fractions: tuple[float, float, float],
+    seed: int,
+    window: int,
+    drop_border: bool,
+) -> None:
+    """import_report.json: the report, and the arguments that made the set."""
+    arguments = {
+        "database": report.database,  # without the password
+        "reviewed_only": report.reviewed_only,
+        "signed_off_only": report.signed_off_only,
+        "fractions": list(fractions),
+        "seed": seed,
+        "window": window,
+        "training_microns_per_pixel": TRAINING_MICRONS_PER_PIXEL,
+        "drop_border": drop_border,
+    }
+    payload = {"report": asdict(report), "arguments": arguments}
+    (dest / "import_report.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _replace(tmp: Path, out: Path) -> None:
@@ -314,6 +356,11 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# A field at the training scale: the image, its factor (working / uploaded pixels) and its
+# median colour, which pads crops that run past its edge.
+_WorkField = tuple[Image.Image, float, tuple[int, int, int]]
+
+
 def _write_crops(
     cells: Any,
     dest: Path,
@@ -325,36 +372,23 @@ def _write_crops(
     """Write one PNG per usable cell into `dest/<label>/`; return the manifest rows (no split)."""
     rows: list[dict[str, object]] = []
     field_id: int | None = None
-    work: Image.Image | None = None
-    factor = 1.0
-    fill = (0, 0, 0)
+    work: _WorkField | None = None
     fields: set[int] = set()
     slides: set[int] = set()
     for cell in tqdm(cells, desc="Importing slide cells", unit="cell", disable=not progress):
         report.n_cells_read += 1
         if cell.field_id != field_id:  # cells come field by field: decode each field once
             field_id = cell.field_id
-            name = f"field {cell.field_ordinal} ({cell.filename}) of slide {cell.slide_id}"
-            try:
-                work, factor = _field_at_training_scale(cell.image, cell.microns_per_pixel, name)
-            except (ImageError, SmearError) as exc:
-                work = None
-                report.n_unreadable_fields += 1
-                if len(report.unreadable_fields) < MAX_EXAMPLES:
-                    report.unreadable_fields.append(f"{name}: {exc}")
-            else:
-                fill = median_colour(work)
+            work = _decode_field(cell, report)
         if work is None:
             continue
-        label = cell.label
-        if label is None or not _SAFE_LABEL.fullmatch(label):
-            report.n_bad_labels += 1
-            if len(report.bad_label_examples) < MAX_EXAMPLES:
-                report.bad_label_examples.append(f"cell {cell.cell_id}: {label!r}")
+        label = _usable_label(cell, report)
+        if label is None:
             continue
+        image, factor, fill = work
         x0, y0, x1, y1 = cell.box
         cx, cy = round((x0 + x1) / 2 * factor), round((y0 + y1) / 2 * factor)
-        crop, outside = crop_cell(work, cx, cy, window, fill)
+        crop, outside = crop_cell(image, cx, cy, window, fill)
         if cell.at_border:  # cut by the field's edge: the analysis did not count it
             report.n_border_cells += 1
             if drop_border:
@@ -366,34 +400,63 @@ def _write_crops(
         crop.save(dest / relative, format="PNG", compress_level=1)
         fields.add(cell.field_id)
         slides.add(cell.slide_id)
-        rows.append(
-            {
-                "path": relative,
-                "label": label,
-                "slide_id": cell.slide_id,
-                "sample_id": cell.sample_id,
-                "slide_status": cell.slide_status,
-                "field_id": cell.field_id,
-                "field_ordinal": cell.field_ordinal,
-                "field_filename": cell.filename,
-                "cell_id": cell.cell_id,
-                "x0": x0,
-                "y0": y0,
-                "x1": x1,
-                "y1": y1,
-                "at_border": bool(cell.at_border),
-                "border_fraction": round(outside, 6),
-                "microns_per_pixel": cell.microns_per_pixel,
-                "proposed_label": cell.proposed_label,
-                "classifier_name": cell.classifier_name,
-                "reviewer": cell.reviewed_by,
-                "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None,
-            }
-        )
+        rows.append(_manifest_row(cell, relative, label, outside))
     report.n_cells_written = len(rows)
     report.n_fields = len(fields)
     report.n_slides = len(slides)
     return rows
+
+
+def _decode_field(cell: Any, report: SlidesImportReport) -> _WorkField | None:
+    """The cell's field at the training scale, or None (counted in `report`) if it cannot be
+    decoded."""
+    name = f"field {cell.field_ordinal} ({cell.filename}) of slide {cell.slide_id}"
+    try:
+        image, factor = _field_at_training_scale(cell.image, cell.microns_per_pixel, name)
+    except (ImageError, SmearError) as exc:
+        report.n_unreadable_fields += 1
+        if len(report.unreadable_fields) < MAX_EXAMPLES:
+            report.unreadable_fields.append(f"{name}: {exc}")
+        return None
+    return image, factor, median_colour(image)
+
+
+def _usable_label(cell: Any, report: SlidesImportReport) -> str | None:
+    """The cell's label if it can name a folder; else None, counted in `report`."""
+    label = cell.label
+    if label is None or not _SAFE_LABEL.fullmatch(label):
+        report.n_bad_labels += 1
+        if len(report.bad_label_examples) < MAX_EXAMPLES:
+            report.bad_label_examples.append(f"cell {cell.cell_id}: {label!r}")
+        return None
+    return label
+
+
+def _manifest_row(cell: Any, relative: str, label: str, outside: float) -> dict[str, object]:
+    """The manifest's row of a written crop (all columns but `split`)."""
+    x0, y0, x1, y1 = cell.box
+    return {
+        "path": relative,
+        "label": label,
+        "slide_id": cell.slide_id,
+        "sample_id": cell.sample_id,
+        "slide_status": cell.slide_status,
+        "field_id": cell.field_id,
+        "field_ordinal": cell.field_ordinal,
+        "field_filename": cell.filename,
+        "cell_id": cell.cell_id,
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "at_border": bool(cell.at_border),
+        "border_fraction": round(outside, 6),
+        "microns_per_pixel": cell.microns_per_pixel,
+        "proposed_label": cell.proposed_label,
+        "classifier_name": cell.classifier_name,
+        "reviewer": cell.reviewed_by,
+        "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None,
+    }
 
 
 def _split_by_slide(
