@@ -29,8 +29,11 @@ class Settings(BaseSettings):
     # "none" forces that.
     detector_dir: Path = Path("models/detector")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Intra-op threads for torch; 0 keeps torch's default (one per core).
+    # Intra-op threads for torch and ONNX Runtime; 0 keeps their default (one per core).
     torch_threads: int = Field(default=0, ge=0)
+    # What classifies (core/classify/engines.py): ONNX Runtime where the model has model.onnx
+    # and runs on the CPU ("auto"), or always "onnx" (refused where it cannot), or "torch".
+    engine: Literal["auto", "onnx", "torch"] = "auto"
     # Cells per forward pass; larger batches are split. 8 keeps a smear's peak memory ~100 MiB
     # lower than 32 at the same speed (bench/bench_service_memory.py, docs/service.md).
     inference_batch_size: int = Field(default=8, ge=1)

@@ -35,7 +35,7 @@ from app.routes import api, docs, health, pages, slides
 from app.state import ModelSlot, check_training_scale, detector_enabled
 from core.classify.predictor import ModelLoadError, resolve_device
 from core.detect.learned import verified_detector_path
-from core.modelcard import ModelFileError, verified_state_path
+from core.modelcard import ModelFileError, verified_onnx_path, verified_state_path
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,7 @@ def check_model_dir(settings: Settings) -> None:
     try:
         resolve_device(settings.device)
         _, card = verified_state_path(settings.model_dir)
+        verified_onnx_path(settings.model_dir)
         check_training_scale(card)
         if detector_enabled(settings):
             verified_detector_path(settings.detector_dir)

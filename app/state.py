@@ -35,6 +35,7 @@ class ModelSlot:
                 batch_size=settings.inference_batch_size,
                 threads=settings.torch_threads,
                 tta_views=settings.tta_views,
+                engine=settings.engine,
             )
             check_training_scale(self.predictor.card)
         except (ModelLoadError, ModelFileError) as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "export.pkl"
+ONNX_FILE = "model.onnx"
 STATE_FILE = "model_state.pt"
 FORMAT_VERSION = 1
 
@@ -50,6 +51,14 @@ class ModelCard:
     # Test-time views (core/classify/tta.py) the service averages by default, and that
     # `metrics` were measured with; 1 on cards written before test-time views existed.
     tta_views: int = 1
+    # The network as an ONNX graph (model.onnx: the logits and the features the last layer
+    # reads), which ONNX Runtime serves several times faster on a CPU (core/classify/engines.py);
+    # None on cards exported before it existed (torch serves them).
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
+    # The engine and version `metrics` were measured with (torch's at training; None on cards
+    # from before it was kept: torch, library_versions says which).
+    metrics_engine: str | None = None
     # The scale of its training cells (um per pixel): fields are brought to it before cells are
     # cut, so that size classes keep their meaning. Cards written before it was kept: Chula's.
     microns_per_pixel: float = CHULA_MICRONS_PER_PIXEL
@@ -139,3 +148,13 @@ def verified_state_path(model_dir: Path) -> tuple[Path, ModelCard]:
             "`python -m training export --run <run> --name <name>` (it adds the file)"
         )
     return _verified_file(model_dir, card, card.state_file, card.state_sha256), card
+
+
+def verified_onnx_path(model_dir: Path) -> Path | None:
+    """The network's ONNX graph (model.onnx) of `model_dir`, once its sha256 matches the card's;
+    None when the card names none."""
+    model_dir = Path(model_dir)
+    card = _card_of(model_dir)
+    if not card.onnx_file or not card.onnx_sha256:
+        return None
+    return _verified_file(model_dir, card, card.onnx_file, card.onnx_sha256)

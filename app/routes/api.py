@@ -561,11 +561,13 @@ def batch_results_csv(body: BatchResultsIn, predictor: PredictorDep) -> Response
 def model_card(predictor: PredictorDep, detector: DetectorDep) -> dict[str, Any]:
     """The model card: classes, architecture, input size, normalisation, metrics, sha256...;
     the card's `tta_views` are those its metrics were measured with, `served_tta_views` those
-    this service averages (the card's unless RBC_TTA_VIEWS overrides them). `detector` is the
+    this service averages (the card's unless RBC_TTA_VIEWS overrides them), `served_engine` what
+    classifies (ONNX Runtime or torch, with its version; RBC_ENGINE). `detector` is the
     cell detector's card (sources, scale, thresholds, metrics per source, sha256), or null when
     whole fields use the classical segmentation."""
     return {
         **dataclasses.asdict(predictor.card),
         "served_tta_views": predictor.tta_views,
+        "served_engine": predictor.engine.name,
         "detector": dataclasses.asdict(detector.card) if detector is not None else None,
     }

@@ -23,11 +23,12 @@ from PIL import Image
 from torch import nn
 
 from core.classify.calibration import Calibration, calibrated_probabilities
+from core.classify.engines import Engine, EngineError, TorchEngine, choose_engine
 from core.classify.gradcam import grad_cam, overlay
 from core.classify.nets import load_network
 from core.classify.preprocess import Preprocessor
 from core.classify.tta import dihedral_view, view_indices
-from core.modelcard import ModelCard, ModelFileError
+from core.modelcard import ModelCard, ModelFileError, verified_onnx_path
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,14 @@ class Predictor:
         batch_size: int = 32,
         tta_views: int | None = None,
         calibration: Calibration | None = None,
+        engine: Engine | None = None,
     ) -> None:
         if not isinstance(model, nn.Sequential):
             raise ValueError("the network is not nn.Sequential(body, head), as training builds it")
         self.model = model.eval().to(device)
         self.model.requires_grad_(False)
+        # What classifies (core/classify/engines.py); heatmaps always use the torch model.
+        self.engine: Engine = engine or TorchEngine(self.model, device)
         self.card = card
         self.classes = list(card.classes)
         self.device = device
@@ -117,9 +121,12 @@ class Predictor:
         batch_size: int = 32,
         threads: int = 0,
         tta_views: int | None = None,
+        engine: str = "auto",
     ) -> Predictor:
         """Verify the state file's sha256 against the card, then build the network, load the
-        state dict into it (tensors only, nothing unpickled) and warm it up."""
+        state dict into it (tensors only, nothing unpickled) and warm it up. `engine` (auto,
+        onnx, torch: core/classify/engines.py) chooses what classifies; model.onnx is
+        hash-checked like the state file."""
         started = time.perf_counter()
         target = resolve_device(device)
         if threads:
@@ -127,31 +134,32 @@ class Predictor:
         try:
             network, card = load_network(model_dir, device=target)
             calibration = Calibration.load(model_dir)
-        except ModelFileError as exc:
+            runner = choose_engine(engine, network, target, verified_onnx_path(model_dir), threads)
+        except (ModelFileError, EngineError) as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
             predictor = cls(
-                network, card, target, review_threshold, batch_size, tta_views, calibration
+                network, card, target, review_threshold, batch_size, tta_views, calibration, runner
             )
         except ValueError as exc:
             raise ModelLoadError(f"model card of {model_dir}: {exc}") from exc
         predictor.warm_up()
         predictor.load_seconds = time.perf_counter() - started
         log.info(
-            "model %s (%s, %d classes, %d test-time views) ready on %s in %.1f s",
+            "model %s (%s, %d classes, %d test-time views) ready on %s (%s) in %.1f s",
             card.name,
             card.architecture,
             len(card.classes),
             predictor.tta_views,
             target,
+            predictor.engine.name,
             predictor.load_seconds,
         )
         return predictor
 
     def warm_up(self) -> None:
         size = self.preprocess.size
-        with torch.inference_mode():
-            self.model(torch.zeros(1, 3, size, size, device=self.device))
+        self.engine(torch.zeros(1, 3, size, size))
 
     def forward(
         self,
@@ -185,9 +193,6 @@ class Predictor:
         raise to stop the work (a client that went away)."""
         views = self.tta_views if tta_views is None else tta_views
         indices = view_indices(views)
-        body, head = self.model[0], self.model[1]
-        assert isinstance(head, nn.Sequential)  # build_head's layers; the last one is linear
-        features_of, last = head[:-1], head[-1]
         # Every view of a chunk goes through in one pass: keep that pass at batch_size images.
         step = max(1, self.batch_size // views)
         logits, feats = [], []
@@ -195,13 +200,13 @@ class Predictor:
             for start in range(0, len(batch), step):
                 if check is not None:
                     check()
-                chunk = batch[start : start + step].to(self.device)
+                chunk = batch[start : start + step]
                 stacked = (
                     torch.cat([dihedral_view(chunk, i) for i in indices]) if views > 1 else chunk
                 )
-                features = features_of(body(stacked)).float()
-                logits.append(last(features).view(len(indices), len(chunk), -1).cpu())
-                feats.append(features.view(len(indices), len(chunk), -1).mean(dim=0).cpu())
+                out, features = self.engine(stacked)
+                logits.append(out.view(len(indices), len(chunk), -1))
+                feats.append(features.view(len(indices), len(chunk), -1).mean(dim=0))
         if not logits:
             return torch.empty(len(indices), 0, len(self.classes)), torch.empty(0, 0)
         return torch.cat(logits, dim=1), torch.cat(feats)

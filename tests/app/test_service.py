@@ -23,7 +23,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from app.state import ModelSlot
-from core.modelcard import CARD_FILE, STATE_FILE
+from core.modelcard import CARD_FILE, ONNX_FILE, STATE_FILE
 from tests.app.helpers import ROOT, cell_png, make_settings, wait_ready
 from training.classify.learner import load_exported
 
@@ -141,10 +141,11 @@ def test_a_model_trained_at_another_scale_stops_the_start(model_dir: Path, tmp_p
 
 
 def test_serves_without_the_pickled_learner(model_dir: Path, tmp_path: Path) -> None:
-    # The card and model_state.pt are all the service needs; export.pkl is never read.
+    # The card, model_state.pt and model.onnx are all the service needs; export.pkl is never
+    # read.
     bare = tmp_path / "model"
     bare.mkdir()
-    for name in (CARD_FILE, STATE_FILE):
+    for name in (CARD_FILE, STATE_FILE, ONNX_FILE):
         shutil.copy2(model_dir / name, bare / name)
     with TestClient(create_app(make_settings(bare))) as c:
         wait_ready(c)

@@ -27,8 +27,10 @@ def card() -> ModelCard:
 
 
 def test_default_model_is_small_and_verified(card: ModelCard) -> None:
+    # Three forms of one ~19 MB network: export.pkl (training), model_state.pt (torch, heatmaps)
+    # and model.onnx (what classifies on a CPU), with the card, calibration and report.
     total = sum(p.stat().st_size for p in DEFAULT.iterdir() if p.is_file())
-    assert total < 50e6, f"models/default is {total / 1e6:.1f} MB"
+    assert total < 64e6, f"models/default is {total / 1e6:.1f} MB"
     assert card.name == "default"
     assert card.metrics["split"] == "test"
 

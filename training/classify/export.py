@@ -2,7 +2,9 @@
 
 A model folder holds export.pkl (the fastai learner: training, evaluation), model_state.pt (the
 network's state dict: what the service loads, through `core.classify.nets.load_network`, without
-fastai or unpickling code) and model_card.json (with the sha256 of both).
+fastai or unpickling code), model.onnx (the same network for ONNX Runtime, which the service
+classifies with on a CPU: core/classify/engines.py) and model_card.json (with the sha256 of
+each).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from core.classify.nets import load_network
 from core.classify.tta import view_indices
 from core.modelcard import (
     CARD_FILE,
+    ONNX_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     ModelCard,
@@ -31,6 +34,9 @@ from training.classify.learner import load_exported
 from training.errors import TrainingError
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
+# The ONNX graph must give torch's probabilities within this (issue 28's bar), checked at export.
+ONNX_TOLERANCE = 1e-4
+ONNX_OPSET = 17
 
 
 class ExportError(TrainingError):
@@ -80,6 +86,57 @@ def save_state(model: nn.Module, model_dir: Path) -> tuple[str, str]:
     return STATE_FILE, sha256_file(path)
 
 
+class _LogitsAndFeatures(nn.Module):
+    """The network with two outputs, as the engines serve it: the logits and the features the
+    last layer reads."""
+
+    def __init__(self, network: nn.Sequential) -> None:
+        super().__init__()
+        head = network[1]
+        assert isinstance(head, nn.Sequential)
+        self.body, self.features_of, self.last = network[0], head[:-1], head[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features_of(self.body(x))
+        return self.last(features), features
+
+
+def add_onnx(model_dir: Path) -> ModelCard:
+    """Write model.onnx beside the verified model_state.pt of `model_dir`, prove that ONNX
+    Runtime gives the torch network's probabilities within ONNX_TOLERANCE and the same classes
+    on a probe batch, then name it in the card with its sha256. Refused (ExportError) otherwise:
+    nothing is left half-written."""
+    import warnings
+
+    import onnxruntime as ort
+
+    network, card = load_network(model_dir)
+    wrapped = _LogitsAndFeatures(network).eval()
+    sample = _probe_batch(card, 16)
+    staging = model_dir / f".{ONNX_FILE}.partial"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            wrapped, (sample[:2],), str(staging), input_names=["images"],
+            output_names=["logits", "features"], opset_version=ONNX_OPSET, dynamo=False,
+            dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
+        )  # fmt: skip
+    with torch.inference_mode():
+        expected = torch.softmax(wrapped(sample)[0], dim=1)
+    session = ort.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
+    logits = torch.from_numpy(session.run(["logits"], {"images": sample.numpy()})[0])
+    got = torch.softmax(logits, dim=1)
+    gap = float((got - expected).abs().max())
+    if gap > ONNX_TOLERANCE or not torch.equal(got.argmax(1), expected.argmax(1)):
+        staging.unlink()
+        raise ExportError(f"{ONNX_FILE} gives other probabilities than torch (max gap {gap:.2e})")
+    staging.replace(model_dir / ONNX_FILE)
+    card.onnx_file, card.onnx_sha256 = ONNX_FILE, sha256_file(model_dir / ONNX_FILE)
+    card.library_versions = {**card.library_versions, "onnxruntime": ort.__version__}
+    card.save(model_dir)
+    return card
+
+
 def export_learner(
     learn: Any, model_dir: Path, sample: torch.Tensor, **card_fields: Any
 ) -> ModelCard:
@@ -90,11 +147,13 @@ def export_learner(
     weights = model_dir / WEIGHTS_FILE
     learn.export(weights.resolve())
     state_file, state_sha256 = save_state(learn.model, model_dir)
+    versions = library_versions()
     card = ModelCard(
         weights_sha256=sha256_file(weights),
         state_file=state_file,
         state_sha256=state_sha256,
-        library_versions=library_versions(),
+        metrics_engine=f"torch {versions['torch']}",
+        library_versions=versions,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **card_fields,
     )
@@ -102,7 +161,7 @@ def export_learner(
     reloaded, _ = load_exported(model_dir)
     _check_same_predictions(learn, reloaded, sample)
     _check_state_file(learn, model_dir, sample)
-    return card
+    return add_onnx(model_dir)
 
 
 def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
@@ -226,7 +285,9 @@ def publish_run(
             report.write(views_section(card.tta_views, results))
     card.name = name
     card.notes = [*card.notes, *notes]
+    card.onnx_file = card.onnx_sha256 = None  # written again below, from the verified state
     card.save(staging)
+    card = add_onnx(staging)
     load_exported(staging)
     # Both files of the published folder describe the learner that was verified above.
     _check_state_file(learn, staging, _probe_batch(card))

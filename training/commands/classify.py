@@ -16,6 +16,7 @@ def register(sub: Subparsers) -> None:
     _add_fine_tune(sub)
     _add_evaluate(sub)
     _add_export(sub)
+    _add_export_onnx(sub)
     _add_calibrate(sub)
 
 
@@ -149,6 +150,25 @@ def _add_export(sub: Subparsers) -> None:
         "run's own data (which must still be there) and puts those figures on the card",
     )
     p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> None:
+    from training.classify.export import ONNX_TOLERANCE, add_onnx
+
+    card = add_onnx(args.model)
+    print(
+        f"{args.model}/{card.onnx_file}: ONNX Runtime gives the torch network's probabilities "
+        f"within {ONNX_TOLERANCE:g}; sha256 {card.onnx_sha256} in the card"
+    )
+
+
+def _add_export_onnx(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "export-onnx",
+        help="add model.onnx to an exported model folder (the service classifies with it)",
+    )
+    p.add_argument("--model", type=Path, required=True, help="exported model folder")
+    p.set_defaults(func=_cmd_export_onnx)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:

@@ -1,0 +1,103 @@
+"""How the classifier's network runs. Both engines take a normalised batch (N, 3, S, S) and
+give the logits and the features the last layer reads (what familiarity measures):
+
+- `OnnxEngine`: ONNX Runtime on the model's `model.onnx` (hash-checked like the state file),
+  several times faster than torch on a CPU (bench/bench_engines.py);
+- `TorchEngine`: the torch network itself, for models exported before model.onnx existed, for
+  a GPU, and where RBC_ENGINE=torch asks for it.
+
+Heatmaps need gradients: they always run on the torch network (core/classify/gradcam.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+ENGINES = ("auto", "onnx", "torch")
+
+
+class EngineError(ValueError):
+    """The engine asked for cannot run this model here; the message says why."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, classes), features (N, D)) of a normalised batch."""
+        ...
+
+
+class TorchEngine:
+    def __init__(self, model: nn.Sequential, device: torch.device) -> None:
+        body, head = model[0], model[1]
+        assert isinstance(head, nn.Sequential)  # build_head's layers; the last one is linear
+        self.body, self.features_of, self.last = body, head[:-1], head[-1]
+        self.device = device
+        self.name = f"torch {torch.__version__.split('+')[0]}"
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            features = self.features_of(self.body(batch.to(self.device))).float()
+            return self.last(features).cpu(), features.cpu()
+
+
+class OnnxEngine:
+    """An ONNX Runtime session on the CPU; `run` is safe from many threads."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per core, as torch
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.name = f"onnxruntime {ort.__version__}"
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.session.run(
+            ["logits", "features"], {self.input: batch.contiguous().numpy()}
+        )
+        return torch.from_numpy(logits), torch.from_numpy(features)
+
+
+def choose_engine(
+    choice: str,
+    model: nn.Sequential,
+    device: torch.device,
+    onnx_path: Path | None,
+    threads: int = 0,
+) -> Engine:
+    """The engine `choice` names: "onnx" needs the model's model.onnx, onnxruntime and the CPU;
+    "auto" takes ONNX Runtime where it can and torch elsewhere (a GPU, an older model)."""
+    if choice not in ENGINES:
+        raise EngineError(f"engine {choice!r} is not one of {', '.join(ENGINES)}")
+    if choice == "torch":
+        return TorchEngine(model, device)
+    why_not = _why_not_onnx(device, onnx_path)
+    if why_not is None:
+        assert onnx_path is not None
+        return OnnxEngine(onnx_path, threads)
+    if choice == "onnx":
+        raise EngineError(f"RBC_ENGINE=onnx, but {why_not}")
+    return TorchEngine(model, device)
+
+
+def _why_not_onnx(device: torch.device, onnx_path: Path | None) -> str | None:
+    if device.type != "cpu":
+        return f"the model runs on {device.type}: ONNX Runtime is used on the CPU only"
+    if onnx_path is None:
+        return (
+            "the model has no model.onnx: add it with "
+            "`python -m training export-onnx --model <folder>`"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed"
+    return None
