@@ -34,7 +34,7 @@ from app.records_slot import RecordsSlot
 from app.routes import api, docs, health, pages, slides
 from app.state import ModelSlot, check_training_scale, detector_enabled
 from core.classify.predictor import ModelLoadError, resolve_device
-from core.detect.learned import verified_detector_path
+from core.detect.learned import verified_detector_onnx, verified_detector_path
 from core.modelcard import ModelFileError, verified_onnx_path, verified_state_path
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def check_model_dir(settings: Settings) -> None:
         check_training_scale(card)
         if detector_enabled(settings):
             verified_detector_path(settings.detector_dir)
+            verified_detector_onnx(settings.detector_dir)
     except (ModelFileError, ModelLoadError) as exc:
         hint = ""
         if not Path(settings.model_dir).exists():

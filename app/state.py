@@ -26,7 +26,9 @@ class ModelSlot:
         """Load the configured model; on failure keep the reason (and /readyz stays 503)."""
         try:
             if detector_enabled(settings):
-                self.detector = CellDetector.load(settings.detector_dir, device="cpu")
+                self.detector = CellDetector.load(
+                    settings.detector_dir, device="cpu", engine=settings.engine
+                )
                 log.info("cell detector %s loaded", self.detector.card.name)
             self.predictor = Predictor.load(
                 settings.model_dir,

@@ -9,7 +9,10 @@ names each crop's split). Measures, on the same machine in the same run:
   familiarity gap;
 - in-process speed: `Predictor.predict` on batches of --batch crops, cells/s per engine;
 - as a client sees it: POST /predict/batch with --batch crops (decoding included) against the
-  real server (`python -m app`) started once per engine (RBC_ENGINE), cells/s over --rounds.
+  real server (`python -m app`) started once per engine (RBC_ENGINE), cells/s over --rounds;
+- with `--fields` (txl-pbc: its sources.csv) and `--detector`: the detector's two engines on
+  every test field, the scale estimated as the service does: the share of fields whose objects
+  (kind, box) are identical, the largest centre gap, and milliseconds per field.
 Prints a table, then one JSON line with every figure.
 """
 
@@ -114,6 +117,37 @@ def as_a_client(
     return speeds
 
 
+def detector_answers(detector: Path, fields: Path, limit: int) -> dict[str, Any]:
+    from core.detect.learned import CellDetector
+
+    with open(fields / "sources.csv", newline="") as f:
+        paths = [fields / r["image"] for r in csv.DictReader(f) if r["split"] == "test"][:limit]
+    rgbs = []
+    for p in paths:
+        with Image.open(p) as opened:
+            rgbs.append(np.asarray(opened.convert("RGB")))
+    found, ms = {}, {}
+    for engine in ENGINES:
+        loaded = CellDetector.load(detector, engine=engine)
+        loaded.detect(rgbs[0])  # warm-up
+        started = time.perf_counter()
+        found[engine] = [loaded.detect(rgb) for rgb in rgbs]
+        ms[engine] = 1000 * (time.perf_counter() - started) / len(rgbs)
+    same, gap = 0, 0.0
+    for a, b in zip(found["torch"], found["onnx"], strict=True):
+        kinds_a, kinds_b = [o.kind for o in a.objects], [o.kind for o in b.objects]
+        if kinds_a == kinds_b:
+            same += 1
+            for o, q in zip(a.objects, b.objects, strict=True):
+                gap = max(gap, abs(o.x - q.x), abs(o.y - q.y))
+    return {
+        "fields": len(rgbs),
+        "same_objects_share": same / len(rgbs),
+        "max_centre_gap_px": gap,
+        "ms_per_field": ms,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/default"))
@@ -122,14 +156,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="0: one per core")
+    parser.add_argument("--detector", type=Path, help="a detector folder (models/detector)")
+    parser.add_argument("--fields", type=Path, help="txl-pbc folder, for the detector")
+    parser.add_argument("--field-limit", type=int, default=1000)
     args = parser.parse_args()
     paths = split_crops(args.crops, args.split)
     same = answers(args.model, paths, args.threads)
     images = same.pop("images")
     local = in_process(args.model, images, args.batch, args.threads)
     client = as_a_client(args.model, paths, args.batch, args.rounds, args.threads)
+    detection = (
+        detector_answers(args.detector, args.fields, args.field_limit)
+        if args.detector and args.fields
+        else None
+    )
     figures = {
         **same,
+        "detector": detection,
         "predict_cells_per_s": local,
         "predict_batch_http_cells_per_s": client,
         "onnx_over_torch_in_process": local["onnx"] / local["torch"],
@@ -146,6 +189,14 @@ def main() -> None:
     print("|---|---|---|")
     for engine in ENGINES:
         print(f"| {same['engines'][engine]} | {local[engine]:.0f} | {client[engine]:.0f} |")
+    if detection is not None:
+        ms = detection["ms_per_field"]
+        print(
+            f"detector, {detection['fields']} test fields, scale estimated: objects identical on "
+            f"{detection['same_objects_share']:.1%} of fields, largest centre gap "
+            f"{detection['max_centre_gap_px']:.2g} px; ms per field: torch "
+            f"{ms['torch']:.0f}, onnx {ms['onnx']:.0f}"
+        )
     print(json.dumps(figures))
 
 

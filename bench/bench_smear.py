@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predict-smears", type=int, default=3, help="smears via learn.predict")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--engine", choices=("auto", "onnx", "torch"), default="auto", help="as RBC_ENGINE"
+    )
+    parser.add_argument(
         "--compare-views",
         type=int,
         nargs="*",
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.model, device="cpu", threads=args.threads)
+    predictor = Predictor.load(args.model, device="cpu", threads=args.threads, engine=args.engine)
     stems = [Path(s).stem for s in predictor.card.dataset.get("test_smears", [])]
     paths = [args.chula / "Dataset" / f"{s}.jpg" for s in stems]
     paths = [p for p in paths if p.is_file()][: args.smears]
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.detector is not None:
         from core.detect.learned import CellDetector
 
-        detector = CellDetector.load(args.detector)
+        detector = CellDetector.load(args.detector, engine=args.engine)
         for label, scale in (("scale given", 0.19), ("scale estimated", None)):
             with Image.open(paths[0]) as opened:
                 analyze_smear(opened.convert("RGB"), predictor, scale, detector=detector)

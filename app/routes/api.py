@@ -569,5 +569,9 @@ def model_card(predictor: PredictorDep, detector: DetectorDep) -> dict[str, Any]
         **dataclasses.asdict(predictor.card),
         "served_tta_views": predictor.tta_views,
         "served_engine": predictor.engine.name,
-        "detector": dataclasses.asdict(detector.card) if detector is not None else None,
+        "detector": (
+            {**dataclasses.asdict(detector.card), "served_engine": detector.engine_name}
+            if detector is not None
+            else None
+        ),
     }

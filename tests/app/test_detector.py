@@ -113,4 +113,5 @@ def test_bad_fields_are_still_clear_4xx(learned: TestClient) -> None:
 def test_model_endpoint_shows_the_detector_card(learned: TestClient) -> None:
     card = learned.get("/model").json()["detector"]
     assert card["name"] == "detector" and len(card["state_sha256"]) == 64
+    assert card["served_engine"].startswith("onnxruntime ") and len(card["onnx_sha256"]) == 64
     assert {"bccd", "bcd", "raabin", "chula"} <= set(card["dataset"]["sources"])

@@ -47,6 +47,9 @@ def test_model_card(client: TestClient, model_dir: Path) -> None:
     assert body["weights_sha256"] == card.weights_sha256
     assert body["state_file"] == STATE_FILE and body["state_sha256"] == card.state_sha256
     assert body["input_size"] == card.input_size
+    # ONNX Runtime classifies on a CPU; the card says torch measured its figures.
+    assert body["served_engine"].startswith("onnxruntime ") and body["onnx_file"] == ONNX_FILE
+    assert body["metrics_engine"].startswith("torch ")
 
 
 def test_predict_one_cell(client: TestClient, model_dir: Path, tmp_path: Path) -> None:

@@ -206,7 +206,14 @@ def test_export_and_tampering(tiny_run: Path, tmp_path: Path) -> None:
     dest = export_detector(tiny_run, tmp_path, "det", ["a note"])
     card = DetectorCard.load(dest)
     assert card.name == "det" and card.notes == ["a note"]
-    CellDetector.load(dest)
+    assert card.onnx_file == "detector.onnx" and card.onnx_sha256  # checked against torch
+    assert CellDetector.load(dest).engine_name.startswith("onnxruntime ")
+    assert CellDetector.load(dest, engine="torch").engine_name.startswith("torch ")
+    graph = dest / "detector.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match="sha256"):
+        CellDetector.load(dest)
+    CellDetector.load(dest, engine="torch")  # torch reads no graph
     state = dest / "detector_state.pt"
     state.write_bytes(state.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelFileError, match="sha256"):
@@ -235,6 +242,20 @@ def test_shipped_detector_is_small_and_says_what_it_learnt_from(shipped: CellDet
     assert card.kinds == list(KINDS) and card.microns_per_pixel > 0
     assert {"bccd", "bcd", "raabin", "chula"} <= set(card.dataset["sources"])
     assert set(card.metrics["test_with_scale"]) >= {"bccd", "bcd", "raabin", "chula"}
+
+
+def test_both_engines_find_the_same_objects(shipped: CellDetector) -> None:
+    from tests.synthetic import make_smear
+
+    image, _, _ = make_smear()
+    torch_run = CellDetector.load(SHIPPED, engine="torch")
+    assert shipped.engine_name.startswith("onnxruntime ")  # the service's default on a CPU
+    for scale in (0.19, None):
+        a, b = shipped.detect(image, scale), torch_run.detect(image, scale)
+        assert [o.kind for o in a.objects] == [o.kind for o in b.objects]
+        assert a.microns_per_pixel == pytest.approx(b.microns_per_pixel, rel=1e-4)
+        for o, q in zip(a.objects, b.objects, strict=True):
+            assert o.box == pytest.approx(q.box, abs=0.05)
 
 
 def test_synthetic_field_touching_cells_white_cell_and_platelets(shipped: CellDetector) -> None:

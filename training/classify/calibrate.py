@@ -264,7 +264,7 @@ def calibrate(
     """Fit the calibration of `model_dir`, write it there, and return the figures.
     `chula_microns_per_pixel`: the scale of the fields under `chula` (Chula's camera)."""
     started = time.perf_counter()
-    predictor = Predictor.load(Path(model_dir), device="cpu")
+    predictor = Predictor.load(Path(model_dir), device="cpu", engine="torch")
     # Fit on the raw network, whatever calibration the folder holds already.
     predictor.calibration = None
     df = model_crops(data, predictor.classes)
@@ -409,7 +409,9 @@ def _fit_fields(
     (Chula's, and `foreign`'s per source). `predictor` must hold `calibration`."""
     from core.detect.learned import CellDetector
 
-    detector = CellDetector.load(detector_dir, device="cpu") if detector_dir else None
+    detector = (
+        CellDetector.load(detector_dir, device="cpu", engine="torch") if detector_dir else None
+    )
 
     def runs_of(split: str) -> list[dict[str, Any]]:
         fields = _chula_fields(df, smears, split, microns_per_pixel)

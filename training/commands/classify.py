@@ -153,6 +153,14 @@ def _add_export(sub: Subparsers) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> None:
+    from core.detect.learned import DETECTOR_CARD
+
+    if (args.model / DETECTOR_CARD).is_file():
+        from training.detect.export import add_detector_onnx
+
+        path = add_detector_onnx(args.model)
+        print(f"{path}: ONNX Runtime gives the torch network's heatmaps and sizes; in the card")
+        return
     from training.classify.export import ONNX_TOLERANCE, add_onnx
 
     card = add_onnx(args.model)
@@ -165,9 +173,12 @@ def _cmd_export_onnx(args: argparse.Namespace) -> None:
 def _add_export_onnx(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export-onnx",
-        help="add model.onnx to an exported model folder (the service classifies with it)",
+        help="add model.onnx (or detector.onnx) to an exported classifier (or detector) folder: "
+        "the service runs it with ONNX Runtime on a CPU",
     )
-    p.add_argument("--model", type=Path, required=True, help="exported model folder")
+    p.add_argument(
+        "--model", type=Path, required=True, help="exported classifier or detector folder"
+    )
     p.set_defaults(func=_cmd_export_onnx)
 
 

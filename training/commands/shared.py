@@ -23,7 +23,11 @@ def load_predictor(model: Path, threads: int, tta_views: int | None) -> Any:
     from core.classify.predictor import ModelLoadError, Predictor
 
     try:
-        return Predictor.load(model, device="auto", threads=threads, tta_views=tta_views)
+        # torch, the engine the cards' figures were measured with (bench/bench_engines.py
+        # measures ONNX Runtime against it).
+        return Predictor.load(
+            model, device="auto", threads=threads, tta_views=tta_views, engine="torch"
+        )
     except ModelLoadError as exc:
         raise DataError(f"cannot load the model: {exc}") from exc
 
@@ -36,7 +40,7 @@ def load_detector(choice: str, small_red: str | None = None) -> Any:
     from core.detect.learned import CellDetector
 
     try:
-        detector = CellDetector.load(Path(choice))
+        detector = CellDetector.load(Path(choice), engine="torch")
     except ModelFileError as exc:
         raise DataError(f"cannot load the detector: {exc}") from exc
     if small_red:

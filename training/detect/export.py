@@ -37,6 +37,65 @@ def export_detector(
     card.name = name
     card.state_file = DETECTOR_STATE
     card.notes = [*card.notes, *notes]
+    card.onnx_file = card.onnx_sha256 = None  # written again below, from the verified state
     card.save(dest)
+    add_detector_onnx(dest)
     verified_detector_path(dest)
     return dest
+
+
+# The ONNX graph must give torch's heatmap probabilities and sizes within these, checked at
+# export on a probe field of two sizes.
+ONNX_HEAT_TOLERANCE = 1e-4
+ONNX_SIZE_TOLERANCE = 1e-3
+
+
+def add_detector_onnx(model_dir: Path) -> Path:
+    """Write detector.onnx (any input size) beside the verified state dict of `model_dir`, prove
+    that ONNX Runtime gives the torch network's heatmaps and sizes within tolerance on two probe
+    sizes, then name it in the card with its sha256. Refused (DataError) otherwise."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from core.detect.learned import DETECTOR_ONNX, CellDetector, to_input
+    from core.modelcard import sha256_file
+
+    detector = CellDetector.load(model_dir, engine="torch")
+    network, card = detector.network, detector.card
+    rng = np.random.default_rng(0)
+    probes = [
+        to_input(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0]
+        for h, w in ((200, 260), (96, 128))
+    ]
+    staging = Path(model_dir) / f".{DETECTOR_ONNX}.partial"
+    axes, out_axes = {0: "n", 2: "height", 3: "width"}, {0: "n", 2: "rows", 3: "cols"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            network, (probes[0],), str(staging), input_names=["image"],
+            output_names=["heat", "size"], opset_version=17, dynamo=False,
+            dynamic_axes={"image": axes, "heat": out_axes, "size": out_axes},
+        )  # fmt: skip
+    session = ort.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
+    for x in probes:
+        with torch.inference_mode():
+            heat, size = network(x)
+        got_heat, got_size = session.run(["heat", "size"], {"image": x.numpy()})
+        heat_gap = float(
+            (torch.sigmoid(torch.from_numpy(got_heat)) - torch.sigmoid(heat)).abs().max()
+        )
+        size_gap = float((torch.from_numpy(got_size) - size).abs().max())
+        if heat_gap > ONNX_HEAT_TOLERANCE or size_gap > ONNX_SIZE_TOLERANCE:
+            staging.unlink()
+            raise DataError(
+                f"{DETECTOR_ONNX} gives other outputs than torch (heatmap gap {heat_gap:.2e}, "
+                f"size gap {size_gap:.2e})"
+            )
+    path = Path(model_dir) / DETECTOR_ONNX
+    staging.replace(path)
+    card.onnx_file, card.onnx_sha256 = DETECTOR_ONNX, sha256_file(path)
+    card.save(Path(model_dir))
+    return path
