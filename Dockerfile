@@ -53,7 +53,9 @@ COPY models/default/ models/default/
 COPY models/detector/ models/detector/
 # Refuse to build an image whose models do not pass their own hash checks.
 RUN .venv/bin/python -c "from core.modelcard import verified_state_path as v; v('models/default')" \
-    && .venv/bin/python -c "from core.detect.learned import verified_detector_path as v; v('models/detector')"
+    && .venv/bin/python -c "from core.modelcard import verified_onnx_path as v; assert v('models/default')" \
+    && .venv/bin/python -c "from core.detect.learned import verified_detector_path as v; v('models/detector')" \
+    && .venv/bin/python -c "from core.detect.learned import verified_detector_onnx as v; assert v('models/detector')"
 
 USER rbc
 EXPOSE 8000
