@@ -104,7 +104,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verified_file(model_dir: Path, card: ModelCard, file_name: str, expected: str) -> Path:
+def verified_file(model_dir: Path, file_name: str, expected: str, card: str = "model card") -> Path:
+    """`file_name` inside `model_dir`, once its sha256 is the one its `card` says (before anything
+    reads it): the classifier's and the detector's files alike."""
     # The card names a file inside the model directory, never a path elsewhere.
     path = model_dir / Path(file_name).name
     if not path.is_file():
@@ -112,7 +114,7 @@ def _verified_file(model_dir: Path, card: ModelCard, file_name: str, expected: s
     actual = sha256_file(path)
     if actual != expected:
         raise ModelFileError(
-            f"sha256 of {path} is {actual}, but the model card says {expected}: "
+            f"sha256 of {path} is {actual}, but the {card} says {expected}: "
             "refusing to load a file that is not the one the card describes"
         )
     return path
@@ -131,7 +133,7 @@ def verified_weights_path(model_dir: Path) -> tuple[Path, ModelCard]:
     """
     model_dir = Path(model_dir)
     card = _card_of(model_dir)
-    return _verified_file(model_dir, card, card.weights_file, card.weights_sha256), card
+    return verified_file(model_dir, card.weights_file, card.weights_sha256), card
 
 
 def verified_state_path(model_dir: Path) -> tuple[Path, ModelCard]:
@@ -147,7 +149,7 @@ def verified_state_path(model_dir: Path) -> tuple[Path, ModelCard]:
             "before the service stopped unpickling learners; re-export it with "
             "`python -m training export --run <run> --name <name>` (it adds the file)"
         )
-    return _verified_file(model_dir, card, card.state_file, card.state_sha256), card
+    return verified_file(model_dir, card.state_file, card.state_sha256), card
 
 
 def verified_onnx_path(model_dir: Path) -> Path | None:
@@ -157,4 +159,4 @@ def verified_onnx_path(model_dir: Path) -> Path | None:
     card = _card_of(model_dir)
     if not card.onnx_file or not card.onnx_sha256:
         return None
-    return _verified_file(model_dir, card, card.onnx_file, card.onnx_sha256)
+    return verified_file(model_dir, card.onnx_file, card.onnx_sha256)

@@ -50,6 +50,7 @@ from records.steps import (
     cell_rows,
     check_slide_exists,
     field_records,
+    slide_detail,
     slide_record,
     slide_records,
     touch_open_slide,
@@ -170,11 +171,10 @@ def list_slides(
 
 
 def get_slide(store: Store, slide_id: int) -> SlideDetail:
-    """A slide and its fields (without image bytes), in upload order. NotFound if none."""
-    with store.reading() as session:
-        slide = slide_record(session, slide_id)
-        fields = field_records(session, db.Field.slide_id == slide_id)
-    return SlideDetail(**vars(slide), fields=tuple(fields))
+    """A slide and its fields (without image bytes), in upload order, as of one state. NotFound
+    if none."""
+    with store.snapshot() as session:
+        return slide_detail(session, slide_id)
 
 
 def delete_slide(store: Store, user: User, slide_id: int) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from records import schema as db
-from records.entities import CellRecord, FieldRecord, SlideRecord, User
+from records.entities import CellRecord, FieldRecord, SlideDetail, SlideRecord, User
 from records.errors import (
     Forbidden,
     NotFound,
@@ -139,6 +139,13 @@ def slide_record(session: Session, slide_id: int) -> SlideRecord:
     if not found:
         raise NotFound(f"no slide {slide_id}")
     return found[0]
+
+
+def slide_detail(session: Session, slide_id: int) -> SlideDetail:
+    """A slide and its fields (without image bytes), in upload order. NotFound if none."""
+    slide = slide_record(session, slide_id)
+    fields = field_records(session, db.Field.slide_id == slide_id)
+    return SlideDetail(**vars(slide), fields=tuple(fields))
 
 
 def user_record(row: db.User) -> User:

@@ -9,14 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from records import schema as db
 from records.counts import counts_in
 from records.database import Store
 from records.entities import CellRecord, FieldRecord, SlideDetail
 from records.schema import CELL_KINDS
-from records.steps import cell_rows, field_records, slide_record
+from records.steps import cell_rows, slide_detail
 
 # Grades are read as grades from this many counted red cells (docs/slides.md, "How many
 # cells"): at 500 cells the 95 % interval of a 11 % share is about +-2.7 points, narrower than a
@@ -35,16 +33,10 @@ class SlideView:
     warnings: list[str]
 
 
-def _detail(session: Session, slide_id: int) -> SlideDetail:
-    slide = slide_record(session, slide_id)
-    fields = field_records(session, db.Field.slide_id == slide_id)
-    return SlideDetail(**vars(slide), fields=tuple(fields))
-
-
 def slide_view(store: Store, slide_id: int, classes: Sequence[str] | None = None) -> SlideView:
     """The slide, its counts and warnings as of one state. NotFound if there is no such slide."""
     with store.snapshot() as session:
-        slide = _detail(session, slide_id)
+        slide = slide_detail(session, slide_id)
         counts = counts_in(session, slide_id, classes)
     return SlideView(slide, counts, grading_warnings(counts, slide.fields))
 
@@ -53,7 +45,7 @@ def slide_sheet(store: Store, slide_id: int) -> tuple[SlideDetail, list[CellReco
     """The slide and every cell of it for a sheet: field by field (upload order), red cells,
     then white cells and platelets, each by id. NotFound if there is no such slide."""
     with store.snapshot() as session:
-        slide = _detail(session, slide_id)
+        slide = slide_detail(session, slide_id)
         cells = cell_rows(session, db.Cell.slide_id == slide_id)
     ordinal = {f.id: f.ordinal for f in slide.fields}
     # A field's cells were stored red cells first, then white cells, then platelets: by id.

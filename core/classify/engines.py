@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from core.onnxsession import onnx_runtime_name, onnx_session
+
 ENGINES = ("auto", "onnx", "torch")
 
 
@@ -50,14 +52,10 @@ class OnnxEngine:
     """An ONNX Runtime session on the CPU; `run` is safe from many threads."""
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per core, as torch
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # Its threads keep spinning between runs: the batch endpoint was slower without.
+        self.session = onnx_session(path, threads)
         self.input = self.session.get_inputs()[0].name
-        self.name = f"onnxruntime {ort.__version__}"
+        self.name = onnx_runtime_name()
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.session.run(

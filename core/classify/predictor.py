@@ -134,7 +134,9 @@ class Predictor:
         try:
             network, card = load_network(model_dir, device=target)
             calibration = Calibration.load(model_dir)
-            runner = choose_engine(engine, network, target, verified_onnx_path(model_dir), threads)
+            # torch reads no graph: model.onnx is hashed only for the engine that may run it.
+            onnx_path = None if engine == "torch" else verified_onnx_path(model_dir)
+            runner = choose_engine(engine, network, target, onnx_path, threads)
         except (ModelFileError, EngineError) as exc:
             raise ModelLoadError(str(exc)) from exc
         try:

@@ -26,10 +26,11 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from core.detect.field import Detected, FieldDetection
+from core.modelcard import CHULA_MICRONS_PER_PIXEL
 
 # The segmentation's sizes are in pixels at Chula RBC-12's scale, the classifier's training
-# scale (its scale bar: 20 um over 105 px); a normal red cell's radius there is ~19.5 px.
-WORKING_MICRONS_PER_PIXEL = 0.19
+# scale; a normal red cell's radius there is ~19.5 px.
+WORKING_MICRONS_PER_PIXEL = CHULA_MICRONS_PER_PIXEL
 CELL_RADIUS_PX = 19.5
 
 

@@ -35,7 +35,8 @@ from core.detect.nucleus import (
     nuclear_regions,
     nucleated,
 )
-from core.modelcard import ModelFileError, sha256_file
+from core.modelcard import ModelFileError, verified_file
+from core.onnxsession import onnx_runtime_name, onnx_session
 
 KINDS = ("red_cell", "white_cell", "platelet")
 DETECTOR_CARD = "detector_card.json"
@@ -133,42 +134,12 @@ class DetectorCard:
             raise ModelFileError(f"detector card {path} is malformed: {exc}") from exc
 
 
-def _onnx_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep instead of spinning after a run: the scale search runs the network ten
-    # times with Python work between, which a spinning pool slows by a quarter on 2 cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _ort_version() -> str:
-    import onnxruntime as ort
-
-    return str(ort.__version__)
-
-
-def _verified_file(model_dir: Path, name: str, expected: str) -> Path:
-    path = model_dir / Path(name).name  # inside the folder, never a path elsewhere
-    if not path.is_file():
-        raise ModelFileError(f"detector file {path} is missing")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ModelFileError(
-            f"sha256 of {path} is {actual}, but the detector card says {expected}: refusing "
-            "to load a file that is not the one the card describes"
-        )
-    return path
-
-
 def verified_detector_onnx(model_dir: Path) -> Path | None:
     """The detector's ONNX graph, once its sha256 matches the card's; None when it has none."""
     card = DetectorCard.load(Path(model_dir))
     if not card.onnx_file or not card.onnx_sha256:
         return None
-    return _verified_file(Path(model_dir), card.onnx_file, card.onnx_sha256)
+    return verified_file(Path(model_dir), card.onnx_file, card.onnx_sha256, "detector card")
 
 
 def verified_detector_path(model_dir: Path) -> tuple[Path, DetectorCard]:
@@ -177,16 +148,7 @@ def verified_detector_path(model_dir: Path) -> tuple[Path, DetectorCard]:
     if not model_dir.is_dir():
         raise ModelFileError(f"detector directory {model_dir} does not exist")
     card = DetectorCard.load(model_dir)
-    path = model_dir / Path(card.state_file).name  # inside the folder, never elsewhere
-    if not path.is_file():
-        raise ModelFileError(f"detector weights {path} are missing")
-    actual = sha256_file(path)
-    if actual != card.state_sha256:
-        raise ModelFileError(
-            f"sha256 of {path} is {actual}, but the detector card says {card.state_sha256}: "
-            "refusing to load a file that is not the one the card describes"
-        )
-    return path, card
+    return verified_file(model_dir, card.state_file, card.state_sha256, "detector card"), card
 
 
 def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
@@ -495,11 +457,13 @@ class CellDetector:
         self.card = card
         self.device = device
         # ONNX Runtime where the card's detector.onnx is given (on the CPU), else torch.
-        self.session = None if onnx_path is None else _onnx_session(onnx_path)
+        # Its idle threads sleep between runs: the scale search runs the network ten times with
+        # Python work between, which a spinning pool slowed by a quarter on 2 cores.
+        self.session = None if onnx_path is None else onnx_session(onnx_path, spinning=False)
         self.engine_name = (
             f"torch {torch.__version__.split('+')[0]}"
             if self.session is None
-            else f"onnxruntime {_ort_version()}"
+            else onnx_runtime_name()
         )
         # The tuned rules come from the card; a probe may change them on a loaded detector.
         # A red-cell peak that holds a nucleus is a white cell (None: trust the network).

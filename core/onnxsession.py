@@ -1,0 +1,28 @@
+"""An ONNX Runtime session on the CPU, as both models' graphs are served (the classifier's in
+core/classify/engines.py, the detector's in core/detect/learned.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def onnx_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
+    """A session on `path` with every graph optimisation; `threads` 0 is one per core. Without
+    `spinning`, idle threads sleep after a run instead of spinning: on 2 cores a spinning pool
+    takes the CPU from the Python work between runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runtime_name() -> str:
+    """ "onnxruntime <version>": what the cards and GET /model call the engine."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}"
