@@ -32,11 +32,11 @@ from core.modelcard import (
 )
 from training.classify.learner import load_exported
 from training.errors import TrainingError
+from training.onnxgraph import write_graph
 
 REPORT_FILES = ("report.md", "config.yaml", "history.csv", "metrics.json")
 # The ONNX graph must give torch's probabilities within this (issue 28's bar), checked at export.
 ONNX_TOLERANCE = 1e-4
-ONNX_OPSET = 17
 
 
 class ExportError(TrainingError):
@@ -106,24 +106,21 @@ def add_onnx(model_dir: Path) -> ModelCard:
     Runtime gives the torch network's probabilities within ONNX_TOLERANCE and the same classes
     on a probe batch, then name it in the card with its sha256. Refused (ExportError) otherwise:
     nothing is left half-written."""
-    import warnings
-
     import onnxruntime as ort
 
     network, card = load_network(model_dir)
     wrapped = _LogitsAndFeatures(network).eval()
     sample = _probe_batch(card, 16)
     staging = model_dir / f".{ONNX_FILE}.partial"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(
-            wrapped, (sample[:2],), str(staging), input_names=["images"],
-            output_names=["logits", "features"], opset_version=ONNX_OPSET, dynamo=False,
-            dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
-        )  # fmt: skip
+    session = write_graph(
+        wrapped,
+        sample[:2],
+        staging,
+        {"images": {0: "n"}},
+        {"logits": {0: "n"}, "features": {0: "n"}},
+    )
     with torch.inference_mode():
         expected = torch.softmax(wrapped(sample)[0], dim=1)
-    session = ort.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
     logits = torch.from_numpy(session.run(["logits"], {"images": sample.numpy()})[0])
     got = torch.softmax(logits, dim=1)
     gap = float((got - expected).abs().max())

@@ -8,6 +8,7 @@ from core.detect.learned import (
     DETECTOR_STATE,
 )
 from training.errors import DataError
+from training.onnxgraph import write_graph
 
 
 def export_detector(
@@ -54,10 +55,7 @@ def add_detector_onnx(model_dir: Path) -> Path:
     """Write detector.onnx (any input size) beside the verified state dict of `model_dir`, prove
     that ONNX Runtime gives the torch network's heatmaps and sizes within tolerance on two probe
     sizes, then name it in the card with its sha256. Refused (DataError) otherwise."""
-    import warnings
-
     import numpy as np
-    import onnxruntime as ort
     import torch
 
     from core.detect.learned import DETECTOR_ONNX, CellDetector, to_input
@@ -72,14 +70,9 @@ def add_detector_onnx(model_dir: Path) -> Path:
     ]
     staging = Path(model_dir) / f".{DETECTOR_ONNX}.partial"
     axes, out_axes = {0: "n", 2: "height", 3: "width"}, {0: "n", 2: "rows", 3: "cols"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        torch.onnx.export(
-            network, (probes[0],), str(staging), input_names=["image"],
-            output_names=["heat", "size"], opset_version=17, dynamo=False,
-            dynamic_axes={"image": axes, "heat": out_axes, "size": out_axes},
-        )  # fmt: skip
-    session = ort.InferenceSession(str(staging), providers=["CPUExecutionProvider"])
+    session = write_graph(
+        network, probes[0], staging, {"image": axes}, {"heat": out_axes, "size": out_axes}
+    )
     for x in probes:
         with torch.inference_mode():
             heat, size = network(x)
