@@ -12,11 +12,20 @@ from typing import Any
 
 from app.schemas import BatchItemIn, SmearCellIn
 from core.smear.result import FieldResult
+from records.store import CellRecord, FieldRecord
 
 # A field's red cells, one row each (python -m app analyze-smear: <stem>_cells.csv).
 FIELD_COLUMNS = (
     "id", "x", "y", "x0", "y0", "x1", "y1", "at_border", "counted", "label", "confidence",
     "needs_review", "familiarity",
+)  # fmt: skip
+
+
+# A slide's cells, one row each (GET /slides/{id}/cells.csv).
+CSV_COLUMNS = (
+    "field", "field_id", "filename", "cell_id", "kind", "x", "y", "x0", "y0", "x1", "y1",
+    "at_border", "counted", "proposed_class", "final_class", "class", "confidence",
+    "needs_review", "reviewed_by", "reviewed_at", "version",
 )  # fmt: skip
 
 
@@ -53,6 +62,37 @@ def field_rows(result: FieldResult) -> list[list[Any]]:
         ]
         for c in result.cells
     ]
+
+
+def slide_rows(fields: Sequence[FieldRecord], cells: Iterable[CellRecord]) -> list[list[Any]]:
+    """A slide's cells as CSV_COLUMNS rows, each with its field's ordinal and file name."""
+    by_id = {f.id: f for f in fields}
+    rows = []
+    for c in cells:
+        f = by_id.get(c.field_id)
+        rows.append(
+            [
+                f.ordinal if f else "",
+                c.field_id,
+                sheet_text(f.filename if f else None),
+                c.id,
+                c.kind,
+                f"{c.x:.1f}",
+                f"{c.y:.1f}",
+                *c.box,
+                c.at_border,
+                c.counted,
+                c.proposed_label or "",
+                c.final_label or "",
+                c.label or "",
+                "" if c.confidence is None else f"{c.confidence:.4f}",
+                c.needs_review,
+                sheet_text(c.reviewed_by),
+                c.reviewed_at.isoformat() if c.reviewed_at else "",
+                c.version,
+            ]
+        )
+    return rows
 
 
 # The page's two downloads keep the columns and the number formats the page wrote before the

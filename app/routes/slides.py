@@ -63,7 +63,7 @@ from app.schemas import (
     SlideOut,
     WeightsRef,
 )
-from app.sheets import csv_text, sheet_text
+from app.sheets import CSV_COLUMNS, csv_text, slide_rows
 from core.classify.predictor import Predictor, png_data_url
 from core.detect.learned import CellDetector
 from core.imageio import read_bounded
@@ -110,11 +110,6 @@ REPORT_CSP = (
     "form-action 'none'; frame-ancestors 'none'"
 )
 IMAGE_CSP = "default-src 'none'; sandbox"
-CSV_COLUMNS = (
-    "field", "field_id", "filename", "cell_id", "kind", "x", "y", "x0", "y0", "x1", "y1",
-    "at_border", "counted", "proposed_class", "final_class", "class", "confidence",
-    "needs_review", "reviewed_by", "reviewed_at", "version",
-)  # fmt: skip
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "a malformed request (missing or invalid field)"},
@@ -565,34 +560,8 @@ def cells_csv(slide_id: SlideId, _user: UserDep, store: StoreDep) -> Response:
     """Every cell of the slide (red cells, then white cells and platelets), field by field:
     position, proposed class, final class, confidence, who reviewed it and when."""
     detail, every = slide_sheet(store, slide_id)
-    fields = {f.id: f for f in detail.fields}
-    rows = []
-    for c in every:
-        f = fields.get(c.field_id)
-        rows.append(
-            [
-                f.ordinal if f else "",
-                c.field_id,
-                sheet_text(f.filename if f else None),
-                c.id,
-                c.kind,
-                f"{c.x:.1f}",
-                f"{c.y:.1f}",
-                *c.box,
-                c.at_border,
-                c.counted,
-                c.proposed_label or "",
-                c.final_label or "",
-                c.label or "",
-                "" if c.confidence is None else f"{c.confidence:.4f}",
-                c.needs_review,
-                sheet_text(c.reviewed_by),
-                c.reviewed_at.isoformat() if c.reviewed_at else "",
-                c.version,
-            ]
-        )
     return Response(
-        csv_text(CSV_COLUMNS, rows),
+        csv_text(CSV_COLUMNS, slide_rows(detail.fields, every)),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="slide-{slide_id}-cells.csv"'},
     )
