@@ -45,7 +45,7 @@ _UPGRADE_LOCK: Final = threading.Lock()
 
 # Called at named points inside write transactions, with the open session: tests use it to fail
 # (raise) or die (os._exit) half-way. Points: "add_field:cells_added", "remove_field:deleted",
-# "review_cell:updated", "sign_off:updated".
+# "review_cell:updated", "accept_proposals:updated", "sign_off:updated".
 FaultHook = Callable[[str, Session], None]
 
 

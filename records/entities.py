@@ -107,6 +107,34 @@ class CellRecord:
     def reviewed(self) -> bool:
         return self.reviewed_at is not None
 
+    @property
+    def margin(self) -> float | None:
+        """How far the classifier's first choice led its second: the largest probability minus
+        the next one (the largest itself with one class). None when no probabilities are kept."""
+        if not self.probabilities:
+            return None
+        top = sorted(self.probabilities.values(), reverse=True)
+        return top[0] - (top[1] if len(top) > 1 else 0.0)
+
+
+@dataclass(frozen=True)
+class QueuedCell:
+    """A place in a slide's review queue (records.views.review_queue): the cell, and whether it
+    is there as one of the queue's random checks rather than for its margin."""
+
+    cell: CellRecord
+    spot_check: bool
+
+
+@dataclass(frozen=True)
+class ProposalsAccepted:
+    """What records.slides.accept_proposals did: the cells of the field it accepted at their
+    proposed class (with their new versions), and the slide as it is now (its version)."""
+
+    slide: SlideRecord
+    field_id: int
+    cells: tuple[CellRecord, ...]
+
 
 @dataclass(frozen=True)
 class AuditEntry:

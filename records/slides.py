@@ -27,6 +27,7 @@ from records.entities import (
     CellRecord,
     FieldInput,
     FieldRecord,
+    ProposalsAccepted,
     SlideDetail,
     SlideRecord,
     User,
@@ -48,6 +49,7 @@ from records.steps import (
     acting_user,
     cell_record,
     cell_rows,
+    check_open_slide,
     check_slide_exists,
     field_records,
     slide_detail,
@@ -436,6 +438,74 @@ def review_cell(
         )
         reviewed = session.get_one(db.Cell, cell_id)
         return cell_record(reviewed, actor.name)
+
+
+def accept_proposals(
+    store: Store, user: User, slide_id: int, field_id: int, version: int
+) -> ProposalsAccepted:
+    """Accept every red cell of one field that nobody has reviewed yet at its proposed class
+    (reviewer or admin): "the rest of this field is right". One transaction: all of them are
+    reviewed, each with its own 'confirm' audit row as a single review has (its detail says
+    `via: accept_proposals`), or none is. Cells already reviewed keep their review.
+
+    `version` is the slide's version as the reviewer saw it: any change since (a review, a field
+    added) gives StaleVersion and nothing changes, as for a sign-off. NotFound if the field is
+    not on that slide (whatever the version), SlideSignedOff on a signed-off slide, Forbidden for
+    viewers. With nothing left to accept, nothing changes (the slide keeps its version).
+    """
+    with store.writing() as session:
+        actor = acting_user(session, user, WRITERS, "review cells")
+        on_slide = select(db.Field.id).where(db.Field.id == field_id, db.Field.slide_id == slide_id)
+        if session.scalar(on_slide) is None:
+            check_slide_exists(session, slide_id)
+            raise NotFound(f"no field {field_id} on slide {slide_id}")
+        check_open_slide(session, slide_id, version)
+        now = utcnow()
+        c = db.Cell
+        accepted = session.execute(
+            update(c)
+            .where(
+                c.field_id == field_id,
+                c.slide_id == slide_id,
+                c.kind == "red_cell",
+                c.reviewed_at.is_(None),
+            )
+            .values(
+                final_label=c.proposed_label,
+                reviewed_by=actor.id,
+                reviewed_at=now,
+                version=c.version + 1,
+            )
+            .returning(c.id, c.proposed_label, c.version)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if accepted:
+            touch_open_slide(session, slide_id, version)
+            store.fault_point("accept_proposals:updated", session)
+            session.execute(
+                insert(db.Audit),
+                [
+                    {
+                        "at": now,
+                        "user_id": actor.id,
+                        "slide_id": slide_id,
+                        "cell_id": cell_id,
+                        "action": "confirm",
+                        "from_value": proposed,
+                        "to_value": proposed,
+                        "detail": {
+                            "proposed": proposed,
+                            "version": int(new_version),
+                            "via": "accept_proposals",
+                            "field_id": field_id,
+                        },
+                    }
+                    for cell_id, proposed, new_version in sorted(accepted)
+                ],
+            )
+        ids = [row[0] for row in accepted]
+        cells = cell_rows(session, c.id.in_(ids)) if ids else []
+        return ProposalsAccepted(slide_record(session, slide_id), field_id, tuple(cells))
 
 
 def sign_off(store: Store, user: User, slide_id: int, version: int) -> SlideRecord:

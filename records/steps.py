@@ -56,6 +56,22 @@ def why_not_open(session: Session, slide_id: int) -> None:
         raise SlideSignedOff(f"slide {slide_id} is signed off: reopen it first")
 
 
+def check_open_slide(session: Session, slide_id: int, version: int) -> None:
+    """What `touch_open_slide` checks, without the bump: the slide exists (NotFound), is open
+    (SlideSignedOff) and at `version` (StaleVersion); its row stays locked until commit (on
+    PostgreSQL; SQLite's write transaction holds the database). For a write that may turn out
+    to change nothing."""
+    found = session.execute(
+        select(db.Slide.status, db.Slide.version).where(db.Slide.id == slide_id).with_for_update()
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"no slide {slide_id}")
+    if found.status == "signed_off":
+        raise SlideSignedOff(f"slide {slide_id} is signed off: reopen it first")
+    if found.version != version:
+        raise StaleVersion(f"slide {slide_id} changed since version {version}: read it again")
+
+
 def touch_open_slide(session: Session, slide_id: int, version: int | None = None) -> int:
     """`version = version + 1` on an open slide (and at `version`, when given): refuses a signed-off
     slide and locks its row until commit. Returns the new version."""

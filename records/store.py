@@ -17,7 +17,9 @@ Rules every write follows:
   PostgreSQL (writes to one slide serialise; a sign-off cannot slip between a check and a write),
   and makes the slide's `version` count every change to the slide or anything on it;
 - cell reviews are optimistic: `UPDATE cells ... WHERE id = ? AND version = ?`; a stale version
-  raises `StaleVersion` and the whole transaction (slide bump included) is rolled back;
+  raises `StaleVersion` and the whole transaction (slide bump included) is rolled back; writes
+  on many cells at once (a sign-off, accepting the rest of a field) are optimistic on the
+  slide's `version` instead;
 - every change writes an audit row in the same transaction.
 
 SQLite (the embedded default): WAL journal, foreign keys on, a busy timeout, and writes start with
@@ -51,6 +53,8 @@ from records.entities import (
     ExportCell,
     FieldInput,
     FieldRecord,
+    ProposalsAccepted,
+    QueuedCell,
     SlideDetail,
     SlideRecord,
     User,
@@ -59,6 +63,7 @@ from records.export import (
     reviewed_cells,
 )
 from records.slides import (
+    accept_proposals,
     add_field,
     create_slide,
     delete_slide,
@@ -92,11 +97,14 @@ from records.validation import (
 from records.views import (
     MIN_CELLS_FOR_GRADING,
     MIN_CELLS_FOR_SCHISTOCYTES,
+    SPOT_CHECK_EVERY,
     SlideView,
     field_cells,
     grading_warnings,
+    review_queue,
     slide_sheet,
     slide_view,
+    teaching_order,
 )
 
 __all__ = [
@@ -106,6 +114,7 @@ __all__ = [
     "MIN_CELLS_FOR_GRADING",
     "MIN_CELLS_FOR_SCHISTOCYTES",
     "PG_CONNECT_TIMEOUT_S",
+    "SPOT_CHECK_EVERY",
     "SQLITE_BUSY_TIMEOUT_MS",
     "UNSET",
     "WRITERS",
@@ -116,11 +125,14 @@ __all__ = [
     "FaultHook",
     "FieldInput",
     "FieldRecord",
+    "ProposalsAccepted",
+    "QueuedCell",
     "SlideDetail",
     "SlideRecord",
     "SlideView",
     "Store",
     "User",
+    "accept_proposals",
     "add_field",
     "audit_trail",
     "authenticate",
@@ -143,6 +155,7 @@ __all__ = [
     "remove_field",
     "reopen",
     "review_cell",
+    "review_queue",
     "reviewed_cells",
     "set_user_active",
     "sign_off",
@@ -150,5 +163,6 @@ __all__ = [
     "slide_sheet",
     "slide_view",
     "slides_created_before",
+    "teaching_order",
     "update_slide",
 ]
