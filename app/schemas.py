@@ -369,6 +369,42 @@ class ReopenIn(BaseModel):
     )
 
 
+class AcceptProposalsIn(BaseModel):
+    version: Version = Field(
+        description="the slide's version as you saw it (409 if anything changed since)"
+    )
+
+
+class ProposalsAcceptedOut(BaseModel):
+    field_id: int
+    accepted: int = Field(
+        description="red cells of the field accepted at their proposed class now (0: none was "
+        "left to review, and nothing changed)"
+    )
+    cells: list[SlideCellOut] = Field(
+        description="those cells as they are now, each with its new version, least confident first"
+    )
+    slide: SlideOut = Field(description="the slide as it is now, with its new version")
+
+
+class QueuedCellOut(SlideCellOut):
+    margin: float | None = Field(
+        description="the classifier's top-1 minus top-2 probability; null when the cell has no "
+        "probabilities"
+    )
+    spot_check: bool = Field(
+        description="drawn at random (one place in ten) so that confident cells are checked "
+        "too, rather than placed for its margin"
+    )
+
+
+class ReviewQueueOut(BaseModel):
+    items: list[QueuedCellOut]
+    total: int = Field(description="red cells not reviewed yet, all pages together")
+    offset: int
+    limit: int
+
+
 class AuditOut(BaseModel):
     id: int
     at: datetime

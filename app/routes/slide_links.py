@@ -22,6 +22,9 @@ def _slide_links(ids: dict[str, str], version: str) -> dict[str, Any]:
         "GetSlide": link("GET", _SLIDE, "the slide with its counts", ids),
         "AddField": link("POST", _SLIDE + "/fields", "add a field to the slide", ids),
         "ListCells": link("GET", _SLIDE + "/cells", "the slide's cells", ids),
+        "ReviewQueue": link(
+            "GET", _SLIDE + "/review-queue", "the cells to review, most teaching first", ids
+        ),
         "SignOff": link(
             "POST", _SLIDE + "/sign-off", "sign the slide off", ids, {"version": version}
         ),
@@ -83,6 +86,13 @@ DETAIL_LINKS: dict[int | str, dict[str, Any]] = {
         "links": {
             **_slide_links(_SAME_SLIDE, "$response.body#/version"),
             **_field_links("/fields/0"),
+            "AcceptProposals": link(
+                "POST",
+                _FIELD + "/accept-proposals",
+                "accept the rest of the field's proposals",
+                {**_SAME_SLIDE, "field_id": "$response.body#/fields/0/id"},
+                {"version": "$response.body#/version"},
+            ),
         }
     }
 }
@@ -96,6 +106,25 @@ FIELD_LINKS: dict[int | str, dict[str, Any]] = {
     }
 }
 CELLS_LINKS: dict[int | str, dict[str, Any]] = {200: {"links": _cell_links("/items/0")}}
+QUEUE_LINKS: dict[int | str, dict[str, Any]] = {200: {"links": _cell_links("/items/0")}}
+ACCEPTED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            **_cell_links("/cells/0"),
+            "GetSlide": link("GET", _SLIDE, "the slide, counts updated", _SAME_SLIDE),
+            "ReviewQueue": link(
+                "GET", _SLIDE + "/review-queue", "the cells still to review", _SAME_SLIDE
+            ),
+            "SignOff": link(
+                "POST",
+                _SLIDE + "/sign-off",
+                "sign the slide off",
+                _SAME_SLIDE,
+                {"version": "$response.body#/slide/version"},
+            ),
+        }
+    }
+}
 REVIEWED_LINKS: dict[int | str, dict[str, Any]] = {
     200: {
         "links": {

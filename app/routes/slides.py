@@ -33,12 +33,14 @@ from app.middleware import AUDIT_PREFIX
 from app.records_slot import RecordsSlot
 from app.routes.api import GATE_WHAT, GateDep, detector_sha256
 from app.routes.slide_links import (
+    ACCEPTED_LINKS,
     CELLS_LINKS,
     CREATED_LINKS,
     DELETED_LINKS,
     DETAIL_LINKS,
     FIELD_LINKS,
     LISTED_LINKS,
+    QUEUE_LINKS,
     REOPENED_LINKS,
     REVIEWED_LINKS,
     SIGNED_LINKS,
@@ -46,6 +48,7 @@ from app.routes.slide_links import (
 from app.schemas import (
     MAX_DB_INT,
     NO_NUL,
+    AcceptProposalsIn,
     AuditList,
     AuditOut,
     CellList,
@@ -54,7 +57,10 @@ from app.schemas import (
     FieldAddedOut,
     FieldModels,
     FieldOut,
+    ProposalsAcceptedOut,
+    QueuedCellOut,
     ReopenIn,
+    ReviewQueueOut,
     SignOffIn,
     SlideCellOut,
     SlideDetailOut,
@@ -82,6 +88,7 @@ from records.store import (
     SlideView,
     Store,
     User,
+    accept_proposals,
     add_field,
     audit_trail,
     create_slide,
@@ -94,6 +101,7 @@ from records.store import (
     remove_field,
     reopen,
     review_cell,
+    review_queue,
     sign_off,
     slide_sheet,
     slide_view,
@@ -496,6 +504,58 @@ def review(
     classes = slot.predictor.classes if slot.predictor is not None else None
     cell = review_cell(store, user, slide_id, cell_id, body.version, body.label, classes)
     return _cell_out(cell)
+
+
+@router.get("/{slide_id}/review-queue", response_model=ReviewQueueOut, responses=QUEUE_LINKS)
+def queue(
+    slide_id: SlideId,
+    _user: UserDep,
+    store: StoreDep,
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=PAGE)] = 200,
+) -> ReviewQueueOut:
+    """The slide's red cells that nobody has reviewed yet, those whose review teaches the
+    classifier most first: within each proposed class the least margin (top-1 minus top-2
+    probability) first, the classes taken in turn so that every one appears early, and every
+    tenth place a cell drawn at random (`spot_check`), so that confident cells are checked too.
+    The order depends only on the slide's cells: the same on every call."""
+    items, total = review_queue(store, slide_id, offset, limit)
+    return ReviewQueueOut(
+        items=[
+            QueuedCellOut(
+                **_cell_out(q.cell).model_dump(), margin=q.cell.margin, spot_check=q.spot_check
+            )
+            for q in items
+        ],
+        total=total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.post(
+    "/{slide_id}/fields/{field_id}/accept-proposals",
+    response_model=ProposalsAcceptedOut,
+    responses=ACCEPTED_LINKS,
+)
+def accept_field_proposals(
+    slide_id: SlideId,
+    field_id: FieldId,
+    body: AcceptProposalsIn,
+    user: UserDep,
+    store: StoreDep,
+) -> ProposalsAcceptedOut:
+    """Accept every red cell of the field that nobody has reviewed yet at its proposed class,
+    in one transaction (all of them or none), each audited as a confirmation. Cells already
+    reviewed keep their review. `version` is the slide's version as you saw it: 409 if anything
+    changed since (nothing changes: read the slide again), or if the slide is signed off."""
+    done = accept_proposals(store, user, slide_id, field_id, body.version)
+    return ProposalsAcceptedOut(
+        field_id=done.field_id,
+        accepted=len(done.cells),
+        cells=[_cell_out(c) for c in done.cells],
+        slide=_slide_out(done.slide),
+    )
 
 
 # --- sign-off, audit ------------------------------------------------------------------------
