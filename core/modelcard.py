@@ -56,6 +56,10 @@ class ModelCard:
     # None on cards exported before it existed (torch serves them).
     onnx_file: str | None = None
     onnx_sha256: str | None = None
+    # Features of base training cells that a laboratory's adaptation replays so as not to forget
+    # them (training/adapt/replay.py); None on cards without one. Training only: never served.
+    replay_file: str | None = None
+    replay_sha256: str | None = None
     # The engine and version `metrics` were measured with (torch's at training; None on cards
     # from before it was kept: torch, library_versions says which).
     metrics_engine: str | None = None

@@ -7,11 +7,11 @@ import logging
 import sys
 
 from core.modelcard import ModelFileError
-from training.commands import archs, classify, detect, imports, smears
+from training.commands import adapt, archs, classify, detect, imports, smears
 from training.errors import TrainingError
 
 # Each group registers its own commands; --help lists them in this order.
-COMMAND_GROUPS = (imports, classify, smears, detect, archs)
+COMMAND_GROUPS = (imports, classify, adapt, smears, detect, archs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,10 @@ a folder-per-class crop set, split by slide, that `python -m training feature-ex
 `fine-tune` read like an `import-chula` output.
 
 Output: `out/<label>/slide<S>_field<F>_cell<C>.png`, `out/manifest.csv` (columns
-`MANIFEST_COLUMNS`; `split` is what the training pipeline reads) and `out/import_report.json`.
+`MANIFEST_COLUMNS`; `split` is what the training pipeline reads), `out/fields.csv` (each field
+read: its slide, split and colour descriptor, `core.classify.calibration.field_colour_descriptor`
+of the uploaded image, as the service computes it: what `adapt` makes familiar) and
+`out/import_report.json`.
 
 Each field is decoded once, through the service's own decoding path (core.imageio), brought to
 the classifier's training scale exactly as the smear analysis does (the whole field resized with
@@ -29,6 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from core.classify.calibration import field_colour_descriptor
 from core.imageio import ImageError, decode_image
 from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL, SmearError, scale_factor
 from core.smear.crop import DEFAULT_WINDOW, crop_cell, median_colour
@@ -193,11 +197,10 @@ def _open(url: str) -> Any:
 
 
 def _field_at_training_scale(
-    image_bytes: bytes, microns_per_pixel: float | None, name: str
+    image: Image.Image, microns_per_pixel: float | None
 ) -> tuple[Image.Image, float]:
-    """The field as the analysis saw it: decoded by the service's path, resized to the training
-    scale. Returns the working image and the factor (working / uploaded pixels)."""
-    image = decode_image(image_bytes, name=name)
+    """The decoded field as the analysis saw it, resized to the training scale. Returns the
+    working image and the factor (working / uploaded pixels)."""
     factor = scale_factor(microns_per_pixel)
     if factor == 1.0:
         return image, factor
@@ -248,10 +251,12 @@ def import_slides(
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        rows = _crop_from_store(store, tmp, window, drop_border, report, progress)
+        colours: dict[int, list[float]] = {}
+        rows = _crop_from_store(store, tmp, window, drop_border, report, progress, colours)
         if not rows:
             raise _nothing_to_import(report)
         _write_manifest(tmp, rows, fractions, seed, report)
+        _write_fields(tmp, colours, report)
         _write_import_report(tmp, report, fractions, seed, window, drop_border)
         _replace(tmp, out)
     except BaseException:
@@ -267,6 +272,7 @@ def _crop_from_store(
     drop_border: bool,
     report: SlidesImportReport,
     progress: bool,
+    colours: dict[int, list[float]],
 ) -> list[dict[str, object]]:
     """`_write_crops` on the cells `report` asks for, read from `store`, which is closed after.
     A database error becomes a one-line DataError."""
@@ -283,7 +289,7 @@ def _crop_from_store(
         if first is None:
             return []
         return _write_crops(
-            itertools.chain([first], cells), dest, window, drop_border, report, progress
+            itertools.chain([first], cells), dest, window, drop_border, report, progress, colours
         )
     except SQLAlchemyError as exc:
         raise DataError(f"database {store.display_url}: {first_line(exc)}") from None
@@ -320,6 +326,23 @@ def _write_manifest(
     manifest = manifest[MANIFEST_COLUMNS]
     manifest.to_csv(dest / "manifest.csv", index=False, lineterminator="\n")
     _fill_stats(report, manifest, fractions)
+
+
+def _write_fields(dest: Path, colours: dict[int, list[float]], report: SlidesImportReport) -> None:
+    """fields.csv: each decoded field's slide, split and colour descriptor (`c0`..`c12`)."""
+    slides = pd.read_csv(dest / "manifest.csv", usecols=["field_id", "slide_id", "split"])
+    fields = slides.drop_duplicates("field_id").set_index("field_id")
+    rows = [
+        {
+            "field_id": field_id,
+            "slide_id": int(fields.at[field_id, "slide_id"]),
+            "split": str(fields.at[field_id, "split"]),
+            **{f"c{i}": v for i, v in enumerate(descriptor)},
+        }
+        for field_id, descriptor in sorted(colours.items())
+        if field_id in fields.index  # a field none of whose cells was usable has no split
+    ]
+    pd.DataFrame(rows).to_csv(dest / "fields.csv", index=False, lineterminator="\n")
 
 
 def _write_import_report(
@@ -368,8 +391,10 @@ def _write_crops(
     drop_border: bool,
     report: SlidesImportReport,
     progress: bool,
+    colours: dict[int, list[float]],
 ) -> list[dict[str, object]]:
-    """Write one PNG per usable cell into `dest/<label>/`; return the manifest rows (no split)."""
+    """Write one PNG per usable cell into `dest/<label>/`; return the manifest rows (no split).
+    Each decoded field's colour descriptor goes into `colours` (by field id)."""
     rows: list[dict[str, object]] = []
     field_id: int | None = None
     work: _WorkField | None = None
@@ -379,7 +404,7 @@ def _write_crops(
         report.n_cells_read += 1
         if cell.field_id != field_id:  # cells come field by field: decode each field once
             field_id = cell.field_id
-            work = _decode_field(cell, report)
+            work = _decode_field(cell, report, colours)
         if work is None:
             continue
         label = _usable_label(cell, report)
@@ -407,12 +432,16 @@ def _write_crops(
     return rows
 
 
-def _decode_field(cell: Any, report: SlidesImportReport) -> _WorkField | None:
+def _decode_field(
+    cell: Any, report: SlidesImportReport, colours: dict[int, list[float]]
+) -> _WorkField | None:
     """The cell's field at the training scale, or None (counted in `report`) if it cannot be
-    decoded."""
+    decoded. The uploaded field's colour descriptor goes into `colours`."""
     name = f"field {cell.field_ordinal} ({cell.filename}) of slide {cell.slide_id}"
     try:
-        image, factor = _field_at_training_scale(cell.image, cell.microns_per_pixel, name)
+        uploaded = decode_image(cell.image, name=name)
+        image, factor = _field_at_training_scale(uploaded, cell.microns_per_pixel)
+        colours[cell.field_id] = [float(v) for v in field_colour_descriptor(uploaded)]
     except (ImageError, SmearError) as exc:
         report.n_unreadable_fields += 1
         if len(report.unreadable_fields) < MAX_EXAMPLES:

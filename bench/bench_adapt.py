@@ -1,0 +1,186 @@
+"""How much of a laboratory's shift `python -m training adapt` recovers, on simulated laboratories.
+
+    .venv/bin/python bench/bench_adapt.py --data /tmp/chula-crops [--reviewed 500] \
+        [--sources bccd,bcd,raabin] [--out research/results/adapt/simulated-labs.json]
+
+A simulated laboratory is Chula's test split recoloured to a txl-pbc source's stain and camera
+(bench/bench_shift.py's Reinhard transfer of cell and background pixels, the source's statistics
+measured on its train fields). Chula's test smears are split in two, by smear (seeded): the
+laboratory reviews `--reviewed` cells of the first half (drawn at random, as a technologist
+would meet them; each smear is a slide of one field), and the adapted model is measured on the
+second half, which the command never sees. The reviewed cells go to `adapt_cells` exactly as
+`import-slides` would lay them out (manifest.csv, fields.csv with each recoloured field's colour
+descriptor), so the run is the product's, held-out split and choice of fit included.
+
+Figures per source, all on the second half's crops of the base model's classes:
+- `clean`: the base model on the crops as imported;
+- `shifted`: the base model on the recoloured crops;
+- `adapted`: the adapted model on the recoloured crops;
+- `recovered`: (adapted - shifted) / (clean - shifted), the share of the shift's cost regained;
+- `chula_change`: the adapted model against the base on every clean Chula test crop (forgetting);
+- `seconds`: the adapt run.
+With `--new-class elliptocyte` the laboratory also reviews Chula's elliptocytes, a class the base
+model lacks, and the adapted model's recall of it is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
+from core.classify.calibration import field_colour_descriptor  # noqa: E402
+
+
+def _labels(predictor: Any, images: list[Image.Image]) -> np.ndarray:
+    out = []
+    for start in range(0, len(images), 256):
+        probs = predictor.forward(predictor.preprocess.batch(images[start : start + 256]), 1)
+        out.append(probs.argmax(1).numpy())
+    return np.concatenate(out) if out else np.empty(0, dtype=int)
+
+
+def _accuracy(predictor: Any, images: list[Image.Image], labels: list[str]) -> float:
+    pred = _labels(predictor, images)
+    names = np.asarray(predictor.classes)[pred]
+    return float((names == np.asarray(labels)).mean())
+
+
+def _lab_folder(
+    dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats
+) -> None:
+    """An import-slides-shaped folder: each smear a slide of one field."""
+    smears = sorted(rows["source_image"].unique())
+    ids = {s: i + 1 for i, s in enumerate(smears)}
+    manifest = []
+    for (_, row), crop in zip(rows.iterrows(), crops, strict=True):
+        rel = f"{row['label']}/{Path(row['path']).stem}.png"
+        (dest / row["label"]).mkdir(parents=True, exist_ok=True)
+        crop.save(dest / rel)
+        sid = ids[row["source_image"]]
+        manifest.append({"path": rel, "label": row["label"], "slide_id": sid, "field_id": sid})
+    pd.DataFrame(manifest).to_csv(dest / "manifest.csv", index=False)
+    fields = []
+    for smear, sid in ids.items():
+        with Image.open(chula / "Dataset" / smear) as field:
+            descriptor = field_colour_descriptor(recolour(field.convert("RGB"), stats))
+        fields.append({"field_id": sid, **{f"c{i}": float(v) for i, v in enumerate(descriptor)}})
+    pd.DataFrame(fields).to_csv(dest / "fields.csv", index=False)
+
+
+def run_source(
+    source: str, stats: ColourStats, test: pd.DataFrame, args: argparse.Namespace, base: Any
+) -> dict[str, Any]:
+    from core.classify.predictor import Predictor
+    from training.adapt.pipeline import adapt_cells
+
+    smears = sorted(test["source_image"].unique())
+    rng = np.random.default_rng(args.seed)
+    rng.shuffle(smears)
+    review_smears = set(smears[: len(smears) // 2])
+    review = test[test["source_image"].isin(review_smears)]
+    lab_classes = set(base.classes) | ({args.new_class} if args.new_class else set())
+    review = review[review["label"].isin(lab_classes)]
+    review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
+    evaluate = test[~test["source_image"].isin(review_smears)]
+    known = evaluate[evaluate["label"].isin(base.classes)]
+
+    def crops(rows: pd.DataFrame, shifted: bool) -> list[Image.Image]:
+        out = []
+        for rel in rows["path"]:
+            with Image.open(args.data / rel) as image:
+                rgb = image.convert("RGB")
+            out.append(recolour(rgb, stats) if shifted else rgb)
+        return out
+
+    with tempfile.TemporaryDirectory() as scratch:
+        lab = Path(scratch) / "lab"
+        _lab_folder(lab, review, crops(review, True), args.chula, stats)
+        started = time.perf_counter()
+        adapt_cells(
+            lab, Path(scratch) / "model", base=args.base, progress=False, say=lambda _: None
+        )
+        seconds = time.perf_counter() - started
+        adapted = Predictor.load(Path(scratch) / "model", device="cpu", tta_views=1)
+        summary = json.loads((Path(scratch) / "model" / "adaptation.json").read_text())
+    shifted_known = crops(known, True)
+    labels = list(known["label"])
+    clean = _accuracy(base, crops(known, False), labels)
+    shifted = _accuracy(base, shifted_known, labels)
+    after = _accuracy(adapted, shifted_known, labels)
+    all_test = test[test["label"].isin(base.classes)]
+    clean_all = crops(all_test, False)
+    row = {
+        "source": source,
+        "reviewed": len(review),
+        "evaluated": len(known),
+        "clean": round(clean, 4),
+        "shifted": round(shifted, 4),
+        "adapted": round(after, 4),
+        "recovered": round((after - shifted) / (clean - shifted), 2) if clean > shifted else None,
+        "chula_change": round(
+            _accuracy(adapted, clean_all, list(all_test["label"]))
+            - _accuracy(base, clean_all, list(all_test["label"])),
+            4,
+        ),
+        "chosen": summary["fit"]["chosen"],
+        "seconds": round(seconds, 1),
+    }
+    if args.new_class:
+        new = evaluate[evaluate["label"] == args.new_class]
+        pred = np.asarray(adapted.classes)[_labels(adapted, crops(new, True))]
+        row[f"{args.new_class}_recall"] = round(float((pred == args.new_class).mean()), 4)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.classify.predictor import Predictor
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="an import-chula crop set")
+    parser.add_argument("--chula", type=Path, default=ROOT.parent / "shared/datasets/chula-rbc-12")
+    parser.add_argument("--txl", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
+    parser.add_argument("--base", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--reviewed", type=int, default=500)
+    parser.add_argument("--sources", default="bccd,bcd,raabin")
+    parser.add_argument("--new-class", help="a Chula class the base lacks, reviewed too")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="JSON of every figure")
+    parser.add_argument(
+        "--colour-stats", type=Path, default=Path(tempfile.gettempdir()) / "rbc-colour-stats.json"
+    )
+    args = parser.parse_args(argv)
+    manifest = pd.read_csv(args.data / "manifest.csv")
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    sources, _, _ = colour_stats(args.txl, args.colour_stats, FIELDS_PER_SOURCE, STATS_SEED, False)
+    base = Predictor.load(args.base, device="cpu", tta_views=1)
+    rows = []
+    for source in args.sources.split(","):
+        rows.append(
+            run_source(source, ColourStats.from_dict(sources[source]["stats"]), test, args, base)
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""A laboratory's reviewed cells, read from an `import-slides` output, checked and split.
+
+Held-out cells measure and calibrate the adapted model, so they are never fitted on: whole slides
+go to one part (whole fields when there are fewer than three slides), grouped and stratified by
+class as every split in this project (training.datasets.split.grouped_split). Parts: `fit` (the
+last layer), `calibrate` (temperature, review threshold, familiarity thresholds, and the choice
+between candidate fits), `test` (the before / after figures, nothing chosen on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.datasets.split import grouped_split
+from training.errors import DataError
+
+MIN_CELLS = 200  # usable reviewed red cells, all classes together
+MIN_GROUPS = 3  # fields at least (slides when there are three): some must be held out
+MIN_NEW_CLASS_CELLS = 30  # a reviewed class the base lacks becomes a class of its own from here
+PARTS = ("fit", "calibrate", "test")
+FRACTIONS = (0.6, 0.2, 0.2)
+COLOUR_COLUMNS = [f"c{i}" for i in range(13)]
+
+
+@dataclass
+class LabCells:
+    """The usable reviewed cells (`rows`: path, label, target, part, slide_id, field_id) and
+    fields (`fields`: field_id, part, colour descriptor), the classes of the adapted model, and
+    what was left out and why."""
+
+    root: Path
+    rows: pd.DataFrame
+    fields: pd.DataFrame
+    classes: list[str]
+    new_classes: list[str]
+    group_by: str  # "slide" or "field"
+    too_few: dict[str, int] = field(default_factory=dict)  # label -> reviewed cells it has
+
+    def part(self, name: str) -> pd.DataFrame:
+        return self.rows[self.rows["part"] == name]
+
+    def field_colours(self, name: str) -> np.ndarray:
+        chosen = self.fields[self.fields["part"] == name]
+        return chosen[COLOUR_COLUMNS].to_numpy(dtype=np.float64)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Cells per part and class."""
+        return {
+            part: {str(k): int(v) for k, v in self.part(part)["label"].value_counts().items()}
+            for part in PARTS
+        }
+
+
+def _describe(counts: pd.Series) -> str:
+    return ", ".join(f"{label} {n}" for label, n in counts.sort_values(ascending=False).items())
+
+
+def read_lab_cells(root: Path, base_classes: list[str], seed: int = 0) -> LabCells:
+    """The cells of the crop set `root` (manifest.csv, fields.csv), split into PARTS. DataError,
+    naming what is missing, when there are too few cells or fields to adapt and measure."""
+    manifest = Path(root) / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(
+            f"{root} has no manifest.csv: make it with `python -m training import-slides`"
+        )
+    rows = pd.read_csv(manifest)
+    missing = {"path", "label", "slide_id", "field_id"} - set(rows.columns)
+    if missing:
+        raise DataError(
+            f"{manifest} lacks the columns {sorted(missing)}: not an import-slides output"
+        )
+    per_label = rows["label"].value_counts()
+    new = sorted(
+        str(label)
+        for label, n in per_label.items()
+        if label not in base_classes and n >= MIN_NEW_CLASS_CELLS
+    )
+    too_few = {
+        str(label): int(n)
+        for label, n in per_label.items()
+        if label not in base_classes and n < MIN_NEW_CLASS_CELLS
+    }
+    classes = list(base_classes) + new
+    rows = rows[rows["label"].isin(classes)].reset_index(drop=True)
+    _check_enough(rows, per_label, root)
+    group_by = "slide" if rows["slide_id"].nunique() >= MIN_GROUPS else "field"
+    groups = rows[f"{group_by}_id"].astype(str)
+    counts: dict[str, dict[str, int]] = {}
+    for (group, label), n in rows.groupby([groups, rows["label"]]).size().items():
+        counts.setdefault(str(group), {})[str(label)] = int(n)
+    split = grouped_split(counts, FRACTIONS, seed)
+    names = dict(zip(("train", "valid", "test"), PARTS, strict=True))
+    rows["part"] = groups.map(lambda g: names[split[g]])
+    rows["target"] = rows["label"].map({c: i for i, c in enumerate(classes)})
+    for part in PARTS:
+        if not (rows["part"] == part).any():
+            raise DataError(
+                f"no {group_by} was left for the {part} part of {len(counts)} {group_by}s: "
+                "review cells on more slides"
+            )
+    return LabCells(
+        root=Path(root),
+        rows=rows,
+        fields=_fields(Path(root), rows),
+        classes=classes,
+        new_classes=new,
+        group_by=group_by,
+        too_few=too_few,
+    )
+
+
+def _check_enough(rows: pd.DataFrame, per_label: pd.Series, root: Path) -> None:
+    n_fields = rows["field_id"].nunique()
+    if len(rows) < MIN_CELLS:
+        raise DataError(
+            f"adapting needs at least {MIN_CELLS} reviewed red cells of the model's classes (or "
+            f"of a new class with {MIN_NEW_CLASS_CELLS}+ cells); {root} has {len(rows)} on "
+            f"{rows['slide_id'].nunique()} slides ({_describe(per_label) or 'none'}): review "
+            f"and sign off {MIN_CELLS - len(rows)} more"
+        )
+    if n_fields < MIN_GROUPS:
+        raise DataError(
+            f"adapting needs reviewed cells on at least {MIN_GROUPS} fields, so that some are "
+            f"held out to measure the result; found {n_fields}"
+        )
+
+
+def _fields(root: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Each field's colour descriptor (fields.csv) with the part of its cells."""
+    path = root / "fields.csv"
+    if not path.is_file():
+        raise DataError(f"{root} has no fields.csv: import it again with this version")
+    fields = pd.read_csv(path)
+    missing = {"field_id", *COLOUR_COLUMNS} - set(fields.columns)
+    if missing:
+        raise DataError(f"{path} lacks the columns {sorted(missing)}")
+    part = rows.drop_duplicates("field_id").set_index("field_id")["part"]
+    fields = fields[fields["field_id"].isin(part.index)].copy()
+    fields["part"] = fields["field_id"].map(part)
+    return fields.reset_index(drop=True)

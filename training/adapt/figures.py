@@ -1,0 +1,94 @@
+"""Before / after figures on held-out reviewed cells, as a laboratory would read them.
+
+A cell counts as flagged for review, as in the service, when its calibrated confidence is under
+the review threshold or it lies farther from the training cells than the cell threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+NORMAL = "normal"
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def cell_figures(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    review_threshold: float,
+    distances: np.ndarray | None,
+    cell_threshold: float | None,
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present, each class's precision / recall, and what
+    review would see: the share not flagged and its accuracy, the share called normal and the
+    share called abnormal without a flag."""
+    n = len(targets)
+    pred = probs.argmax(axis=1)
+    right = pred == targets
+    flagged = probs.max(axis=1) < review_threshold
+    if distances is not None and cell_threshold is not None:
+        flagged |= distances > cell_threshold
+    per_class: dict[str, dict[str, Any]] = {}
+    f1s = []
+    for index in sorted(set(targets.tolist()) | set(pred.tolist())):
+        support = int((targets == index).sum())
+        called = int((pred == index).sum())
+        hits = int(((pred == index) & right).sum())
+        precision, recall = _rate(hits, called), _rate(hits, support)
+        if support:
+            p, r = precision or 0.0, recall or 0.0
+            f1s.append(0.0 if p + r == 0 else 2 * p * r / (p + r))
+        per_class[classes[index]] = {
+            "precision": precision,
+            "recall": recall,
+            "support": support,
+            "called": called,
+        }
+    normal = classes.index(NORMAL) if NORMAL in classes else -1
+    unflagged = ~flagged
+    return {
+        "n": n,
+        "accuracy": _rate(int(right.sum()), n),
+        "macro_f1": round(float(np.mean(f1s)), 4) if f1s else None,
+        "unflagged_share": _rate(int(unflagged.sum()), n),
+        "unflagged_accuracy": _rate(int((right & unflagged).sum()), int(unflagged.sum())),
+        "called_normal": _rate(int((pred == normal).sum()), n),
+        "abnormal_unflagged": _rate(int(((pred != normal) & unflagged).sum()), n),
+        "per_class": per_class,
+    }
+
+
+def markdown_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The headline figures and every class's recall and precision, before and after."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| figure | before | after |", "|---|---|---|"]
+    for key, what in (
+        ("n", "cells"),
+        ("accuracy", "accuracy"),
+        ("macro_f1", "macro-F1 (classes present)"),
+        ("unflagged_share", "share not flagged for review"),
+        ("unflagged_accuracy", "accuracy of those not flagged"),
+        ("called_normal", "share called normal"),
+        ("abnormal_unflagged", "share called abnormal without a flag"),
+    ):
+        lines.append(f"| {what} | {cell(before.get(key))} | {cell(after.get(key))} |")
+    names = sorted(set(before["per_class"]) | set(after["per_class"]))
+    for name in names:
+        b, a = before["per_class"].get(name, {}), after["per_class"].get(name, {})
+        support = a.get("support", b.get("support", 0))
+        if not support and not a.get("called") and not b.get("called"):
+            continue
+        lines.append(
+            f"| {name} (n={support}): recall / precision | {cell(b.get('recall'))} / "
+            f"{cell(b.get('precision'))} | {cell(a.get('recall'))} / {cell(a.get('precision'))} |"
+        )
+    return lines

@@ -1,0 +1,620 @@
+"""`python -m training adapt`: a laboratory's reviewed cells make the classifier its own.
+
+1. The reviewed red cells of the signed-off slides are cut from the records database
+   (`import_slides`, into a scratch folder beside the output) and split by slide into fit,
+   calibrate and test parts (training/adapt/cells.py).
+2. The base model computes each cell's 512 features once (the service's own preprocessing and
+   engine).
+3. The last layer is refitted on the fit cells and the base model's replayed cells
+   (training/adapt/head.py) at a few strengths of the pull toward the base weights; the one
+   right most often on the calibrate cells wins, as long as it does not lose more than
+   MAX_FORGETTING on the replayed base validation cells. The base layer itself is a candidate:
+   adapting never makes the held-out cells worse than the calibrate part shows.
+4. Recalibration on the calibrate part: temperature, review threshold (for the base's target
+   accuracy), familiarity statistics (the lab's cells join the training cells), and field
+   colours (the lab's fit fields join the reference), so that the lab's own fields become
+   familiar.
+5. Before / after on the test part; a servable model folder (export.pkl, model_state.pt,
+   model.onnx, model card, calibration, replay set, report.md, adaptation.json, a figure) is
+   built beside `out` and renamed into place at the end: nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.classify.calibration import (
+    Calibration,
+    Familiarity,
+    FieldColours,
+    calibrated_probabilities,
+    choose_review_threshold,
+    field_score,
+    fit_temperature,
+)
+from core.modelcard import ModelCard, ModelFileError
+from training.adapt.cells import LabCells, read_lab_cells
+from training.adapt.figures import cell_figures, markdown_table
+from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
+from training.adapt.replay import REPLAY_FILE, Replay, load_replay
+from training.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BASE = ROOT / "models" / "default"
+L2_CANDIDATES = (L2 * 10, L2 * 100, L2 * 1000)  # 0.01, 0.1, 1: from free to near the base
+MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candidate may lose
+QUANTILE = 0.99  # thresholds flag about 1 % of held-out cells / fields, as the base's do
+REPORT = "report.md"
+SUMMARY = "adaptation.json"
+FIGURE = "before_after.png"
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Features:
+    """The base network's outputs on one part of the lab's cells."""
+
+    features: np.ndarray  # (N, D)
+    targets: np.ndarray  # (N,) index into the adapted classes
+
+
+def adapt_from_database(
+    url: str,
+    out: Path,
+    *,
+    base: Path = DEFAULT_BASE,
+    name: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Say = print,
+) -> dict[str, Any]:
+    """Adapt `base` to the reviewed cells of the signed-off slides at `url`; write `out`."""
+    from training.datasets.slides import import_slides
+
+    out = Path(out)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.cells-") as scratch:
+        cells = Path(scratch) / "cells"
+        say("Reading the reviewed cells of the signed-off slides ...")
+        report = import_slides(
+            url,
+            cells,
+            signed_off_only=True,
+            val_share=0.0,
+            test_share=0.0,
+            seed=seed,
+            progress=progress,
+        )
+        say(report.summary().splitlines()[0])
+        return adapt_cells(
+            cells,
+            out,
+            base=base,
+            name=name,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            say=say,
+            source=report.database,
+        )
+
+
+def adapt_cells(
+    cells: Path,
+    out: Path,
+    *,
+    base: Path = DEFAULT_BASE,
+    name: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Say = print,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Adapt `base` to the crop set `cells` (an `import-slides` output); write `out`."""
+    from core.classify.predictor import ModelLoadError, Predictor
+
+    started = time.perf_counter()
+    out = Path(out)
+    _check_out(out, overwrite)
+    card = ModelCard.load(base)
+    try:
+        predictor = Predictor.load(Path(base), device="cpu", tta_views=1)
+    except ModelLoadError as exc:
+        raise DataError(f"cannot load the base model: {exc}") from exc
+    replay = load_replay(Path(base), card)
+    if replay is None:
+        raise DataError(
+            f"the base model {base} carries no replay set of its training cells: add one with "
+            "`python -m training add-replay --model DIR --data CROPS`"
+        )
+    lab = read_lab_cells(Path(cells), list(card.classes), seed)
+    _say_cells(lab, say)
+    parts = _features(predictor, lab, progress)
+    base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
+    start = extend_weights(base_weight, list(card.classes), lab.classes)
+    fit, choice = _choose_fit(start, parts, replay, lab, say)
+    calibration = _recalibrate(fit.weight, parts, replay, lab, predictor.calibration)
+    figures = _before_after(predictor, start, fit.weight, calibration, parts, replay, lab)
+    seconds = time.perf_counter() - started
+    summary = _summary(card, base, lab, choice, figures, calibration, seconds, source)
+    staging = _staging(out)
+    try:
+        _write_model(staging, base, card, lab, fit.weight, calibration, replay, summary, name)
+        _replace(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    for line in markdown_table(figures["lab_test"]["before"], figures["lab_test"]["after"]):
+        say(line)
+    say(
+        f"Adapted model written to {out} in {summary['seconds']:.0f} s; serve it with "
+        f"RBC_MODEL_DIR={out}"
+    )
+    return summary
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise DataError(
+            f"{out} exists and is not empty: choose another folder, or pass --overwrite"
+        )
+    if overwrite and out.exists() and out.is_dir() and any(out.iterdir()):
+        try:
+            ModelCard.load(out)
+        except ModelFileError:
+            raise DataError(
+                f"{out} is not a model folder: --overwrite replaces only an earlier model"
+            ) from None
+
+
+def _say_cells(lab: LabCells, say: Say) -> None:
+    counts = lab.counts()
+    say(
+        f"{len(lab.rows)} reviewed cells of {lab.rows['slide_id'].nunique()} slides, held out by "
+        f"{lab.group_by}: " + ", ".join(f"{p} {sum(c.values())}" for p, c in counts.items())
+    )
+    for label in lab.new_classes:
+        say(f"New class {label!r}: {int((lab.rows['label'] == label).sum())} reviewed cells")
+    for label, n in lab.too_few.items():
+        from training.adapt.cells import MIN_NEW_CLASS_CELLS
+
+        say(
+            f"Left out {label!r}: {n} reviewed cells; a class of its own needs "
+            f"{MIN_NEW_CLASS_CELLS} ({MIN_NEW_CLASS_CELLS - n} more)"
+        )
+
+
+def _last_layer(model: torch.nn.Module) -> torch.nn.Linear:
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not layers or layers[-1].bias is not None:
+        raise DataError("the base model's last layer is not a bias-free linear layer")
+    return layers[-1]
+
+
+def _features(predictor: Any, lab: LabCells, progress: bool) -> dict[str, Features]:
+    from training.classify.calibrate import crop_outputs
+
+    parts = {}
+    for part in ("fit", "calibrate", "test"):
+        rows = lab.part(part)
+        _, feats = crop_outputs(predictor, lab.root, list(rows["path"]), part, progress, 1)
+        parts[part] = Features(feats.numpy(), rows["target"].to_numpy(dtype=np.int64))
+    return parts
+
+
+def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+    if not len(y):
+        return math.nan
+    return float(((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y).mean())
+
+
+def _choose_fit(
+    start: torch.Tensor, parts: dict[str, Features], replay: Replay, lab: LabCells, say: Say
+) -> tuple[HeadFit, dict[str, Any]]:
+    """Each candidate's fit; the best on the calibrate cells among those that keep the base."""
+    fit_part, calib = parts["fit"], parts["calibrate"]
+    rv_x, rv_y = replay.part(train=False)
+    base_replay = _accuracy(start, rv_x, rv_y)
+    candidates: list[tuple[str, HeadFit]] = [("base", HeadFit(start, math.nan, 0))]
+    for l2 in L2_CANDIDATES:
+        fitted = fit_last_layer(
+            start, (fit_part.features, fit_part.targets), replay.part(train=True), l2=l2
+        )
+        candidates.append((f"l2={l2:g}", fitted))
+    rows: list[dict[str, Any]] = []
+    for label, fitted in candidates:
+        rows.append(
+            {
+                "candidate": label,
+                "calibrate_accuracy": round(
+                    _accuracy(fitted.weight, calib.features, calib.targets), 4
+                ),
+                "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y), 4),
+            }
+        )
+    allowed = [
+        i for i, r in enumerate(rows) if r["replay_valid_accuracy"] >= base_replay - MAX_FORGETTING
+    ]
+    # Ties go to the candidate nearer the base (later in the list is nearer, "base" nearest).
+    best = max(allowed, key=lambda i: (rows[i]["calibrate_accuracy"], i == 0, i))
+    for r in rows:
+        say(
+            f"  {r['candidate']:>8}: calibrate cells {r['calibrate_accuracy']:.3f}, replayed "
+            f"base cells {r['replay_valid_accuracy']:.3f}"
+        )
+    say(f"Chosen: {rows[best]['candidate']}")
+    return candidates[best][1], {"candidates": rows, "chosen": rows[best]["candidate"]}
+
+
+def _quantile(values: list[float] | np.ndarray, q: float = QUANTILE) -> float:
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
+
+
+def _field_medians(familiarity: Familiarity, x: np.ndarray, fields: np.ndarray) -> list[float]:
+    distances = familiarity.distance(torch.as_tensor(x)).numpy()
+    medians = []
+    for field_id in np.unique(fields):
+        score = field_score(distances[fields == field_id].tolist())
+        if score is not None:
+            medians.append(score)
+    return medians
+
+
+def _recalibrate(
+    weight: torch.Tensor,
+    parts: dict[str, Features],
+    replay: Replay,
+    lab: LabCells,
+    base: Calibration | None,
+) -> Calibration:
+    """Temperature, review threshold, familiarity and field colours for the adapted layer."""
+    calib = parts["calibrate"]
+    rv_x, rv_y = replay.part(train=False)
+    x = np.concatenate([calib.features, rv_x])
+    y = torch.as_tensor(np.concatenate([calib.targets, rv_y]))
+    logits = torch.as_tensor(x) @ weight.T
+    temperature = fit_temperature(logits, y)
+    conf, pred = calibrated_probabilities(logits, temperature).max(dim=1)
+    target_accuracy = base.target_accuracy if base else 0.97
+    threshold = choose_review_threshold(conf, pred == y, target_accuracy)
+    rt_x, rt_y = replay.part(train=True)
+    familiarity = Familiarity.fit(
+        torch.as_tensor(np.concatenate([parts["fit"].features, rt_x])),
+        torch.as_tensor(np.concatenate([parts["fit"].targets, rt_y])),
+    )
+    cell_threshold = _quantile(familiarity.distance(torch.as_tensor(x)).numpy())
+    calib_fields = lab.part("calibrate")["field_id"].to_numpy()
+    medians = _field_medians(familiarity, calib.features, calib_fields)
+    field_threshold = max([_quantile(medians)] + ([base.field_threshold] if base else []))
+    colours, colour_threshold = _colours(lab, base)
+    return Calibration(
+        temperature=temperature,
+        review_threshold=threshold,
+        target_accuracy=target_accuracy,
+        cell_threshold=cell_threshold,
+        field_threshold=field_threshold,
+        familiarity=familiarity,
+        colours=colours,
+        colour_threshold=colour_threshold,
+        figures={"fitted_on": "a laboratory's calibrate cells and the replayed base cells"},
+    )
+
+
+def _colours(lab: LabCells, base: Calibration | None) -> tuple[FieldColours | None, float | None]:
+    """The base's reference fields and the lab's fit fields; each number keeps the base's
+    spread, so the base's threshold keeps its meaning for its own fields. The threshold rises
+    to flag about 1 % of the lab's calibrate fields, never falls below the base's."""
+    fit_fields, calib_fields = lab.field_colours("fit"), lab.field_colours("calibrate")
+    if base is None or base.colours is None or base.colour_threshold is None:
+        return None, None
+    reference = torch.cat([base.colours.reference, torch.as_tensor(fit_fields).float()])
+    colours = FieldColours(reference, base.colours.spread, base.colours.neighbour)
+    scores = [colours.distance(d) for d in calib_fields]
+    threshold = max([base.colour_threshold] + ([_quantile(scores)] if scores else []))
+    return colours, threshold
+
+
+def _outcome(
+    weight: torch.Tensor,
+    calibration: Calibration | None,
+    threshold: float,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+) -> dict[str, Any]:
+    logits = torch.as_tensor(x) @ weight.T
+    temperature = calibration.temperature if calibration else 1.0
+    probs = calibrated_probabilities(logits, temperature).numpy()
+    distances, cell_threshold = None, None
+    if calibration is not None and calibration.familiarity is not None:
+        distances = calibration.familiarity.distance(torch.as_tensor(x)).numpy()
+        cell_threshold = calibration.cell_threshold
+    return cell_figures(probs, y, classes, threshold, distances, cell_threshold)
+
+
+def _before_after(
+    predictor: Any,
+    start: torch.Tensor,
+    weight: torch.Tensor,
+    calibration: Calibration,
+    parts: dict[str, Features],
+    replay: Replay,
+    lab: LabCells,
+) -> dict[str, Any]:
+    """Base and adapted model on the lab's test cells and on the replayed base validation cells;
+    and the share of the lab's test fields each judges unfamiliar."""
+    base_cal, base_thr = predictor.calibration, predictor.review_threshold
+    test = parts["test"]
+    rv_x, rv_y = replay.part(train=False)
+    figures: dict[str, Any] = {}
+    for key, (x, y) in {
+        "lab_test": (test.features, test.targets),
+        "base_valid": (rv_x, rv_y),
+    }.items():
+        figures[key] = {
+            "before": _outcome(start, base_cal, base_thr, x, y, lab.classes),
+            "after": _outcome(weight, calibration, calibration.review_threshold, x, y, lab.classes),
+        }
+    figures["lab_test_fields_unfamiliar"] = {
+        "before": _unfamiliar_fields(base_cal, lab, test.features),
+        "after": _unfamiliar_fields(calibration, lab, test.features),
+    }
+    return figures
+
+
+def _unfamiliar_fields(
+    calibration: Calibration | None, lab: LabCells, x: np.ndarray
+) -> dict[str, Any] | None:
+    """How many of the test fields are judged unfamiliar, by their cells and by their colours
+    (the cells: the reviewed ones, the share of a field's red cells a person looked at)."""
+    if calibration is None or calibration.familiarity is None:
+        return None
+    field_ids = lab.part("test")["field_id"].to_numpy()
+    distances = calibration.familiarity.distance(torch.as_tensor(x)).numpy()
+    colours = dict(
+        zip(
+            lab.fields["field_id"], lab.fields[[f"c{i}" for i in range(13)]].to_numpy(), strict=True
+        )
+    )
+    n, by_cells, by_colour, either = 0, 0, 0, 0
+    for field_id in np.unique(field_ids):
+        n += 1
+        cells = calibration.is_unfamiliar_field(
+            field_score(distances[field_ids == field_id].tolist())
+        )
+        colour = False
+        if calibration.colours is not None and field_id in colours:
+            colour = calibration.is_unfamiliar_colour(
+                calibration.colours.distance(colours[field_id])
+            )
+        by_cells += cells
+        by_colour += colour
+        either += cells or colour
+    return {"fields": n, "unfamiliar": either, "by_cells": by_cells, "by_colours": by_colour}
+
+
+# --- the model folder --------------------------------------------------------------------------
+
+
+def _summary(
+    card: ModelCard,
+    base: Path,
+    lab: LabCells,
+    choice: dict[str, Any],
+    figures: dict[str, Any],
+    calibration: Calibration,
+    seconds: float,
+    source: str | None,
+) -> dict[str, Any]:
+    return {
+        "base_model": {"path": str(base), "name": card.name, "weights_sha256": card.weights_sha256},
+        "source": source or str(lab.root),
+        "classes": lab.classes,
+        "new_classes": lab.new_classes,
+        "left_out_too_few": lab.too_few,
+        "held_out_by": lab.group_by,
+        "slides": int(lab.rows["slide_id"].nunique()),
+        "fields": int(lab.rows["field_id"].nunique()),
+        "cells": lab.counts(),
+        "fit": choice,
+        "calibration": calibration.summary(),
+        "figures": figures,
+        "seconds_before_writing": round(seconds, 1),
+    }
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+
+
+def _replace(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; an earlier model there goes only now."""
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise DataError(f"{out} appeared while adapting; the result stays in {staging}")
+        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def _set_vocab(learn: Any, classes: list[str]) -> None:
+    """The exported learner's class list (fastai keeps it on each loader's Categorize)."""
+    from fastai.data.transforms import Categorize, CategoryMap
+
+    vocab = CategoryMap(classes, sort=False)
+    for loader in learn.dls.loaders:
+        dataset = loader.dataset
+        for tfm in dataset.tls[-1].tfms.fs:
+            if isinstance(tfm, Categorize):
+                tfm.vocab = vocab
+        dataset.vocab = vocab
+    if list(map(str, learn.dls.vocab)) != classes:
+        raise DataError("could not set the exported learner's classes")
+
+
+def _write_model(
+    staging: Path,
+    base: Path,
+    card: ModelCard,
+    lab: LabCells,
+    weight: torch.Tensor,
+    calibration: Calibration,
+    replay: Replay,
+    summary: dict[str, Any],
+    name: str | None,
+) -> None:
+    """The adapted network through the export every model takes (export.pkl, model_state.pt,
+    model.onnx, each checked against the learner), then its calibration, replay set, report."""
+    from PIL import Image
+
+    from core.classify.preprocess import Preprocessor
+    from core.modelcard import sha256_file
+    from training.classify.export import export_learner
+    from training.classify.learner import load_exported
+
+    learn, _ = load_exported(Path(base))
+    head = learn.model[1]
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    head[len(head) - 1] = layer
+    _set_vocab(learn, lab.classes)
+    preprocess = Preprocessor.from_card(card)
+    images = []
+    for rel in lab.part("test")["path"].head(16):
+        with Image.open(lab.root / rel) as image:
+            images.append(image.convert("RGB"))
+    after = summary["figures"]["lab_test"]["after"]
+    export_learner(
+        learn,
+        staging,
+        preprocess.batch(images),
+        name=name or f"{card.name}-adapted",
+        classes=lab.classes,
+        architecture=card.architecture,
+        input_size=card.input_size,
+        normalization=card.normalization,
+        crop_window_px=card.crop_window_px,
+        resize_method=card.resize_method,
+        method="adapt",
+        tta_views=1,
+        microns_per_pixel=card.microns_per_pixel,
+        metrics={
+            "split": "laboratory test cells (held out by " + lab.group_by + ")",
+            "accuracy": after["accuracy"],
+            "macro_f1": after["macro_f1"],
+            "n": after["n"],
+            "per_class": after["per_class"],
+        },
+        dataset={"source": summary["source"], "cells": summary["cells"]},
+        training_config={"base_model": summary["base_model"], "fit": summary["fit"]},
+        notes=[
+            f"Adapted from {card.name} on the reviewed cells of {summary['slides']} slides "
+            f"(training/adapt); before/after in {REPORT}."
+        ],
+    )
+    calibration.save(staging)
+    lab_replay = Replay(lab.classes, replay.features, replay.labels, replay.is_train)
+    lab_replay.save(staging / REPLAY_FILE)
+    adapted = ModelCard.load(staging)
+    adapted.replay_file, adapted.replay_sha256 = REPLAY_FILE, sha256_file(staging / REPLAY_FILE)
+    adapted.save(staging)
+    _write_report(staging, summary)
+    _plot(staging / FIGURE, summary["figures"]["lab_test"])
+
+
+def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
+    figures = summary["figures"]
+    lines = [
+        f"# Adapted model: {summary['base_model']['name']} taught by {summary['source']}",
+        "",
+        f"{summary['slides']} slides, {summary['fields']} fields; cells held out by "
+        f"{summary['held_out_by']}: "
+        + ", ".join(f"{p} {sum(c.values())}" for p, c in summary["cells"].items())
+        + ". The test cells were used for nothing but these figures.",
+        "",
+        "## The laboratory's held-out test cells",
+        "",
+        *markdown_table(figures["lab_test"]["before"], figures["lab_test"]["after"]),
+        "",
+        "## The base model's own held-out cells (replayed validation cells): what was kept",
+        "",
+        *markdown_table(figures["base_valid"]["before"], figures["base_valid"]["after"])[:4],
+        "",
+        "## Fields judged unfamiliar (the laboratory's test fields)",
+        "",
+        f"before: {figures['lab_test_fields_unfamiliar']['before']}",
+        f"after: {figures['lab_test_fields_unfamiliar']['after']}",
+        "",
+        "## How the last layer was chosen (on the calibrate cells)",
+        "",
+        "| candidate | calibrate accuracy | replayed base validation accuracy |",
+        "|---|---|---|",
+        *(
+            f"| {r['candidate']} | {r['calibrate_accuracy']} | {r['replay_valid_accuracy']} |"
+            for r in summary["fit"]["candidates"]
+        ),
+        "",
+        f"Chosen: {summary['fit']['chosen']}. New classes: {summary['new_classes'] or 'none'}. "
+        f"Left out (too few cells): {summary['left_out_too_few'] or 'none'}.",
+        "",
+        f"Calibration: {summary['calibration']}",
+        "",
+    ]
+    (model_dir / REPORT).write_text("\n".join(lines))
+
+
+def _plot(dest: Path, lab_test: dict[str, Any]) -> None:
+    """Each class's recall before and after, on the laboratory's test cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before, after = lab_test["before"]["per_class"], lab_test["after"]["per_class"]
+    names = [
+        n
+        for n in sorted(set(before) | set(after))
+        if after.get(n, before.get(n, {})).get("support")
+    ]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(names) + 2), 3.5))
+    ax.bar(x - 0.2, [before.get(n, {}).get("recall") or 0 for n in names], 0.4, label="before")
+    ax.bar(x + 0.2, [after.get(n, {}).get("recall") or 0 for n in names], 0.4, label="after")
+    ax.set_xticks(
+        x,
+        [f"{n}\n(n={after.get(n, before.get(n, {})).get('support')})" for n in names],
+        rotation=45,
+        ha="right",
+        fontsize=7,
+    )
+    ax.set_ylabel("recall on test cells")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest, dpi=100)
+    plt.close(fig)
