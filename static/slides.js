@@ -1,8 +1,9 @@
 // The Slides tab: a sample's fields kept by the service (the /slides API, docs/slides.md).
 // List and create slides; add fields one at a time with progress; the counts over the whole
-// slide; review the red cells (least confident first) with the mouse or the keyboard; sign off,
-// reopen, report and CSV. Text typed by users or sent by the service only goes into the page
-// through textContent, never as HTML.
+// slide; review the red cells (least confident first, or in the review queue's order: what
+// teaches the classifier most) with the mouse or the keyboard; accept the rest of a field's
+// proposals at once; sign off, reopen, report and CSV. Text typed by users or sent by the
+// service only goes into the page through textContent, never as HTML.
 "use strict";
 
 (function () {
@@ -185,6 +186,7 @@
     state.index = -1;
     $("slide-progress").replaceChildren();
     $("review-message").textContent = "";
+    $("slide-fields-message").textContent = "";
     $("review-label").value = "";
     $("review-needs").checked = false;
     try {
@@ -268,8 +270,14 @@
       remove.type = "button";
       remove.disabled = signedOff();
       remove.addEventListener("click", () => removeField(f));
-      const cell = el("td");
-      cell.appendChild(remove);
+      // Every red cell of the field nobody has reviewed yet, confirmed at its proposed class.
+      const accept = el("button", "secondary accept-rest", "Accept the rest");
+      accept.type = "button";
+      accept.disabled = signedOff();
+      accept.title = "confirm every red cell of this field not reviewed yet at its proposed class";
+      accept.addEventListener("click", () => acceptRest(f));
+      const cell = el("td", "field-actions");
+      cell.append(accept, remove);
       const scale = f.microns_per_pixel
         ? f.microns_per_pixel.toFixed(3) + (f.scale_estimated ? " (estimated)" : "") : "";
       tr.append(el("td", "", String(f.ordinal)), name, el("td", "", String(f.cells_counted)),
@@ -419,6 +427,39 @@
     if (added && state.slide && state.slide.id === slideId) await loadCells();
   }
 
+  async function acceptRest(f) {
+    if (!state.slide || signedOff() || state.busy) return;
+    showError("");
+    const message = $("slide-fields-message");
+    message.textContent = "";
+    const lead = "Field " + f.ordinal + " (" + f.filename + "): ";
+    const selected = state.cells[state.index];
+    state.busy = true;
+    renderSelection();
+    let said = "";
+    let refused = false;
+    try {
+      // The slide's version as shown: 409 if anything changed since (nothing is accepted).
+      const done = await api("POST", "slides/" + state.slide.id + "/fields/" + f.id +
+        "/accept-proposals", { version: state.slide.version });
+      said = done.accepted
+        ? plural(done.accepted, "cell") + " accepted at the proposed class."
+        : "no cell left to review.";
+    } catch (err) {
+      refused = err.status === 409;
+      said = "not accepted. " + err.message;
+    }
+    state.busy = false;
+    await refreshSlide();
+    if (refused) {
+      said = signedOff()
+        ? "the slide is signed off: nothing was changed."
+        : "not accepted: the slide changed since it was shown (reloaded; look again).";
+    }
+    message.textContent = lead + said;
+    await loadCells(selected && selected.id);
+  }
+
   async function removeField(f) {
     if (signedOff()) return;
     showError("");
@@ -436,8 +477,13 @@
 
   // --- review -----------------------------------------------------------------------------
 
-  function cellQuery(offset) {
-    const q = new URLSearchParams({ offset: String(offset), limit: String(PAGE) });
+  function queueOrder() {
+    return $("review-order").value === "queue";
+  }
+
+  function cellQuery(offset, limit) {
+    const q = new URLSearchParams({ offset: String(offset), limit: String(limit || PAGE) });
+    if (queueOrder()) return "slides/" + state.slide.id + "/review-queue?" + q.toString();
     const label = $("review-label").value;
     if (label) q.set("label", label);
     if ($("review-needs").checked) q.set("needs_review", "true");
@@ -461,9 +507,22 @@
     }
   }
 
+  // The next page. The queue loses the cells reviewed since it was read, and its order moves up
+  // with them: read it again from the start, up to the cells still to review shown plus a page,
+  // and add those not shown yet.
   async function loadMore() {
     try {
-      const page = await api("GET", cellQuery(state.cells.length));
+      let page;
+      if (queueOrder()) {
+        const pending = state.cells.filter((c) => !c.reviewed).length;
+        const want = pending + PAGE;
+        page = await api("GET", cellQuery(Math.max(0, want - 1000), Math.min(want, 1000)));
+        const shown = new Set(state.cells.map((c) => c.id));
+        page.items = page.items.filter((c) => !shown.has(c.id));
+        page.total += state.cells.length - pending;
+      } else {
+        page = await api("GET", cellQuery(state.cells.length));
+      }
       state.cells = state.cells.concat(page.items);
       state.total = page.total;
       renderGallery();
@@ -496,6 +555,7 @@
     if (cell.needs_review && !cell.reviewed) classes.push("flagged");
     if (cell.final_label && cell.final_label !== cell.proposed_label) classes.push("changed");
     if (cell.reviewed) classes.push("reviewed");
+    if (cell.spot_check) classes.push("spot");
     if (i === state.index) classes.push("selected");
     return classes.join(" ");
   }
@@ -511,7 +571,7 @@
     const mark = card.querySelector(".mark");
     mark.textContent = cell.reviewed
       ? (cell.final_label !== cell.proposed_label ? "was " + cell.proposed_label : "confirmed")
-      : (cell.needs_review ? "needs review" : "");
+      : (cell.needs_review ? "needs review" : (cell.spot_check ? "random check" : ""));
     mark.className = "mark " + (cell.reviewed ? "muted" : "review-mark");
   }
 
@@ -569,6 +629,9 @@
     text.textContent = "Cell #" + cell.id + (field ? " in field " + field.ordinal : "") + ": " +
       cell.label + (cell.confidence === null ? "" : " (" + (100 * cell.confidence).toFixed(1) +
       " % confident)") + "; proposed " + cell.proposed_label +
+      (typeof cell.margin === "number" ? ", ahead of the next class by " +
+        (100 * cell.margin).toFixed(1) + " points" : "") +
+      (cell.spot_check ? "; a random check" : "") +
       (cell.reviewed ? "; reviewed by " + cell.reviewed_by : "") +
       (cell.counted ? "" : "; cut by the edge, not counted");
   }
@@ -584,7 +647,9 @@
     if (label) body.label = label;
     const at = state.index;
     try {
-      const updated = await api("PATCH", "slides/" + state.slide.id + "/cells/" + cell.id, body);
+      // The queue's marks (margin, random check) stay with the cell.
+      const updated = Object.assign({}, cell,
+        await api("PATCH", "slides/" + state.slide.id + "/cells/" + cell.id, body));
       state.cells[at] = updated;
       const card = $("review-gallery").children[at];
       if (card) fillThumb(card, updated, at);
@@ -698,6 +763,22 @@
   $("slide-back").addEventListener("click", showHome);
   $("slide-files").addEventListener("change", (e) => addFields(e.target.files));
   wireDrop($("slide-drop"), addFields);
+  // The queue has its own order and no filters.
+  function showOrder() {
+    const queue = queueOrder();
+    $("review-label").disabled = queue;
+    $("review-needs").disabled = queue;
+    $("review-order-note").textContent = queue
+      ? "(red cells not reviewed yet: within each proposed class the least sure first, the " +
+        "classes in turn, and one cell in ten drawn at random)"
+      : "(red cells of the whole slide, least confident first)";
+  }
+
+  showOrder();
+  $("review-order").addEventListener("change", () => {
+    showOrder();
+    loadCells();
+  });
   $("review-label").addEventListener("change", () => loadCells());
   $("review-needs").addEventListener("change", () => loadCells());
   $("review-confirm").addEventListener("click", () => review(null));

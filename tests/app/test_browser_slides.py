@@ -1,6 +1,7 @@
 """The Slides tab in real headless Chromium against the real server on loopback (local mode: no
 users, so no token): create a slide, add two fields, review with the keyboard, a stale review,
-sign off, reopen, reload. Same browser and server fixtures as tests/app/test_browser.py."""
+sign off, reopen, reload; the review queue and accepting the rest of a field. Same browser and
+server fixtures as tests/app/test_browser.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 
 from tests.app.helpers import LiveServer
 from tests.app.test_browser import browser, page  # noqa: F401  (the module's Chromium and page)
+from tests.app.test_slides import INTERIOR
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
@@ -195,6 +197,91 @@ def test_slide_flow(page: Any, live_server: LiveServer, tmp_path: Path) -> None:
         arg=left["cells_counted"],
     )
     assert page.evaluate("window.__pwned") is None
+
+
+def gallery_ids(page: Any) -> list[int]:  # noqa: F811
+    ids: list[int] = page.locator("#review-gallery .thumb").evaluate_all(
+        "ts => ts.map(t => Number(t.dataset.cellId))"
+    )
+    return ids
+
+
+def test_accept_the_rest_and_the_review_queue(
+    page: Any,  # noqa: F811
+    live_server: LiveServer,
+    tmp_path: Path,
+) -> None:
+    """The review queue's order on the page is the service's; "Accept the rest" on a field
+    confirms its unreviewed cells at once, keeps a review made before, says when the slide
+    changed meanwhile, and is disabled once the slide is signed off."""
+    api = live_server.url + "/slides"
+    slide_id = httpx.post(api, json={"sample_id": "QUEUE-1"}).json()["id"]
+    fields = []
+    for path in smear_files(tmp_path):
+        with open(path, "rb") as f:
+            added = httpx.post(f"{api}/{slide_id}/fields", files={"file": (Path(path).name, f)})
+        assert added.status_code == 201, added.text
+        fields.append(added.json())
+    # One cell of the first field reviewed before: relabelled.
+    classes = httpx.get(f"{api}/{slide_id}").json()["classes"]
+    kept = fields[0]["cells"][0]
+    relabel = next(c for c in classes if c != kept["label"])
+    httpx.patch(f"{api}/{slide_id}/cells/{kept['id']}", json={"label": relabel, "version": 1})
+
+    page.goto(f"{live_server.url}/#slide={slide_id}")  # a new hash: read at load
+    page.reload()
+    page.wait_for_selector("#slide-view:not([hidden])")
+    page.wait_for_function("() => document.querySelectorAll('#slide-fields tbody tr').length === 2")
+    page.select_option("#review-order", "queue")
+    queue = httpx.get(f"{api}/{slide_id}/review-queue", params={"limit": 1000}).json()["items"]
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#review-gallery .thumb').length === {len(queue)}"
+    )
+    assert gallery_ids(page) == [c["id"] for c in queue]  # the service's order, reviewed ones out
+    spots = [c["id"] for c in queue if c["spot_check"]]
+    assert spots and page.locator("#review-gallery .thumb.spot").count() == len(spots)
+    assert page.is_disabled("#review-label") and page.is_disabled("#review-needs")
+    assert "random" in page.inner_text("#review-order-note")
+
+    # Accept the rest of the first field.
+    rows = page.locator("#slide-fields tbody tr")
+    rows.nth(0).locator("button.accept-rest").click()
+    page.wait_for_selector(f"#slide-fields-message:has-text('{INTERIOR} cells accepted')")
+    cells = httpx.get(f"{api}/{slide_id}/cells", params={"limit": 1000}).json()["items"]
+    first = [c for c in cells if c["field_id"] == fields[0]["field"]["id"]]
+    assert all(c["reviewed"] for c in first)
+    assert next(c for c in first if c["id"] == kept["id"])["final_label"] == relabel
+    assert not any(c["reviewed"] for c in cells if c["field_id"] == fields[1]["field"]["id"])
+    left = httpx.get(f"{api}/{slide_id}/review-queue", params={"limit": 1000}).json()["items"]
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#review-gallery .thumb').length === {len(left)}"
+    )
+    assert gallery_ids(page) == [c["id"] for c in left]
+
+    # Someone else reviews a cell of the second field: the page's acceptance is refused (409),
+    # says so and reads the slide again; a second press then goes through.
+    other = fields[1]["cells"][0]
+    assert httpx.patch(f"{api}/{slide_id}/cells/{other['id']}", json={"version": 1}).is_success
+    version = httpx.get(f"{api}/{slide_id}").json()["version"]
+    rows.nth(1).locator("button.accept-rest").click()
+    page.wait_for_selector("#slide-fields-message:has-text('the slide changed since it was shown')")
+    assert httpx.get(f"{api}/{slide_id}").json()["version"] == version  # nothing changed
+    rows.nth(1).locator("button.accept-rest").click()
+    page.wait_for_selector(f"#slide-fields-message:has-text('{INTERIOR} cells accepted')")
+    page.wait_for_selector("#review-count:has-text('no cells to show')")
+    detail = httpx.get(f"{api}/{slide_id}").json()
+    assert detail["reviewed"] == detail["red_cells"]
+
+    # Signed off: the buttons are disabled.
+    page.click("#slide-signoff")
+    page.wait_for_selector("#slide-status.signed_off")
+    assert all(b.is_disabled() for b in page.locator("#slide-fields button.accept-rest").all())
+    # Back to the confidence order: every red cell, the filters on again.
+    page.select_option("#review-order", "confidence")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#review-gallery .thumb').length === {len(cells)}"
+    )
+    assert page.is_enabled("#review-label")
 
 
 def test_user_token(
