@@ -60,7 +60,11 @@ def fit_last_layer(
     anchor = start.double()
     weight = anchor.clone().requires_grad_(True)
     parts = [
-        (torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.long), w)
+        (
+            torch.from_numpy(np.array(x, dtype=np.float64)),
+            torch.from_numpy(np.array(y, dtype=np.int64)),
+            w,
+        )
         for (x, y), w in ((lab, lab_weight), (replay, 1.0))
         if len(y)
     ]

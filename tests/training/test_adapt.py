@@ -1,0 +1,306 @@
+"""`python -m training adapt`: a laboratory's reviewed, signed-off cells make the shipped model
+its own, end to end on a small synthetic records database.
+
+The database (made once for the module, SQLite) holds four signed-off slides of two synthetic
+fields each, at the training scale; every field has 35 red cells on a grid, drawn as one of
+three kinds: a normal cell (pale centre), a spherocyte (smaller, dense) and a sickle cell (a
+long thin ellipse: a class the shipped model lacks), plus three "echinocytes" on one field
+(too few for a class of their own). Every cell is reviewed with its true label.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from records.store import (
+    CellInput,
+    FieldInput,
+    add_field,
+    create_slide,
+    create_user,
+    get_slide,
+    list_cells,
+    open_store,
+    review_cell,
+    sign_off,
+)
+from tests.synthetic import SMEAR_BACKGROUND, SMEAR_CELL, SMEAR_PALLOR, disc
+from training.adapt.cells import MIN_CELLS, read_lab_cells
+from training.adapt.figures import cell_figures
+from training.adapt.head import extend_weights, fit_last_layer
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = REPO / "models" / "default"
+SLIDES = 4
+FIELDS_PER_SLIDE = 2
+KINDS = ("normal", "spherocyte", "sickle_cell")
+# What the reviewers may label: the shipped model's classes and the lab's own (the service's
+# RBC_EXTRA_LABELS).
+LABELS = [
+    *json.loads((BASE / "model_card.json").read_text())["classes"],
+    "sickle_cell",
+    "echinocyte",
+]
+GRID = [(60 + 90 * i, 50 + 95 * j) for j in range(5) for i in range(7)]  # 35 cells a field
+
+
+def _draw(canvas: np.ndarray, x: int, y: int, kind: str) -> None:
+    if kind == "normal":
+        disc(canvas, x, y, 20, SMEAR_CELL)
+        disc(canvas, x, y, 8, SMEAR_PALLOR)
+    elif kind == "spherocyte":
+        disc(canvas, x, y, 15, (120, 60, 120))
+    elif kind == "sickle_cell":
+        yy, xx = np.ogrid[: canvas.shape[0], : canvas.shape[1]]
+        inside = ((xx - x) / 26.0) ** 2 + ((yy - y) / 7.0) ** 2 <= 1.0
+        canvas[inside] = (140, 80, 140)
+    else:  # echinocyte: a disc with a spiky rim
+        for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+            disc(canvas, int(x + 18 * np.cos(angle)), int(y + 18 * np.sin(angle)), 4, SMEAR_CELL)
+        disc(canvas, x, y, 17, SMEAR_CELL)
+
+
+def _field(seed: int, extra: int) -> tuple[FieldInput, list[str]]:
+    rng = np.random.default_rng(seed)
+    canvas = np.empty((480, 700, 3), dtype=np.uint8)
+    canvas[:] = SMEAR_BACKGROUND
+    labels = []
+    cells = []
+    for k, (x, y) in enumerate(GRID):
+        kind = "echinocyte" if k < extra else KINDS[int(rng.integers(0, len(KINDS)))]
+        _draw(canvas, x, y, kind)
+        labels.append(kind)
+        cells.append(
+            CellInput(
+                kind="red_cell",
+                x=float(x),
+                y=float(y),
+                box=(x - 27, y - 21, x + 27, y + 21),
+                label="normal",
+                confidence=0.5,
+                probabilities={"normal": 0.5, "spherocyte": 0.5},
+            )
+        )
+    noise = rng.integers(-4, 5, size=canvas.shape)
+    pixels = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    field = FieldInput(
+        filename=f"field{seed}.png",
+        image=buffer.getvalue(),
+        media_type="image/png",
+        width=700,
+        height=480,
+        classifier_name="default",
+        classifier_sha256="ab" * 32,
+        detector_name="classical",
+        microns_per_pixel=0.19,
+        cells=cells,
+    )
+    return field, labels
+
+
+def _database(path: Path, slides: int, review_every: int = 1, sign: bool = True) -> str:
+    url = f"sqlite:///{path}"
+    with open_store(url) as store:
+        store.upgrade()
+        user = create_user(store, "rae", "reviewer")[0]
+        for s in range(slides):
+            slide = create_slide(store, user, f"LAB-{s}", microns_per_pixel=0.19)
+            truth: list[str] = []
+            for f in range(FIELDS_PER_SLIDE):
+                field, labels = _field(seed=10 * s + f, extra=3 if (s, f) == (0, 0) else 0)
+                add_field(store, user, slide.id, field)
+                truth += labels
+            cells = [c for c in list_cells(store, slide.id, limit=1000)[0] if c.kind == "red_cell"]
+            cells.sort(key=lambda c: (c.field_id, c.id))
+            for k, (cell, label) in enumerate(zip(cells, truth, strict=True)):
+                if k % review_every == 0:
+                    new = None if label == cell.label else label
+                    review_cell(store, user, slide.id, cell.id, cell.version, new, LABELS)
+            if sign:
+                sign_off(store, user, slide.id, get_slide(store, slide.id).version)
+    return url
+
+
+def _adapt(*args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "RBC_DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "training", "adapt", "--no-progress", *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("adapt")
+    url = _database(root / "rbc.sqlite3", SLIDES)
+    out = root / "models" / "lab"
+    done = _adapt("--database", url, "--out", str(out))
+    yield {"url": url, "out": out, "done": done, "root": root}
+
+
+def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, Any]) -> None:
+    from core.classify.predictor import Predictor
+
+    done, out = adapted["done"], adapted["out"]
+    assert done.returncode == 0, done.stderr
+    assert "New class 'sickle_cell'" in done.stdout
+    assert "Left out 'echinocyte': 3 reviewed cells; a class of its own needs 30 (27 more)" in (
+        done.stdout
+    )
+    assert f"RBC_MODEL_DIR={out}" in done.stdout
+    for name in ("model_card.json", "model.onnx", "model_state.pt", "export.pkl", "report.md"):
+        assert (out / name).is_file(), name
+    assert (out / "before_after.png").stat().st_size > 1000
+    # Nothing left beside it: the scratch cells and the staging folder are gone.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lab"]
+
+    summary = json.loads((out / "adaptation.json").read_text())
+    assert summary["new_classes"] == ["sickle_cell"]
+    assert summary["held_out_by"] == "slide"
+    before, after = (
+        summary["figures"]["lab_test"]["before"],
+        summary["figures"]["lab_test"]["after"],
+    )
+    assert before["n"] == after["n"] > 0
+    # The shipped model cannot call a sickle cell; the adapted one was chosen on held-out slides
+    # and does at least as well on other held-out slides.
+    assert after["accuracy"] >= before["accuracy"]
+    assert after["accuracy"] > 0.9, summary["figures"]["lab_test"]
+    assert "## The laboratory's held-out test cells" in (out / "report.md").read_text()
+
+    # Served by both engines, with the lab's classes, and its own calibration.
+    for engine in ("onnx", "torch"):
+        predictor = Predictor.load(out, device="cpu", engine=engine)
+        assert predictor.classes[-1] == "sickle_cell"
+        assert predictor.calibration is not None
+        canvas = np.empty((72, 72, 3), dtype=np.uint8)
+        canvas[:] = SMEAR_BACKGROUND
+        _draw(canvas, 36, 36, "sickle_cell")
+        noise = np.random.default_rng(0).integers(-4, 5, size=canvas.shape)  # as the fields'
+        pixels = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        (result,) = predictor.predict([Image.fromarray(pixels)])
+        assert result.label == "sickle_cell"
+
+
+def test_the_adapted_model_is_served_by_the_service(adapted: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.app.helpers import make_settings, wait_ready
+
+    assert adapted["done"].returncode == 0, adapted["done"].stderr
+    with TestClient(create_app(make_settings(adapted["out"]))) as client:
+        wait_ready(client)
+        model = client.get("/model").json()
+        assert model["classes"][-1] == "sickle_cell"
+
+
+def test_too_few_reviewed_cells_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    url = _database(tmp_path / "rbc.sqlite3", slides=1, review_every=3)
+    out = tmp_path / "out"
+    done = _adapt("--database", url, "--out", str(out))
+    assert done.returncode == 2
+    assert f"error: adapting needs at least {MIN_CELLS} reviewed red cells" in done.stderr
+    assert "review and sign off" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rbc.sqlite3"]
+
+
+def test_slides_not_signed_off_are_not_taught(tmp_path: Path) -> None:
+    url = _database(tmp_path / "rbc.sqlite3", slides=1, sign=False)
+    done = _adapt("--database", url, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "no reviewed red cells on signed-off slides" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_folder_is_kept_without_overwrite(adapted: dict[str, Any]) -> None:
+    out = adapted["out"]
+    card = (out / "model_card.json").read_text()
+    done = _adapt("--database", adapted["url"], "--out", str(out))
+    assert done.returncode == 2
+    assert "exists and is not empty" in done.stderr
+    assert (out / "model_card.json").read_text() == card
+
+
+def test_a_base_without_replay_is_refused(adapted: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(BASE, base)
+    card = json.loads((base / "model_card.json").read_text())
+    card["replay_file"] = None
+    (base / "model_card.json").write_text(json.dumps(card))
+    done = _adapt("--database", adapted["url"], "--out", str(tmp_path / "o"), "--base", str(base))
+    assert done.returncode == 2
+    assert "carries no replay set" in done.stderr
+
+
+# --- the parts ---------------------------------------------------------------------------------
+
+
+def test_fit_moves_toward_the_lab_and_a_strong_pull_keeps_the_base() -> None:
+    rng = np.random.default_rng(0)
+    start = torch.eye(2, 4)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 2] > 0).astype(np.int64)  # the lab's classes follow a feature the base ignores
+    free = fit_last_layer(start, (x, y), (x[:0], y[:0]), l2=1e-3)
+    assert float(((torch.as_tensor(x) @ free.weight.T).argmax(1).numpy() == y).mean()) > 0.95
+    held = fit_last_layer(start, (x, y), (x[:0], y[:0]), l2=1e4)
+    assert torch.allclose(held.weight, start, atol=1e-3)
+
+
+def test_new_classes_start_from_zero_rows() -> None:
+    base = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    extended = extend_weights(base, ["a", "b"], ["a", "b", "c"])
+    assert torch.equal(extended[:2], base)
+    assert torch.equal(extended[2], torch.zeros(3))
+
+
+def test_cell_figures_count_flags_and_abnormal_calls() -> None:
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2], [0.3, 0.7]])
+    targets = np.array([0, 1, 1, 1])
+    fig = cell_figures(probs, targets, ["normal", "spherocyte"], 0.65, None, None)
+    assert fig["accuracy"] == 0.75
+    assert fig["unflagged_share"] == 0.75  # 0.6 is under the threshold
+    assert fig["abnormal_unflagged"] == 0.25  # the 0.7 spherocyte call
+    assert fig["per_class"]["spherocyte"] == {
+        "precision": 1.0,
+        "recall": 0.6667,
+        "support": 3,
+        "called": 2,
+    }
+
+
+def test_fewer_than_three_slides_are_held_out_by_field(tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = [
+        {"path": f"normal/{i}.png", "label": "normal", "slide_id": 1 + i % 2, "field_id": i % 6}
+        for i in range(240)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    fields = [{"field_id": f, **{f"c{i}": 0.0 for i in range(13)}} for f in range(6)]
+    pd.DataFrame(fields).to_csv(tmp_path / "fields.csv", index=False)
+    lab = read_lab_cells(tmp_path, ["normal", "spherocyte"])
+    assert lab.group_by == "field"
+    by_field = lab.rows.groupby("field_id")["part"].nunique()
+    assert (by_field == 1).all()
+    assert set(lab.rows["part"]) == {"fit", "calibrate", "test"}
