@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,6 +19,9 @@ from core.imageio import (
     MIB,
 )
 from records.store import default_url
+
+# A label that can name a folder of crops (training.datasets.slides imports by folder).
+EXTRA_LABEL = re.compile(r"\w(?:[\w.+ -]{0,98}[\w+-])?")
 
 
 class Settings(BaseSettings):
@@ -76,6 +80,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     # Origins allowed to call the API from a browser page elsewhere; none by default, never "*".
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Labels reviewers may give beyond the served model's classes: the laboratory's own classes
+    # (e.g. "sickle_cell"), which `python -m training adapt` turns into classes of its model once
+    # enough cells carry them. Each a word, with dots, plus, minus or inner spaces.
+    extra_labels: Annotated[tuple[str, ...], NoDecode] = ()
     # The laboratory's records (slides, reviews, users; records/, docs/slides.md). data_dir holds
     # the embedded SQLite database when database_url is unset; database_url selects another
     # (PostgreSQL for several instances), or "none" to turn the slides API off.
@@ -85,7 +93,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("accepted_formats", "cors_origins", mode="before")
+    @field_validator("accepted_formats", "cors_origins", "extra_labels", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -113,6 +121,17 @@ class Settings(BaseSettings):
         if "*" in value:
             raise ValueError("a CORS wildcard is refused: list the origins that may call the API")
         return value
+
+    @field_validator("extra_labels")
+    @classmethod
+    def _label_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for label in value:
+            if not EXTRA_LABEL.fullmatch(label):
+                raise ValueError(
+                    f"extra label {label!r}: a word, with dots, plus, minus or inner spaces "
+                    "(at most 100 characters)"
+                )
+        return tuple(dict.fromkeys(value))  # once each, in the order given
 
     @field_validator("api_token", "database_url", mode="before")
     @classmethod

@@ -37,7 +37,12 @@ def slide_classes(session: Session, slide_id: int) -> list[str]:
     return classes
 
 
-def counts_in(session: Session, slide_id: int, classes: Sequence[str] | None) -> dict[str, Any]:
+def counts_in(
+    session: Session,
+    slide_id: int,
+    classes: Sequence[str] | None,
+    extra_labels: Sequence[str] = (),
+) -> dict[str, Any]:
     c = db.Cell
     red = and_(c.slide_id == slide_id, c.kind == "red_cell")
     per_label = {
@@ -49,6 +54,7 @@ def counts_in(session: Session, slide_id: int, classes: Sequence[str] | None) ->
         ).all()
     }
     names = list(classes) if classes is not None else slide_classes(session, slide_id)
+    names += [label for label in extra_labels if label not in names]
     names += sorted(label for label in per_label if label not in names)
     counts = count_labels((), names)
     counts.update(per_label)

@@ -376,14 +376,15 @@ def review_cell(
     version: int,
     label: str | None = None,
     classes: Sequence[str] | None = None,
+    extra_labels: Sequence[str] = (),
 ) -> CellRecord:
     """Review a red cell (reviewer or admin): `label=None` confirms its current label, a label
     reclassifies it ('relabel'; the same label as now counts as 'confirm').
 
     `version` is the cell's version as the reviewer saw it: `UPDATE cells ... WHERE id = ? AND
     version = ?` and `version + 1`; if it changed meanwhile, StaleVersion and nothing changes.
-    Allowed labels: `classes` if given, else the keys of the cell's probabilities (InvalidLabel
-    otherwise). SlideSignedOff on a signed-off slide, Forbidden for viewers, NotFound if the cell
+    Allowed labels: `classes` if given, else the keys of the cell's probabilities, and
+    `extra_labels` (the laboratory's own classes) either way (InvalidLabel otherwise). SlideSignedOff on a signed-off slide, Forbidden for viewers, NotFound if the cell
     is not on that slide, InvalidInput for a white cell or platelet.
     """
     with store.writing() as session:
@@ -404,6 +405,7 @@ def review_cell(
             new, action = current, "confirm"
         else:
             allowed = list(classes) if classes is not None else list(probabilities or {})
+            allowed += [extra for extra in extra_labels if extra not in allowed]
             if label not in allowed:
                 raise InvalidLabel(
                     f"label {label!r} is not one of this slide's classes: {', '.join(allowed)}"

@@ -41,11 +41,18 @@ class SlideView:
     warnings: list[str]
 
 
-def slide_view(store: Store, slide_id: int, classes: Sequence[str] | None = None) -> SlideView:
-    """The slide, its counts and warnings as of one state. NotFound if there is no such slide."""
+def slide_view(
+    store: Store,
+    slide_id: int,
+    classes: Sequence[str] | None = None,
+    extra_labels: Sequence[str] = (),
+) -> SlideView:
+    """The slide, its counts and warnings as of one state; `extra_labels` (the laboratory's own
+    classes) are listed after the classifier's, 0 when no cell has them. NotFound if there is
+    no such slide."""
     with store.snapshot() as session:
         slide = slide_detail(session, slide_id)
-        counts = counts_in(session, slide_id, classes)
+        counts = counts_in(session, slide_id, classes, extra_labels)
     return SlideView(slide, counts, grading_warnings(counts, slide.fields))
 
 

@@ -303,12 +303,15 @@ def slides(
 
 
 @router.get("/{slide_id}", response_model=SlideDetailOut, responses=DETAIL_LINKS)
-def slide(slide_id: SlideId, _user: UserDep, store: StoreDep) -> SlideDetailOut:
+def slide(
+    slide_id: SlideId, _user: UserDep, store: StoreDep, settings: SettingsDep
+) -> SlideDetailOut:
     """The slide over all its fields: counts, percentages and ICSH grades of the counted red
     cells by their current class (reviewed, else proposed), the number of cells the grades rest
     on with a warning when it is too few, white cells and platelets, the fields with the models
-    (and their weights' sha256) that analysed each, status, version and sign-off."""
-    return _detail_out(slide_view(store, slide_id))
+    (and their weights' sha256) that analysed each, status, version and sign-off. `classes`
+    lists the laboratory's own labels (RBC_EXTRA_LABELS) after the classifier's."""
+    return _detail_out(slide_view(store, slide_id, extra_labels=settings.extra_labels))
 
 
 @router.delete("/{slide_id}", status_code=204, response_class=Response, responses=DELETED_LINKS)
@@ -496,13 +499,17 @@ def review(
     user: UserDep,
     store: StoreDep,
     slot: SlotDep,
+    settings: SettingsDep,
 ) -> SlideCellOut:
     """Reclassify a red cell (`label`) or confirm it (no label), with the cell's `version` as
     you read it. 409 when the version is stale (nothing changes: read the cell again) or the
     slide is signed off. Allowed labels: the served classifier's classes (before it has loaded,
-    those of the classifier that analysed the cell). Counts and grades follow at once."""
+    those of the classifier that analysed the cell) and the laboratory's own
+    (RBC_EXTRA_LABELS). Counts and grades follow at once."""
     classes = slot.predictor.classes if slot.predictor is not None else None
-    cell = review_cell(store, user, slide_id, cell_id, body.version, body.label, classes)
+    cell = review_cell(
+        store, user, slide_id, cell_id, body.version, body.label, classes, settings.extra_labels
+    )
     return _cell_out(cell)
 
 
