@@ -384,8 +384,9 @@ def review_cell(
     `version` is the cell's version as the reviewer saw it: `UPDATE cells ... WHERE id = ? AND
     version = ?` and `version + 1`; if it changed meanwhile, StaleVersion and nothing changes.
     Allowed labels: `classes` if given, else the keys of the cell's probabilities, and
-    `extra_labels` (the laboratory's own classes) either way (InvalidLabel otherwise). SlideSignedOff on a signed-off slide, Forbidden for viewers, NotFound if the cell
-    is not on that slide, InvalidInput for a white cell or platelet.
+    `extra_labels` (the laboratory's own classes) either way (InvalidLabel otherwise).
+    SlideSignedOff on a signed-off slide, Forbidden for viewers, NotFound if the cell is not on
+    that slide, InvalidInput for a white cell or platelet.
     """
     with store.writing() as session:
         actor = acting_user(session, user, WRITERS, "review cells")
