@@ -304,3 +304,34 @@ def test_fewer_than_three_slides_are_held_out_by_field(tmp_path: Path) -> None:
     by_field = lab.rows.groupby("field_id")["part"].nunique()
     assert (by_field == 1).all()
     assert set(lab.rows["part"]) == {"fit", "calibrate", "test"}
+
+
+def test_a_fit_must_beat_the_base_by_more_than_chance() -> None:
+    from training.adapt.pipeline import MIN_GAIN_Z, gain_z
+
+    base = np.array([True] * 80 + [False] * 20)
+    assert gain_z(base, base) == 0.0
+    two_more = base.copy()
+    two_more[80:82] = True  # 2 wins, no loss: z 1.41, chance
+    assert gain_z(base, two_more) < MIN_GAIN_Z
+    ten_more = base.copy()
+    ten_more[80:90] = True
+    assert gain_z(base, ten_more) > MIN_GAIN_Z
+    assert gain_z(ten_more, base) < 0
+
+
+def test_a_new_class_no_fit_learnt_leaves_every_part(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from training.adapt.cells import LabCells
+    from training.adapt.head import HeadFit
+    from training.adapt.pipeline import Features, _without_new_classes
+
+    rows = pd.DataFrame({"label": ["a", "b", "new"], "target": [0, 1, 2], "part": ["fit"] * 3})
+    lab = LabCells(tmp_path, rows, pd.DataFrame(), ["a", "b", "new"], ["new"], "slide")
+    parts = {"fit": Features(np.eye(3, dtype=np.float32), np.array([0, 1, 2]))}
+    fit, kept = _without_new_classes(HeadFit(torch.ones(3, 3), 0.0, 1), parts, lab)
+    assert fit.weight.shape == (2, 3)
+    assert kept["fit"].targets.tolist() == [0, 1]
+    assert lab.classes == ["a", "b"] and lab.new_classes == [] and lab.not_learnt == ["new"]
+    assert list(lab.rows["label"]) == ["a", "b"]

@@ -39,6 +39,7 @@ class LabCells:
     new_classes: list[str]
     group_by: str  # "slide" or "field"
     too_few: dict[str, int] = field(default_factory=dict)  # label -> reviewed cells it has
+    not_learnt: list[str] = field(default_factory=list)  # new classes no fit learnt
 
     def part(self, name: str) -> pd.DataFrame:
         return self.rows[self.rows["part"] == name]

@@ -10,8 +10,8 @@ its reviews called spherocytes at precision 0.78 / recall 0.90 where the shipped
 The loss: cross-entropy on the lab's cells (weighted `lab_weight`) plus cross-entropy on the
 replayed base cells (so that classes the lab did not review are kept), plus `l2` times the squared
 distance to the base weights (so that a small review set moves the layer only as far as it must).
-A class the base lacks starts from zero weights. Full-batch L-BFGS: deterministic, no learning
-rate to choose.
+A class the base lacks starts from zero weights and is pulled only by NEW_ROW_L2 (it has no
+base to stay near). Full-batch L-BFGS: deterministic, no learning rate to choose.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch.nn import functional as F
 LAB_WEIGHT = 1.0
 L2 = 1e-3
 MAX_ITER = 300
+NEW_ROW_L2 = 1e-4  # a new class's row: kept finite, not held at zero
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,18 @@ def fit_last_layer(
     lab: tuple[np.ndarray, np.ndarray],
     replay: tuple[np.ndarray, np.ndarray],
     *,
+    new_rows: int = 0,
     lab_weight: float = LAB_WEIGHT,
     l2: float = L2,
     max_iter: int = MAX_ITER,
 ) -> HeadFit:
     """Fit a bias-free linear layer from `start` (classes, D). `lab` and `replay` are (features,
-    class indices into the rows of `start`); either may be empty but not both."""
+    class indices into the rows of `start`); either may be empty but not both. The last
+    `new_rows` rows are classes the base lacks."""
     anchor = start.double()
+    pull = torch.full((len(start), 1), l2, dtype=torch.float64)
+    if new_rows:
+        pull[len(start) - new_rows :] = NEW_ROW_L2
     weight = anchor.clone().requires_grad_(True)
     parts = [
         (
@@ -76,7 +82,7 @@ def fit_last_layer(
     calls = 0
 
     def objective() -> torch.Tensor:
-        loss = l2 * (weight - anchor).pow(2).sum()
+        loss = (pull * (weight - anchor).pow(2)).sum()
         for x, y, w in parts:
             loss = loss + w * F.cross_entropy(x @ weight.T, y)
         return loss

@@ -6,10 +6,12 @@
 2. The base model computes each cell's 512 features once (the service's own preprocessing and
    engine).
 3. The last layer is refitted on the fit cells and the base model's replayed cells
-   (training/adapt/head.py) at a few strengths of the pull toward the base weights; the one
-   right most often on the calibrate cells wins, as long as it does not lose more than
-   MAX_FORGETTING on the replayed base validation cells. The base layer itself is a candidate:
-   adapting never makes the held-out cells worse than the calibrate part shows.
+   (training/adapt/head.py) at a few strengths of the pull toward the base weights. A fit
+   replaces the base layer only if it is right significantly more often on the calibrate cells
+   (a one-sided sign test on the cells where the two disagree, z > MIN_GAIN_Z: a few hundred
+   held-out cells make small differences noise) and loses at most MAX_FORGETTING on the
+   replayed base validation cells; of those, the one right most often wins. Otherwise the base
+   layer stays and only the calibration is the lab's.
 4. Recalibration on the calibrate part: temperature, review threshold (for the base's target
    accuracy), familiarity statistics (the lab's cells join the training cells), and field
    colours (the lab's fit fields join the reference), so that the lab's own fields become
@@ -54,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE = ROOT / "models" / "default"
 L2_CANDIDATES = (L2 * 10, L2 * 100, L2 * 1000)  # 0.01, 0.1, 1: from free to near the base
 MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candidate may lose
+MIN_GAIN_Z = 1.645  # one-sided 5 %: a candidate must beat the base layer by more than chance
 QUANTILE = 0.99  # thresholds flag about 1 % of held-out cells / fields, as the base's do
 REPORT = "report.md"
 SUMMARY = "adaptation.json"
@@ -148,6 +151,11 @@ def adapt_cells(
     base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
     start = extend_weights(base_weight, list(card.classes), lab.classes)
     fit, choice = _choose_fit(start, parts, replay, lab, say)
+    if choice["chosen"] == "base" and lab.new_classes:
+        # The base layer has no row for them: a zero row would be a guess, not a class.
+        say(f"Not learnt well enough to beat the base, so left out: {lab.new_classes}")
+        fit, parts = _without_new_classes(fit, parts, lab)
+        start = start[: len(lab.classes)]
     calibration = _recalibrate(fit.weight, parts, replay, lab, predictor.calibration)
     figures = _before_after(predictor, start, fit.weight, calibration, parts, replay, lab)
     seconds = time.perf_counter() - started
@@ -222,10 +230,20 @@ def _features(predictor: Any, lab: LabCells, progress: bool) -> dict[str, Featur
     return parts
 
 
+def _right(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.asarray((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y)
+
+
 def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
-    if not len(y):
-        return math.nan
-    return float(((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y).mean())
+    return float(_right(weight, x, y).mean()) if len(y) else math.nan
+
+
+def gain_z(base_right: np.ndarray, right: np.ndarray) -> float:
+    """The sign test's z for "right more often than the base" on paired cells: cells only the
+    candidate gets right against cells only the base does (0 when they never disagree)."""
+    wins = int((right & ~base_right).sum())
+    losses = int((base_right & ~right).sum())
+    return 0.0 if wins + losses == 0 else (wins - losses) / math.sqrt(wins + losses)
 
 
 def _choose_fit(
@@ -238,9 +256,14 @@ def _choose_fit(
     candidates: list[tuple[str, HeadFit]] = [("base", HeadFit(start, math.nan, 0))]
     for l2 in L2_CANDIDATES:
         fitted = fit_last_layer(
-            start, (fit_part.features, fit_part.targets), replay.part(train=True), l2=l2
+            start,
+            (fit_part.features, fit_part.targets),
+            replay.part(train=True),
+            new_rows=len(lab.new_classes),
+            l2=l2,
         )
         candidates.append((f"l2={l2:g}", fitted))
+    base_right = _right(start, calib.features, calib.targets)
     rows: list[dict[str, Any]] = []
     for label, fitted in candidates:
         rows.append(
@@ -250,20 +273,42 @@ def _choose_fit(
                     _accuracy(fitted.weight, calib.features, calib.targets), 4
                 ),
                 "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y), 4),
+                "gain_z": round(
+                    gain_z(base_right, _right(fitted.weight, calib.features, calib.targets)), 2
+                ),
             }
         )
-    allowed = [
-        i for i, r in enumerate(rows) if r["replay_valid_accuracy"] >= base_replay - MAX_FORGETTING
+    allowed = [0] + [
+        i
+        for i, r in enumerate(rows)
+        if i
+        and r["gain_z"] > MIN_GAIN_Z
+        and r["replay_valid_accuracy"] >= base_replay - MAX_FORGETTING
     ]
-    # Ties go to the candidate nearer the base (later in the list is nearer, "base" nearest).
-    best = max(allowed, key=lambda i: (rows[i]["calibrate_accuracy"], i == 0, i))
+    # Of the fits that beat the base, the best; ties go to the one nearer the base (later).
+    best = max(allowed, key=lambda i: (rows[i]["calibrate_accuracy"] if i else -1.0, i))
     for r in rows:
         say(
-            f"  {r['candidate']:>8}: calibrate cells {r['calibrate_accuracy']:.3f}, replayed "
-            f"base cells {r['replay_valid_accuracy']:.3f}"
+            f"  {r['candidate']:>8}: calibrate cells {r['calibrate_accuracy']:.3f} (gain z "
+            f"{r['gain_z']:+.2f}), replayed base cells {r['replay_valid_accuracy']:.3f}"
         )
     say(f"Chosen: {rows[best]['candidate']}")
     return candidates[best][1], {"candidates": rows, "chosen": rows[best]["candidate"]}
+
+
+def _without_new_classes(
+    fit: HeadFit, parts: dict[str, Features], lab: LabCells
+) -> tuple[HeadFit, dict[str, Features]]:
+    """The base classes only: the new classes' cells leave every part (and `lab`, in place)."""
+    n = len(lab.classes) - len(lab.new_classes)
+    lab.not_learnt = list(lab.new_classes)
+    lab.rows = lab.rows[lab.rows["target"] < n].reset_index(drop=True)
+    lab.classes, lab.new_classes = lab.classes[:n], []
+    kept = {
+        name: Features(part.features[part.targets < n], part.targets[part.targets < n])
+        for name, part in parts.items()
+    }
+    return HeadFit(fit.weight[:n], fit.loss, fit.iterations), kept
 
 
 def _quantile(values: list[float] | np.ndarray, q: float = QUANTILE) -> float:
@@ -432,6 +477,7 @@ def _summary(
         "classes": lab.classes,
         "new_classes": lab.new_classes,
         "left_out_too_few": lab.too_few,
+        "not_learnt": lab.not_learnt,
         "held_out_by": lab.group_by,
         "slides": int(lab.rows["slide_id"].nunique()),
         "fields": int(lab.rows["field_id"].nunique()),
@@ -572,15 +618,18 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         "",
         "## How the last layer was chosen (on the calibrate cells)",
         "",
-        "| candidate | calibrate accuracy | replayed base validation accuracy |",
-        "|---|---|---|",
+        "| candidate | calibrate accuracy | gain over the base (sign test z) | replayed base "
+        "validation accuracy |",
+        "|---|---|---|---|",
         *(
-            f"| {r['candidate']} | {r['calibrate_accuracy']} | {r['replay_valid_accuracy']} |"
+            f"| {r['candidate']} | {r['calibrate_accuracy']} | {r['gain_z']} | "
+            f"{r['replay_valid_accuracy']} |"
             for r in summary["fit"]["candidates"]
         ),
         "",
         f"Chosen: {summary['fit']['chosen']}. New classes: {summary['new_classes'] or 'none'}. "
-        f"Left out (too few cells): {summary['left_out_too_few'] or 'none'}.",
+        f"Left out (too few cells): {summary['left_out_too_few'] or 'none'}. Left out (no fit "
+        f"beat the base): {summary['not_learnt'] or 'none'}.",
         "",
         f"Calibration: {summary['calibration']}",
         "",
