@@ -21,6 +21,9 @@ Figures per source, all on the second half's crops of the base model's classes:
 - `seconds`: the adapt run.
 With `--new-class elliptocyte` the laboratory also reviews Chula's elliptocytes, a class the base
 model lacks, and the adapted model's recall of it is reported.
+
+`--time-cells N` instead times the command itself, `python -m training adapt --cells DIR`, on a
+laboratory of N reviewed cells (Chula's training crops, each smear a slide), start to finish.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _accuracy(predictor: Any, images: list[Image.Image], labels: list[str]) -> f
 
 
 def _lab_folder(
-    dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats
+    dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats | None
 ) -> None:
     """An import-slides-shaped folder: each smear a slide of one field."""
     smears = sorted(rows["source_image"].unique())
@@ -75,7 +78,8 @@ def _lab_folder(
     fields = []
     for smear, sid in ids.items():
         with Image.open(chula / "Dataset" / smear) as field:
-            descriptor = field_colour_descriptor(recolour(field.convert("RGB"), stats))
+            rgb = field.convert("RGB")
+            descriptor = field_colour_descriptor(recolour(rgb, stats) if stats else rgb)
         fields.append({"field_id": sid, **{f"c{i}": float(v) for i, v in enumerate(descriptor)}})
     pd.DataFrame(fields).to_csv(dest / "fields.csv", index=False)
 
@@ -145,6 +149,44 @@ def run_source(
     return row
 
 
+def time_command(args: argparse.Namespace, manifest: pd.DataFrame) -> dict[str, Any]:
+    """The wall time of `python -m training adapt --cells` on `args.time_cells` cells."""
+    import subprocess
+
+    train = manifest[manifest["split"] == "train"].sample(n=args.time_cells, random_state=args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        lab = Path(scratch) / "lab"
+        rows = list(train.itertuples())
+        crops = []
+        for row in rows:
+            with Image.open(args.data / row.path) as image:
+                crops.append(image.convert("RGB"))
+        _lab_folder(lab, train, crops, args.chula, None)
+        started = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "adapt",
+                "--no-progress",
+                "--cells",
+                str(lab),
+                "--out",
+                str(Path(scratch) / "model"),
+                "--base",
+                str(args.base),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return {"cells": args.time_cells, "seconds": round(seconds, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.classify.predictor import Predictor
 
@@ -158,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-class", help="a Chula class the base lacks, reviewed too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON of every figure")
+    parser.add_argument("--time-cells", type=int, help="time the command on this many cells")
     parser.add_argument(
         "--colour-stats", type=Path, default=Path(tempfile.gettempdir()) / "rbc-colour-stats.json"
     )
     args = parser.parse_args(argv)
     manifest = pd.read_csv(args.data / "manifest.csv")
+    if args.time_cells:
+        print(json.dumps(time_command(args, manifest)))
+        return 0
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     sources, _, _ = colour_stats(args.txl, args.colour_stats, FIELDS_PER_SOURCE, STATS_SEED, False)
     base = Predictor.load(args.base, device="cpu", tta_views=1)
