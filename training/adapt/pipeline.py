@@ -163,12 +163,12 @@ def adapt_cells(
     staging = _staging(out)
     try:
         _write_model(staging, base, card, lab, fit.weight, calibration, replay, summary, name)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        (staging / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         _replace(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     for line in markdown_table(figures["lab_test"]["before"], figures["lab_test"]["after"]):
         say(line)
     say(
