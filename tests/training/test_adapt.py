@@ -335,3 +335,14 @@ def test_a_new_class_no_fit_learnt_leaves_every_part(tmp_path: Path) -> None:
     assert kept["fit"].targets.tolist() == [0, 1]
     assert lab.classes == ["a", "b"] and lab.new_classes == [] and lab.not_learnt == ["new"]
     assert list(lab.rows["label"]) == ["a", "b"]
+
+
+def test_the_split_follows_cell_counts_and_keeps_groups_whole() -> None:
+    from training.adapt.cells import split_groups
+
+    sizes = {f"s{i}": n for i, n in enumerate([300, 20, 150, 90, 60, 200, 40, 110])}
+    split = split_groups(sizes, seed=3)
+    assert set(split) == set(sizes) and set(split.values()) == {"fit", "calibrate", "test"}
+    fit = sum(n for g, n in sizes.items() if split[g] == "fit") / sum(sizes.values())
+    assert 0.45 <= fit <= 0.75
+    assert split_groups(dict(reversed(list(sizes.items()))), seed=3) == split
