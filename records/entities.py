@@ -20,6 +20,19 @@ class User:
 
 
 @dataclass(frozen=True)
+class Activation:
+    """One switch of the served classifier (records/activations.py)."""
+
+    id: int
+    at: datetime
+    user: str  # who switched
+    action: str  # 'activate' | 'rollback'
+    model_id: str  # the version's folder name
+    model_name: str
+    weights_sha256: str
+
+
+@dataclass(frozen=True)
 class SlideRecord:
     id: int
     sample_id: str

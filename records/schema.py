@@ -1,10 +1,11 @@
 """The laboratory's records as SQLAlchemy 2 typed ORM models (one `DeclarativeBase`).
 
 Tables: `users`, `slides`, `fields` (one uploaded image of a slide, with its bytes), `cells` (what
-the analysis of a field found) and `audit` (every change, kept when slides go). Closed sets of
-values (roles, statuses, kinds, actions) are strings with CHECK constraints, so that SQLite and
-PostgreSQL hold the same thing and a new value is one migration. Every timestamp is stored and
-returned as a timezone-aware UTC `datetime`, SQLite included (`UTCDateTime`).
+the analysis of a field found), `audit` (every change, kept when slides go) and
+`model_activations` (which classifier version the service serves, one row per switch). Closed
+sets of values (roles, statuses, kinds, actions) are strings with CHECK constraints, so that
+SQLite and PostgreSQL hold the same thing and a new value is one migration. Every timestamp is
+stored and returned as a timezone-aware UTC `datetime`, SQLite included (`UTCDateTime`).
 
 `records/migrations/versions/` is written by hand to match this module; a test compares them.
 """
@@ -47,6 +48,7 @@ AUDIT_ACTIONS = (
     "sign_off",
     "reopen",
 )
+MODEL_ACTIONS = ("activate", "rollback")
 
 # Deterministic constraint names, the same on every database (Alembic needs names to alter them).
 NAMING_CONVENTION = {
@@ -217,3 +219,19 @@ class Audit(Base):
     from_value: Mapped[str | None] = mapped_column(Text)
     to_value: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelActivation(Base):
+    """One switch of the classifier the service serves (app/models.py): the newest row is what
+    every instance serves. Rows are only ever added: the table is the switches' trail."""
+
+    __tablename__ = "model_activations"
+    __table_args__ = (CheckConstraint(_in("action", MODEL_ACTIONS), name="action"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str] = mapped_column(String(128))  # the version's folder name
+    model_name: Mapped[str] = mapped_column(String(128))  # its card's name
+    weights_sha256: Mapped[str] = mapped_column(String(64))  # the state file it served

@@ -29,6 +29,11 @@ wait for each other instead of failing half-way.
 
 from __future__ import annotations
 
+from records.activations import (
+    latest_activation_id,
+    recent_activations,
+    record_activation,
+)
 from records.audit import (
     audit_trail,
 )
@@ -47,6 +52,7 @@ from records.database import (
 )
 from records.entities import (
     UNSET,
+    Activation,
     AuditEntry,
     CellInput,
     CellRecord,
@@ -118,6 +124,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "UNSET",
     "WRITERS",
+    "Activation",
     "AuditEntry",
     "CellInput",
     "CellRecord",
@@ -148,10 +155,13 @@ __all__ = [
     "get_cell",
     "get_slide",
     "grading_warnings",
+    "latest_activation_id",
     "list_cells",
     "list_slides",
     "list_users",
     "open_store",
+    "recent_activations",
+    "record_activation",
     "remove_field",
     "reopen",
     "review_cell",

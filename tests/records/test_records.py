@@ -86,7 +86,7 @@ PG_ADMIN_URL = (
 )
 CLASSES = ["normal", "spherocyte", "target_cell", "schistocyte"]
 SHA = "ab" * 32
-TABLES = ("audit", "cells", "fields", "slides", "users")
+TABLES = ("model_activations", "audit", "cells", "fields", "slides", "users")
 
 
 # --- databases --------------------------------------------------------------------------------
@@ -960,7 +960,7 @@ def test_cli(new_url: Callable[[], str], capsys: pytest.CaptureFixture[str]) -> 
     assert cli_main(["create-user", "ann", "--database", url]) == 2  # not upgraded yet
     assert "python -m records upgrade" in capsys.readouterr().err
     assert cli_main(["upgrade", "--database", url]) == 0
-    assert "0001" in capsys.readouterr().out
+    assert f"at schema revision {Store.head_revision()}" in capsys.readouterr().out
     assert cli_main(["upgrade", "--database", url]) == 0
     capsys.readouterr()
     assert cli_main(["create-user", "ann", "--role", "admin", "--database", url]) == 0
