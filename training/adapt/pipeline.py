@@ -386,8 +386,13 @@ def _outcome(
     x: np.ndarray,
     y: np.ndarray,
     classes: list[str],
+    known: int | None = None,
 ) -> dict[str, Any]:
+    """`cell_figures` of a layer; with `known`, only its first `known` classes can be called
+    (the base model, which has no row for a new class)."""
     logits = torch.as_tensor(x) @ weight.T
+    if known is not None:
+        logits[:, known:] = -math.inf
     temperature = calibration.temperature if calibration else 1.0
     probs = calibrated_probabilities(logits, temperature).numpy()
     distances, cell_threshold = None, None
@@ -417,7 +422,15 @@ def _before_after(
         "base_valid": (rv_x, rv_y),
     }.items():
         figures[key] = {
-            "before": _outcome(start, base_cal, base_thr, x, y, lab.classes),
+            "before": _outcome(
+                start,
+                base_cal,
+                base_thr,
+                x,
+                y,
+                lab.classes,
+                len(lab.classes) - len(lab.new_classes),
+            ),
             "after": _outcome(weight, calibration, calibration.review_threshold, x, y, lab.classes),
         }
     figures["lab_test_fields_unfamiliar"] = {
