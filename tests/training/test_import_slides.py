@@ -359,3 +359,25 @@ def test_the_imported_set_trains_a_model(database: dict[str, Any], tmp_path: Pat
     run = train(tiny_config(out, tmp_path / "runs"), progress=False)
     card = json.loads((run / "model" / "model_card.json").read_text())
     assert set(card["classes"]) == labels
+
+
+def test_each_field_gets_its_colours(database: dict[str, Any], tmp_path: Path) -> None:
+    """fields.csv: one row per imported field, its slide and split as the manifest's, and the
+    13 numbers of the service's colour descriptor (what `adapt` makes familiar)."""
+    from core.classify.calibration import field_colour_descriptor
+
+    out = tmp_path / "set"
+    import_slides(database["url"], out, progress=False)
+    fields = pd.read_csv(out / "fields.csv")
+    manifest = _manifest(out)
+    assert sorted(fields["field_id"]) == sorted(manifest["field_id"].unique())
+    per_field = manifest.drop_duplicates("field_id").set_index("field_id")
+    for row in fields.itertuples():
+        assert row.slide_id == per_field.at[row.field_id, "slide_id"]
+        assert row.split == per_field.at[row.field_id, "split"]
+    assert [c for c in fields.columns if c.startswith("c")] == [f"c{i}" for i in range(13)]
+    # The same numbers the service computes on the uploaded image (slide A's first field).
+    first = fields.sort_values("field_id").iloc[0]
+    image = Image.fromarray(make_smear(seed=0)[0])
+    expected = field_colour_descriptor(image)
+    assert np.allclose([first[f"c{i}"] for i in range(13)], expected, atol=1e-6)
