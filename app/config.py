@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RBC_", frozen=True, protected_namespaces=())
 
     model_dir: Path = Path("models/default")
+    # Model versions (app/versions.py, docs/service.md "Model versions"): a folder whose
+    # subfolders are model folders (e.g. `python -m training adapt --out` outputs), listed by
+    # GET /models and switched by POST /models/{id}/activate; RBC_MODEL_DIR is always the
+    # version "default". Unset: only RBC_MODEL_DIR is listed, and switching is refused (409).
+    models_dir: Path | None = None
+    # How often an instance checks the records database for another instance's activation.
+    models_poll_s: float = Field(default=10.0, gt=0.0)
     # The cell detector for whole fields (core/detect/learned.py); when this folder does not
     # exist the classical segmentation (core/detect/classical.py) finds the red cells instead.
     # "none" forces that.
@@ -133,7 +140,7 @@ class Settings(BaseSettings):
                 )
         return tuple(dict.fromkeys(value))  # once each, in the order given
 
-    @field_validator("api_token", "database_url", mode="before")
+    @field_validator("api_token", "database_url", "models_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

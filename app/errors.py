@@ -51,6 +51,25 @@ class UnknownClass(ServiceError):
     status = 422
 
 
+class NotFoundError(ServiceError):
+    """No such thing (a model version id that is not a folder of RBC_MODELS_DIR)."""
+
+    status = 404
+
+
+class Conflict(ServiceError):
+    """The request clashes with the service's state or settings (switching a model version
+    without RBC_MODELS_DIR, activating the active one, nothing to roll back to)."""
+
+    status = 409
+
+
+class ModelRefused(ServiceError):
+    """A model version that cannot be served (a hash mismatch, a missing file, a bad card)."""
+
+    status = 422
+
+
 class NotReady(ServiceError):
     status = 503
 

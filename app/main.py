@@ -31,8 +31,9 @@ from app.limits import HeavyGate
 from app.middleware import BodyLimit, IdentityGate, SecurityHeaders
 from app.openapi import OpenApiDocuments
 from app.records_slot import RecordsSlot
-from app.routes import api, docs, health, pages, slides
+from app.routes import api, docs, health, models, pages, slides
 from app.state import ModelSlot, check_training_scale, detector_enabled
+from app.versions import Switcher
 from core.classify.predictor import ModelLoadError, resolve_device
 from core.detect.learned import verified_detector_onnx, verified_detector_path
 from core.modelcard import ModelFileError, verified_onnx_path, verified_state_path
@@ -73,14 +74,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     await run_in_threadpool(records.start)
     slot = ModelSlot()
     app.state.model_slot = slot  # for tests and benchmarks that wait for readiness
-    loader = threading.Thread(target=slot.load, args=(settings,), name="model-loader", daemon=True)
+    # Model versions (app/versions.py): the start serves the newest activation's version when
+    # it still verifies, and a thread follows the activations other instances make.
+    switcher = Switcher(settings, slot, records)
+    app.state.switcher = switcher
+    loader = threading.Thread(
+        target=slot.load, args=(settings, switcher.start_choice), name="model-loader", daemon=True
+    )
     loader.start()
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=switcher.run, args=(stop,), name="model-follower", daemon=True
+    )
+    follower.start()
     try:
-        yield {"model_slot": slot, "records": records}
+        yield {"model_slot": slot, "records": records, "switcher": switcher}
     finally:
         # A shutdown during the load waits for it: a process that exits while another thread
         # runs torch code can abort ("terminate called without an active exception").
+        stop.set()
         loader.join()
+        follower.join()
         records.close()
 
 
@@ -121,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The slides API answers to the records' users (app/identity.py), never RBC_API_TOKEN.
     app.include_router(slides.router)
     app.include_router(slides.audit_router)
+    app.include_router(models.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
     docs.mount_assets(app)

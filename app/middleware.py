@@ -6,9 +6,9 @@ Outermost first (create_app adds them in this order):
 - IdentityGate: every protected path learns who is asking (app/identity.py) from the headers
   alone, before a byte of the body is read (FastAPI reads the body before it runs any
   dependency, so a route's check would come too late): on the analysis API, 401 without
-  RBC_API_TOKEN when it is set; on /slides and /audit, a records user (app/records_slot.py):
-  503 without a database, 401 without a valid token, 403 for a viewer's write. An upload is not
-  read, let alone analysed, for nothing.
+  RBC_API_TOKEN when it is set; on /slides, /audit and /models, a records user
+  (app/records_slot.py): 503 without a database, 401 without a valid token, 403 for a
+  viewer's write. An upload is not read, let alone analysed, for nothing.
 - BodyLimit: bodies over the byte limit get 413 (by Content-Length up front, or counted as they
   stream in), and a body that has not arrived within the time allowed gets 408.
 """
@@ -65,12 +65,13 @@ class SecurityHeaders:
 
 SLIDES_PREFIX = "/slides"
 AUDIT_PREFIX = "/audit"  # the audit trail of any slide, deleted ones too
-RECORDS_PREFIXES = (SLIDES_PREFIX, AUDIT_PREFIX)
+MODELS_PREFIX = "/models"  # the model versions: switches are recorded in the records database
+RECORDS_PREFIXES = (SLIDES_PREFIX, AUDIT_PREFIX, MODELS_PREFIX)
 SLIDES_REFUSAL = {**CLOSE, "Cache-Control": "no-store"}
 
 
 def is_slides_path(path: str) -> bool:
-    """A path of the records' API (the slides and the audit trail)."""
+    """A path of the records' API (the slides, the audit trail, the model versions)."""
     return any(path == p or path.startswith(p + "/") for p in RECORDS_PREFIXES)
 
 

@@ -520,3 +520,58 @@ class BatchResultsIn(BaseModel):
         max_length=MAX_BATCH_RESULTS,
         description="the results of one or more POST /predict/batch answers, in order",
     )
+
+
+# --- model versions (GET /models, POST /models/{model_id}/activate, /models/rollback) ----------
+
+
+class Headline(BaseModel):
+    """A model's figures on the laboratory's held-out test cells (adaptation.json)."""
+
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    unflagged_share: float | None = Field(None, description="share not flagged for review")
+    called_normal: float | None = Field(None, description="share called normal")
+    abnormal_unflagged: float | None = Field(
+        None, description="share called abnormal without a review flag"
+    )
+
+
+class AdaptationOut(BaseModel):
+    base_model: str = Field(description="the name of the model it was adapted from")
+    before: Headline = Field(description="the base model on the laboratory's test cells")
+    after: Headline = Field(description="this model on the same cells")
+
+
+class ModelVersionOut(BaseModel):
+    id: str = Field(description="the folder's name in RBC_MODELS_DIR; `default` is RBC_MODEL_DIR")
+    name: str | None = Field(description="the model card's name (null when unreadable)")
+    classes: list[str]
+    created: str | None
+    method: str | None
+    weights_sha256: str | None = Field(description="the card's sha256 of model_state.pt")
+    active: bool = Field(description="this instance serves it")
+    error: str | None = Field(description="why it cannot be served; null when it can")
+    adaptation: AdaptationOut | None = Field(
+        description="before / after on the laboratory's held-out test cells (a model written "
+        "by `python -m training adapt`); null otherwise"
+    )
+
+
+class ActivationOut(BaseModel):
+    id: int
+    at: datetime
+    user: str
+    action: str = Field(description="activate or rollback")
+    model_id: str
+    model_name: str
+    weights_sha256: str
+
+
+class ModelVersionList(BaseModel):
+    items: list[ModelVersionOut]
+    active: str | None = Field(description="the id of the version this instance serves")
+    switchable: bool = Field(description="RBC_MODELS_DIR is set: versions can be activated")
+    activation: ActivationOut | None = Field(
+        description="the newest activation (what every instance follows); null when none"
+    )

@@ -1,10 +1,17 @@
-"""The model slot shared by the lifespan and the routes: empty until the loader fills it."""
+"""The model slot shared by the lifespan and the routes: empty until the loader fills it.
+
+The classifier in the slot can be switched while the service runs (app/versions.py: a model
+version activated, or another instance's activation followed). A switch replaces the slot's
+`predictor` with a fully loaded one in one assignment; a request takes the predictor once (the
+`PredictorDep` dependency), so requests in flight finish on the model they started with."""
 
 from __future__ import annotations
 
 import logging
 import math
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 from app.config import Settings
 from core.classify.predictor import ModelLoadError, Predictor
@@ -15,31 +22,43 @@ from core.smear.analysis import TRAINING_MICRONS_PER_PIXEL
 log = logging.getLogger(__name__)
 
 
+DEFAULT_ID = "default"  # the model version of RBC_MODEL_DIR (app/versions.py)
+
+# What the start serves instead of RBC_MODEL_DIR: (predictor, version id, activation id), or None.
+StartChoice = Callable[[], tuple[Predictor, str, int] | None]
+
+
 class ModelSlot:
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
         self.detector: CellDetector | None = None
         self.error: str | None = None
         self.loaded = threading.Event()
+        # Which model version is served (app/versions.py), and the activation row it follows
+        # (None: none seen yet). Switches hold `switch_lock`.
+        self.model_id = DEFAULT_ID
+        self.activation_id: int | None = None
+        self.switch_lock = threading.Lock()
 
-    def load(self, settings: Settings) -> None:
-        """Load the configured model; on failure keep the reason (and /readyz stays 503)."""
+    def serve(self, predictor: Predictor, model_id: str, activation_id: int | None) -> None:
+        """Serve `predictor` (loaded and verified) from now on; requests that took the old one
+        finish on it."""
+        self.predictor, self.model_id, self.activation_id = predictor, model_id, activation_id
+
+    def load(self, settings: Settings, choose: StartChoice | None = None) -> None:
+        """Load the configured model (or what `choose` picks: the latest activation); on failure
+        keep the reason (and /readyz stays 503)."""
         try:
             if detector_enabled(settings):
                 self.detector = CellDetector.load(
                     settings.detector_dir, device="cpu", engine=settings.engine
                 )
                 log.info("cell detector %s loaded", self.detector.card.name)
-            self.predictor = Predictor.load(
-                settings.model_dir,
-                device=settings.device,
-                review_threshold=settings.review_threshold,
-                batch_size=settings.inference_batch_size,
-                threads=settings.torch_threads,
-                tta_views=settings.tta_views,
-                engine=settings.engine,
-            )
-            check_training_scale(self.predictor.card)
+            chosen = choose() if choose is not None else None
+            if chosen is not None:
+                self.serve(*chosen)
+            else:
+                self.predictor = load_predictor(settings, settings.model_dir)
         except (ModelLoadError, ModelFileError) as exc:
             self.error = str(exc)
             log.error("the model could not be loaded: %s", exc)
@@ -48,6 +67,22 @@ class ModelSlot:
             log.exception("the model could not be loaded")
         finally:
             self.loaded.set()
+
+
+def load_predictor(settings: Settings, model_dir: Path) -> Predictor:
+    """The classifier of `model_dir` as this service serves it: hash-checked, loaded, warmed up,
+    at the training scale. ModelLoadError (or ModelFileError) says why not."""
+    predictor = Predictor.load(
+        model_dir,
+        device=settings.device,
+        review_threshold=settings.review_threshold,
+        batch_size=settings.inference_batch_size,
+        threads=settings.torch_threads,
+        tta_views=settings.tta_views,
+        engine=settings.engine,
+    )
+    check_training_scale(predictor.card)
+    return predictor
 
 
 def check_training_scale(card: ModelCard) -> None:

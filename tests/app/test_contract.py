@@ -5,10 +5,11 @@ the embedded SQLite database, the tiny trained classifier and the classical segm
 sends what the document allows and what it forbids: every operation through its examples,
 boundary values (coverage) and random inputs (fuzzing), then chains of calls along the
 document's links (stateful: a slide created, a field added, its cells reviewed, the slide signed
-off, reported, deleted). Every answer is held to every check schemathesis has: no 5xx, only
-documented status codes and content types, bodies and headers as the schema says, bad input
-refused, good input accepted, deleted things gone. The exceptions a schema cannot state live in
-schemathesis.toml at the repository root, which `st run` uses too.
+off, reported, deleted; model versions listed, one activated, rolled back). Every answer is held
+to every check schemathesis has: no 5xx, only documented status codes and content types, bodies
+and headers as the schema says, bad input refused, good input accepted, deleted things gone.
+The exceptions a schema cannot state live in schemathesis.toml at the repository root, which
+`st run` uses too.
 
 Uploads get real images part of the time (tests/app/contract_hooks.py), so that fields are
 analysed and the stateful chains reach real cells, not only 404s. The operations are tested
@@ -38,6 +39,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.app.helpers import ROOT, LiveServer, encode, running_server
 from tests.app.test_inputs import assert_error
+from tests.app.test_models import version as model_version
 from tests.synthetic import make_smear
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -70,7 +72,16 @@ def seed_slide(server: LiveServer) -> None:
 @pytest.fixture(scope="module")
 def contract_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     folder = tmp_path_factory.mktemp("contract")
-    env = {"RBC_DATA_DIR": str(folder / "data"), "RBC_DATABASE_URL": ""}
+    # Two model versions (the default and a renamed copy), so that GET /models's link reaches
+    # a version to activate, and a roll back has somewhere to go.
+    versions = folder / "versions"
+    versions.mkdir()
+    model_version(model_dir, versions / "lab-a", "lab-a")
+    env = {
+        "RBC_DATA_DIR": str(folder / "data"),
+        "RBC_DATABASE_URL": "",
+        "RBC_MODELS_DIR": str(versions),
+    }
     with running_server(model_dir, folder / "server.log", **env) as server:
         seed_slide(server)
         yield server
@@ -127,6 +138,9 @@ def test_call_chains_keep_the_contract(contract_server: LiveServer, tmp_path: Pa
         contract_server, tmp_path, "--phases", "stateful", "--seed", str(SEED),
         "--max-examples", str(STATEFUL_SCENARIOS),
     )  # fmt: skip
+    # The chains reached the model versions: a version was activated along GET /models's link.
+    versions = httpx.get(contract_server.url + "/models", timeout=30).json()
+    assert versions["activation"] is not None, versions
 
 
 @pytest.mark.slow

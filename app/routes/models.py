@@ -1,0 +1,160 @@
+"""Model versions (app/versions.py; docs/service.md, "Model versions"): list the classifiers a
+laboratory may serve, activate one, roll back. Part of the records realm (app.middleware): a
+records user reads the list, an admin switches (anyone in local mode, as for /slides); the
+switch is recorded in the records database, which every instance follows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import NotReady
+from app.openapi import link
+from app.routes.slides import UserDep
+from app.schemas import (
+    ActivationOut,
+    AdaptationOut,
+    ErrorOut,
+    Headline,
+    ModelVersionList,
+    ModelVersionOut,
+)
+from app.state import ModelSlot
+from app.versions import ID_PATTERN, Switcher, Version
+from records.store import Activation, recent_activations
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorOut,
+        "description": "users are configured and the bearer token is missing or not valid",
+    },
+    403: {
+        "model": ErrorOut,
+        "description": "the user's role does not allow it (switching is for admins), or a "
+        "proxied request while no users are configured",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "the records database is unavailable or turned off, or the model is "
+        "not loaded yet",
+    },
+}
+SWITCH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "an id that cannot name a version folder"},
+    404: {"model": ErrorOut, "description": "no model version of that id"},
+    409: {
+        "model": ErrorOut,
+        "description": "RBC_MODELS_DIR is not set, the version is the active one already, or "
+        "(roll back) nothing was ever activated",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "the version cannot be served (a file missing or not the one its card "
+        "names, a bad card): nothing was changed",
+    },
+}
+
+_ACTIVATE = "/models/{model_id}/activate"
+_ROLL_BACK = link("POST", "/models/rollback", "back to the version active before", {})
+LISTED_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            "ActivateModel": link(
+                "POST", _ACTIVATE, "activate the second version listed",
+                {"model_id": "$response.body#/items/1/id"},
+            ),
+        }
+    }
+}  # fmt: skip
+ACTIVATED_LINKS: dict[int | str, dict[str, Any]] = {200: {"links": {"RollBack": _ROLL_BACK}}}
+
+router = APIRouter(prefix="/models", tags=["models"], responses=ERRORS)
+ModelId = Annotated[
+    str, Path(pattern=ID_PATTERN, description="the version's id (its folder's name)")
+]
+
+
+def get_switcher(request: Request) -> Switcher:
+    switcher: Switcher = request.state.switcher
+    return switcher
+
+
+SwitcherDep = Annotated[Switcher, Depends(get_switcher)]
+
+
+def _activation_out(a: Activation) -> ActivationOut:
+    return ActivationOut(
+        id=a.id,
+        at=a.at,
+        user=a.user,
+        action=a.action,
+        model_id=a.model_id,
+        model_name=a.model_name,
+        weights_sha256=a.weights_sha256,
+    )
+
+
+def _version_out(v: Version, slot: ModelSlot) -> ModelVersionOut:
+    card, adaptation = v.card, v.adaptation
+    return ModelVersionOut(
+        id=v.id,
+        name=card.name if card else None,
+        classes=list(card.classes) if card else [],
+        created=card.created if card else None,
+        method=card.method if card else None,
+        weights_sha256=card.state_sha256 if card else None,
+        active=slot.predictor is not None and v.id == slot.model_id,
+        error=v.error,
+        adaptation=None
+        if adaptation is None
+        else AdaptationOut(
+            base_model=adaptation["base_model"],
+            before=Headline(**adaptation["before"]),
+            after=Headline(**adaptation["after"]),
+        ),
+    )
+
+
+def _listing(switcher: Switcher) -> ModelVersionList:
+    slot = switcher.slot
+    if slot.predictor is None and not slot.loaded.is_set():
+        raise NotReady("the model is still loading; try again in a few seconds")
+    newest = recent_activations(switcher.records.get_store(), limit=1)
+    return ModelVersionList(
+        items=[_version_out(v, slot) for v in switcher.versions.list()],
+        active=slot.model_id if slot.predictor is not None else None,
+        switchable=switcher.versions.enabled,
+        activation=_activation_out(newest[0]) if newest else None,
+    )
+
+
+@router.get("", response_model=ModelVersionList, responses=LISTED_LINKS)
+async def versions(_user: UserDep, switcher: SwitcherDep) -> ModelVersionList:
+    """Every model version: RBC_MODEL_DIR (`default`) and each folder of RBC_MODELS_DIR, with
+    its card's name, classes, date and weights' sha256, whether this instance serves it, why it
+    cannot be served, and for an adapted model its before / after on the laboratory's held-out
+    test cells. `activation` is the newest switch, which every instance follows."""
+    return await run_in_threadpool(_listing, switcher)
+
+
+@router.post("/rollback", response_model=ActivationOut, responses=SWITCH_ERRORS)
+async def rollback(user: UserDep, switcher: SwitcherDep) -> ActivationOut:
+    """Serve again the version that was active before the current activation (admins; the
+    default before the first activation). Rolling back twice returns to where you were."""
+    return _activation_out(await run_in_threadpool(switcher.rollback, user))
+
+
+@router.post(
+    "/{model_id}/activate",
+    response_model=ActivationOut,
+    responses={**SWITCH_ERRORS, **ACTIVATED_LINKS},
+)
+async def activate(model_id: ModelId, user: UserDep, switcher: SwitcherDep) -> ActivationOut:
+    """Serve this version from now on (admins): it is loaded and its files' sha256 checked
+    first; only then is the activation recorded (who, when, which weights) and the version
+    served, here at once and by every other instance on the same database within
+    RBC_MODELS_POLL_S. Requests in flight finish on the model they started with. A version
+    that fails to load changes nothing."""
+    return _activation_out(await run_in_threadpool(switcher.activate, user, model_id))
