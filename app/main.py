@@ -78,9 +78,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     # it still verifies, and a thread follows the activations other instances make.
     switcher = Switcher(settings, slot, records)
     app.state.switcher = switcher
-    loader = threading.Thread(
-        target=slot.load, args=(settings, switcher.start_choice), name="model-loader", daemon=True
-    )
+    slot.start_choice = switcher.start_choice
+    loader = threading.Thread(target=slot.load, args=(settings,), name="model-loader", daemon=True)
     loader.start()
     stop = threading.Event()
     follower = threading.Thread(

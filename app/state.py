@@ -39,15 +39,19 @@ class ModelSlot:
         self.model_id = DEFAULT_ID
         self.activation_id: int | None = None
         self.switch_lock = threading.Lock()
+        # What the start serves instead of RBC_MODEL_DIR (the newest activation), set before
+        # `load` runs; `load` keeps its one-argument form, which tests patch.
+        self.start_choice: StartChoice | None = None
 
     def serve(self, predictor: Predictor, model_id: str, activation_id: int | None) -> None:
         """Serve `predictor` (loaded and verified) from now on; requests that took the old one
         finish on it."""
         self.predictor, self.model_id, self.activation_id = predictor, model_id, activation_id
 
-    def load(self, settings: Settings, choose: StartChoice | None = None) -> None:
-        """Load the configured model (or what `choose` picks: the latest activation); on failure
-        keep the reason (and /readyz stays 503)."""
+    def load(self, settings: Settings) -> None:
+        """Load the configured model (or what `start_choice` picks: the latest activation); on
+        failure keep the reason (and /readyz stays 503)."""
+        choose = self.start_choice
         try:
             if detector_enabled(settings):
                 self.detector = CellDetector.load(
