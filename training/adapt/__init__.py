@@ -7,3 +7,9 @@
 - `figures`: before / after on held-out reviewed cells;
 - `pipeline`: `python -m training adapt`, from the records database to a servable model folder.
 """
+
+from pathlib import Path
+
+# What a laboratory adapts unless told otherwise: the shipped classifier. Here, not in the
+# pipeline, so that building the command line's parser imports no torch.
+DEFAULT_BASE = Path(__file__).resolve().parents[2] / "models" / "default"

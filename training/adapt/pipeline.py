@@ -46,18 +46,17 @@ from core.classify.calibration import (
     fit_temperature,
 )
 from core.modelcard import ModelCard, ModelFileError
-from training.adapt.cells import LabCells, read_lab_cells
+from training.adapt import DEFAULT_BASE
+from training.adapt.cells import MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
 from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
 from training.adapt.replay import REPLAY_FILE, Replay, load_replay
+from training.classify.calibrate import CELL_QUANTILE, FIELD_QUANTILE, crop_outputs, quantile
 from training.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BASE = ROOT / "models" / "default"
 L2_CANDIDATES = (L2 * 10, L2 * 100, L2 * 1000)  # 0.01, 0.1, 1: from free to near the base
 MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candidate may lose
 MIN_GAIN_Z = 1.645  # one-sided 5 %: a candidate must beat the base layer by more than chance
-QUANTILE = 0.99  # thresholds flag about 1 % of held-out cells / fields, as the base's do
 REPORT = "report.md"
 SUMMARY = "adaptation.json"
 FIGURE = "before_after.png"
@@ -134,11 +133,11 @@ def adapt_cells(
     started = time.perf_counter()
     out = Path(out)
     _check_out(out, overwrite)
-    card = ModelCard.load(base)
     try:
         predictor = Predictor.load(Path(base), device="cpu", tta_views=1)
     except ModelLoadError as exc:
         raise DataError(f"cannot load the base model: {exc}") from exc
+    card = predictor.card
     replay = load_replay(Path(base), card)
     if replay is None:
         raise DataError(
@@ -204,8 +203,6 @@ def _say_cells(lab: LabCells, say: Say) -> None:
     for label in lab.new_classes:
         say(f"New class {label!r}: {int((lab.rows['label'] == label).sum())} reviewed cells")
     for label, n in lab.too_few.items():
-        from training.adapt.cells import MIN_NEW_CLASS_CELLS
-
         say(
             f"Left out {label!r}: {n} reviewed cells; a class of its own needs "
             f"{MIN_NEW_CLASS_CELLS} ({MIN_NEW_CLASS_CELLS - n} more)"
@@ -220,8 +217,6 @@ def _last_layer(model: torch.nn.Module) -> torch.nn.Linear:
 
 
 def _features(predictor: Any, lab: LabCells, progress: bool) -> dict[str, Features]:
-    from training.classify.calibrate import crop_outputs
-
     parts = {}
     for part in ("fit", "calibrate", "test"):
         rows = lab.part(part)
@@ -311,10 +306,6 @@ def _without_new_classes(
     return HeadFit(fit.weight[:n], fit.loss, fit.iterations), kept
 
 
-def _quantile(values: list[float] | np.ndarray, q: float = QUANTILE) -> float:
-    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
-
-
 def _field_medians(familiarity: Familiarity, x: np.ndarray, fields: np.ndarray) -> list[float]:
     distances = familiarity.distance(torch.as_tensor(x)).numpy()
     medians = []
@@ -347,10 +338,12 @@ def _recalibrate(
         torch.as_tensor(np.concatenate([parts["fit"].features, rt_x])),
         torch.as_tensor(np.concatenate([parts["fit"].targets, rt_y])),
     )
-    cell_threshold = _quantile(familiarity.distance(torch.as_tensor(x)).numpy())
+    cell_threshold = quantile(familiarity.distance(torch.as_tensor(x)).numpy(), CELL_QUANTILE)
     calib_fields = lab.part("calibrate")["field_id"].to_numpy()
     medians = _field_medians(familiarity, calib.features, calib_fields)
-    field_threshold = max([_quantile(medians)] + ([base.field_threshold] if base else []))
+    field_threshold = max(
+        [quantile(medians, FIELD_QUANTILE)] + ([base.field_threshold] if base else [])
+    )
     colours, colour_threshold = _colours(lab, base)
     return Calibration(
         temperature=temperature,
@@ -375,7 +368,9 @@ def _colours(lab: LabCells, base: Calibration | None) -> tuple[FieldColours | No
     reference = torch.cat([base.colours.reference, torch.as_tensor(fit_fields).float()])
     colours = FieldColours(reference, base.colours.spread, base.colours.neighbour)
     scores = [colours.distance(d) for d in calib_fields]
-    threshold = max([base.colour_threshold] + ([_quantile(scores)] if scores else []))
+    threshold = max(
+        [base.colour_threshold] + ([quantile(scores, FIELD_QUANTILE)] if scores else [])
+    )
     return colours, threshold
 
 
@@ -509,15 +504,11 @@ def _staging(out: Path) -> Path:
 
 def _replace(staging: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished folder into place; an earlier model there goes only now."""
-    if out.exists():
-        if not overwrite and any(out.iterdir()):
-            raise DataError(f"{out} appeared while adapting; the result stays in {staging}")
-        old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+    from training.datasets.slides import replace_folder
+
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise DataError(f"{out} appeared while adapting; the result stays in {staging}")
+    replace_folder(staging, out)
 
 
 def _set_vocab(learn: Any, classes: list[str]) -> None:

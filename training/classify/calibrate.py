@@ -113,7 +113,8 @@ def auroc(inside: Sequence[float], outside: Sequence[float]) -> float | None:
     return float(((b > a) + 0.5 * (b == a)).mean())
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """The q-quantile of `values` (linear interpolation), as every fitted threshold uses it."""
     return float(np.quantile(np.asarray(values, dtype=np.float64), q))
 
 
@@ -326,7 +327,7 @@ def _fit_cells(
     _, tr_feats, tr_y = outputs["train"]
     familiarity = Familiarity.fit(tr_feats, tr_y)
     v_dist = familiarity.distance(v_feats)
-    cell_threshold = _quantile(v_dist.tolist(), CELL_QUANTILE)
+    cell_threshold = quantile(v_dist.tolist(), CELL_QUANTILE)
     figures.update(
         _cell_figures(outputs, familiarity, temperature, threshold, cell_threshold, v_conf, v_dist)
     )
@@ -466,8 +467,8 @@ def _fit_field_thresholds(
     valid_colours = [r["colour_score"] for r in valid_rows if r["colour_score"] is not None]
     if not valid_scores or not valid_colours:
         raise DataError(f"no validation field of {smears} had a red cell to score")
-    calibration.field_threshold = _quantile(valid_scores, FIELD_QUANTILE)
-    calibration.colour_threshold = _quantile(valid_colours, FIELD_QUANTILE)
+    calibration.field_threshold = quantile(valid_scores, FIELD_QUANTILE)
+    calibration.colour_threshold = quantile(valid_colours, FIELD_QUANTILE)
     return len(valid_scores)
 
 

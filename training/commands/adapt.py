@@ -37,7 +37,7 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def _add_adapt(sub: Subparsers) -> None:
-    from training.adapt.pipeline import DEFAULT_BASE
+    from training.adapt import DEFAULT_BASE
 
     p = sub.add_parser(
         "adapt",

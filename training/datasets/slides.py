@@ -258,7 +258,7 @@ def import_slides(
         _write_manifest(tmp, rows, fractions, seed, report)
         _write_fields(tmp, colours, report)
         _write_import_report(tmp, report, fractions, seed, window, drop_border)
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -368,8 +368,9 @@ def _write_import_report(
     (dest / "import_report.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Put `tmp` at `out`; an earlier import there is moved aside first and deleted after."""
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out`; an earlier one there is moved aside first and
+    deleted after."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
