@@ -149,10 +149,28 @@ def run_source(
     return row
 
 
-def time_command(args: argparse.Namespace, manifest: pd.DataFrame) -> dict[str, Any]:
-    """The wall time of `python -m training adapt --cells` on `args.time_cells` cells."""
+def run_adapt(*options: str) -> tuple[float, list[str]]:
+    """`python -m training adapt --no-progress OPTIONS` as a laboratory runs it (no
+    RBC_DATABASE_URL of ours): its wall time and printed lines; SystemExit with its error."""
+    import os
     import subprocess
 
+    env = {k: v for k, v in os.environ.items() if k != "RBC_DATABASE_URL"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "adapt", "--no-progress", *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return time.perf_counter() - started, done.stdout.splitlines()
+
+
+def time_command(args: argparse.Namespace, manifest: pd.DataFrame) -> dict[str, Any]:
+    """The wall time of `python -m training adapt --cells` on `args.time_cells` cells."""
     train = manifest[manifest["split"] == "train"].sample(n=args.time_cells, random_state=args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         lab = Path(scratch) / "lab"
@@ -162,28 +180,9 @@ def time_command(args: argparse.Namespace, manifest: pd.DataFrame) -> dict[str, 
             with Image.open(args.data / row.path) as image:
                 crops.append(image.convert("RGB"))
         _lab_folder(lab, train, crops, args.chula, None)
-        started = time.perf_counter()
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "training",
-                "adapt",
-                "--no-progress",
-                "--cells",
-                str(lab),
-                "--out",
-                str(Path(scratch) / "model"),
-                "--base",
-                str(args.base),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        seconds, _ = run_adapt(
+            "--cells", str(lab), "--out", str(Path(scratch) / "model"), "--base", str(args.base)
         )
-        seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(done.stderr)
     return {"cells": args.time_cells, "seconds": round(seconds, 1)}
 
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_adapt import run_adapt  # noqa: E402
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 
 NORMAL = "normal"
@@ -218,29 +217,11 @@ def main() -> int:
                 client, [field(s, True) for s in measured], args.chula, classes
             )
         out = Path(scratch) / "lab-model"
-        env = {k: v for k, v in os.environ.items() if k != "RBC_DATABASE_URL"}
-        started = time.perf_counter()
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "training",
-                "adapt",
-                "--no-progress",
-                "--database",
-                f"sqlite:///{data_dir / 'rbc.sqlite3'}",
-                "--out",
-                str(out),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
+        seconds, lines = run_adapt(
+            "--database", f"sqlite:///{data_dir / 'rbc.sqlite3'}", "--out", str(out)
         )
-        if done.returncode:
-            raise SystemExit(done.stderr)
-        result["adapt_seconds"] = round(time.perf_counter() - started, 1)
-        result["adapt_output"] = done.stdout.splitlines()
+        result["adapt_seconds"] = round(seconds, 1)
+        result["adapt_output"] = lines
         with _service(out, Path(scratch) / "data2") as client:
             _wait(client)
             result["adapted_shifted"] = measure(
