@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field
 
+from app.versions import ID_PATTERN
 from core.smear.analysis import MAX_MICRONS_PER_PIXEL, MIN_MICRONS_PER_PIXEL
 from core.smear.result import (  # noqa: F401  (SmearScale, SmearGrading: API names, used there)
     FieldCell,
@@ -62,7 +63,8 @@ class CellPrediction(BaseModel):
     heatmap: str | None = Field(
         None,
         description="LayerCAM over the cell as a PNG data URL, when asked with ?heatmap=true "
-        "(over the framed crop when a scale was given)",
+        "(over the framed crop when a scale was given); null where the service runs without "
+        "torch, which heatmaps need (GET /model: served_heatmaps)",
     )
     familiarity: float | None = Field(
         None,
@@ -575,3 +577,37 @@ class ModelVersionList(BaseModel):
     activation: ActivationOut | None = Field(
         description="the newest activation (what every instance follows); null when none"
     )
+
+
+class TeachIn(BaseModel):
+    name: str | None = Field(
+        None,
+        pattern=ID_PATTERN,
+        description="the new version's id (its folder's name in RBC_MODELS_DIR); default "
+        "adapted-<UTC time>, e.g. adapted-20261207T101500Z",
+    )
+
+
+class TeachJobOut(BaseModel):
+    id: int
+    state: str = Field(description="queued, running, done or failed")
+    name: str = Field(description="the version the job writes (a folder of RBC_MODELS_DIR)")
+    stage: str = Field(description="where the run stands, in words")
+    progress: float = Field(description="share of the run done, 0..1")
+    message: str | None = Field(
+        description="failed: why (adapt's own refusal, e.g. too few reviewed cells); otherwise "
+        "a note (interrupted and started again), or null"
+    )
+    version_id: str | None = Field(description="done: the new version's id (not activated)")
+    attempts: int = Field(description="runs started (a job interrupted twice fails)")
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None = Field(description="the runner's last sign of life")
+    finished_at: datetime | None
+
+
+class TeachJobList(BaseModel):
+    items: list[TeachJobOut] = Field(description="the newest jobs, newest first")
+    available: bool = Field(description="this service takes teach requests")
+    reason: str | None = Field(description="why it does not; null when it does")

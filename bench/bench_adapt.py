@@ -51,7 +51,7 @@ def _labels(predictor: Any, images: list[Image.Image]) -> np.ndarray:
     out = []
     for start in range(0, len(images), 256):
         probs = predictor.forward(predictor.preprocess.batch(images[start : start + 256]), 1)
-        out.append(probs.argmax(1).numpy())
+        out.append(probs.argmax(1))
     return np.concatenate(out) if out else np.empty(0, dtype=int)
 
 

@@ -87,9 +87,11 @@ def start_server(
     python: str,
     tta_views: int | None = None,
     env_overrides: dict[str, str | None] | None = None,
+    cwd: Path = ROOT,
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """`python -m app` on loopback, waited for until /readyz answers 200; `env_overrides` sets
-    more RBC_* settings (None removes one from the environment)."""
+    """`python -m app` on loopback (in `cwd`: this checkout or another's), waited for until
+    /readyz answers 200; `env_overrides` sets more RBC_* settings (None removes one from the
+    environment)."""
     env = {
         **os.environ,
         "RBC_MODEL_DIR": str(model),
@@ -106,7 +108,7 @@ def start_server(
         else:
             env[name] = value
     started = time.perf_counter()
-    process = subprocess.Popen([python, "-m", "app"], cwd=ROOT, env=env)
+    process = subprocess.Popen([python, "-m", "app"], cwd=cwd, env=env)
     url = f"http://127.0.0.1:{port}/readyz"
     while True:
         if process.poll() is not None:
@@ -232,7 +234,7 @@ def main() -> None:
         )
 
     with torch.inference_mode():
-        one = pre.batch(images[:1])
+        one = torch.from_numpy(pre.batch(images[:1]))
         for _ in range(20):
             forward(one)
         times = []
@@ -241,7 +243,7 @@ def main() -> None:
             forward(one)
             times.append(time.perf_counter() - t0)
         figures["bare_forward_b1_p50_ms"] = 1000 * percentile(times, 50)
-        xb = pre.batch(images[: args.batch])
+        xb = torch.from_numpy(pre.batch(images[: args.batch]))
         forward(xb)
         t0 = time.perf_counter()
         for _ in range(args.batch_rounds):

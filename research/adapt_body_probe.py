@@ -97,13 +97,19 @@ def main() -> int:
         pred = []
         with torch.no_grad():
             for start in range(0, len(images), 256):
-                pred.append(net(preprocess.batch(images[start : start + 256])).argmax(1).numpy())
+                pred.append(
+                    net(torch.from_numpy(preprocess.batch(images[start : start + 256])))
+                    .argmax(1)
+                    .numpy()
+                )
         names = np.asarray(classes)[np.concatenate(pred)]
         return round(float((names == measured.label.to_numpy()).mean()), 4)
 
     clean = load(measured)
     shifted = [recolour(image, stats) for image in clean]
-    x = preprocess.batch([recolour(i, stats) for i in load(reviewed)] + load(replay))
+    x = torch.from_numpy(
+        preprocess.batch([recolour(i, stats) for i in load(reviewed)] + load(replay))
+    )
     y = torch.tensor([classes.index(label) for label in [*reviewed.label, *replay.label]])
     rows: list[dict[str, Any]] = [
         {"epoch": 0, "shifted": accuracy(shifted), "clean": accuracy(clean), "seconds": 0.0}

@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = t_pred == t_y
         unflagged = t_conf >= threshold
         if calibration is not None and calibration.familiarity is not None:
-            unflagged &= calibration.familiarity.distance(t_feats) <= calibration.cell_threshold
+            unflagged &= torch.from_numpy(
+                calibration.familiarity.distance(t_feats) <= calibration.cell_threshold
+            )
         results[views] = {
             "temperature": round(temperature, 4),
             "review_threshold": round(threshold, 4),

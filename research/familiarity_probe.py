@@ -40,7 +40,7 @@ def features(p: Predictor, images: list[Image.Image]) -> tuple[torch.Tensor, tor
     assert isinstance(head, torch.nn.Sequential)
     heads, pooled = [], []
     for i in range(0, len(images), 256):
-        batch = p.preprocess.batch(images[i : i + 256])
+        batch = torch.from_numpy(p.preprocess.batch(images[i : i + 256]))
         with torch.inference_mode():
             fmap = body(batch)
             pooled.append(head[:2](fmap))
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, name in enumerate(("head 512", "pooled 2560")):
         for shrinkage in (0.05, 0.3):
             fam = Familiarity.fit(train_f[k], labels, shrinkage=shrinkage)
-            chula = fam.distance(test_f[k]).numpy()
-            other = fam.distance(foreign_f[k]).numpy()
+            chula = fam.distance(test_f[k])
+            other = fam.distance(foreign_f[k])
             chula_fields = pd.Series(chula).groupby(test["source_image"].to_numpy()).median()
             other_fields = pd.Series(other).groupby(np.array(field_ids)).median()
             per_source = {

@@ -217,7 +217,7 @@ def heatmaps(
     prep = preprocess
     if method.upscale != 1:
         prep = Preprocessor(preprocess.size * method.upscale, preprocess.mean, preprocess.std)
-    batch = torch.stack([prep(crop) for crop in crops])
+    batch = torch.from_numpy(prep.batch(crops))
     cam = class_activation_maps(model, batch, class_idx, method.kind, method.strides, method.fusion)
     width, height = crops[0].size
     if any(c.size != (width, height) for c in crops):

@@ -59,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     predictor = Predictor.load(args.model, device="cpu", tta_views=1)
     assert predictor.calibration is not None and predictor.calibration.colours is not None
-    reference = predictor.calibration.colours.reference.numpy()
+    reference = predictor.calibration.colours.reference
     cell, background = (
         rgb_of(np.median(reference[:, 0:3], 0)),
         rgb_of(np.median(reference[:, 3:6], 0)),
@@ -76,7 +76,7 @@ def main() -> int:
         pred = []
         for start in range(0, len(crops), 256):
             probs = predictor.forward(predictor.preprocess.batch(crops[start : start + 256]), 1)
-            pred.append(probs.argmax(1).numpy())
+            pred.append(probs.argmax(1))
         return round(
             float((np.asarray(predictor.classes)[np.concatenate(pred)] == labels).mean()), 4
         )

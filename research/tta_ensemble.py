@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,10 +31,9 @@ from core.classify.tta import TTA_VIEWS, dihedral_view, view_indices
 from training.classify.evaluate import classification_metrics
 
 
-def all_view_probs(predictor: Predictor, batch: torch.Tensor) -> np.ndarray:
+def all_view_probs(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
     """(8, N, classes) softmax probabilities, one slice per symmetry of the square."""
-    views = [predictor.forward(dihedral_view(batch, i), tta_views=1) for i in range(8)]
-    return np.stack([v.numpy() for v in views])
+    return np.stack([predictor.forward(dihedral_view(batch, i), tta_views=1) for i in range(8)])
 
 
 def scores(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> dict[str, dict]:
@@ -67,12 +65,12 @@ def main() -> None:
         items = manifest[(manifest["split"] == split) & manifest["label"].isin(classes)]
         targets = items["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
         per_model = []
-        batches: dict[Preprocessor, torch.Tensor] = {}  # read the crops once per input size
+        batches: dict[Preprocessor, np.ndarray] = {}  # read the crops once per input size
         for name, predictor in zip(names, predictors, strict=True):
             started = time.perf_counter()
             pre = predictor.preprocess
             if pre not in batches:
-                batches[pre] = torch.stack(
+                batches[pre] = np.stack(
                     [pre(Image.open(args.data / p).convert("RGB")) for p in items.path]
                 )
             batch = batches[pre]

@@ -179,10 +179,15 @@
         return;
       }
     }
-    if (state.selected === cell) {
-      image.src = cell.heatmap;
-      caption.textContent = "Where the model looked (LayerCAM, for " + cell.model_label + ")";
+    if (state.selected !== cell) return;
+    if (!cell.heatmap) {
+      // A light serving install (no torch) draws no heatmaps: GET /model says served_heatmaps.
+      caption.textContent = "No heatmap: this service runs without torch, which heatmaps need.";
+      cell.heatmapAsked = null;
+      return;
     }
+    image.src = cell.heatmap;
+    caption.textContent = "Where the model looked (LayerCAM, for " + cell.model_label + ")";
   }
 
   function showCell(cell) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("torch") is None:
+        # A serving install (scripts/serve.sh, the Docker image) carries no torch.
+        print(
+            "error: the training commands need torch, which this install lacks (a serving "
+            "install): install the training extras with `scripts/install.sh --train`",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

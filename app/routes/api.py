@@ -109,7 +109,11 @@ CSV_ANSWER: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["api"])
 
 HeatmapQuery = Annotated[
-    bool, Query(description="add a LayerCAM heatmap (PNG data URL) for the predicted class")
+    bool,
+    Query(
+        description="add a LayerCAM heatmap (PNG data URL) for the predicted class, where the "
+        "service can draw one (it needs torch; GET /model: served_heatmaps)"
+    ),
 ]
 GATE_WHAT = {"smear": "whole fields", "batch": "large batches"}
 # Single cells: the scale as a form field (what the page sends) or, as /analyze/smear takes it,
@@ -562,13 +566,15 @@ def model_card(predictor: PredictorDep, detector: DetectorDep) -> dict[str, Any]
     """The model card: classes, architecture, input size, normalisation, metrics, sha256...;
     the card's `tta_views` are those its metrics were measured with, `served_tta_views` those
     this service averages (the card's unless RBC_TTA_VIEWS overrides them), `served_engine` what
-    classifies (ONNX Runtime or torch, with its version; RBC_ENGINE). `detector` is the
+    classifies (ONNX Runtime or torch, with its version; RBC_ENGINE), `served_heatmaps` whether
+    heatmaps are drawn (they need torch: a light serving install has none). `detector` is the
     cell detector's card (sources, scale, thresholds, metrics per source, sha256), or null when
     whole fields use the classical segmentation."""
     return {
         **dataclasses.asdict(predictor.card),
         "served_tta_views": predictor.tta_views,
         "served_engine": predictor.engine.name,
+        "served_heatmaps": predictor.heatmaps_available,
         "detector": (
             {**dataclasses.asdict(detector.card), "served_engine": detector.engine_name}
             if detector is not None

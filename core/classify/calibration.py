@@ -24,9 +24,15 @@ the weights, so the service needs no training code to use them:
   laboratory's stain less; the colours see it directly. Threshold: about 1 % of validation fields.
   A field is unfamiliar when either signal says so.
 
-Files: calibration.json (numbers, the figures measured when fitted, the tensors' sha256) and
-calibration.pt (class means and whitening matrix, and the training fields' colour descriptors;
-tensors only, read with weights_only=True after its hash is checked, like the weights).
+Files: calibration.json (numbers, the figures measured when fitted, the arrays' sha256) and
+calibration.npz (class means and whitening matrix, and the training fields' colour descriptors;
+plain arrays, read with allow_pickle=False after its hash is checked, like the weights). Models
+calibrated before the service ran without torch have calibration.pt (torch.save, tensors only):
+it is read with torch where torch is installed, and `python -m training export-onnx --model DIR`
+rewrites it as calibration.npz.
+
+Serving uses numpy only; the fitting measures at the end (temperature, review threshold,
+reliability) take the torch tensors training computes, and import torch when called.
 """
 
 from __future__ import annotations
@@ -36,16 +42,19 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.modelcard import ModelFileError, sha256_file
 
+if TYPE_CHECKING:
+    import torch
+
 CALIBRATION_JSON = "calibration.json"
-CALIBRATION_TENSORS = "calibration.pt"
+CALIBRATION_ARRAYS = "calibration.npz"
+CALIBRATION_TENSORS = "calibration.pt"  # the torch format of models calibrated before
 FORMAT_VERSION = 2  # 2: field colours (optional on load: a version-1 file has none)
 COLOUR_SIDE = 320  # px: fields are shrunk to this longest side before their colours are read
 COLOUR_NEIGHBOUR = 5  # K: the distance to the K-th nearest training field
@@ -55,45 +64,55 @@ COLOUR_NEIGHBOUR = 5  # K: the distance to the K-th nearest training field
 class Familiarity:
     """Distance of feature vectors to the nearest training class, in whitened feature space."""
 
-    means: torch.Tensor  # (classes, D): class means, whitened
-    whiten: torch.Tensor  # (D, D): z = f @ whiten has an identity within-class covariance
+    means: np.ndarray  # (classes, D) float32: class means, whitened
+    whiten: np.ndarray  # (D, D) float32: z = f @ whiten has an identity within-class covariance
 
     @classmethod
-    def fit(
-        cls, features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 0.05
-    ) -> Familiarity:
+    def fit(cls, features: Any, labels: Any, shrinkage: float = 0.05) -> Familiarity:
         """Class means and one shared covariance of `features` (N, D) with `labels` (N,),
         shrunk toward a multiple of the identity (a few thousand cells do not pin down a
-        512 x 512 covariance)."""
-        f = features.double()
-        classes = sorted(int(c) for c in labels.unique())
-        means = torch.stack([f[labels == c].mean(dim=0) for c in classes])
-        lookup = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
-        lookup[torch.tensor(classes)] = torch.arange(len(classes))
-        centred = f - means[lookup[labels]]
+        512 x 512 covariance). Arrays or CPU tensors."""
+        f = np.asarray(features, dtype=np.float64)
+        y = np.asarray(labels, dtype=np.int64)
+        classes = sorted(int(c) for c in np.unique(y))
+        means = np.stack([f[y == c].mean(axis=0) for c in classes])
+        lookup = np.full(int(y.max()) + 1, -1, dtype=np.int64)
+        lookup[classes] = np.arange(len(classes))
+        centred = f - means[lookup[y]]
         cov = centred.T @ centred / max(1, len(f) - len(classes))
         dim = cov.shape[0]
-        cov = (1 - shrinkage) * cov + shrinkage * torch.trace(cov) / dim * torch.eye(dim)
-        whiten = torch.linalg.cholesky(torch.linalg.inv(cov))  # P = L L^T
-        return cls(means=(means @ whiten).float(), whiten=whiten.float())
+        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / dim * np.eye(dim)
+        whiten = np.linalg.cholesky(np.linalg.inv(cov))  # P = L L^T
+        return cls(means=(means @ whiten).astype(np.float32), whiten=whiten.astype(np.float32))
 
-    def distance(self, features: torch.Tensor) -> torch.Tensor:
+    def distance(self, features: Any) -> np.ndarray:
         """(N,) distance of each feature vector to its nearest class (under 1 for most
         training cells)."""
-        if len(features) == 0:
-            return torch.empty(0)
-        z = features.float() @ self.whiten
-        nearest = torch.cdist(z, self.means).min(dim=1).values
-        return nearest / math.sqrt(self.whiten.shape[0])
+        f = np.asarray(features, dtype=np.float32)
+        if len(f) == 0:
+            return np.empty(0, dtype=np.float32)
+        z = f @ self.whiten
+        return nearest_distance(z, self.means) / math.sqrt(self.whiten.shape[0])
 
 
-def field_score(distances: torch.Tensor | list[float]) -> float | None:
+def nearest_distance(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N,) Euclidean distance of each point to its nearest centre."""
+    squared = (
+        (points.astype(np.float64) ** 2).sum(axis=1)[:, None]
+        + (centres.astype(np.float64) ** 2).sum(axis=1)[None, :]
+        - 2.0 * points.astype(np.float64) @ centres.astype(np.float64).T
+    )
+    return np.sqrt(np.clip(squared.min(axis=1), 0.0, None)).astype(np.float32)
+
+
+def field_score(distances: Any) -> float | None:
     """A field's familiarity: the median of its cells' distances (a few odd cells, such as a
-    white cell taken for a red one, do not make a field unfamiliar). None without cells."""
-    values = torch.as_tensor(distances, dtype=torch.float32)
-    if values.numel() == 0:
+    white cell taken for a red one, do not make a field unfamiliar). None without cells.
+    Of an even count, the lower middle value (as the thresholds were chosen)."""
+    values = np.sort(np.asarray(distances, dtype=np.float32).ravel())
+    if values.size == 0:
         return None
-    return float(values.median())
+    return float(values[(values.size - 1) // 2])
 
 
 def field_colour_descriptor(image: Image.Image) -> np.ndarray:
@@ -133,23 +152,28 @@ class FieldColours:
     each number divided by its spread over the training fields: one stain or several, no
     single-Gaussian assumption)."""
 
-    reference: torch.Tensor  # (fields, 13) descriptors of the training fields
-    spread: torch.Tensor  # (13,) their standard deviation per number
+    reference: np.ndarray  # (fields, 13) float32 descriptors of the training fields
+    spread: np.ndarray  # (13,) float32: their standard deviation per number
     neighbour: int = COLOUR_NEIGHBOUR
 
     @classmethod
     def fit(cls, descriptors: np.ndarray, neighbour: int = COLOUR_NEIGHBOUR) -> FieldColours:
-        reference = torch.as_tensor(np.asarray(descriptors), dtype=torch.float64)
+        reference = np.asarray(descriptors, dtype=np.float64)
         if reference.ndim != 2 or len(reference) <= neighbour:
             raise ValueError(f"field colours need more than {neighbour} training fields")
-        spread = reference.std(dim=0).clamp_min(1e-6)
-        return cls(reference=reference.float(), spread=spread.float(), neighbour=neighbour)
+        # The sample standard deviation (n - 1), as the thresholds were chosen with.
+        spread = np.clip(reference.std(axis=0, ddof=1), 1e-6, None)
+        return cls(
+            reference=reference.astype(np.float32),
+            spread=spread.astype(np.float32),
+            neighbour=neighbour,
+        )
 
     def distance(self, descriptor: np.ndarray) -> float:
-        d = torch.as_tensor(np.asarray(descriptor), dtype=torch.float32).reshape(1, -1)
-        gaps = torch.cdist(d / self.spread, self.reference / self.spread)[0]
+        d = np.asarray(descriptor, dtype=np.float32).reshape(1, -1) / self.spread
+        gaps = np.sqrt((((self.reference / self.spread) - d).astype(np.float64) ** 2).sum(axis=1))
         k = min(self.neighbour, len(gaps))
-        return float(gaps.sort().values[k - 1])
+        return float(np.sort(gaps)[k - 1])
 
 
 @dataclass
@@ -194,28 +218,37 @@ class Calibration:
         }
 
     def save(self, model_dir: Path) -> None:
+        """calibration.npz, then calibration.json naming it (so a reader never sees the new
+        numbers with the old arrays); an older calibration.pt beside it is removed."""
         model_dir = Path(model_dir)
-        tensors = model_dir / CALIBRATION_TENSORS
+        tensors = model_dir / CALIBRATION_ARRAYS
         if self.familiarity is None:
             raise ValueError("a calibration is saved with its familiarity statistics")
-        state = {"means": self.familiarity.means, "whiten": self.familiarity.whiten}
+        state = {
+            "means": np.asarray(self.familiarity.means, dtype=np.float32),
+            "whiten": np.asarray(self.familiarity.whiten, dtype=np.float32),
+        }
         if self.colours is not None:
             state |= {
-                "colour_reference": self.colours.reference,
-                "colour_spread": self.colours.spread,
+                "colour_reference": np.asarray(self.colours.reference, dtype=np.float32),
+                "colour_spread": np.asarray(self.colours.spread, dtype=np.float32),
             }
-        torch.save(state, tensors)
+        staged = model_dir / (CALIBRATION_ARRAYS + ".tmp")
+        with open(staged, "wb") as fh:
+            np.savez(fh, allow_pickle=False, **state)
+        staged.replace(tensors)
         numbers = {k: v for k, v in asdict(self).items() if k not in ("familiarity", "colours")}
         numbers["colour_neighbour"] = None if self.colours is None else self.colours.neighbour
         document = {
             "format_version": FORMAT_VERSION,
             **numbers,
-            "tensors_file": CALIBRATION_TENSORS,
+            "tensors_file": CALIBRATION_ARRAYS,
             "tensors_sha256": sha256_file(tensors),
         }
         tmp = model_dir / (CALIBRATION_JSON + ".tmp")
         tmp.write_text(json.dumps(document, indent=2) + "\n")
         tmp.replace(model_dir / CALIBRATION_JSON)
+        (model_dir / CALIBRATION_TENSORS).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, model_dir: Path) -> Calibration | None:
@@ -249,11 +282,11 @@ class Calibration:
             raise ModelFileError(
                 f"{tensors} does not match the sha256 in {path.name}: damaged or replaced"
             )
+        state = _read_arrays(tensors)
         try:
-            state = torch.load(tensors, map_location="cpu", weights_only=True)
-            familiarity = Familiarity(means=state["means"].float(), whiten=state["whiten"].float())
-        except Exception as exc:
-            raise ModelFileError(f"cannot read {tensors} as calibration tensors: {exc}") from exc
+            familiarity = Familiarity(means=state["means"], whiten=state["whiten"])
+        except KeyError as exc:
+            raise ModelFileError(f"{tensors} lacks the calibration array {exc}") from exc
         whiten, means = familiarity.whiten, familiarity.means
         if whiten.ndim != 2 or means.ndim != 2 or means.shape[1] != whiten.shape[0]:
             raise ModelFileError(f"{tensors}: class means and whitening matrix do not fit")
@@ -261,8 +294,8 @@ class Calibration:
         if "colour_reference" in state:
             try:
                 colours = FieldColours(
-                    reference=state["colour_reference"].float(),
-                    spread=state["colour_spread"].float(),
+                    reference=state["colour_reference"],
+                    spread=state["colour_spread"],
                     neighbour=int(doc["colour_neighbour"]),
                 )
                 colour_threshold = float(doc["colour_threshold"])
@@ -287,6 +320,8 @@ def reliability_bins(
 ) -> list[dict[str, float]]:
     """Per equal-width confidence bin: its range, cells, mean confidence and accuracy (the
     reliability diagram's data)."""
+    import torch
+
     edges = torch.linspace(0, 1, bins + 1).tolist()
     rows = []
     for lo, hi in itertools.pairwise(edges):
@@ -317,15 +352,30 @@ def expected_calibration_error(
     )
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softmax of logits / T, averaged over test-time views: logits (views, N, C) or (N, C)."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return probs.mean(dim=0) if probs.ndim == 3 else probs
+def softmax_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of logits / T (float32), averaged over test-time views: logits (views, N, C) or
+    (N, C). What the service runs."""
+    scaled = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    shifted = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    probs = shifted / shifted.sum(axis=-1, keepdims=True)
+    return probs.mean(axis=0) if probs.ndim == 3 else probs
+
+
+def calibrated_probabilities(logits: Any, temperature: float) -> Any:
+    """`softmax_probabilities` of numpy logits, or of torch logits as a torch tensor (the
+    fitting commands compute in torch): one computation for both."""
+    if isinstance(logits, np.ndarray):
+        return softmax_probabilities(logits, temperature)
+    import torch
+
+    values = logits.detach().float().cpu().numpy()
+    return torch.from_numpy(softmax_probabilities(values, temperature))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T minimising the negative log-likelihood of `labels` (a fine log-spaced grid from 0.25
     to 8, then refined: one parameter needs no optimiser)."""
+    import torch
 
     def nll(t: float) -> float:
         probs = calibrated_probabilities(logits, t)
@@ -343,6 +393,8 @@ def choose_review_threshold(
 ) -> float:
     """The lowest confidence threshold at which the cells at or above it are right at `target`
     or better (so the most cells pass unflagged); 1.0 when no threshold reaches it."""
+    import torch
+
     order = torch.argsort(confidence, descending=True)
     conf, ok = confidence[order], correct[order].float()
     running = torch.cumsum(ok, 0) / torch.arange(1, len(ok) + 1)
@@ -351,3 +403,29 @@ def choose_review_threshold(
         return 1.0
     # Ties: the threshold is a confidence, so every cell at that value passes with it.
     return float(conf[int(good.max())])
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The calibration arrays of a hash-checked file, as float32: calibration.npz with plain
+    numpy (no pickle), or an older calibration.pt with torch (tensors only)."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: np.asarray(arrays[k], dtype=np.float32) for k in arrays.files}
+        except Exception as exc:
+            raise ModelFileError(f"cannot read {path} as calibration arrays: {exc}") from exc
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ModelFileError(
+            f"{path} is in torch's format and this serving install has no torch: rewrite it as "
+            f"{CALIBRATION_ARRAYS} with `python -m training export-onnx --model {path.parent}` "
+            "(on a training install)"
+        )
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}
+    except Exception as exc:
+        raise ModelFileError(f"cannot read {path} as calibration tensors: {exc}") from exc

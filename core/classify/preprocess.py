@@ -6,6 +6,8 @@ time), then `IntToFloatTensor` (divide by 255) and `Normalize` with the model's 
 random augmentations run on the training split only. This module does exactly the same to a PIL
 image, reading size and statistics from the model card, so that serving and training cannot drift
 apart. tests/core/test_preprocess.py checks it against `learn.dls.test_dl` and `learn.predict`.
+Plain numpy (float32), so that the service runs without torch; a torch network takes
+`torch.from_numpy` of it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.modelcard import ModelCard
@@ -46,7 +47,7 @@ def pad_resize(image: Image.Image, size: int) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """PIL image -> normalised float tensor (3, size, size), as the exported learner sees it."""
+    """PIL image -> normalised float32 array (3, size, size), as the exported learner sees it."""
 
     size: int
     mean: tuple[float, float, float]
@@ -72,16 +73,18 @@ class Preprocessor:
             image = image.convert("RGB")
         return pad_resize(image, self.size)
 
-    def to_tensor(self, resized: Image.Image) -> torch.Tensor:
-        """An RGB image already at input size -> normalised (3, size, size) float tensor."""
-        arr = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
-        x = arr.float() / 255.0
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
+    def to_tensor(self, resized: Image.Image) -> np.ndarray:
+        """An RGB image already at input size -> normalised (3, size, size) float32 array."""
+        x = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image) -> np.ndarray:
         return self.to_tensor(self.resized(image))
 
-    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self(image) for image in images])
+    def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, 3, size, size) float32; (0, 3, size, size) for no images."""
+        if not images:
+            return np.empty((0, 3, self.size, self.size), dtype=np.float32)
+        return np.stack([self(image) for image in images])

@@ -8,7 +8,9 @@ cells are two peaks, and a white cell is never a red cell. It works at one pixel
 the scale given, or from a scale estimated from the field's own red cells (`CellDetector`).
 
 Trained by `python -m training train-detector` (training/detect/); loaded here as the
-classifier is: the card's sha256 checked before the state dict is read, tensors only.
+classifier is: the card's sha256 checked before anything is read. On a CPU the card's
+detector.onnx runs on ONNX Runtime and everything around it is numpy, so a serving install needs
+no torch; the torch network (core/detect/network.py) serves a GPU or an older card.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from scipy.ndimage import maximum_filter
+from scipy.special import expit
 
 from core.detect.field import Detected, FieldDetection
 from core.detect.focus import sharpness
@@ -37,6 +38,9 @@ from core.detect.nucleus import (
 )
 from core.modelcard import ModelFileError, verified_file
 from core.onnxsession import onnx_runtime_name, onnx_session
+
+if TYPE_CHECKING:
+    from core.detect.network import CentreNet
 
 KINDS = ("red_cell", "white_cell", "platelet")
 DETECTOR_CARD = "detector_card.json"
@@ -151,69 +155,9 @@ def verified_detector_path(model_dir: Path) -> tuple[Path, DetectorCard]:
     return verified_file(model_dir, card.state_file, card.state_sha256, "detector card"), card
 
 
-def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class CentreNet(nn.Module):
-    """EfficientNet-Lite body, top-down feature pyramid to stride 4, two heads:
-    `heat` (logits, one channel per kind) and `size` (log of box width and height / STRIDE)."""
-
-    def __init__(self, backbone: str = "efficientnet_lite0", width: int = 64) -> None:
-        super().__init__()
-        from core.backbones import imagenet_network
-
-        net: Any = imagenet_network(backbone)  # efficientnet_lite_pytorch.EfficientNet
-        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks: nn.ModuleList = net._blocks
-        self.drop_connect = float(net._global_params.drop_connect_rate or 0.0)
-        self.taps, channels = self._find_taps()
-        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.smooth = _conv(width, width)
-        self.heat = nn.Sequential(_conv(width, width), nn.Conv2d(width, len(KINDS), 1))
-        self.size = nn.Sequential(_conv(width, width), nn.Conv2d(width, 2, 1))
-        # Focal-loss prior: start every heatmap near 0.1, not 0.5.
-        last = self.heat[-1]
-        assert isinstance(last, nn.Conv2d) and last.bias is not None
-        nn.init.constant_(last.bias, -2.19)
-
-    @torch.no_grad()
-    def _find_taps(self) -> tuple[list[int], list[int]]:
-        """Indices of the last block at strides 4, 8, 16 and 32, and their channels."""
-        was = self.training
-        self.eval()
-        x = self.stem(torch.zeros(1, 3, 64, 64))
-        last_at: dict[int, tuple[int, int]] = {}
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            last_at[64 // x.shape[-1]] = (i, int(x.shape[1]))
-        self.train(was)
-        strides = [4, 8, 16, 32]
-        return [last_at[s][0] for s in strides], [last_at[s][1] for s in strides]
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.stem(x)
-        taps = []
-        n = len(self.blocks)
-        for i, block in enumerate(self.blocks):
-            rate = self.drop_connect * i / n if self.training else 0.0
-            x = block(x, drop_connect_rate=rate)
-            if i in self.taps:
-                taps.append(x)
-        top = self.lateral[-1](taps[-1])
-        for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(taps[:-1]), strict=True):
-            top = F.interpolate(top, size=feature.shape[-2:], mode="nearest") + lateral(feature)
-        top = self.smooth(top)
-        return self.heat(top), self.size(top)
-
-
 def decode(
-    heat: torch.Tensor,
-    size: torch.Tensor,
+    heat: np.ndarray,
+    size: np.ndarray,
     thresholds: dict[str, float],
     max_objects: int = 2000,
     small_red: tuple[float, float] | None = None,
@@ -224,17 +168,21 @@ def decode(
     another kind (one object, one kind: a red cell's faint "white cell" twin is the same cell).
     `small_red` (threshold, side in input pixels): a red-cell peak whose box is smaller than
     that side (the mean of its sides) is kept from that lower threshold up."""
-    prob = torch.sigmoid(heat)
-    peaks = (prob == F.max_pool2d(prob[None], 3, stride=1, padding=1)[0]) & (prob > 0)
+    heat = np.asarray(heat, dtype=np.float32)
+    size = np.asarray(size, dtype=np.float32)
+    prob = expit(heat).astype(np.float32, copy=False)
+    # A 3x3 max pool per kind, the outside counting as -inf (torch's max_pool2d with padding).
+    pooled = maximum_filter(prob, size=(1, 3, 3), mode="constant", cval=-np.inf)
+    peaks = (prob == pooled) & (prob > 0)
     levels = {k: thresholds.get(k, 0.5) for k in KINDS}
     red_cut = levels["red_cell"]
     if small_red is not None:
         levels["red_cell"] = min(red_cut, small_red[0])
-    cut = torch.tensor([levels[k] for k in KINDS], dtype=prob.dtype)[:, None, None]
-    kind, ys, xs = torch.nonzero(peaks & (prob >= cut), as_tuple=True)
+    cut = np.asarray([levels[k] for k in KINDS], dtype=np.float32)[:, None, None]
+    kind, ys, xs = np.nonzero(peaks & (prob >= cut))
     scores = prob[kind, ys, xs]
-    order = torch.argsort(scores, descending=True)[:max_objects]
-    wh = torch.exp(size.clamp(-4, 6)) * STRIDE
+    order = np.argsort(-scores, kind="stable")[:max_objects]
+    wh = np.exp(np.clip(size, -4, 6)) * STRIDE
     out: list[tuple[int, float, float, float, float, float]] = []
     # Kept objects by coarse grid square, so each peak is compared with its neighbours only.
     grid: dict[tuple[int, int], list[int]] = {}
@@ -260,9 +208,10 @@ def decode(
     return out
 
 
-def to_input(rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(H, W, 3) uint8 -> normalised (1, 3, H', W') padded with the image's median colour to a
-    multiple of 32; and the unpadded (H, W)."""
+def to_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 -> normalised float32 (1, 3, H', W') padded with the image's median
+    colour to a multiple of 32; and the unpadded (H, W). (A torch network takes
+    `torch.from_numpy` of it.)"""
     height, width = rgb.shape[:2]
     pad_h, pad_w = (-height) % 32, (-width) % 32
     if pad_h or pad_w:
@@ -271,10 +220,10 @@ def to_input(rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         padded[:] = fill
         padded[:height, :width] = rgb
         rgb = padded
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
-    return ((x - mean) / std)[None], (height, width)
+    x = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / 255.0
+    mean = np.asarray(MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(STD, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray(((x - mean) / std)[None]), (height, width)
 
 
 def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -431,7 +380,8 @@ def start_scale(tries: Sequence[ScaleTry]) -> float | None:
 
 
 class CellDetector:
-    """A loaded detector: `detect(rgb, microns_per_pixel)`; thread-safe (inference mode only)."""
+    """A loaded detector: `detect(rgb, microns_per_pixel)`; thread-safe (inference only). It
+    runs detector.onnx on ONNX Runtime (`onnx_path`) or the torch `network`."""
 
     # Scales tried when none is given (um per pixel): from a fine camera behind a 100x objective
     # to Chula's 0.19 and beyond, in steps of 1.5x (the network is trained over 0.7x-1.4x).
@@ -446,25 +396,30 @@ class CellDetector:
 
     def __init__(
         self,
-        network: CentreNet,
+        network: CentreNet | None,
         card: DetectorCard,
         device: str = "cpu",
         small_red: tuple[float, float] | None = None,
         onnx_path: Path | None = None,
     ) -> None:
-        self.network = network.eval().to(device)
-        self.network.requires_grad_(False)
+        if network is None and onnx_path is None:
+            raise ValueError("a detector runs either detector.onnx or the torch network")
+        self.network = network
+        if network is not None:
+            network.eval().to(device).requires_grad_(False)
         self.card = card
         self.device = device
         # ONNX Runtime where the card's detector.onnx is given (on the CPU), else torch.
         # Its idle threads sleep between runs: the scale search runs the network ten times with
         # Python work between, which a spinning pool slowed by a quarter on 2 cores.
+        self.onnx_path = onnx_path
         self.session = None if onnx_path is None else onnx_session(onnx_path, spinning=False)
-        self.engine_name = (
-            f"torch {torch.__version__.split('+')[0]}"
-            if self.session is None
-            else onnx_runtime_name()
-        )
+        if self.session is None:
+            import torch
+
+            self.engine_name = f"torch {torch.__version__.split('+')[0]}"
+        else:
+            self.engine_name = onnx_runtime_name()
         # The tuned rules come from the card; a probe may change them on a loaded detector.
         # A red-cell peak that holds a nucleus is a white cell (None: trust the network).
         self.nucleus_rule = NucleusRule.from_key(card.nucleus_rule) if card.nucleus_rule else None
@@ -481,13 +436,8 @@ class CellDetector:
         """The verified detector of `model_dir`; `engine` as RBC_ENGINE: "auto" runs its
         detector.onnx on ONNX Runtime where the card has one and the device is the CPU, "torch"
         never, "onnx" always (ModelFileError where it cannot)."""
+        # The state file is hash-checked whichever engine runs (as the classifier's).
         path, card = verified_detector_path(model_dir)
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-            network = CentreNet(card.backbone, card.width)
-            network.load_state_dict(state, strict=True)
-        except Exception as exc:
-            raise ModelFileError(f"cannot load the detector weights {path}: {exc}") from exc
         onnx_path = None
         if engine != "torch" and device == "cpu":
             onnx_path = verified_detector_onnx(model_dir)
@@ -496,6 +446,26 @@ class CellDetector:
                 f"RBC_ENGINE=onnx, but the detector of {model_dir} has no detector.onnx on the "
                 "CPU: add it with `python -m training export-onnx --model <folder>`"
             )
+        if onnx_path is not None:
+            return cls(None, card, device, onnx_path=onnx_path)
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ModelFileError(
+                f"the detector of {model_dir} has no detector.onnx, and its torch network needs "
+                "torch, which this serving install lacks: add the graph with `python -m training "
+                "export-onnx --model <folder>` (on a training install)"
+            )
+        import torch
+
+        from core.detect.network import CentreNet
+
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            network = CentreNet(card.backbone, card.width)
+            network.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise ModelFileError(f"cannot load the detector weights {path}: {exc}") from exc
         return cls(network, card, device, onnx_path=onnx_path)
 
     @property
@@ -509,16 +479,22 @@ class CellDetector:
         small red-cell peaks are kept from the detector's lower threshold for them."""
         x, _ = to_input(rgb)
         if self.session is not None:
-            outputs = self.session.run(["heat", "size"], {"image": x.numpy()})
-            heat, size = (torch.from_numpy(o) for o in outputs)
+            heat, size = self.session.run(["heat", "size"], {"image": x})
         else:
-            with torch.inference_mode():
-                heat, size = self.network(x.to(self.device))
+            heat, size = self._run_torch(x)
         small = None
         if small_red and self.small_red is not None:
             threshold, across_um = self.small_red
             small = (threshold, across_um / self.card.microns_per_pixel)
-        return decode(heat[0].cpu(), size[0].cpu(), self.card.thresholds, small_red=small)
+        return decode(heat[0], size[0], self.card.thresholds, small_red=small)
+
+    def _run_torch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        assert self.network is not None
+        with torch.inference_mode():
+            heat, size = self.network(torch.from_numpy(x).to(self.device))
+        return heat.float().cpu().numpy(), size.float().cpu().numpy()
 
     def estimate_scale(self, rgb: np.ndarray) -> tuple[float, list[tuple[float, int]]]:
         """The field's scale from its own red cells, taking a red cell to be NORMAL_RED_CELL_UM

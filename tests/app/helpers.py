@@ -110,9 +110,11 @@ class LiveServer:
 
 
 @contextmanager
-def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator[LiveServer]:
-    """The service as users run it (`python -m app`, uvicorn) on a free loopback port, with
-    RBC_* settings from `env_overrides`; stopped on exit."""
+def running_server(
+    model_dir: Path, log: Path, command: list[str] | None = None, **env_overrides: str
+) -> Iterator[LiveServer]:
+    """The service as users run it (`python -m app`, uvicorn; or `command`) on a free loopback
+    port, with RBC_* settings from `env_overrides`; stopped on exit."""
     port = free_port()
     env = {
         **os.environ,
@@ -129,7 +131,11 @@ def running_server(model_dir: Path, log: Path, **env_overrides: str) -> Iterator
         env.pop("RBC_API_TOKEN", None)
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            command or [sys.executable, "-m", "app"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_dockerfile_uses_the_install_script_and_ships_the_model() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert text.startswith("# ") and "FROM python:3.11-slim" in text
-    assert "bash scripts/install.sh" in text
-    assert "download.pytorch.org/whl/cpu" in text
+    # The serving install (no extras): no torch, so no CUDA libraries and no wheel index for them.
+    assert re.search(r"bash scripts/install\.sh \\$", text, re.M)
+    assert "download.pytorch.org" not in text and "find_spec('torch') is None" in text
     assert "COPY models/default/ models/default/" in text
     assert "COPY models/detector/ models/detector/" in text and "verified_detector_path" in text
     assert re.search(r"^USER (?!root)\w+", text, re.M)
@@ -27,6 +28,22 @@ def test_dockerfile_uses_the_install_script_and_ships_the_model() -> None:
     # Every RBC_ variable the image sets is a setting.
     for name in re.findall(r"\bRBC_(\w+)=", text):
         assert name.lower() in Settings.model_fields, name
+
+
+def test_the_serving_install_carries_nothing_only_training_uses() -> None:
+    """pyproject's plain dependencies are the service's; torch and the rest are the `train`
+    extra's, which `dev` (the tests) includes. serve.sh installs the plain set."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serving = {re.split(r"[\[=<>]", d)[0].lower() for d in project["dependencies"]}
+    training_only = {"torch", "torchvision", "fastai", "pandas", "matplotlib", "scikit-learn"}
+    assert not serving & training_only
+    train = {re.split(r"[\[=<>]", d)[0].lower() for d in project["optional-dependencies"]["train"]}
+    assert training_only <= train
+    assert "rbc-morphology[train]" in project["optional-dependencies"]["dev"]
+    serve = (ROOT / "scripts" / "serve.sh").read_text()
+    assert re.search(r"^bash scripts/install\.sh$", serve, re.M)
 
 
 def test_render_blueprint() -> None:

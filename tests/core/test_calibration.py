@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from core.classify.calibration import (
+    CALIBRATION_ARRAYS,
     CALIBRATION_JSON,
     CALIBRATION_TENSORS,
     Calibration,
@@ -29,7 +30,7 @@ from core.classify.calibration import (
     fit_temperature,
 )
 from core.classify.predictor import ModelLoadError, Predictor
-from core.modelcard import ModelFileError
+from core.modelcard import ModelFileError, sha256_file
 from tests.synthetic import make_smear, one_cell_image
 
 
@@ -81,10 +82,12 @@ def test_familiarity_is_about_one_inside_and_large_outside() -> None:
     features, labels = _clusters(0)
     fam = Familiarity.fit(features, labels)
     inside = fam.distance(_clusters(0)[0])  # the same clusters, another draw would do as well
-    assert 0.8 < float(inside.median()) < 1.2
+    assert 0.8 < float(np.median(inside)) < 1.2
     far = features + 20
     assert float(fam.distance(far).min()) > 3 * float(inside.max())
-    assert fam.distance(torch.empty(0, 16)).numel() == 0
+    assert fam.distance(torch.empty(0, 16)).size == 0
+    # numpy and torch features give the same distances (the service has no torch)
+    assert np.array_equal(fam.distance(features.numpy()), fam.distance(features))
     assert field_score([1.0, 5.0, 1.2]) == pytest.approx(1.2)
     assert field_score([]) is None
 
@@ -139,11 +142,11 @@ def test_save_and_load_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     back = Calibration.load(tmp_path)
     assert back is not None and back.temperature == 1.7 and back.figures == cal.figures
     assert back.familiarity is not None and cal.familiarity is not None
-    assert torch.equal(back.familiarity.whiten, cal.familiarity.whiten)
+    assert np.array_equal(back.familiarity.whiten, cal.familiarity.whiten)
     assert back.is_unfamiliar_cell(1.6) and not back.is_unfamiliar_cell(None)
     assert back.is_unfamiliar_field(1.31) and not back.is_unfamiliar_field(1.29)
 
-    tensors = tmp_path / CALIBRATION_TENSORS
+    tensors = tmp_path / CALIBRATION_ARRAYS
     tensors.write_bytes(tensors.read_bytes() + b"x")
     with pytest.raises(ModelFileError, match="sha256"):
         Calibration.load(tmp_path)
@@ -153,6 +156,35 @@ def test_save_and_load_round_trip_and_refuse_damage(tmp_path: Path) -> None:
     (tmp_path / CALIBRATION_JSON).write_text("{not json")
     with pytest.raises(ModelFileError, match="not a calibration file"):
         Calibration.load(tmp_path)
+
+
+def test_an_older_torch_calibration_is_read_and_rewritten(tmp_path: Path) -> None:
+    """Models calibrated before the light serving install hold calibration.pt (torch.save):
+    read with torch where it is installed; saving again writes calibration.npz and drops it."""
+    cal = _calibration()
+    cal.save(tmp_path)
+    assert cal.familiarity is not None
+    state = {
+        "means": torch.from_numpy(cal.familiarity.means),
+        "whiten": torch.from_numpy(cal.familiarity.whiten),
+    }
+    torch.save(state, tmp_path / CALIBRATION_TENSORS)
+    doc = json.loads((tmp_path / CALIBRATION_JSON).read_text())
+    doc["tensors_file"] = CALIBRATION_TENSORS
+    doc["tensors_sha256"] = sha256_file(tmp_path / CALIBRATION_TENSORS)
+    (tmp_path / CALIBRATION_JSON).write_text(json.dumps(doc))
+    (tmp_path / CALIBRATION_ARRAYS).unlink()
+    older = Calibration.load(tmp_path)
+    assert older is not None and older.familiarity is not None
+    assert np.array_equal(older.familiarity.whiten, cal.familiarity.whiten)
+    older.save(tmp_path)
+    assert not (tmp_path / CALIBRATION_TENSORS).exists()
+    assert json.loads((tmp_path / CALIBRATION_JSON).read_text())["tensors_file"] == (
+        CALIBRATION_ARRAYS
+    )
+    again = Calibration.load(tmp_path)
+    assert again is not None and again.familiarity is not None
+    assert np.array_equal(again.familiarity.means, cal.familiarity.means)
 
 
 def test_field_colours_are_saved_with_the_calibration(tmp_path: Path) -> None:
@@ -170,7 +202,7 @@ def test_field_colours_are_saved_with_the_calibration(tmp_path: Path) -> None:
     back = Calibration.load(tmp_path)
     assert back is not None and back.colours is not None and back.colour_threshold == 2.5
     assert back.colours.neighbour == 3
-    assert torch.equal(back.colours.reference, cal.colours.reference)
+    assert np.array_equal(back.colours.reference, cal.colours.reference)
     assert back.is_unfamiliar_colour(2.6) and not back.is_unfamiliar_colour(2.4)
     # Colour tensors without their numbers are a damaged file, not a silent fallback.
     doc = json.loads((tmp_path / CALIBRATION_JSON).read_text())
@@ -324,10 +356,10 @@ def test_outputs_match_the_network_and_temperature(
     logits, features = predictor.raw_outputs(batch, tta_views=1)
     with torch.inference_mode():
         direct = predictor.model(batch)
-    assert torch.allclose(logits[0], direct, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(logits[0]), direct, atol=1e-5)
     probs, _ = predictor.outputs(batch, tta_views=1)
     expected = calibrated_probabilities(direct, predictor.temperature)
-    assert torch.allclose(probs, expected, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(probs), expected, atol=1e-5)
     assert features.shape == (5, 512)
 
 

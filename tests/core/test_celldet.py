@@ -17,7 +17,6 @@ from core.detect.learned import (
     KINDS,
     STRIDE,
     CellDetector,
-    CentreNet,
     DetectorCard,
     ScaleTry,
     decode,
@@ -26,6 +25,7 @@ from core.detect.learned import (
     to_input,
     verified_detector_path,
 )
+from core.detect.network import CentreNet
 from core.modelcard import ModelFileError
 from tests.training.test_fields import write_yolo
 from training.augment import stain_jitter
@@ -41,7 +41,7 @@ def test_network_predicts_at_a_quarter_of_the_input() -> None:
     x, size = to_input(np.full((100, 130, 3), 200, dtype=np.uint8))
     assert x.shape == (1, 3, 128, 160) and size == (100, 130)  # padded to multiples of 32
     with torch.no_grad():
-        heat, boxes = net(x)
+        heat, boxes = net(torch.from_numpy(x))
     assert heat.shape == (1, len(KINDS), 32, 40) and boxes.shape == (1, 2, 32, 40)
 
 

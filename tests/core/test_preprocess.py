@@ -52,7 +52,7 @@ def test_tensor_equals_the_learners_test_pipeline(
     learn, card = exported
     path = images[index]
     expected = learn.dls.test_dl([path]).one_batch()[0][0].cpu()  # type: ignore[attr-defined]
-    ours = Preprocessor.from_card(card)(Image.open(path))
+    ours = torch.from_numpy(Preprocessor.from_card(card)(Image.open(path)))
     assert ours.shape == expected.shape == (3, card.input_size, card.input_size)
     assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
 
@@ -64,7 +64,8 @@ def test_batched_predictions_equal_learn_predict(
     model = learn.model.eval()  # type: ignore[attr-defined]
     pre = Preprocessor.from_card(card)
     with torch.inference_mode():
-        probs = torch.softmax(model(pre.batch([Image.open(p) for p in images])), dim=1)
+        batch = torch.from_numpy(pre.batch([Image.open(p) for p in images]))
+        probs = torch.softmax(model(batch), dim=1)
     for path, ours in zip(images, probs, strict=True):
         _, _, theirs = learn.predict(path)  # type: ignore[attr-defined]
         assert torch.allclose(ours, theirs.float(), atol=1e-5), (ours, theirs)

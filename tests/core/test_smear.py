@@ -191,7 +191,7 @@ def test_a_nucleus_the_network_missed_is_a_white_cell_and_said_so() -> None:
 
     image, interior = smear_image()
     shipped = CellDetector.load(DETECTOR)
-    blinded = Blinded(shipped.network, shipped.card)
+    blinded = Blinded(shipped.network, shipped.card, onnx_path=shipped.onnx_path)
     result = analyze_smear(image, FakeClassifier(), 0.19, window=72, detector=blinded).result
     assert [(w.x, w.y) for w in result.white_cells] == [pytest.approx((200, 215), abs=6)]
     assert result.white_cells[0].confidence == 0.0  # no network found it

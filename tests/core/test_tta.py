@@ -29,6 +29,9 @@ def test_the_eight_views_are_distinct_symmetries_of_the_square() -> None:
         assert torch.equal(v.flatten(2).sort(dim=2).values, batch.flatten(2).sort(dim=2).values)
     assert torch.equal(views[1], batch.flip(3))
     assert torch.equal(views[2], torch.rot90(batch, 1, dims=(2, 3)))
+    # The service turns numpy batches: the same views, pixel for pixel.
+    for i in range(8):
+        assert np.array_equal(dihedral_view(batch.numpy(), i), views[i].numpy())
 
 
 @pytest.mark.parametrize("views,expected", [(1, [0]), (2, [0, 1]), (4, [0, 2, 4, 6])])
@@ -86,7 +89,7 @@ def test_learner_and_service_agree_with_views(trained_run: Path, imported: Path)
     predictor = Predictor.load(trained_run / "model", device="cpu", tta_views=4)
     assert predictor.tta_views == 4
     images = [Image.open(p).convert("RGB") for p in items["path"]]
-    served = predictor.forward(predictor.preprocess.batch(images)).numpy()
+    served = predictor.forward(predictor.preprocess.batch(images))
     assert np.allclose(served, four.probs, atol=1e-5)
     assert np.allclose(four.losses, -np.log(four.probs[np.arange(len(items)), four.targets]))
 

@@ -100,8 +100,8 @@ def crop_outputs(
             with Image.open(Path(data) / rel) as image:
                 images.append(image.convert("RGB"))
         lg, ft = predictor.raw_outputs(predictor.preprocess.batch(images), tta_views)
-        logits.append(lg)
-        feats.append(ft)
+        logits.append(torch.from_numpy(lg))
+        feats.append(torch.from_numpy(ft))
     return torch.cat(logits, dim=1), torch.cat(feats)
 
 
@@ -326,7 +326,7 @@ def _fit_cells(
 
     _, tr_feats, tr_y = outputs["train"]
     familiarity = Familiarity.fit(tr_feats, tr_y)
-    v_dist = familiarity.distance(v_feats)
+    v_dist = torch.from_numpy(familiarity.distance(v_feats))
     cell_threshold = quantile(v_dist.tolist(), CELL_QUANTILE)
     figures.update(
         _cell_figures(outputs, familiarity, temperature, threshold, cell_threshold, v_conf, v_dist)
@@ -371,7 +371,7 @@ def _cell_figures(
     """The test crops' share flagged and accuracy; distances of each split; reliability bins."""
     t_logits, t_feats, t_y = outputs["test"]
     _, tr_feats, _ = outputs["train"]
-    t_dist = familiarity.distance(t_feats)
+    t_dist = torch.from_numpy(familiarity.distance(t_feats))
     t_conf, t_ok = _confidences(t_logits, t_y, temperature)
     unflagged = (t_conf >= threshold) & (t_dist <= cell_threshold)
     return {
@@ -386,7 +386,9 @@ def _cell_figures(
         "valid_unflagged_share": round(
             float(((v_conf >= threshold) & (v_dist <= cell_threshold)).float().mean()), 4
         ),
-        "distance_train_median": round(float(familiarity.distance(tr_feats).median()), 3),
+        "distance_train_median": round(
+            float(torch.from_numpy(familiarity.distance(tr_feats)).median()), 3
+        ),
         "distance_valid_median": round(float(v_dist.median()), 3),
         "distance_test_median": round(float(t_dist.median()), 3),
         "reliability_test_before": reliability_bins(*_confidences(t_logits, t_y, 1.0)),

@@ -134,6 +134,20 @@ def add_onnx(model_dir: Path) -> ModelCard:
     return card
 
 
+def calibration_as_arrays(model_dir: Path) -> bool:
+    """Rewrite a calibration kept in torch's format (calibration.pt, from before the service ran
+    without torch) as calibration.npz, the same numbers; False when there is nothing to do."""
+    from core.classify.calibration import CALIBRATION_TENSORS, Calibration
+
+    if not (Path(model_dir) / CALIBRATION_TENSORS).is_file():
+        return False
+    calibration = Calibration.load(Path(model_dir))
+    if calibration is None:
+        return False
+    calibration.save(Path(model_dir))
+    return True
+
+
 def export_learner(
     learn: Any, model_dir: Path, sample: torch.Tensor, **card_fields: Any
 ) -> ModelCard:

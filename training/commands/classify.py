@@ -161,20 +161,23 @@ def _cmd_export_onnx(args: argparse.Namespace) -> None:
         path = add_detector_onnx(args.model)
         print(f"{path}: ONNX Runtime gives the torch network's heatmaps and sizes; in the card")
         return
-    from training.classify.export import ONNX_TOLERANCE, add_onnx
+    from training.classify.export import ONNX_TOLERANCE, add_onnx, calibration_as_arrays
 
     card = add_onnx(args.model)
     print(
         f"{args.model}/{card.onnx_file}: ONNX Runtime gives the torch network's probabilities "
         f"within {ONNX_TOLERANCE:g}; sha256 {card.onnx_sha256} in the card"
     )
+    if calibration_as_arrays(args.model):
+        print(f"{args.model}/calibration.pt rewritten as calibration.npz (served without torch)")
 
 
 def _add_export_onnx(sub: Subparsers) -> None:
     p = sub.add_parser(
         "export-onnx",
-        help="add model.onnx (or detector.onnx) to an exported classifier (or detector) folder: "
-        "the service runs it with ONNX Runtime on a CPU",
+        help="add model.onnx (or detector.onnx) to an exported classifier (or detector) folder, "
+        "and rewrite an older calibration.pt as calibration.npz: the service then runs it with "
+        "ONNX Runtime on a CPU, without torch",
     )
     p.add_argument(
         "--model", type=Path, required=True, help="exported classifier or detector folder"

@@ -19,10 +19,10 @@ from core.detect.learned import (
     DETECTOR_STATE,
     KINDS,
     CellDetector,
-    CentreNet,
     DetectorCard,
     to_input,
 )
+from core.detect.network import CentreNet
 from core.modelcard import sha256_file
 from training.detect.config import POINT_CELL_UM, DetectorConfig
 from training.detect.data import Sample, load_samples
@@ -100,7 +100,7 @@ class FieldCrops(torch.utils.data.Dataset[tuple[torch.Tensor, ...]]):
         heat, size, mask = targets(objects, self.cfg.crop, self.point_side)
         x, _ = to_input(crop)
         return (
-            x[0],
+            torch.from_numpy(x[0]),
             torch.from_numpy(heat),
             torch.from_numpy(size),
             torch.from_numpy(mask),

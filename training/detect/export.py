@@ -63,9 +63,10 @@ def add_detector_onnx(model_dir: Path) -> Path:
 
     detector = CellDetector.load(model_dir, engine="torch")
     network, card = detector.network, detector.card
+    assert network is not None  # engine="torch"
     rng = np.random.default_rng(0)
     probes = [
-        to_input(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0]
+        torch.from_numpy(to_input(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))[0])
         for h, w in ((200, 260), (96, 128))
     ]
     staging = Path(model_dir) / f".{DETECTOR_ONNX}.partial"
