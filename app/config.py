@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.classify.tta import TTA_VIEWS
@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     # How often an instance checks the records database for another instance's activation.
     models_poll_s: float = Field(default=10.0, gt=0.0)
+    # "Teach the model" jobs (app/teaching.py, docs/service.md "Teach the model"): POST
+    # /models/teach queues a `python -m training adapt` run into a new folder of RBC_MODELS_DIR,
+    # which a background runner in each instance takes, one job at a time per database. Off:
+    # requests are refused (409) and this instance runs no jobs.
+    teach_enabled: bool = True
+    # The model the jobs adapt: unset, RBC_MODEL_DIR (the version "default"). It must carry a
+    # replay set (`python -m training add-replay`), as the shipped model does.
+    teach_base_dir: Path | None = None
+    # How often an idle runner looks for a queued job, and a running one writes its heartbeat.
+    teach_poll_s: float = Field(default=5.0, gt=0.0)
+    # A running job whose heartbeat is older than this (its instance died) is taken back by any
+    # runner: queued again once, failed after a second interruption. At least 3 x teach_poll_s.
+    teach_stale_s: float = Field(default=120.0, gt=0.0)
     # The cell detector for whole fields (core/detect/learned.py); when this folder does not
     # exist the classical segmentation (core/detect/classical.py) finds the red cells instead.
     # "none" forces that.
@@ -140,7 +153,16 @@ class Settings(BaseSettings):
                 )
         return tuple(dict.fromkeys(value))  # once each, in the order given
 
-    @field_validator("api_token", "database_url", "models_dir", mode="before")
+    @model_validator(mode="after")
+    def _stale_after_beats(self) -> Settings:
+        if self.teach_stale_s < 3 * self.teach_poll_s:
+            raise ValueError(
+                f"teach_stale_s ({self.teach_stale_s:g}) must be at least 3 x teach_poll_s "
+                f"({self.teach_poll_s:g}): a running job would be taken back between heartbeats"
+            )
+        return self
+
+    @field_validator("api_token", "database_url", "models_dir", "teach_base_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -33,6 +33,7 @@ from app.openapi import OpenApiDocuments
 from app.records_slot import RecordsSlot
 from app.routes import api, docs, health, models, pages, slides
 from app.state import ModelSlot, check_training_scale, detector_enabled
+from app.teaching import Teacher
 from app.versions import Switcher
 from core.classify.predictor import ModelLoadError, resolve_device
 from core.detect.learned import verified_detector_onnx, verified_detector_path
@@ -86,14 +87,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         target=switcher.run, args=(stop,), name="model-follower", daemon=True
     )
     follower.start()
+    # Teach jobs (app/teaching.py): a runner thread when this instance can teach.
+    teacher = Teacher(settings, records, switcher.versions)
+    teach_runner = teacher.start(stop)
     try:
-        yield {"model_slot": slot, "records": records, "switcher": switcher}
+        yield {"model_slot": slot, "records": records, "switcher": switcher, "teacher": teacher}
     finally:
         # A shutdown during the load waits for it: a process that exits while another thread
         # runs torch code can abort ("terminate called without an active exception").
         stop.set()
         loader.join()
         follower.join()
+        if teach_runner is not None:
+            teach_runner.join()  # a running adapt is stopped and its job put back
         records.close()
 
 

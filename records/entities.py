@@ -33,6 +33,26 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class TeachJob:
+    """One "teach the model" job (records/teaching.py)."""
+
+    id: int
+    name: str  # the new version's folder name
+    state: str  # 'queued' | 'running' | 'done' | 'failed'
+    stage: str
+    progress: float  # 0..1
+    message: str | None  # failed: why; else a note ("interrupted; started again")
+    version_id: str | None  # done: the new version's id
+    attempts: int
+    runner: str | None
+    requested_by: str  # the user's name
+    requested_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
 class SlideRecord:
     id: int
     sample_id: str

@@ -2,7 +2,9 @@
 
 Tables: `users`, `slides`, `fields` (one uploaded image of a slide, with its bytes), `cells` (what
 the analysis of a field found), `audit` (every change, kept when slides go) and
-`model_activations` (which classifier version the service serves, one row per switch). Closed
+`model_activations` (which classifier version the service serves, one row per switch) and
+`teach_jobs` (the service's "teach the model" jobs: `python -m training adapt` run by a
+service instance, records/teaching.py). Closed
 sets of values (roles, statuses, kinds, actions) are strings with CHECK constraints, so that
 SQLite and PostgreSQL hold the same thing and a new value is one migration. Every timestamp is
 stored and returned as a timezone-aware UTC `datetime`, SQLite included (`UTCDateTime`).
@@ -49,6 +51,7 @@ AUDIT_ACTIONS = (
     "reopen",
 )
 MODEL_ACTIONS = ("activate", "rollback")
+TEACH_STATES = ("queued", "running", "done", "failed")
 
 # Deterministic constraint names, the same on every database (Alembic needs names to alter them).
 NAMING_CONVENTION = {
@@ -235,3 +238,31 @@ class ModelActivation(Base):
     model_id: Mapped[str] = mapped_column(String(128))  # the version's folder name
     model_name: Mapped[str] = mapped_column(String(128))  # its card's name
     weights_sha256: Mapped[str] = mapped_column(String(64))  # the state file it served
+
+
+class TeachJob(Base):
+    """One "teach the model" job (records/teaching.py): `python -m training adapt` into a new
+    model version, run by one service instance at a time. `runner` names the instance that
+    claimed it; `heartbeat_at` is its last sign of life (a stale one is taken back)."""
+
+    __tablename__ = "teach_jobs"
+    __table_args__ = (
+        CheckConstraint(_in("state", TEACH_STATES), name="state"),
+        CheckConstraint("progress >= 0 AND progress <= 1", name="progress"),
+        Index("ix_teach_jobs_state_id", "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # the new version's folder name
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    stage: Mapped[str] = mapped_column(String(200), default="")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)  # why it failed, or a note
+    version_id: Mapped[str | None] = mapped_column(String(128))  # when done
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # runs started
+    runner: Mapped[str | None] = mapped_column(String(200))  # the instance running it
+    requested_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()

@@ -4,7 +4,8 @@ The one import point of the records' functions (`from records.store import ...`)
 concern a module, in database.py (engine, upgrade, transactions, backups), entities.py (what
 they return and take), users.py, slides.py (the slide aggregate), counts.py, audit.py,
 export.py and views.py (what a slide's views read, each in one transaction, and the grading
-warnings), on validation.py and steps.py (what every write shares).
+warnings), activations.py and teaching.py (the served model's switches, the "teach the model"
+jobs), on validation.py and steps.py (what every write shares).
 
 Plain functions over a `Store` (an engine plus the Alembic upgrade). Each function is one
 transaction and returns frozen dataclasses or plain dicts, never ORM objects.
@@ -63,6 +64,7 @@ from records.entities import (
     QueuedCell,
     SlideDetail,
     SlideRecord,
+    TeachJob,
     User,
 )
 from records.export import (
@@ -88,6 +90,16 @@ from records.slides import (
 from records.steps import (
     ADMINS,
     WRITERS,
+)
+from records.teaching import (
+    beat,
+    claim_teach_job,
+    finish_teach_job,
+    interrupt_teach_job,
+    request_teaching,
+    take_back_stale,
+    teach_job,
+    teach_jobs,
 )
 from records.users import (
     authenticate,
@@ -138,12 +150,15 @@ __all__ = [
     "SlideRecord",
     "SlideView",
     "Store",
+    "TeachJob",
     "User",
     "accept_proposals",
     "add_field",
     "audit_trail",
     "authenticate",
     "backup_sqlite",
+    "beat",
+    "claim_teach_job",
     "count_users",
     "create_slide",
     "create_user",
@@ -152,9 +167,11 @@ __all__ = [
     "field_cells",
     "field_image",
     "find_user",
+    "finish_teach_job",
     "get_cell",
     "get_slide",
     "grading_warnings",
+    "interrupt_teach_job",
     "latest_activation_id",
     "list_cells",
     "list_slides",
@@ -164,6 +181,7 @@ __all__ = [
     "record_activation",
     "remove_field",
     "reopen",
+    "request_teaching",
     "review_cell",
     "review_queue",
     "reviewed_cells",
@@ -173,6 +191,9 @@ __all__ = [
     "slide_sheet",
     "slide_view",
     "slides_created_before",
+    "take_back_stale",
+    "teach_job",
+    "teach_jobs",
     "teaching_order",
     "update_slide",
 ]

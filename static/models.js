@@ -1,11 +1,16 @@
 // The Models panel of the Slides tab: the classifier versions the service can serve (GET
 // /models), an adapted model's before -> after on the laboratory's held-out test cells, which
-// one is active, Activate per version and Roll back (docs/service.md, "Model versions"). The
-// page shows what the service says; text from the service goes in only through textContent.
+// one is active, Activate per version and Roll back (docs/service.md, "Model versions"); and
+// Teach the model (POST /models/teach), whose job the page follows (GET /models/teach) with a
+// progress bar until the new version is listed or the failure is shown. The page shows what
+// the service says; text from the service goes in only through textContent.
 "use strict";
 
 (function () {
   const { $, el } = window.RBC;
+  const TEACH_POLL_MS = 2000;
+  let teachTimer = null;
+  let teachBusy = false; // the newest job was queued or running when last seen
 
   function headers() {
     const t = $("slides-token").value.trim();
@@ -48,7 +53,18 @@
     status.classList.toggle("error", Boolean(failed));
   }
 
+  function sayTeach(text, failed) {
+    const status = $("teach-status");
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(failed));
+  }
+
   async function load() {
+    await loadVersions();
+    await loadTeach();
+  }
+
+  async function loadVersions() {
     let body;
     try {
       body = await call("GET", "models");
@@ -87,6 +103,57 @@
     } else say("Active: " + body.active + " (the service's own model)", false);
   }
 
+  // The newest teach job: a progress bar while it is queued or running (polled), the new
+  // version once done (the versions are listed again), the reason when it failed.
+  async function loadTeach() {
+    clearTimeout(teachTimer);
+    let body;
+    try {
+      body = await call("GET", "models/teach?limit=1");
+    } catch (err) {
+      sayTeach(err.message, true);
+      return;
+    }
+    const job = body.items[0];
+    const busy = Boolean(job) && (job.state === "queued" || job.state === "running");
+    const button = $("models-teach");
+    button.disabled = !body.available || busy;
+    button.title = body.available ? "" : body.reason;
+    $("teach-running").hidden = !busy;
+    if (busy) {
+      $("teach-progress").value = job.progress;
+      $("teach-stage").textContent = (job.state === "queued" ? "queued" : job.stage) +
+        " (" + Math.round(100 * job.progress) + " %)";
+      sayTeach("Teaching version " + job.name + "\u2026" + (job.message ? " " + job.message : ""), false);
+    } else if (!body.available) {
+      sayTeach("Teaching is not available here: " + body.reason, false);
+    } else if (job && job.state === "done") {
+      sayTeach("Taught version " + job.version_id + " (" + new Date(job.finished_at).toLocaleString() +
+        "): compare it above, then activate it.", false);
+    } else if (job && job.state === "failed") {
+      sayTeach("Teaching failed: " + (job.message || "no reason given"), true);
+    } else {
+      sayTeach("Teaching makes a new version from the reviewed cells of the signed-off slides; " +
+        "it is not activated.", false);
+    }
+    if (teachBusy && !busy) await loadVersions(); // the new version, listed
+    teachBusy = busy;
+    if (busy && !$("panel-slides").hidden) teachTimer = setTimeout(loadTeach, TEACH_POLL_MS);
+  }
+
+  async function teach() {
+    $("models-teach").disabled = true;
+    sayTeach("Asking the service to teach the model\u2026", false);
+    try {
+      await call("POST", "models/teach");
+    } catch (err) {
+      await loadTeach();
+      sayTeach(err.message, true);
+      return;
+    }
+    await loadTeach();
+  }
+
   async function switchTo(path) {
     say("Loading and checking the model\u2026", false);
     document.querySelectorAll("#models-panel button").forEach((b) => { b.disabled = true; });
@@ -101,6 +168,7 @@
   }
 
   $("models-rollback").addEventListener("click", () => switchTo("models/rollback"));
+  $("models-teach").addEventListener("click", teach);
   $("slides-token").addEventListener("change", () => {
     if (!$("panel-slides").hidden) load();
   });

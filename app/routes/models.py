@@ -1,29 +1,35 @@
 """Model versions (app/versions.py; docs/service.md, "Model versions"): list the classifiers a
-laboratory may serve, activate one, roll back. Part of the records realm (app.middleware): a
-records user reads the list, an admin switches (anyone in local mode, as for /slides); the
-switch is recorded in the records database, which every instance follows."""
+laboratory may serve, activate one, roll back, and teach a new one (app/teaching.py: a job run
+outside the request). Part of the records realm (app.middleware): a records user reads, an
+admin switches and teaches (anyone in local mode, as for /slides); switches and jobs are
+recorded in the records database, which every instance follows."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import NotReady
 from app.openapi import link
 from app.routes.slides import UserDep
 from app.schemas import (
+    MAX_DB_INT,
     ActivationOut,
     AdaptationOut,
     ErrorOut,
     Headline,
     ModelVersionList,
     ModelVersionOut,
+    TeachIn,
+    TeachJobList,
+    TeachJobOut,
 )
 from app.state import ModelSlot
+from app.teaching import Teacher
 from app.versions import ID_PATTERN, Switcher, Version
-from records.store import Activation, recent_activations
+from records.store import Activation, TeachJob, recent_activations
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {
@@ -82,6 +88,31 @@ def get_switcher(request: Request) -> Switcher:
 
 
 SwitcherDep = Annotated[Switcher, Depends(get_switcher)]
+
+
+def get_teacher(request: Request) -> Teacher:
+    teacher: Teacher = request.state.teacher
+    return teacher
+
+
+TeacherDep = Annotated[Teacher, Depends(get_teacher)]
+TEACH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "a name that cannot name a version folder"},
+    409: {
+        "model": ErrorOut,
+        "description": "RBC_MODELS_DIR is not set or teaching is turned off "
+        "(RBC_TEACH_ENABLED=false), the name is taken, or a teach job is queued or running",
+    },
+    503: {
+        "model": ErrorOut,
+        "description": "the training package (and torch) is not installed here (`scripts/"
+        "install.sh --train`), or the records database is unavailable",
+    },
+}
+BAD_QUERY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "a limit or job id out of range"}
+}
+JobId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="the teach job's id")]
 
 
 def _activation_out(a: Activation) -> ActivationOut:
@@ -158,3 +189,56 @@ async def activate(model_id: ModelId, user: UserDep, switcher: SwitcherDep) -> A
     RBC_MODELS_POLL_S. Requests in flight finish on the model they started with. A version
     that fails to load changes nothing."""
     return _activation_out(await run_in_threadpool(switcher.activate, user, model_id))
+
+
+# --- teaching ------------------------------------------------------------------------------------
+
+
+def _job_out(job: TeachJob) -> TeachJobOut:
+    return TeachJobOut(**{name: getattr(job, name) for name in TeachJobOut.model_fields})
+
+
+def _jobs(teacher: Teacher, limit: int) -> TeachJobList:
+    refused = teacher.unavailable()
+    return TeachJobList(
+        items=[_job_out(j) for j in teacher.jobs(limit)],
+        available=refused is None,
+        reason=None if refused is None else refused.detail,
+    )
+
+
+@router.post("/teach", status_code=202, response_model=TeachJobOut, responses=TEACH_ERRORS)
+async def teach(
+    user: UserDep,
+    teacher: TeacherDep,
+    body: Annotated[TeachIn | None, Body()] = None,
+) -> TeachJobOut:
+    """Teach the model (admins): queue a job that runs `python -m training adapt` on the
+    reviewed cells of the signed-off slides into a new version (a folder of RBC_MODELS_DIR
+    named `name`), outside this request; follow it at GET /models/teach/{job_id}. One job at a
+    time per database. The new version is not activated: compare it in GET /models, then
+    activate it."""
+    name = body.name if body is not None else None
+    return _job_out(await run_in_threadpool(teacher.request, user, name))
+
+
+@router.get("/teach", response_model=TeachJobList, responses=BAD_QUERY)
+async def taught(
+    _user: UserDep,
+    teacher: TeacherDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="jobs to list")] = 20,
+) -> TeachJobList:
+    """The teach jobs, newest first (state, stage, progress, the failure's message, the new
+    version's id), and whether this service takes teach requests (and why not)."""
+    return await run_in_threadpool(_jobs, teacher, limit)
+
+
+@router.get(
+    "/teach/{job_id}",
+    response_model=TeachJobOut,
+    responses={**BAD_QUERY, 404: {"model": ErrorOut, "description": "no teach job of that id"}},
+)
+async def teach_job_state(job_id: JobId, _user: UserDep, teacher: TeacherDep) -> TeachJobOut:
+    """One teach job: queued, running (stage, progress 0..1, heartbeat), done (the new
+    version's id) or failed (why, in adapt's own words)."""
+    return _job_out(await run_in_threadpool(teacher.job, job_id))

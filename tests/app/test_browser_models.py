@@ -76,3 +76,49 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     assert page.evaluate("window.__pwned") is None
     assert not problems, problems
     page.close()
+
+
+def test_teach_the_model_shows_the_job_and_its_failure(
+    browser: Any,  # noqa: F811
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Teach the model from the page: the job's progress, then adapt's own refusal (a laboratory
+    with too few reviewed cells: the real adapt, which refuses within seconds)."""
+    from records.store import create_user, open_store
+    from tests.lab_records import BASE, lab_database
+
+    data = tmp_path / "data"
+    data.mkdir()
+    url = lab_database(data / "rbc.sqlite3", slides=1, review_every=3)
+    with open_store(url) as store:
+        token = create_user(store, "ada", "admin")[1]
+    env = {
+        "RBC_DATA_DIR": str(data),
+        "RBC_MODELS_DIR": str(tmp_path / "versions"),
+        "RBC_TEACH_BASE_DIR": str(BASE),
+        "RBC_TEACH_POLL_S": "0.5",
+    }
+    with running_server(model_dir, tmp_path / "server.log", **env) as live:
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(live.url + "/")
+        page.click("#tab-slides")
+        page.fill("#slides-token", token)
+        page.press("#slides-token", "Tab")
+        page.wait_for_selector("#models-teach:not([disabled])")
+        assert "not activated" in page.inner_text("#teach-status")
+        page.click("#models-teach")
+        page.wait_for_selector("#teach-running:not([hidden])")
+        assert page.is_disabled("#models-teach")  # one job at a time
+        page.wait_for_selector("#teach-status.error", timeout=90_000)
+        status = page.inner_text("#teach-status")
+        assert "Teaching failed: adapting needs at least 200 reviewed red cells" in status
+        assert page.is_hidden("#teach-running") and not page.is_disabled("#models-teach")
+        ids = page.locator("#models-table tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.modelId)"
+        )
+        assert ids == ["default"]
+        assert not problems, problems
+        page.close()

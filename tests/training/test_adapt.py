@@ -1,16 +1,16 @@
 """`python -m training adapt`: a laboratory's reviewed, signed-off cells make the shipped model
 its own, end to end on a small synthetic records database.
 
-The database (made once for the module, SQLite) holds four signed-off slides of two synthetic
-fields each, at the training scale; every field has 35 red cells on a grid, drawn as one of
-three kinds: a normal cell (pale centre), a spherocyte (smaller, dense) and a sickle cell (a
-long thin ellipse: a class the shipped model lacks), plus three "echinocytes" on one field
-(too few for a class of their own). Every cell is reviewed with its true label.
+The database (made once for the module, SQLite; tests/lab_records.py builds it) holds four
+signed-off slides of two synthetic fields each, at the training scale; every field has 35 red
+cells on a grid, drawn as one of three kinds: a normal cell (pale centre), a spherocyte (smaller,
+dense) and a sickle cell (a long thin ellipse: a class the shipped model lacks), plus three
+"echinocytes" on one field (too few for a class of their own). Every cell is reviewed with its
+true label.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -24,115 +24,13 @@ import pytest
 import torch
 from PIL import Image
 
-from records.store import (
-    CellInput,
-    FieldInput,
-    add_field,
-    create_slide,
-    create_user,
-    get_slide,
-    list_cells,
-    open_store,
-    review_cell,
-    sign_off,
-)
-from tests.synthetic import SMEAR_BACKGROUND, SMEAR_CELL, SMEAR_PALLOR, disc
+from tests.lab_records import BASE, SLIDES, draw_cell, lab_database
+from tests.synthetic import SMEAR_BACKGROUND
 from training.adapt.cells import MIN_CELLS, read_lab_cells
 from training.adapt.figures import cell_figures
 from training.adapt.head import extend_weights, fit_last_layer
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = REPO / "models" / "default"
-SLIDES = 4
-FIELDS_PER_SLIDE = 2
-KINDS = ("normal", "spherocyte", "sickle_cell")
-# What the reviewers may label: the shipped model's classes and the lab's own (the service's
-# RBC_EXTRA_LABELS).
-LABELS = [
-    *json.loads((BASE / "model_card.json").read_text())["classes"],
-    "sickle_cell",
-    "echinocyte",
-]
-GRID = [(60 + 90 * i, 50 + 95 * j) for j in range(5) for i in range(7)]  # 35 cells a field
-
-
-def _draw(canvas: np.ndarray, x: int, y: int, kind: str) -> None:
-    if kind == "normal":
-        disc(canvas, x, y, 20, SMEAR_CELL)
-        disc(canvas, x, y, 8, SMEAR_PALLOR)
-    elif kind == "spherocyte":
-        disc(canvas, x, y, 15, (120, 60, 120))
-    elif kind == "sickle_cell":
-        yy, xx = np.ogrid[: canvas.shape[0], : canvas.shape[1]]
-        inside = ((xx - x) / 26.0) ** 2 + ((yy - y) / 7.0) ** 2 <= 1.0
-        canvas[inside] = (140, 80, 140)
-    else:  # echinocyte: a disc with a spiky rim
-        for angle in np.linspace(0, 2 * np.pi, 12, endpoint=False):
-            disc(canvas, int(x + 18 * np.cos(angle)), int(y + 18 * np.sin(angle)), 4, SMEAR_CELL)
-        disc(canvas, x, y, 17, SMEAR_CELL)
-
-
-def _field(seed: int, extra: int) -> tuple[FieldInput, list[str]]:
-    rng = np.random.default_rng(seed)
-    canvas = np.empty((480, 700, 3), dtype=np.uint8)
-    canvas[:] = SMEAR_BACKGROUND
-    labels = []
-    cells = []
-    for k, (x, y) in enumerate(GRID):
-        kind = "echinocyte" if k < extra else KINDS[int(rng.integers(0, len(KINDS)))]
-        _draw(canvas, x, y, kind)
-        labels.append(kind)
-        cells.append(
-            CellInput(
-                kind="red_cell",
-                x=float(x),
-                y=float(y),
-                box=(x - 27, y - 21, x + 27, y + 21),
-                label="normal",
-                confidence=0.5,
-                probabilities={"normal": 0.5, "spherocyte": 0.5},
-            )
-        )
-    noise = rng.integers(-4, 5, size=canvas.shape)
-    pixels = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    field = FieldInput(
-        filename=f"field{seed}.png",
-        image=buffer.getvalue(),
-        media_type="image/png",
-        width=700,
-        height=480,
-        classifier_name="default",
-        classifier_sha256="ab" * 32,
-        detector_name="classical",
-        microns_per_pixel=0.19,
-        cells=cells,
-    )
-    return field, labels
-
-
-def _database(path: Path, slides: int, review_every: int = 1, sign: bool = True) -> str:
-    url = f"sqlite:///{path}"
-    with open_store(url) as store:
-        store.upgrade()
-        user = create_user(store, "rae", "reviewer")[0]
-        for s in range(slides):
-            slide = create_slide(store, user, f"LAB-{s}", microns_per_pixel=0.19)
-            truth: list[str] = []
-            for f in range(FIELDS_PER_SLIDE):
-                field, labels = _field(seed=10 * s + f, extra=3 if (s, f) == (0, 0) else 0)
-                add_field(store, user, slide.id, field)
-                truth += labels
-            cells = [c for c in list_cells(store, slide.id, limit=1000)[0] if c.kind == "red_cell"]
-            cells.sort(key=lambda c: (c.field_id, c.id))
-            for k, (cell, label) in enumerate(zip(cells, truth, strict=True)):
-                if k % review_every == 0:
-                    new = None if label == cell.label else label
-                    review_cell(store, user, slide.id, cell.id, cell.version, new, LABELS)
-            if sign:
-                sign_off(store, user, slide.id, get_slide(store, slide.id).version)
-    return url
 
 
 def _adapt(*args: str) -> subprocess.CompletedProcess[str]:
@@ -150,7 +48,7 @@ def _adapt(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("adapt")
-    url = _database(root / "rbc.sqlite3", SLIDES)
+    url = lab_database(root / "rbc.sqlite3", SLIDES)
     out = root / "models" / "lab"
     done = _adapt("--database", url, "--out", str(out))
     yield {"url": url, "out": out, "done": done, "root": root}
@@ -193,7 +91,7 @@ def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, An
         assert predictor.calibration is not None
         canvas = np.empty((72, 72, 3), dtype=np.uint8)
         canvas[:] = SMEAR_BACKGROUND
-        _draw(canvas, 36, 36, "sickle_cell")
+        draw_cell(canvas, 36, 36, "sickle_cell")
         noise = np.random.default_rng(0).integers(-4, 5, size=canvas.shape)  # as the fields'
         pixels = np.clip(canvas.astype(np.int16) + noise, 0, 255).astype(np.uint8)
         (result,) = predictor.predict([Image.fromarray(pixels)])
@@ -214,7 +112,7 @@ def test_the_adapted_model_is_served_by_the_service(adapted: dict[str, Any]) -> 
 
 
 def test_too_few_reviewed_cells_is_refused_and_writes_nothing(tmp_path: Path) -> None:
-    url = _database(tmp_path / "rbc.sqlite3", slides=1, review_every=3)
+    url = lab_database(tmp_path / "rbc.sqlite3", slides=1, review_every=3)
     out = tmp_path / "out"
     done = _adapt("--database", url, "--out", str(out))
     assert done.returncode == 2
@@ -224,7 +122,7 @@ def test_too_few_reviewed_cells_is_refused_and_writes_nothing(tmp_path: Path) ->
 
 
 def test_slides_not_signed_off_are_not_taught(tmp_path: Path) -> None:
-    url = _database(tmp_path / "rbc.sqlite3", slides=1, sign=False)
+    url = lab_database(tmp_path / "rbc.sqlite3", slides=1, sign=False)
     done = _adapt("--database", url, "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "no reviewed red cells on signed-off slides" in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -28,12 +29,20 @@ def _cmd_adapt(args: argparse.Namespace) -> None:
         "overwrite": args.overwrite,
         "progress": not args.no_progress,
     }
+    if args.progress_json:
+        common["step"] = json_step
     if args.cells is not None:
         if args.database is not None:
             raise TrainingError("give --database or --cells, not both")
         adapt_cells(args.cells, args.out, **common)
     else:
         adapt_from_database(database_url(args.database), args.out, **common)
+
+
+def json_step(stage: str, progress: float) -> None:
+    """`--progress-json`: one line per step on stdout, for a program that follows the run (the
+    service's teach jobs, app/teaching.py): {"stage": ..., "progress": 0..1}."""
+    print(json.dumps({"stage": stage, "progress": round(progress, 3)}), flush=True)
 
 
 def _add_adapt(sub: Subparsers) -> None:
@@ -67,6 +76,11 @@ def _add_adapt(sub: Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier model at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--progress-json",
+        action="store_true",
+        help='also print each step as one JSON line on stdout ({"stage": ..., "progress": 0..1})',
+    )
     p.set_defaults(func=_cmd_adapt)
 
 
