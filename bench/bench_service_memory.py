@@ -103,7 +103,9 @@ def parse_run(value: str) -> tuple[str, str, Path]:
     if not rest:
         raise argparse.ArgumentTypeError(f"--run takes LABEL=PYTHON[@CHECKOUT], not {value!r}")
     python, _, checkout = rest.partition("@")
-    return label, python, Path(checkout) if checkout else ROOT
+    # A relative path is this folder's: the server runs in the checkout's.
+    python = str(Path(python).absolute()) if "/" in python else python
+    return label, python, Path(checkout).absolute() if checkout else ROOT
 
 
 def measure(
@@ -181,7 +183,7 @@ def main() -> None:
     ap.add_argument("--slide-fields", type=int, default=10, help="of them, added to a slide")
     ap.add_argument("--cells", type=int, default=600, help="single cells sent (/predict)")
     args = ap.parse_args()
-    runs = args.run + [(python, python, ROOT) for python in args.python]
+    runs = args.run + [parse_run(f"{python}={python}") for python in args.python]
     if not runs:
         raise SystemExit("give at least one --run LABEL=PYTHON[@CHECKOUT]")
     fields = sorted(args.smears.glob("*.jpg"))[: args.fields]

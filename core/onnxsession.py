@@ -8,7 +8,8 @@ from typing import Any
 
 
 def onnx_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
-    """A session on `path` with every graph optimisation; `threads` 0 is one per core. Without
+    """A session on `path` with every graph optimisation and no memory pattern; `threads` 0 is
+    one per core. Without
     `spinning`, idle threads sleep after a run instead of spinning: on 2 cores a spinning pool
     takes the CPU from the Python work between runs."""
     import onnxruntime as ort
@@ -16,6 +17,10 @@ def onnx_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No memory pattern: ONNX Runtime plans and keeps one per input shape, and both models see
+    # many (batches of 1-8 cells, fields of every size): 309 -> 256 MiB after 15 Chula fields
+    # with both models, at the same speed (docs/service.md, "Memory").
+    options.enable_mem_pattern = False
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -304,7 +304,7 @@ class Predictor:
         if not images:
             return []
         resized = [self.preprocess.resized(image) for image in images]
-        batch = np.stack([self.preprocess.to_tensor(image) for image in resized])
+        batch = self.preprocess.normalised(resized)
         probs, features = self.outputs(batch, check=check)
         familiarity = self.familiarity(features)
         results = []

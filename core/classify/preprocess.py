@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -75,16 +76,30 @@ class Preprocessor:
 
     def to_tensor(self, resized: Image.Image) -> np.ndarray:
         """An RGB image already at input size -> normalised (3, size, size) float32 array."""
-        x = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
-        return (x - mean) / std
+        return self.normalised([resized])[0]
+
+    @cached_property
+    def levels(self) -> np.ndarray:
+        """(3, 256) float32: each channel's normalised value of each 8-bit level, computed as
+        (level / 255 - mean) / std in float32: the same numbers as computing it per pixel."""
+        level = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        return np.ascontiguousarray((level[None, :] - mean) / std)
+
+    def normalised(self, resized: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images already at input size -> normalised (N, 3, size, size) float32: each
+        channel looked up in `levels` (the arithmetic per pixel was a fifth of a cell's time)."""
+        x = np.stack([np.asarray(image, dtype=np.uint8) for image in resized]) if resized else None
+        out = np.empty((len(resized), 3, self.size, self.size), dtype=np.float32)
+        if x is not None:
+            for channel in range(3):
+                out[:, channel] = self.levels[channel][x[..., channel]]
+        return out
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         return self.to_tensor(self.resized(image))
 
     def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(N, 3, size, size) float32; (0, 3, size, size) for no images."""
-        if not images:
-            return np.empty((0, 3, self.size, self.size), dtype=np.float32)
-        return np.stack([self(image) for image in images])
+        return self.normalised([self.resized(image) for image in images])
