@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # A running job whose heartbeat is older than this (its instance died) is taken back by any
     # runner: queued again once, failed after a second interruption. At least 3 x teach_poll_s.
     teach_stale_s: float = Field(default=120.0, gt=0.0)
+    # A run of adapt that takes longer than this is stopped and its job fails (a hung child must
+    # not hold the queue); adapt's own target is 900 s for 5,000 reviewed cells on 2 cores.
+    teach_timeout_s: float = Field(default=3600.0, gt=0.0)
     # The cell detector for whole fields (core/detect/learned.py); when this folder does not
     # exist the classical segmentation (core/detect/classical.py) finds the red cells instead.
     # "none" forces that.

@@ -282,9 +282,17 @@ class Teacher:
             _reader(process.stdout, self._stdout_line, "teach-stdout"),
             _reader(process.stderr, tail.append, "teach-stderr"),
         ]
-        last_beat = time.monotonic()
+        started = last_beat = time.monotonic()
         try:
             while process.poll() is None:
+                if time.monotonic() - started > self.settings.teach_timeout_s:
+                    _stop(process)
+                    limit = self.settings.teach_timeout_s
+                    tail.append(
+                        f"error: adapt ran longer than RBC_TEACH_TIMEOUT_S ({limit:g} s) and was "
+                        "stopped"
+                    )
+                    break
                 if stop.wait(0.2):
                     _stop(process)
                     try:
@@ -316,7 +324,7 @@ class Teacher:
             for reader in readers:
                 reader.join(timeout=5)
         self._beat(job)
-        return process.returncode, list(tail)
+        return process.returncode if process.returncode is not None else -9, list(tail)
 
     def _beat(self, job: TeachJob) -> bool:
         """The heartbeat; True when the job is still this runner's (a database error counts as

@@ -8,6 +8,8 @@ names each crop's split). Measures, on the same machine in the same run:
   test-time views): the largest probability gap, the share of identical labels, the largest
   familiarity gap;
 - in-process speed: `Predictor.predict` on batches of --batch crops, cells/s per engine;
+- the compute floor: ONNX Runtime's session alone on already-normalised crops, in chunks of 8
+  (the service's RBC_INFERENCE_BATCH_SIZE) and of 64;
 - as a client sees it: POST /predict/batch with --batch crops (decoding included) against the
   real server (`python -m app`) started once per engine (RBC_ENGINE), cells/s over --rounds;
 - with `--fields` (txl-pbc: its sources.csv) and `--detector`: the detector's two engines on
@@ -93,6 +95,23 @@ def in_process(
     return speeds
 
 
+def network_alone(model: Path, images: list[Image.Image], threads: int) -> dict[str, float]:
+    """The compute floor: ONNX Runtime's session alone on already-normalised crops, in chunks
+    of the service's RBC_INFERENCE_BATCH_SIZE (8) and of 64, cells/s."""
+    from core.classify.predictor import Predictor
+
+    predictor = Predictor.load(model, device="cpu", engine="onnx", threads=threads)
+    batch = predictor.preprocess.batch(images[:640])
+    speeds = {}
+    for size in (8, 64):
+        predictor.engine(batch[:size])  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(batch), size):
+            predictor.engine(batch[start : start + size])
+        speeds[f"chunks_of_{size}"] = len(batch) / (time.perf_counter() - started)
+    return speeds
+
+
 def as_a_client(
     model: Path, paths: list[Path], batch: int, rounds: int, threads: int
 ) -> dict[str, float]:
@@ -164,6 +183,7 @@ def main() -> None:
     same = answers(args.model, paths, args.threads)
     images = same.pop("images")
     local = in_process(args.model, images, args.batch, args.threads)
+    floor = network_alone(args.model, images, args.threads)
     client = as_a_client(args.model, paths, args.batch, args.rounds, args.threads)
     detection = (
         detector_answers(args.detector, args.fields, args.field_limit)
@@ -174,6 +194,7 @@ def main() -> None:
         **same,
         "detector": detection,
         "predict_cells_per_s": local,
+        "onnx_network_alone_cells_per_s": floor,
         "predict_batch_http_cells_per_s": client,
         "onnx_over_torch_in_process": local["onnx"] / local["torch"],
         "onnx_over_torch_http": client["onnx"] / client["torch"],
@@ -189,6 +210,10 @@ def main() -> None:
     print("|---|---|---|")
     for engine in ENGINES:
         print(f"| {same['engines'][engine]} | {local[engine]:.0f} | {client[engine]:.0f} |")
+    print(
+        "ONNX Runtime's session alone (normalised crops): "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.0f} cells/s" for k, v in floor.items())
+    )
     if detection is not None:
         ms = detection["ms_per_field"]
         print(

@@ -312,6 +312,22 @@ def test_too_few_reviewed_cells_fail_with_adapts_words(model_dir: Path, tmp_path
     assert not models.exists() or not any(models.iterdir())
 
 
+def test_a_run_past_the_time_limit_is_stopped_and_its_job_fails(
+    model_dir: Path, tmp_path: Path, fake_adapt: Callable[[float], None]
+) -> None:
+    url = lab_database(tmp_path / "rbc.sqlite3", slides=1, review_every=3)
+    admin = bearer(admin_token(url))
+    models = tmp_path / "versions"
+    fake_adapt(60.0)  # a child that would hang on
+    settings = teach_settings(model_dir, tmp_path, models, teach_timeout_s=1.0)
+    with service(settings) as client:
+        job_id = client.post("/models/teach", headers=admin).json()["id"]
+        job = wait_job(client, job_id, lambda j: j["state"] in ("done", "failed"), admin, 60)
+    assert job["state"] == "failed", job
+    assert "RBC_TEACH_TIMEOUT_S (1 s)" in job["message"]
+    assert not (models / job["name"]).exists()
+
+
 # --- runners: claiming, heartbeats, taking back --------------------------------------------------
 
 

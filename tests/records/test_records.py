@@ -86,7 +86,7 @@ PG_ADMIN_URL = (
 )
 CLASSES = ["normal", "spherocyte", "target_cell", "schistocyte"]
 SHA = "ab" * 32
-TABLES = ("model_activations", "audit", "cells", "fields", "slides", "users")
+TABLES = ("teach_jobs", "model_activations", "audit", "cells", "fields", "slides", "users")
 
 
 # --- databases --------------------------------------------------------------------------------
