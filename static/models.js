@@ -11,6 +11,7 @@
   const TEACH_POLL_MS = 2000;
   let teachTimer = null;
   let teachBusy = false; // the newest job was queued or running when last seen
+  let teachLooks = 0; // counts the looks at the newest job, so that only the newest is shown
 
   function headers() {
     const t = $("slides-token").value.trim();
@@ -107,13 +108,19 @@
   // version once done (the versions are listed again), the reason when it failed.
   async function loadTeach() {
     clearTimeout(teachTimer);
+    // Only the newest look counts: an answer to an older one (say, before the token was typed)
+    // that arrives late must not overwrite it.
+    const mine = ++teachLooks;
     let body;
     try {
       body = await call("GET", "models/teach?limit=1");
     } catch (err) {
+      if (mine !== teachLooks) return;
+      $("models-teach").disabled = true; // until a look says teaching is available
       sayTeach(err.message, true);
       return;
     }
+    if (mine !== teachLooks) return;
     const job = body.items[0];
     const busy = Boolean(job) && (job.state === "queued" || job.state === "running");
     const button = $("models-teach");

@@ -108,7 +108,9 @@ def test_teach_the_model_shows_the_job_and_its_failure(
         page.fill("#slides-token", token)
         page.press("#slides-token", "Tab")
         page.wait_for_selector("#models-teach:not([disabled])")
-        assert "not activated" in page.inner_text("#teach-status")
+        page.wait_for_function(
+            "document.querySelector('#teach-status').textContent.includes('not activated')"
+        )
         page.click("#models-teach")
         page.wait_for_selector("#teach-running:not([hidden])")
         assert page.is_disabled("#models-teach")  # one job at a time
