@@ -9,6 +9,9 @@ from typing import Protocol
 
 import numpy as np
 
+# The kinds of object a detector tells apart, in the order of the learned detector's heatmaps.
+KINDS = ("red_cell", "white_cell", "platelet")
+
 
 @dataclass
 class Detected:

@@ -27,7 +27,7 @@ from PIL import Image
 from scipy.ndimage import maximum_filter
 from scipy.special import expit
 
-from core.detect.field import Detected, FieldDetection
+from core.detect.field import KINDS, Detected, FieldDetection
 from core.detect.focus import sharpness
 from core.detect.nucleus import (
     FREE_NUCLEUS_MIN_UM2,
@@ -42,7 +42,6 @@ from core.onnxsession import onnx_runtime_name, onnx_session
 if TYPE_CHECKING:
     from core.detect.network import CentreNet
 
-KINDS = ("red_cell", "white_cell", "platelet")
 DETECTOR_CARD = "detector_card.json"
 DETECTOR_STATE = "detector_state.pt"
 DETECTOR_ONNX = "detector.onnx"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.detect.learned import KINDS
+from core.detect.field import KINDS
 
 
 def _conv(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
