@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.blas import one_blas_thread
+
 
 def onnx_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
     """A session on `path` with every graph optimisation and no memory pattern; `threads` 0 is
@@ -14,6 +16,7 @@ def onnx_session(path: Path, threads: int = 0, spinning: bool = True) -> Any:
     takes the CPU from the Python work between runs."""
     import onnxruntime as ort
 
+    one_blas_thread()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

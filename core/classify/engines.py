@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from core.blas import one_blas_thread
 from core.onnxsession import onnx_runtime_name, onnx_session
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ def _torch_engine(
         )
     import torch
 
+    if device == "cpu":
+        one_blas_thread()
     if threads:
         torch.set_num_threads(threads)
     return TorchEngine(network(), device)

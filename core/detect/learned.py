@@ -27,6 +27,7 @@ from PIL import Image
 from scipy.ndimage import maximum_filter
 from scipy.special import expit
 
+from core.blas import one_blas_thread
 from core.detect.field import KINDS, Detected, FieldDetection
 from core.detect.focus import sharpness
 from core.detect.nucleus import (
@@ -416,6 +417,8 @@ class CellDetector:
         if self.session is None:
             import torch
 
+            if device == "cpu":
+                one_blas_thread()
             self.engine_name = f"torch {torch.__version__.split('+')[0]}"
         else:
             self.engine_name = onnx_runtime_name()

@@ -91,3 +91,22 @@ def test_an_unknown_engine_or_onnx_on_a_gpu_is_refused(model_dir: Path) -> None:
         choose_engine("onnx", network, "cuda", onnx_path)
     # auto on a GPU: torch (no tensor is moved here: the engine is only chosen)
     assert isinstance(choose_engine("auto", network, "cuda", onnx_path), TorchEngine)
+
+
+def test_a_served_network_leaves_numpy_one_blas_thread(model_dir: Path) -> None:
+    """numpy's BLAS threads spin after each small product and took the cores from ONNX Runtime's
+    pool (core/blas.py): once a serving engine exists, every BLAS library runs one thread, and a
+    product still gives the same numbers."""
+    from threadpoolctl import threadpool_info
+
+    a = np.random.default_rng(0).normal(size=(64, 512)).astype(np.float32)
+    before = a @ a.T
+    choose_engine(
+        "onnx",
+        lambda: pytest.fail("the torch network was loaded"),
+        "cpu",
+        verified_onnx_path(model_dir),
+    )
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)
+    np.testing.assert_allclose(a @ a.T, before, rtol=1e-5, atol=1e-4)
