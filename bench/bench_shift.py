@@ -119,11 +119,21 @@ def _to_rgb(lab: np.ndarray) -> np.ndarray:
 
 
 def _region_map(
-    lab: np.ndarray, region: np.ndarray, mean: Sequence[float], std: Sequence[float]
+    lab: np.ndarray,
+    region: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    own: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reinhard's map of one region, per Lab channel: (source mean, stretch, target mean), so
-    that `region`'s mean and std become `mean` and `std`. The stretch is capped at
-    MAX_STD_RATIO, so a flat region's noise is not blown up."""
+    that `region`'s mean and std become `mean` and `std`; with `own` (mean, std), the map takes
+    those statistics to the target instead of the region's own (one map for a whole
+    laboratory). The stretch is capped at MAX_STD_RATIO, so a flat region's noise is not blown
+    up."""
+    if own is not None:
+        src_mean, src_std = np.asarray(own[0], dtype=np.float64), np.asarray(own[1])
+        ratio = np.clip(np.asarray(std) / np.maximum(src_std, 1e-6), 0.0, MAX_STD_RATIO)
+        return src_mean, ratio, np.asarray(mean, dtype=np.float64)
     values = lab[region]
     src_mean, src_std = values.mean(axis=0), values.std(axis=0)
     ratio = np.clip(np.asarray(std) / np.maximum(src_std, 1e-6), 0.0, MAX_STD_RATIO)
@@ -131,7 +141,10 @@ def _region_map(
 
 
 def recolour(
-    image: Image.Image, target: ColourStats, mask_sigma: float = MASK_SIGMA
+    image: Image.Image,
+    target: ColourStats,
+    mask_sigma: float = MASK_SIGMA,
+    own: ColourStats | None = None,
 ) -> Image.Image:
     """The crop as another laboratory's stain and camera would show it: Reinhard colour transfer
     in CIELAB, the red-cell pixels to the target's cell statistics and the background pixels to
@@ -139,22 +152,33 @@ def recolour(
     shift, which no stain does). Near the cell border the two maps' parameters (source mean,
     stretch, target mean) are blended with a Gaussian-blurred mask: blending the two mapped
     images instead would stretch a border pixel by the other region's statistics, a dark or
-    bright halo. A crop without two usable regions is mapped whole by the region it has."""
+    bright halo. A crop without two usable regions is mapped whole by the region it has.
+
+    Without `own`, each crop's own statistics are mapped to the target's, so every crop ends
+    with the same colour mean and spread: the differences between cells (a pale hypochromic
+    cell, a dense spherocyte) are erased with the stain. With `own`, the statistics of the
+    crop's whole laboratory, one map serves every crop: a stain change, which keeps them."""
     rgb = _rgb(image)
     lab = _to_lab(rgb)
     cells = cell_mask(rgb)
     n_cells = int(cells.sum())
+    own_cells = None if own is None else (own.cell_mean, own.cell_std)
+    own_background = None if own is None else (own.background_mean, own.background_std)
     if min(n_cells, cells.size - n_cells) < MIN_REGION_PX:
         mostly_cell = 2 * n_cells > cells.size
-        mean, std = (
-            (target.cell_mean, target.cell_std)
+        mean, std, whose = (
+            (target.cell_mean, target.cell_std, own_cells)
             if mostly_cell
-            else (target.background_mean, target.background_std)
+            else (target.background_mean, target.background_std, own_background)
         )
-        src_mean, ratio, dst_mean = _region_map(lab, np.ones(cells.shape, dtype=bool), mean, std)
+        src_mean, ratio, dst_mean = _region_map(
+            lab, np.ones(cells.shape, dtype=bool), mean, std, whose
+        )
     else:
-        to_cells = _region_map(lab, cells, target.cell_mean, target.cell_std)
-        to_background = _region_map(lab, ~cells, target.background_mean, target.background_std)
+        to_cells = _region_map(lab, cells, target.cell_mean, target.cell_std, own_cells)
+        to_background = _region_map(
+            lab, ~cells, target.background_mean, target.background_std, own_background
+        )
         soft = ndimage.gaussian_filter(cells.astype(np.float64), mask_sigma, mode="nearest")
         weight = soft[..., None]
         src_mean, ratio, dst_mean = (
