@@ -290,3 +290,32 @@ def test_main_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--data", str(crops), "--txl", str(txl), "--out", str(out), "--limit", "2",
                  "--no-progress"]) == 0  # fmt: skip
     assert json.loads(out.read_text())["colour_statistics"]["from_cache"] is True
+
+
+def test_one_map_for_a_laboratory_keeps_the_difference_between_cells() -> None:
+    """Mapped crop by crop, a paler cell ends nearly as dark as any other (its own statistics are
+    taken to the target's); with the laboratory's statistics (`own`) one map serves every crop, and the
+    paler cell stays paler by about the same amount."""
+    inside, _ = regions()
+    dense = synthetic_crop(seed=1)
+    pale_rgb = np.asarray(dense).astype(np.float64)
+    pale_rgb[inside] += 25  # a paler cell, the same background
+    pale = Image.fromarray(np.clip(pale_rgb, 0, 255).astype(np.uint8))
+    gap_before = lab(pale)[inside, 0].mean() - lab(dense)[inside, 0].mean()
+    assert gap_before > 5
+
+    def cell_lightness(image: Image.Image, own: ColourStats | None) -> float:
+        return float(lab(recolour(image, TARGET, own=own))[inside, 0].mean())
+
+    per_crop = cell_lightness(pale, None) - cell_lightness(dense, None)
+    assert abs(per_crop) < gap_before / 2  # 9.5 -> 3.0 here: most of it erased
+    own = ColourStats(
+        cell_mean=tuple(lab(dense)[inside].mean(axis=0)),  # type: ignore[arg-type]
+        cell_std=TARGET.cell_std,
+        background_mean=tuple(lab(dense)[~inside].mean(axis=0)),  # type: ignore[arg-type]
+        background_std=TARGET.background_std,
+    )
+    lab_wide = cell_lightness(pale, own) - cell_lightness(dense, own)
+    assert lab_wide == pytest.approx(gap_before, abs=2.0)
+    # The laboratory's dense cell itself lands on the target's cell colour.
+    assert cell_lightness(dense, own) == pytest.approx(TARGET.cell_mean[0], abs=1.5)
