@@ -293,9 +293,9 @@ def test_main_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_one_map_for_a_laboratory_keeps_the_difference_between_cells() -> None:
-    """Mapped crop by crop, a paler cell ends nearly as dark as any other (its own statistics are
-    taken to the target's); with the laboratory's statistics (`own`) one map serves every crop, and the
-    paler cell stays paler by about the same amount."""
+    """Mapped crop by crop, a paler cell ends nearly as dark as any other (its own statistics
+    are taken to the target's); with the laboratory's statistics (`own`) one map serves every
+    crop, and the paler cell stays paler by about the same amount."""
     inside, _ = regions()
     dense = synthetic_crop(seed=1)
     pale_rgb = np.asarray(dense).astype(np.float64)
@@ -310,9 +310,9 @@ def test_one_map_for_a_laboratory_keeps_the_difference_between_cells() -> None:
     per_crop = cell_lightness(pale, None) - cell_lightness(dense, None)
     assert abs(per_crop) < gap_before / 2  # 9.5 -> 3.0 here: most of it erased
     own = ColourStats(
-        cell_mean=tuple(lab(dense)[inside].mean(axis=0)),  # type: ignore[arg-type]
+        cell_mean=tuple(lab(dense)[inside].mean(axis=0)),
         cell_std=TARGET.cell_std,
-        background_mean=tuple(lab(dense)[~inside].mean(axis=0)),  # type: ignore[arg-type]
+        background_mean=tuple(lab(dense)[~inside].mean(axis=0)),
         background_std=TARGET.background_std,
     )
     lab_wide = cell_lightness(pale, own) - cell_lightness(dense, own)
