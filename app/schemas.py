@@ -543,6 +543,11 @@ class AdaptationOut(BaseModel):
     base_model: str = Field(description="the name of the model it was adapted from")
     before: Headline = Field(description="the base model on the laboratory's test cells")
     after: Headline = Field(description="this model on the same cells")
+    figure_url: str | None = Field(
+        None,
+        description="each class's recall before and after (PNG, GET /models/{id}/before-after.png"
+        "); null when the folder has no figure",
+    )
 
 
 class ModelVersionOut(BaseModel):
@@ -557,6 +562,11 @@ class ModelVersionOut(BaseModel):
     adaptation: AdaptationOut | None = Field(
         description="before / after on the laboratory's held-out test cells (a model written "
         "by `python -m training adapt`); null otherwise"
+    )
+    report_url: str | None = Field(
+        None,
+        description="the version's report (Markdown, GET /models/{id}/report: its training or "
+        "adaptation run, with the before / after table); null when the folder has none",
     )
 
 

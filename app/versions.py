@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ADAPTATION_FILE = "adaptation.json"
+# What a laboratory compares versions by, served as they are (GET /models/{id}/report and
+# /before-after.png): the report of the run or the adaptation, and adapt's figure (each class's
+# recall before and after). Our own outputs, small; a larger file is not served.
+REPORT_FILE = "report.md"
+FIGURE_FILE = "before_after.png"
+MAX_SHOWN_BYTES = 4 * 1024 * 1024
 HEADLINE = ("accuracy", "macro_f1", "unflagged_share", "called_normal", "abnormal_unflagged")
 SETTING_NEEDED = (
     "model versions are switched only when RBC_MODELS_DIR names a folder of model folders "
@@ -133,6 +139,24 @@ class Versions:
             if version.id == model_id:
                 return version
         raise NotFoundError(f"no model version {model_id!r}")
+
+    def shown_file(self, model_id: str, name: str) -> bytes:
+        """The bytes of `name` (REPORT_FILE or FIGURE_FILE) in the version's folder; NotFoundError
+        when the version or the file is not there (a link is not followed)."""
+        assert name in (REPORT_FILE, FIGURE_FILE)
+        version = self.find(model_id)
+        if not has_shown_file(version, name):
+            raise NotFoundError(f"model version {model_id!r} has no {name}")
+        data = (version.path / name).read_bytes()
+        if len(data) > MAX_SHOWN_BYTES:
+            raise NotFoundError(f"model version {model_id!r}'s {name} is too large to show")
+        return data
+
+
+def has_shown_file(version: Version, name: str) -> bool:
+    """Whether the version's folder holds `name` as a plain file (not a link)."""
+    file = version.path / name
+    return version.card is not None and file.is_file() and not file.is_symlink()
 
 
 class Switcher:

@@ -2,8 +2,9 @@
 // /models), an adapted model's before -> after on the laboratory's held-out test cells, which
 // one is active, Activate per version and Roll back (docs/service.md, "Model versions"); and
 // Teach the model (POST /models/teach), whose job the page follows (GET /models/teach) with a
-// progress bar until the new version is listed or the failure is shown. The page shows what
-// the service says; text from the service goes in only through textContent.
+// progress bar until the new version is listed or the failure is shown; a version's report and
+// an adapted one's before / after figure below the table. The page shows what the service
+// says; text from the service goes in only through textContent.
 "use strict";
 
 (function () {
@@ -85,11 +86,15 @@
       const action = el("td");
       if (v.active) action.appendChild(el("strong", "", "active"));
       else if (body.switchable && !v.error) {
-        const button = el("button", "secondary", "Activate");
+        const button = el("button", "secondary activate", "Activate");
         button.type = "button";
         button.addEventListener("click", () => switchTo("models/" + encodeURIComponent(v.id) + "/activate"));
         action.appendChild(button);
       }
+      // What the laboratory compares versions by, shown below the table on demand.
+      const figureUrl = v.adaptation && v.adaptation.figure_url;
+      if (figureUrl) action.appendChild(showButton("Before / after", "figure", () => showFigure(v.id, figureUrl)));
+      if (v.report_url) action.appendChild(showButton("Report", "report", () => showReport(v.id, v.report_url)));
       tr.append(el("td", "", v.id), name, el("td", "", change(v, "accuracy")),
         el("td", "", change(v, "macro_f1")), el("td", "", change(v, "unflagged_share")),
         el("td", "", change(v, "called_normal")), action);
@@ -102,6 +107,55 @@
       say("Active: " + a.model_id + " (" + a.action + " by " + a.user + ", " +
         new Date(a.at).toLocaleString() + ")", false);
     } else say("Active: " + body.active + " (the service's own model)", false);
+  }
+
+  function showButton(text, kind, show) {
+    const button = el("button", "secondary show-" + kind, text);
+    button.type = "button";
+    button.addEventListener("click", show);
+    return button;
+  }
+
+  // A version's file, fetched with the token (an <img src> or a link would not send it).
+  async function fetchShown(url) {
+    const response = await fetch(url.replace(/^\//, ""), { headers: headers() });
+    if (!response.ok) throw new Error("Refused (" + response.status + ")");
+    return response;
+  }
+
+  function showDetail(title, content) {
+    const detail = $("models-detail");
+    if (detail.dataset.url) URL.revokeObjectURL(detail.dataset.url);
+    delete detail.dataset.url;
+    detail.replaceChildren(el("h3", "", title), content);
+    detail.hidden = false;
+  }
+
+  async function showFigure(id, url) {
+    try {
+      const blob = await (await fetchShown(url)).blob();
+      const img = el("img");
+      img.alt = "each class's recall before and after, " + id;
+      img.id = "models-figure";
+      const objectUrl = URL.createObjectURL(blob);
+      img.src = objectUrl;
+      showDetail("Before / after: " + id, img);
+      $("models-detail").dataset.url = objectUrl;
+    } catch (err) {
+      say(err.message, true);
+    }
+  }
+
+  async function showReport(id, url) {
+    try {
+      const text = await (await fetchShown(url)).text();
+      const pre = el("pre", "report-text");
+      pre.id = "models-report";
+      pre.textContent = text; // Markdown as written: text, never HTML
+      showDetail("Report: " + id, pre);
+    } catch (err) {
+      say(err.message, true);
+    }
   }
 
   // The newest teach job: a progress bar while it is queued or running (polled), the new

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import NotReady
 from app.openapi import link
-from app.routes.slides import UserDep
+from app.routes.slides import IMAGE_CSP, UserDep
 from app.schemas import (
     MAX_DB_INT,
     ActivationOut,
@@ -28,7 +29,7 @@ from app.schemas import (
 )
 from app.state import ModelSlot
 from app.teaching import Teacher
-from app.versions import ID_PATTERN, Switcher, Version
+from app.versions import FIGURE_FILE, ID_PATTERN, REPORT_FILE, Switcher, Version, has_shown_file
 from records.store import Activation, TeachJob, recent_activations
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -144,7 +145,11 @@ def _version_out(v: Version, slot: ModelSlot) -> ModelVersionOut:
             base_model=adaptation["base_model"],
             before=Headline(**adaptation["before"]),
             after=Headline(**adaptation["after"]),
+            figure_url=f"/models/{v.id}/before-after.png"
+            if has_shown_file(v, FIGURE_FILE)
+            else None,
         ),
+        report_url=f"/models/{v.id}/report" if has_shown_file(v, REPORT_FILE) else None,
     )
 
 
@@ -189,6 +194,51 @@ async def activate(model_id: ModelId, user: UserDep, switcher: SwitcherDep) -> A
     RBC_MODELS_POLL_S. Requests in flight finish on the model they started with. A version
     that fails to load changes nothing."""
     return _activation_out(await run_in_threadpool(switcher.activate, user, model_id))
+
+
+SHOWN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "an id that cannot name a version folder"},
+    404: {"model": ErrorOut, "description": "no model version of that id, or it has no such file"},
+}
+
+
+@router.get(
+    "/{model_id}/report",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/markdown": {}}, "description": "the report, as written"},
+        **SHOWN_ERRORS,
+    },
+)
+async def version_report(model_id: ModelId, _user: UserDep, switcher: SwitcherDep) -> Response:
+    """The version's report.md (Markdown): for an adapted model, adapt's before / after table on
+    the laboratory's held-out slides and on the base model's own cells; for a trained one, its
+    training run. Compare versions by it before activating one."""
+    data = await run_in_threadpool(switcher.versions.shown_file, model_id, REPORT_FILE)
+    return Response(
+        data,
+        media_type="text/markdown; charset=utf-8",
+        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
+    )
+
+
+@router.get(
+    "/{model_id}/before-after.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the figure, as adapt drew it"},
+        **SHOWN_ERRORS,
+    },
+)
+async def version_figure(model_id: ModelId, _user: UserDep, switcher: SwitcherDep) -> Response:
+    """An adapted model's figure (PNG): each class's recall on the laboratory's held-out
+    slides, before and after."""
+    data = await run_in_threadpool(switcher.versions.shown_file, model_id, FIGURE_FILE)
+    return Response(
+        data,
+        media_type="image/png",
+        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
+    )
 
 
 # --- teaching ------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     assert page.is_disabled("#models-rollback")  # nothing activated yet
 
     # Activate: the page shows what the service now serves.
-    page.click("#models-table tbody tr[data-model-id='lab-a'] button")
+    page.click("#models-table tbody tr[data-model-id='lab-a'] button.activate")
     page.wait_for_function(
         "() => document.querySelector('#models-table tbody tr.active')?.dataset.modelId === 'lab-a'"
     )
@@ -60,11 +60,23 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     assert "Active: lab-a (activate by local" in page.inner_text("#models-status")
 
     # A damaged copy is refused, says why, and nothing changes.
-    page.click("#models-table tbody tr[data-model-id='damaged'] button")
+    page.click("#models-table tbody tr[data-model-id='damaged'] button.activate")
     page.wait_for_selector("#models-status.error")
     assert "sha256" in page.inner_text("#models-status")
     assert active_row(page) == "lab-a"
     assert httpx.get(server.url + "/model").json()["name"] == "lab-a"
+
+    # Compare before activating: lab-b's figure and report, fetched with the page's token.
+    page.click("#models-table tbody tr[data-model-id='lab-b'] button.show-figure")
+    page.wait_for_function("() => document.querySelector('#models-figure')?.naturalWidth === 40")
+    assert "Before / after: lab-b" in page.inner_text("#models-detail")
+    page.click("#models-table tbody tr[data-model-id='lab-b'] button.show-report")
+    page.wait_for_selector("#models-report")
+    assert page.inner_text("#models-report").startswith("# lab-b")
+    assert (
+        page.locator("#models-table tbody tr[data-model-id='lab-a'] button.show-figure").count()
+        == 0
+    )
 
     # Roll back: the default again.
     page.click("#models-rollback")

@@ -6,6 +6,7 @@ a damaged copy has one byte of its weights changed."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from core.modelcard import ModelCard, sha256_file
 from records.store import create_user, default_url, open_store
@@ -54,6 +56,10 @@ def build_versions(model_dir: Path, root: Path) -> Path:
             }
         )
     )
+    figure = io.BytesIO()
+    Image.new("RGB", (40, 20), (30, 120, 200)).save(figure, format="PNG")
+    (adapted / "before_after.png").write_bytes(figure.getvalue())
+    (adapted / "report.md").write_text("# lab-b\n\n| | before | after |\n|---|---|---|\n")
     damaged = version(model_dir, versions / "damaged", "damaged")
     state = damaged / "model_state.pt"
     data = bytearray(state.read_bytes())
@@ -103,7 +109,9 @@ def test_list_activate_roll_back(local: TestClient, model_dir: Path) -> None:
         "base_model": "default",
         "before": HEADLINE,
         "after": {**HEADLINE, "accuracy": 0.9},
+        "figure_url": "/models/lab-b/before-after.png",
     }
+    assert items["lab-b"]["report_url"] == "/models/lab-b/report"
     assert "no model card" in items["no-card"]["error"] and items["no-card"]["name"] is None
     assert items["damaged"]["error"] is None  # listed from its card; refused when activated
 
@@ -146,6 +154,37 @@ def test_list_activate_roll_back(local: TestClient, model_dir: Path) -> None:
     assert local.post("/models/rollback").json()["model_id"] == "lab-a"
 
 
+def test_a_versions_report_and_figure(local: TestClient, versions: Path, model_dir: Path) -> None:
+    """What a laboratory compares versions by, served as written: the report (Markdown) and an
+    adapted model's figure (PNG); nothing else of the folder, no link, no other folder."""
+    items = {v["id"]: v for v in listed(local)["items"]}
+    figure = local.get(items["lab-b"]["adaptation"]["figure_url"])
+    assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+    assert figure.content == (versions / "lab-b" / "before_after.png").read_bytes()
+    assert Image.open(io.BytesIO(figure.content)).size == (40, 20)
+    report = local.get(items["lab-b"]["report_url"])
+    assert report.status_code == 200
+    assert report.headers["content-type"] == "text/markdown; charset=utf-8"
+    assert report.text.startswith("# lab-b")
+    assert "sandbox" in report.headers["content-security-policy"]
+    # The tiny model's export has no report (a run's is copied by export-to-models): none shown.
+    assert not (model_dir / "report.md").exists()
+    assert items["default"]["report_url"] is None
+    assert_error(local.get("/models/default/report"), 404)
+    assert items["lab-a"]["adaptation"] is None
+    assert_error(local.get("/models/lab-a/before-after.png"), 404)
+    assert_error(local.get("/models/no-card/report"), 404)
+    for bad in ("lab", "notes.txt", ".lab-c.partial-123", "..%2Fversions"):
+        assert local.get(f"/models/{bad}/report").status_code in (400, 404), bad
+    # A link in a version's folder is not followed.
+    linked = versions / "lab-a" / "before_after.png"
+    linked.symlink_to(versions / "lab-b" / "before_after.png")
+    try:
+        assert_error(local.get("/models/lab-a/before-after.png"), 404)
+    finally:
+        linked.unlink()
+
+
 def test_without_the_setting(model_dir: Path, tmp_path: Path) -> None:
     with service(settings_for(model_dir, tmp_path)) as client:
         body = listed(client)
@@ -164,6 +203,9 @@ def test_only_admins_switch(model_dir: Path, versions: Path, tmp_path: Path) -> 
             ("rae", "reviewer"), ("vic", "viewer"), ("ada", "admin"))}  # fmt: skip
     with service(settings_for(model_dir, tmp_path, models_dir=versions)) as client:
         assert_error(client.get("/models"), 401)
+        assert_error(client.get("/models/lab-b/report"), 401)
+        viewer = bearer(tokens["viewer"])
+        assert client.get("/models/lab-b/before-after.png", headers=viewer).status_code == 200
         assert listed(client, bearer(tokens["viewer"]))["active"] == "default"
         assert client.get("/models", headers=bearer(tokens["viewer"])).headers["cache-control"] == (
             "no-store"
