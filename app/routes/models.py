@@ -202,6 +202,16 @@ SHOWN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _shown(switcher: Switcher, model_id: str, name: str, media_type: str) -> Response:
+    """A file of the version's folder as written, never run by a browser (sandboxed)."""
+    data = await run_in_threadpool(switcher.versions.shown_file, model_id, name)
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
+    )
+
+
 @router.get(
     "/{model_id}/report",
     response_class=Response,
@@ -214,12 +224,7 @@ async def version_report(model_id: ModelId, _user: UserDep, switcher: SwitcherDe
     """The version's report.md (Markdown): for an adapted model, adapt's before / after table on
     the laboratory's held-out slides and on the base model's own cells; for a trained one, its
     training run. Compare versions by it before activating one."""
-    data = await run_in_threadpool(switcher.versions.shown_file, model_id, REPORT_FILE)
-    return Response(
-        data,
-        media_type="text/markdown; charset=utf-8",
-        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
-    )
+    return await _shown(switcher, model_id, REPORT_FILE, "text/markdown; charset=utf-8")
 
 
 @router.get(
@@ -233,12 +238,7 @@ async def version_report(model_id: ModelId, _user: UserDep, switcher: SwitcherDe
 async def version_figure(model_id: ModelId, _user: UserDep, switcher: SwitcherDep) -> Response:
     """An adapted model's figure (PNG): each class's recall on the laboratory's held-out
     slides, before and after."""
-    data = await run_in_threadpool(switcher.versions.shown_file, model_id, FIGURE_FILE)
-    return Response(
-        data,
-        media_type="image/png",
-        headers={"Content-Security-Policy": IMAGE_CSP, "Content-Disposition": "inline"},
-    )
+    return await _shown(switcher, model_id, FIGURE_FILE, "image/png")
 
 
 # --- teaching ------------------------------------------------------------------------------------
