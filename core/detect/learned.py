@@ -411,9 +411,13 @@ class CellDetector:
         self.device = device
         # ONNX Runtime where the card's detector.onnx is given (on the CPU), else torch.
         # Its idle threads sleep between runs: the scale search runs the network ten times with
-        # Python work between, which a spinning pool slowed by a quarter on 2 cores.
+        # Python work between, which a spinning pool slowed by a quarter on 2 cores. No arena:
+        # it kept the largest field's buffers for good (peak 303 -> 279 MiB, after the last
+        # request 286 -> 245, bench/bench_service_memory.py), at no cost to a field's time.
         self.onnx_path = onnx_path
-        self.session = None if onnx_path is None else onnx_session(onnx_path, spinning=False)
+        self.session = (
+            None if onnx_path is None else onnx_session(onnx_path, spinning=False, arena=False)
+        )
         if self.session is None:
             import torch
 
