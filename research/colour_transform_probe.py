@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
-from research.lab_wide_shift_probe import field_stats  # noqa: E402
+from research.lab_wide_shift_probe import chula_field_stats  # noqa: E402
 
 
 class ColourMap(torch.nn.Module):
@@ -137,13 +137,7 @@ def main() -> int:
         return round(hits / len(images), 4)
 
     rng = np.random.default_rng(STATS_SEED)
-    train_smears = sorted(manifest[manifest.split == "train"].source_image.unique())
-    chosen = sorted(rng.choice(train_smears, size=FIELDS_PER_SOURCE, replace=False).tolist())
-    fields = []
-    for name in chosen:
-        with Image.open(args.chula / "Dataset" / name) as opened:
-            fields.append(np.asarray(opened.convert("RGB")))
-    chula = field_stats(fields)
+    chula = chula_field_stats(manifest, args.chula, FIELDS_PER_SOURCE, rng)
 
     clean = accuracy(measured_clean)
     rows: list[dict[str, object]] = [{"condition": "clean", "accuracy": clean}]

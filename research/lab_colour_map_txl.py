@@ -39,7 +39,7 @@ from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, recolour  # noqa: E
 from core.classify.predictor import Predictor  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.smear.analysis import analyze_smear  # noqa: E402
-from research.lab_wide_shift_probe import field_stats  # noqa: E402
+from research.lab_wide_shift_probe import chula_field_stats, field_stats  # noqa: E402
 
 
 def fields_of(txl: Path, source: str, split: str) -> list[str]:
@@ -70,13 +70,7 @@ def main() -> int:
     predictor = Predictor.load(args.model, device="cpu")
     manifest = pd.read_csv(args.data / "manifest.csv")
     rng = np.random.default_rng(STATS_SEED)
-    train_smears = sorted(manifest[manifest.split == "train"].source_image.unique())
-    chosen = sorted(rng.choice(train_smears, size=FIELDS_PER_SOURCE, replace=False).tolist())
-    chula_fields = []
-    for name in chosen:
-        with Image.open(args.chula / "Dataset" / name) as opened:
-            chula_fields.append(np.asarray(opened.convert("RGB")))
-    chula = field_stats(chula_fields)
+    chula = chula_field_stats(manifest, args.chula, FIELDS_PER_SOURCE, rng)
     detector = CellDetector.load(args.detector)
 
     def figures(fields: list[np.ndarray]) -> dict[str, object]:

@@ -82,6 +82,19 @@ def field_stats(fields: list[np.ndarray]) -> ColourStats:
     )
 
 
+def chula_field_stats(
+    manifest: pd.DataFrame, chula: Path, n_fields: int, rng: np.random.Generator
+) -> ColourStats:
+    """`field_stats` of `n_fields` of Chula's train smears (`rng`'s choice), the reference
+    every laboratory here is mapped from or back to."""
+    smears = sorted(manifest[manifest.split == "train"].source_image.unique())
+    fields = []
+    for name in sorted(rng.choice(smears, size=n_fields, replace=False).tolist()):
+        with Image.open(chula / "Dataset" / name) as opened:
+            fields.append(np.asarray(opened.convert("RGB")))
+    return field_stats(fields)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="an import-chula crop set")
@@ -107,9 +120,7 @@ def main() -> int:
             return np.asarray(opened.convert("RGB"))
 
     rng = np.random.default_rng(STATS_SEED)
-    train_smears = sorted(manifest[manifest.split == "train"].source_image.unique())
-    chosen = sorted(rng.choice(train_smears, size=args.chula_fields, replace=False).tolist())
-    chula = field_stats([field(name) for name in chosen])
+    chula = chula_field_stats(manifest, args.chula, args.chula_fields, rng)
     print("chula", chula, flush=True)
 
     test = manifest[(manifest.split == "test") & known]
@@ -204,7 +215,7 @@ def main() -> int:
     result = {
         "command": " ".join(sys.argv),
         "chula_stats": chula.__dict__,
-        "chula_fields": len(chosen),
+        "chula_fields": args.chula_fields,
         "lab_fields": len(lab_smears),
         "measured_crops": len(crops),
         "normal_share_of_mix_fields": mix_normal_share,
