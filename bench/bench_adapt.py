@@ -19,8 +19,14 @@ Figures per source, all on the second half's crops of the base model's classes:
 - `recovered`: (adapted - shifted) / (clean - shifted), the share of the shift's cost regained;
 - `chula_change`: the adapted model against the base on every clean Chula test crop (forgetting);
 - `seconds`: the adapt run.
-With `--new-class elliptocyte` the laboratory also reviews Chula's elliptocytes, a class the base
-model lacks, and the adapted model's recall of it is reported.
+- `normal_called_normal_*`, `normal_abnormal_unflagged_*`: of the second half's normal cells,
+  shifted, the share the base and the adapted model call normal, and call abnormal without the
+  cell's own review flag (what a clinic of healthy donors sees);
+- `abnormal_called_normal_unflagged_*`: of its abnormal cells, shifted, the share called normal
+  without a review flag (what a laboratory would miss unseen).
+`--review-classes normal` makes the laboratory a clinic of healthy donors: it reviews only
+normal cells. With `--new-class elliptocyte` the laboratory also reviews Chula's elliptocytes, a
+class the base model lacks, and the adapted model's recall of it is reported.
 
 `--time-cells N` instead times the command itself, `python -m training adapt --cells DIR`, on a
 laboratory of N reviewed cells (Chula's training crops, each smear a slide), start to finish.
@@ -61,6 +67,22 @@ def _accuracy(predictor: Any, images: list[Image.Image], labels: list[str]) -> f
     return float((names == np.asarray(labels)).mean())
 
 
+def _normal_calls(predictor: Any, images: list[Image.Image]) -> tuple[float, float]:
+    """Of `images`: the share called normal, and the share called abnormal without the cell's
+    own review flag (low confidence or unlike the training cells; the field-level flag of the
+    service, which flags every abnormal call on an unfamiliar field, is not counted)."""
+    called = predictor.predict(images)
+    normal = np.asarray([p.label == "normal" for p in called])
+    flagged = np.asarray([p.needs_review for p in called])
+    return round(float(normal.mean()), 4), round(float((~normal & ~flagged).mean()), 4)
+
+
+def _missed_abnormal(predictor: Any, images: list[Image.Image]) -> float:
+    """Of abnormal cells: the share called normal without a review flag (missed unseen)."""
+    called = predictor.predict(images)
+    return round(float(np.mean([p.label == "normal" and not p.needs_review for p in called])), 4)
+
+
 def _lab_folder(
     dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats | None
 ) -> None:
@@ -97,6 +119,8 @@ def run_source(
     review = test[test["source_image"].isin(review_smears)]
     lab_classes = set(base.classes) | ({args.new_class} if args.new_class else set())
     review = review[review["label"].isin(lab_classes)]
+    if args.review_classes:
+        review = review[review["label"].isin(args.review_classes.split(","))]
     review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
     evaluate = test[~test["source_image"].isin(review_smears)]
     known = evaluate[evaluate["label"].isin(base.classes)]
@@ -142,6 +166,21 @@ def run_source(
         "chosen": summary["fit"]["chosen"],
         "seconds": round(seconds, 1),
     }
+    # What a clinic of healthy donors sees: the second half's normal cells, shifted.
+    normal = known[known["label"] == "normal"]
+    if len(normal):
+        shifted_normal = crops(normal, True)
+        for name, predictor in (("base", base), ("adapted", adapted)):
+            row[f"normal_called_normal_{name}"], row[f"normal_abnormal_unflagged_{name}"] = (
+                _normal_calls(predictor, shifted_normal)
+            )
+    abnormal = known[known["label"] != "normal"]
+    if len(abnormal):
+        shifted_abnormal = crops(abnormal, True)
+        for name, predictor in (("base", base), ("adapted", adapted)):
+            row[f"abnormal_called_normal_unflagged_{name}"] = _missed_abnormal(
+                predictor, shifted_abnormal
+            )
     if args.new_class:
         new = evaluate[evaluate["label"] == args.new_class]
         pred = np.asarray(adapted.classes)[_labels(adapted, crops(new, True))]
@@ -197,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviewed", type=int, default=500)
     parser.add_argument("--sources", default="bccd,bcd,raabin")
     parser.add_argument("--new-class", help="a Chula class the base lacks, reviewed too")
+    parser.add_argument(
+        "--review-classes",
+        help="review only these classes, comma-separated (normal: a clinic of healthy donors)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON of every figure")
     parser.add_argument("--time-cells", type=int, help="time the command on this many cells")

@@ -82,7 +82,10 @@ def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, An
     # and does at least as well on other held-out slides.
     assert after["accuracy"] >= before["accuracy"]
     assert after["accuracy"] > 0.9, summary["figures"]["lab_test"]
-    assert "## The laboratory's held-out test cells" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## The laboratory's held-out test cells" in report
+    # What a model taught on mostly normal cells risks, on the lab's cells and on the base's.
+    assert report.count("| abnormal cells called normal without a flag |") == 2
 
     # Served by both engines, with the lab's classes, and its own calibration.
     for engine in ("onnx", "torch"):
@@ -179,6 +182,8 @@ def test_cell_figures_count_flags_and_abnormal_calls() -> None:
     assert fig["accuracy"] == 0.75
     assert fig["unflagged_share"] == 0.75  # 0.6 is under the threshold
     assert fig["abnormal_unflagged"] == 0.25  # the 0.7 spherocyte call
+    # Of the three spherocytes, one is called normal with 0.8: missed unseen.
+    assert fig["abnormal_missed"] == 0.3333
     assert fig["per_class"]["spherocyte"] == {
         "precision": 1.0,
         "recall": 0.6667,

@@ -26,8 +26,9 @@ def cell_figures(
     cell_threshold: float | None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 over the classes present, each class's precision / recall, and what
-    review would see: the share not flagged and its accuracy, the share called normal and the
-    share called abnormal without a flag."""
+    review would see: the share not flagged and its accuracy, the share called normal, the
+    share called abnormal without a flag, and of the abnormal cells the share called normal
+    without a flag (missed unseen: what a model taught mostly normal cells risks)."""
     n = len(targets)
     pred = probs.argmax(axis=1)
     right = pred == targets
@@ -60,27 +61,41 @@ def cell_figures(
         "unflagged_accuracy": _rate(int((right & unflagged).sum()), int(unflagged.sum())),
         "called_normal": _rate(int((pred == normal).sum()), n),
         "abnormal_unflagged": _rate(int(((pred != normal) & unflagged).sum()), n),
+        "abnormal_missed": _rate(
+            int(((targets != normal) & (pred == normal) & unflagged).sum()),
+            int((targets != normal).sum()),
+        ),
         "per_class": per_class,
     }
 
 
-def markdown_table(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The headline figures and every class's recall and precision, before and after."""
+HEADLINES = (
+    ("n", "cells"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1 (classes present)"),
+    ("unflagged_share", "share not flagged for review"),
+    ("unflagged_accuracy", "accuracy of those not flagged"),
+    ("called_normal", "share called normal"),
+    ("abnormal_unflagged", "share called abnormal without a flag"),
+    ("abnormal_missed", "abnormal cells called normal without a flag"),
+)
+
+
+def markdown_table(
+    before: dict[str, Any], after: dict[str, Any], only: tuple[str, ...] | None = None
+) -> list[str]:
+    """The headline figures and every class's recall and precision, before and after; with
+    `only`, those headline figures alone."""
 
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
     lines = ["| figure | before | after |", "|---|---|---|"]
-    for key, what in (
-        ("n", "cells"),
-        ("accuracy", "accuracy"),
-        ("macro_f1", "macro-F1 (classes present)"),
-        ("unflagged_share", "share not flagged for review"),
-        ("unflagged_accuracy", "accuracy of those not flagged"),
-        ("called_normal", "share called normal"),
-        ("abnormal_unflagged", "share called abnormal without a flag"),
-    ):
-        lines.append(f"| {what} | {cell(before.get(key))} | {cell(after.get(key))} |")
+    for key, what in HEADLINES:
+        if only is None or key in only:
+            lines.append(f"| {what} | {cell(before.get(key))} | {cell(after.get(key))} |")
+    if only is not None:
+        return lines
     names = sorted(set(before["per_class"]) | set(after["per_class"]))
     for name in names:
         b, a = before["per_class"].get(name, {}), after["per_class"].get(name, {})

@@ -644,7 +644,11 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         "",
         "## The base model's own held-out cells (replayed validation cells): what was kept",
         "",
-        *markdown_table(figures["base_valid"]["before"], figures["base_valid"]["after"])[:4],
+        *markdown_table(
+            figures["base_valid"]["before"],
+            figures["base_valid"]["after"],
+            only=("n", "accuracy", "abnormal_missed"),
+        ),
         "",
         "## Fields judged unfamiliar (the laboratory's test fields)",
         "",
