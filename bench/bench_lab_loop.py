@@ -12,13 +12,15 @@ statistics). Half the smears (seeded) are its reviewed slides, the rest measure.
    temporary SQLite file) gets `--slides` slides of `--fields-per-slide` fields at 0.19 um per
    pixel; each red cell the detector found that matches a Chula label point (within 20 px,
    closest pairs first) is reviewed with PATCH to that label (Chula's elliptocytes, a class
-   the model lacks, stay unreviewed); each slide is signed off.
+   the model lacks, stay unreviewed; with `--review-classes normal` only the normal cells are
+   reviewed, as a clinic of healthy donors would); each slide is signed off.
 2. `python -m training adapt --database URL --out DIR` runs as a laboratory runs it.
 3. The measuring fields go through POST /analyze/smear (scale given) on the base model (clean
    and recoloured fields) and on the adapted model (recoloured fields). Per service: accuracy of
    the counted red cells that match a label point, each class's recall and precision among
    them, the share of those cells called abnormal without a review flag, the fields judged
-   unfamiliar.
+   unfamiliar; of the normal cells, the share called normal and called abnormal without a
+   flag; of the abnormal cells, the share called normal without a flag.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def teach(
                 if label not in classes:
                     skipped += 1
                     continue
+                if args.review_classes and label not in args.review_classes.split(","):
+                    continue  # a clinic that reviews only some classes leaves the rest
                 done = client.patch(
                     f"/slides/{slide_id}/cells/{cell['id']}",
                     json={"version": cell["version"], "label": label},
@@ -150,6 +154,7 @@ def measure(
                 called.append(cell["label"])
                 flagged.append(bool(cell["needs_review"]))
     t, c, f = np.asarray(truth), np.asarray(called), np.asarray(flagged)
+    normal, abnormal = t == NORMAL, t != NORMAL
     per_class = {}
     for name in sorted(set(truth) | set(called)):
         hits = int(((t == name) & (c == name)).sum())
@@ -165,6 +170,14 @@ def measure(
         "accuracy": round(float((t == c).mean()), 4),
         "abnormal_unflagged": round(float(((c != NORMAL) & ~f).mean()), 4),
         "flagged": round(float(f.mean()), 4),
+        # What a clinic of healthy donors sees, and what a crowded patient would lose.
+        "normal_called_normal": round(float((c[normal] == NORMAL).mean()), 4),
+        "normal_called_abnormal_unflagged": round(
+            float(((c[normal] != NORMAL) & ~f[normal]).mean()), 4
+        ),
+        "abnormal_called_normal_unflagged": round(
+            float(((c[abnormal] == NORMAL) & ~f[abnormal]).mean()), 4
+        ),
         "per_class": per_class,
     }
 
@@ -180,6 +193,11 @@ def main() -> int:
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--fields-per-slide", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--review-classes",
+        help="review only cells of these labels, comma-separated (normal: a clinic of healthy "
+        "donors); the others stay as the model called them, unreviewed",
+    )
     parser.add_argument(
         "--colour-stats", type=Path, default=Path(tempfile.gettempdir()) / "rbc-colour-stats.json"
     )
@@ -232,7 +250,9 @@ def main() -> int:
         print(
             f"{key:>16}: accuracy {r['accuracy']:.3f} on {r['cells']} cells, abnormal "
             f"unflagged {r['abnormal_unflagged']:.3f}, flagged {r['flagged']:.3f}, unfamiliar "
-            f"fields {r['unfamiliar_fields']}/{r['fields']}"
+            f"fields {r['unfamiliar_fields']}/{r['fields']}; normal cells called normal "
+            f"{r['normal_called_normal']:.3f}, abnormal cells called normal unflagged "
+            f"{r['abnormal_called_normal_unflagged']:.3f}"
         )
     print("\n".join(result["adapt_output"]))
     if args.out:
