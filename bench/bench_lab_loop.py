@@ -170,7 +170,7 @@ def measure(
         "accuracy": round(float((t == c).mean()), 4),
         "abnormal_unflagged": round(float(((c != NORMAL) & ~f).mean()), 4),
         "flagged": round(float(f.mean()), 4),
-        # What a clinic of healthy donors sees, and what a crowded patient would lose.
+        # What a clinic of healthy donors sees, and what a patient would lose unseen.
         "normal_called_normal": round(float((c[normal] == NORMAL).mean()), 4),
         "normal_called_abnormal_unflagged": round(
             float(((c[normal] != NORMAL) & ~f[normal]).mean()), 4
