@@ -249,3 +249,37 @@ def test_the_split_follows_cell_counts_and_keeps_groups_whole() -> None:
     fit = sum(n for g, n in sizes.items() if split[g] == "fit") / sum(sizes.values())
     assert 0.45 <= fit <= 0.75
     assert split_groups(dict(reversed(list(sizes.items()))), seed=3) == split
+
+
+def test_a_clinic_that_would_forget_is_fitted_with_less_weight() -> None:
+    """A clinic that calls b-looking cells "a" (healthy donors' cells all "normal") pulls the
+    layer so that the base's own b cells would be forgotten; each pull strength then backs off
+    the laboratory's weight until its fit keeps the base's cells."""
+    from types import SimpleNamespace
+
+    from training.adapt.pipeline import LAB_WEIGHTS, MAX_FORGETTING, Features, _choose_fit
+    from training.adapt.replay import Replay
+
+    rng = np.random.default_rng(0)
+
+    def cells(n: int, centre: tuple[float, float]) -> np.ndarray:
+        x = np.zeros((n, 4), dtype=np.float32)
+        x[:, :2] = np.asarray(centre) + rng.normal(scale=0.6, size=(n, 2))
+        return x
+
+    replay_x = np.concatenate([cells(200, (2, 0)), cells(200, (0, 2))] * 2)
+    replay_y = np.array(([0] * 200 + [1] * 200) * 2)
+    is_train = np.array([True] * 400 + [False] * 400)
+    replay = Replay(["a", "b"], replay_x, replay_y, is_train)
+    lab = {
+        p: Features(cells(300, (0.8, 1.4)), np.zeros(300, dtype=np.int64))
+        for p in ("fit", "calibrate")
+    }
+    start = torch.eye(2, 4)
+    _, choice = _choose_fit(start, lab, replay, SimpleNamespace(new_classes=[]), lambda _: None)
+    base_kept = choice["candidates"][0]["replay_valid_accuracy"]
+    fits = choice["candidates"][1:]
+    assert any("lab x" in r["candidate"] for r in fits)  # at least one pull strength backed off
+    for r in fits:
+        backed_off_to_the_end = r["candidate"].endswith(f"lab x{LAB_WEIGHTS[-1]:g}")
+        assert r["replay_valid_accuracy"] >= base_kept - MAX_FORGETTING or backed_off_to_the_end

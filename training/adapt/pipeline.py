@@ -6,7 +6,10 @@
 2. The base model computes each cell's 512 features once (the service's own preprocessing and
    engine).
 3. The last layer is refitted on the fit cells and the base model's replayed cells
-   (training/adapt/head.py) at a few strengths of the pull toward the base weights. A fit
+   (training/adapt/head.py) at a few strengths of the pull toward the base weights, each with
+   the laboratory's cells weighed less (LAB_WEIGHTS) while its fit would forget more than
+   MAX_FORGETTING of the replayed validation cells (a clinic that reviewed only normal cells
+   pulls every cell toward normal). A fit
    replaces the base layer only if it is right significantly more often on the calibrate cells
    (a one-sided sign test on the cells where the two disagree, z > MIN_GAIN_Z: a few hundred
    held-out cells make small differences noise) and loses at most MAX_FORGETTING on the
@@ -56,6 +59,9 @@ from training.errors import DataError
 
 L2_CANDIDATES = (L2 * 10, L2 * 100, L2 * 1000)  # 0.01, 0.1, 1: from free to near the base
 MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candidate may lose
+# The laboratory's cells' weight against the replayed cells', tried in turn for each pull strength
+# until a fit forgets at most MAX_FORGETTING.
+LAB_WEIGHTS = (1.0, 0.5, 0.25, 0.1)
 MIN_GAIN_Z = 1.645  # one-sided 5 %: a candidate must beat the base layer by more than chance
 REPORT = "report.md"
 SUMMARY = "adaptation.json"
@@ -281,14 +287,22 @@ def _choose_fit(
     candidates: list[tuple[str, HeadFit]] = [("base", HeadFit(start, math.nan, 0))]
     for k, l2 in enumerate(L2_CANDIDATES):
         step(f"fitting the last layer ({k + 1} of {len(L2_CANDIDATES)})", FIT_STEPS[k])
-        fitted = fit_last_layer(
-            start,
-            (fit_part.features, fit_part.targets),
-            replay.part(train=True),
-            new_rows=len(lab.new_classes),
-            l2=l2,
-        )
-        candidates.append((f"l2={l2:g}", fitted))
+        # The laboratory's cells weigh as much as the replayed ones unless that forgets more
+        # than allowed (a clinic that reviewed only normal cells pulls every cell toward
+        # normal); then less, until the fit keeps the base's cells.
+        for lab_weight in LAB_WEIGHTS:
+            fitted = fit_last_layer(
+                start,
+                (fit_part.features, fit_part.targets),
+                replay.part(train=True),
+                new_rows=len(lab.new_classes),
+                l2=l2,
+                lab_weight=lab_weight,
+            )
+            if _accuracy(fitted.weight, rv_x, rv_y) >= base_replay - MAX_FORGETTING:
+                break
+        label = f"l2={l2:g}" + ("" if lab_weight == LAB_WEIGHTS[0] else f", lab x{lab_weight:g}")
+        candidates.append((label, fitted))
     base_right = _right(start, calib.features, calib.targets)
     rows: list[dict[str, Any]] = []
     for label, fitted in candidates:
