@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,9 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 from core.classify.nets import load_network  # noqa: E402
 from core.classify.preprocess import Preprocessor  # noqa: E402
+from research.crops import load_crops  # noqa: E402
 from research.lab_wide_shift_probe import chula_field_stats  # noqa: E402
+from research.probe_fields import command_line, write_result  # noqa: E402
 
 NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
 # 1: the stem; 3: + block 0; 9: + blocks 1-2; 21: + blocks 3-6; 48: every layer of the body.
@@ -165,11 +166,7 @@ def main() -> int:
     truth = measured.label.to_numpy()
 
     def load(rows: pd.DataFrame) -> list[Image.Image]:
-        out = []
-        for rel in rows.path:
-            with Image.open(args.data / rel) as opened:
-                out.append(opened.convert("RGB"))
-        return out
+        return load_crops(args.data, rows.path)
 
     def tensor(images: list[Image.Image]) -> torch.Tensor:
         return torch.from_numpy(preprocess.batch(images)).to(memory_format=torch.channels_last)
@@ -250,7 +247,7 @@ def main() -> int:
         print(f"left out {left_out}: depth {best} -> {chosen[left_out]}", flush=True)
 
     result = {
-        "command": " ".join(["research/adabn_probe.py", *sys.argv[1:]]),
+        "command": command_line("research/adabn_probe.py", None),
         "seconds": round(time.perf_counter() - started, 1),
         "clean": clean,
         "measured_crops": len(truth),
@@ -262,8 +259,7 @@ def main() -> int:
         "depth_chosen_leaving_the_source_out": chosen,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

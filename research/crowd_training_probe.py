@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.classify.nets import load_network  # noqa: E402
 from core.classify.preprocess import Preprocessor  # noqa: E402
+from research.crops import load_crops, txl_counted_crops  # noqa: E402
 from research.crowding_probe import centre_cell, crowded  # noqa: E402
+from research.probe_fields import command_line, write_result  # noqa: E402
 from training.augment import colour_jitter, stain_jitter  # noqa: E402
 
 NORMAL = "normal"
@@ -110,11 +112,7 @@ def main() -> int:
     manifest = manifest[manifest.label.isin(classes)]
 
     def read(rows: pd.DataFrame) -> list[np.ndarray]:
-        out = []
-        for rel in rows.path:
-            with Image.open(args.data / rel) as opened:
-                out.append(np.asarray(opened.convert("RGB")))
-        return out
+        return [np.asarray(crop) for crop in load_crops(args.data, rows.path)]
 
     def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
         x = preprocess.batch([Image.fromarray(a) for a in arrays])
@@ -203,7 +201,7 @@ def main() -> int:
             )
         result[arm] = {**measure(net), "seconds": round(time.perf_counter() - arm_started, 1)}
         print(arm, json.dumps(result[arm]), flush=True)
-    result["command"] = " ".join(["research/crowd_training_probe.py", *sys.argv[1:]])
+    result["command"] = command_line("research/crowd_training_probe.py", None)
     result["settings"] = {
         "epochs": args.epochs,
         "per_epoch": args.per_epoch,
@@ -214,8 +212,7 @@ def main() -> int:
     }
     result["seconds"] = round(time.perf_counter() - started, 1)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 
@@ -223,19 +220,12 @@ def txl_test_crops(args: argparse.Namespace, preprocess: Preprocessor) -> dict[s
     """Each txl-pbc source's counted red cells of its test fields, cut as the service cuts them."""
     from core.classify.predictor import Predictor
     from core.detect.learned import CellDetector
-    from core.smear.analysis import analyze_smear
 
     predictor = Predictor.load(args.model, device="cpu", tta_views=1)
     detector = CellDetector.load(args.detector)
-    table = pd.read_csv(args.txl / "sources.csv", dtype=str)
     out = {}
     for source in SOURCES:
-        crops: list[Image.Image] = []
-        for rel in sorted(table[(table.source == source) & (table.split == "test")].image):
-            with Image.open(args.txl / rel) as opened:
-                field = opened.convert("RGB")
-            analysed = analyze_smear(field, predictor, None, detector=detector, keep_crops=True)
-            crops += [analysed.crops[c.id] for c in analysed.result.counted]
+        crops = txl_counted_crops(args.txl, source, "test", predictor, detector)
         out[source] = torch.from_numpy(preprocess.batch(crops)).to(
             memory_format=torch.channels_last
         )

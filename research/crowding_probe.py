@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_shift import cell_mask  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
+from research.crops import load_crops  # noqa: E402
+from research.probe_fields import command_line, write_result  # noqa: E402
 
 NORMAL = "normal"
 
@@ -101,11 +103,7 @@ def main() -> int:
         drop=True
     )
 
-    def read(rel: str) -> np.ndarray:
-        with Image.open(args.data / rel) as opened:
-            return np.asarray(opened.convert("RGB"))
-
-    crops = [read(rel) for rel in test.path]
+    crops = [np.asarray(crop) for crop in load_crops(args.data, test.path)]
     truth = test.label.to_numpy()
     normal_idx = np.nonzero(truth == NORMAL)[0]
     # Each smear's whole cells, as neighbours for its other crops.
@@ -179,11 +177,10 @@ def main() -> int:
                 sheet.paste(Image.fromarray(a), (72 * c, 72 * r))
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(args.sheet, quality=85)
-    result["command"] = " ".join(["research/crowding_probe.py", *sys.argv[1:]])
+    result["command"] = command_line("research/crowding_probe.py", None)
     result["seconds"] = round(time.perf_counter() - started, 1)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

@@ -25,7 +25,6 @@ neighbours.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -44,19 +43,21 @@ from core.detect.field import Detected, FieldDetection  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.smear.analysis import (  # noqa: E402
     NORMAL,
+    _classify,
     _detect,
-    _pixel_box,
     check_working_size,
     judge_familiarity,
     scale_factor,
 )
-from core.smear.crop import crop_cell, median_colour  # noqa: E402
 from core.smear.result import FieldCell  # noqa: E402
+from research.probe_fields import command_line, write_result  # noqa: E402
 from training.smear import MATCH_RADIUS_PX, match_points  # noqa: E402
 
 SOURCES = ("bccd", "bcd", "raabin")
 CHULA_MPP = 0.19
 FEATHER_PX = 2.0
+MAX_WORKING_PIXELS = 4096 * 4096  # analyze_smear's default
+Box = tuple[float, float, float, float]
 
 
 def plasma_colour(work: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
@@ -90,6 +91,29 @@ def isolate(
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
+class Isolating:
+    """The predictor, shown each field's crops with everything outside the cell filled
+    (`isolate`, the cells' boxes in crop pixels, in the order the field's crops come); the rest
+    (classes, calibration, card) is the predictor's."""
+
+    def __init__(
+        self, predictor: Predictor, boxes: list[Box], plasma: np.ndarray, margin: float
+    ) -> None:
+        self.predictor, self.boxes, self.plasma, self.margin = predictor, boxes, plasma, margin
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)
+
+    def predict(
+        self, images: list[Image.Image], heatmap: bool = False, check: Any = None
+    ) -> list[Any]:
+        shown = [
+            isolate(crop, box, self.plasma, self.margin)
+            for crop, box in zip(images, self.boxes, strict=True)
+        ]
+        return self.predictor.predict(shown, check=check)
+
+
 def field_cells(
     image: Image.Image,
     found: FieldDetection,
@@ -97,39 +121,25 @@ def field_cells(
     margins: list[float | None],
     window: int,
 ) -> dict[str, tuple[list[FieldCell], Any]]:
-    """For each margin (None: the crops as cut today), the field's cells and its familiarity."""
+    """For each margin (None: the crops as cut today), the field's cells and its familiarity,
+    through the service's own cropping and classifying (`_classify`)."""
     red: list[Detected] = found.of_kind("red_cell")
-    work_size = check_working_size(image.size, found.microns_per_pixel, 4096 * 4096)
+    work_size = check_working_size(image.size, found.microns_per_pixel, MAX_WORKING_PIXELS)
     factor = scale_factor(found.microns_per_pixel)
     work = image if factor == 1.0 else image.resize(work_size, Image.Resampling.LANCZOS)
-    fill = median_colour(work)
     plasma = plasma_colour(
         np.asarray(work), [tuple(v * factor for v in o.box) for o in found.objects]
     )
-    centres = [(round(d.x * factor), round(d.y * factor)) for d in red]
-    plain = [crop_cell(work, x, y, window, fill)[0] for x, y in centres]
+    boxes: list[Box] = []
+    for d in red:  # each box in its crop's pixels, the crop centred as `_classify` centres it
+        left, top = round(d.x * factor) - window // 2, round(d.y * factor) - window // 2
+        x0, y0, x1, y1 = (v * factor for v in d.box)
+        boxes.append((x0 - left, y0 - top, x1 - left, y1 - top))
     out = {}
     for margin in margins:
-        if margin is None:
-            crops = plain
-        else:
-            crops = []
-            for crop, d, (x, y) in zip(plain, red, centres, strict=True):
-                left, top = x - window // 2, y - window // 2
-                box = tuple(v * factor for v in d.box)
-                local = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
-                crops.append(isolate(crop, local, plasma, margin))
-        predictions = predictor.predict(crops) if crops else []
-        cells = [
-            FieldCell(
-                id=k + 1, x=d.x, y=d.y, box=_pixel_box(d.box, image.size),
-                at_border=d.at_border, counted=not d.at_border, label=p.label,
-                confidence=p.confidence, probabilities=p.probabilities,
-                needs_review=p.needs_review, familiarity=getattr(p, "familiarity", None),
-            )
-            for k, (d, p) in enumerate(zip(red, predictions, strict=True))
-        ]  # fmt: skip
-        familiarity = judge_familiarity(predictor, cells, image)
+        classifier = predictor if margin is None else Isolating(predictor, boxes, plasma, margin)
+        cells, _ = _classify(image, red, found, classifier, window, MAX_WORKING_PIXELS, None)
+        familiarity = judge_familiarity(classifier, cells, image)
         out["plain" if margin is None else f"margin {margin}"] = (cells, familiarity)
     return out
 
@@ -239,14 +249,13 @@ def main() -> int:
                 flush=True,
             )
     result = {
-        "command": " ".join(["research/isolate_cell_probe.py", *sys.argv[1:]]),
+        "command": command_line("research/isolate_cell_probe.py", None),
         "seconds": round(time.perf_counter() - started, 1),
         "chula_test_smears": chula,
         "txl_test_fields": txl,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

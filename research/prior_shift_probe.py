@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
+from research.crops import load_crops, txl_counted_crops  # noqa: E402
 from research.lab_wide_shift_probe import chula_field_stats  # noqa: E402
+from research.probe_fields import command_line, write_result  # noqa: E402
 
 NORMAL = "normal"
 HEALTHY_ABNORMAL_SHARE = 0.05
@@ -128,14 +130,8 @@ def main() -> int:
     lab_half = test[test.source_image.isin(smears[0::2])].reset_index(drop=True)
     measured = test[test.source_image.isin(smears[1::2])].reset_index(drop=True)
 
-    def load(rows: pd.DataFrame) -> list[Image.Image]:
-        out = []
-        for rel in rows.path:
-            with Image.open(args.data / rel) as opened:
-                out.append(opened.convert("RGB"))
-        return out
-
-    lab_images, measured_images = load(lab_half), load(measured)
+    lab_images = load_crops(args.data, lab_half.path)
+    measured_images = load_crops(args.data, measured.path)
     source_prior = posteriors(lab_images).mean(axis=0)
     print("Chula's prior:", dict(zip(classes, source_prior.round(3), strict=True)), flush=True)
     chula = chula_field_stats(
@@ -171,19 +167,11 @@ def main() -> int:
     txl: dict[str, Any] = {}
     if not args.skip_txl:
         from core.detect.learned import CellDetector
-        from core.smear.analysis import analyze_smear
 
         detector = CellDetector.load(args.detector)
-        table = pd.read_csv(args.txl / "sources.csv", dtype=str)
 
         def field_crops(source: str, split: str) -> list[Image.Image]:
-            crops: list[Image.Image] = []
-            for rel in sorted(table[(table.source == source) & (table.split == split)].image):
-                with Image.open(args.txl / rel) as opened:
-                    field = opened.convert("RGB")
-                analysed = analyze_smear(field, predictor, None, detector=detector, keep_crops=True)
-                crops += [analysed.crops[c.id] for c in analysed.result.counted]
-            return crops
+            return txl_counted_crops(args.txl, source, split, predictor, detector)
 
         for source in SOURCES:
             prior = em_prior(posteriors(field_crops(source, "train")), source_prior)
@@ -201,15 +189,14 @@ def main() -> int:
                 flush=True,
             )
     result = {
-        "command": " ".join(["research/prior_shift_probe.py", *sys.argv[1:]]),
+        "command": command_line("research/prior_shift_probe.py", None),
         "seconds": round(time.perf_counter() - started, 1),
         "chula_prior": dict(zip(classes, source_prior.round(4).tolist(), strict=True)),
         "simulated": simulated,
         "txl": txl,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 
