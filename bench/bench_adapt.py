@@ -18,7 +18,7 @@ Figures per source, all on the second half's crops of the base model's classes:
 - `adapted`: the adapted model on the recoloured crops;
 - `recovered`: (adapted - shifted) / (clean - shifted), the share of the shift's cost regained;
 - `chula_change`: the adapted model against the base on every clean Chula test crop (forgetting);
-- `seconds`: the adapt run.
+- `seconds`: the adapt run; `candidates`: how adapt judged each fit (in the JSON only).
 - `normal_called_normal_*`, `normal_abnormal_unflagged_*`: of the second half's normal cells,
   shifted, the share the base and the adapted model call normal, and call abnormal without the
   cell's own review flag (what a clinic of healthy donors sees);
@@ -165,6 +165,7 @@ def run_source(
         ),
         "chosen": summary["fit"]["chosen"],
         "seconds": round(seconds, 1),
+        "candidates": summary["fit"]["candidates"],  # how each fit was judged
     }
     # What a clinic of healthy donors sees: the second half's normal cells, shifted.
     normal = known[known["label"] == "normal"]
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             run_source(source, ColourStats.from_dict(sources[source]["stats"]), test, args, base)
         )
         print(json.dumps(rows[-1]), flush=True)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).drop(columns="candidates")
     print(table.to_string(index=False))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -272,14 +272,81 @@ def test_a_clinic_that_would_forget_is_fitted_with_less_weight() -> None:
     is_train = np.array([True] * 400 + [False] * 400)
     replay = Replay(["a", "b"], replay_x, replay_y, is_train)
     lab = {
-        p: Features(cells(300, (0.8, 1.4)), np.zeros(300, dtype=np.int64))
+        p: Features(cells(300, (0.8, 1.4)), np.zeros(300, dtype=np.int64), np.arange(300) // 30)
         for p in ("fit", "calibrate")
     }
+    lab["calibrate"].groups += 10  # slides 0-9 fit, 10-19 calibrate
     start = torch.eye(2, 4)
-    _, choice = _choose_fit(start, lab, replay, SimpleNamespace(new_classes=[]), lambda _: None)
+    cells_of = SimpleNamespace(new_classes=[], group_by="slide")
+    _, choice, _ = _choose_fit(start, lab, replay, cells_of, lambda _: None)
     base_kept = choice["candidates"][0]["replay_valid_accuracy"]
     fits = choice["candidates"][1:]
     assert any("lab x" in r["candidate"] for r in fits)  # at least one pull strength backed off
     for r in fits:
         backed_off_to_the_end = r["candidate"].endswith(f"lab x{LAB_WEIGHTS[-1]:g}")
         assert r["replay_valid_accuracy"] >= base_kept - MAX_FORGETTING or backed_off_to_the_end
+
+
+def test_folds_keep_groups_whole_and_even() -> None:
+    from training.adapt.pipeline import fold_groups
+
+    groups = np.repeat(np.arange(12), [50, 40, 40, 30, 30, 30, 20, 20, 20, 10, 10, 10])
+    folds = fold_groups(groups, 4, seed=1)
+    for g in np.unique(groups):
+        assert len(np.unique(folds[groups == g])) == 1  # a slide is never split
+    sizes = np.bincount(folds, minlength=4)
+    assert sizes.min() > 0 and sizes.max() - sizes.min() <= 50  # at most one slide apart
+    assert np.array_equal(fold_groups(groups, 4, seed=1), folds)
+
+
+def _lab_and_replay(
+    rng: np.random.Generator, lab_targets: Callable[[np.ndarray], np.ndarray]
+) -> tuple[dict[str, Any], Any]:
+    """Replay cells of two classes the base reads from feature 0; lab cells of 20 slides whose
+    classes `lab_targets` gives from their features (which also vary along feature 2, as a
+    stain the base never saw might move them)."""
+    from training.adapt.pipeline import Features
+    from training.adapt.replay import Replay
+
+    replay_x = rng.normal(size=(800, 4)).astype(np.float32)
+    replay_x[:, 2] = 0  # the base's own cells do not vary along feature 2
+    replay_y = (replay_x[:, 0] > 0).astype(np.int64)
+    replay = Replay(["a", "b"], replay_x, replay_y, np.arange(800) < 400)
+    parts = {}
+    for k, p in enumerate(("fit", "calibrate")):
+        x = rng.normal(size=(300, 4)).astype(np.float32)
+        parts[p] = Features(x, lab_targets(x), np.arange(300) // 30 + 10 * k)
+    return parts, replay
+
+
+def test_a_lab_whose_classes_follow_another_feature_gets_a_fit() -> None:
+    from types import SimpleNamespace
+
+    from training.adapt.pipeline import _choose_fit
+
+    rng = np.random.default_rng(0)
+    # The lab's cells: class "b" where feature 0 and feature 2 together say so (its stain moved
+    # what the base reads).
+    parts, replay = _lab_and_replay(rng, lambda x: (x[:, 0] + 2 * x[:, 2] > 0).astype(np.int64))
+    start = torch.tensor([[-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    cells_of = SimpleNamespace(new_classes=[], group_by="slide")
+    _, choice, held_out = _choose_fit(start, parts, replay, cells_of, lambda _: None)
+    assert choice["chosen"] != "base" and choice["folds"] == 5
+    assert held_out is not None and held_out.shape == (600, 2)
+    chosen = next(r for r in choice["candidates"] if r["candidate"] == choice["chosen"])
+    assert chosen["held_out_accuracy"] > choice["candidates"][0]["held_out_accuracy"] + 0.05
+
+
+def test_labels_that_follow_nothing_keep_the_base() -> None:
+    """Reviews the features cannot explain (coin flips): every fit learns them on its own cells,
+    and none is right more often than the base on cells its fit did not see."""
+    from types import SimpleNamespace
+
+    from training.adapt.pipeline import _choose_fit
+
+    rng = np.random.default_rng(1)
+    parts, replay = _lab_and_replay(rng, lambda x: rng.integers(0, 2, size=len(x)))
+    start = torch.tensor([[-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    cells_of = SimpleNamespace(new_classes=[], group_by="slide")
+    _, choice, held_out = _choose_fit(start, parts, replay, cells_of, lambda _: None)
+    assert choice["chosen"] == "base" and held_out is None

@@ -5,20 +5,23 @@
    calibrate and test parts (training/adapt/cells.py).
 2. The base model computes each cell's 512 features once (the service's own preprocessing and
    engine).
-3. The last layer is refitted on the fit cells and the base model's replayed cells
-   (training/adapt/head.py) at a few strengths of the pull toward the base weights, each with
-   the laboratory's cells weighed less (LAB_WEIGHTS) while its fit would forget more than
-   MAX_FORGETTING of the replayed validation cells (a clinic that reviewed only normal cells
-   pulls every cell toward normal). A fit
-   replaces the base layer only if it is right significantly more often on the calibrate cells
-   (a one-sided sign test on the cells where the two disagree, z > MIN_GAIN_Z: a few hundred
-   held-out cells make small differences noise) and loses at most MAX_FORGETTING on the
-   replayed base validation cells; of those, the one right most often wins. Otherwise the base
-   layer stays and only the calibration is the lab's.
-4. Recalibration on the calibrate part: temperature, review threshold (for the base's target
-   accuracy), familiarity statistics (the lab's cells join the training cells), and field
-   colours (the lab's fit fields join the reference), so that the lab's own fields become
-   familiar.
+3. The last layer is refitted on the fit and calibrate cells together and the base model's
+   replayed cells (training/adapt/head.py) at a few strengths of the pull toward the base
+   weights, each with the laboratory's cells weighed less (LAB_WEIGHTS) while its fit would
+   forget more than MAX_FORGETTING of the replayed validation cells (a clinic that reviewed only
+   normal cells pulls every cell toward normal). Each candidate is judged cross-fitted: its
+   slides (fields, when held out by field) are dealt into folds, and every cell is predicted by
+   the same candidate fitted without its fold, so every reviewed cell outside the test part
+   both teaches the final fit and measures the choice (a calibrate part alone, a fifth of 500
+   reviews, was too few for the test below to see a real gain). A fit replaces the base layer
+   only if those held-out predictions are right significantly more often than the base's (a
+   one-sided sign test on the cells where the two disagree, z > MIN_GAIN_Z) and it loses at
+   most MAX_FORGETTING on the replayed base validation cells; of those, the one right most
+   often wins. Otherwise the base layer stays and only the calibration is the lab's.
+4. Recalibration: temperature and review threshold (for the base's target accuracy) on the
+   held-out predictions of the chosen candidate; familiarity statistics (the lab's fit cells
+   join the training cells; thresholds on the calibrate cells), and field colours (the lab's
+   fit fields join the reference), so that the lab's own fields become familiar.
 5. Before / after on the test part; a servable model folder (export.pkl, model_state.pt,
    model.onnx, model card, calibration, replay set, report.md, adaptation.json, a figure) is
    built beside `out` and renamed into place at the end: nothing half-written.
@@ -63,6 +66,7 @@ MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candid
 # until a fit forgets at most MAX_FORGETTING.
 LAB_WEIGHTS = (1.0, 0.5, 0.25, 0.1)
 MIN_GAIN_Z = 1.645  # one-sided 5 %: a candidate must beat the base layer by more than chance
+MAX_FOLDS = 5  # groups of the fit and calibrate cells, each held out once to judge a candidate
 REPORT = "report.md"
 SUMMARY = "adaptation.json"
 FIGURE = "before_after.png"
@@ -83,6 +87,7 @@ class Features:
 
     features: np.ndarray  # (N, D)
     targets: np.ndarray  # (N,) index into the adapted classes
+    groups: np.ndarray | None = None  # (N,) the slide (or field) each cell is held out with
 
 
 def adapt_from_database(
@@ -167,14 +172,14 @@ def adapt_cells(
     parts = _features(predictor, lab, progress, step)
     base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
     start = extend_weights(base_weight, list(card.classes), lab.classes)
-    fit, choice = _choose_fit(start, parts, replay, lab, say, step)
+    fit, choice, held_out = _choose_fit(start, parts, replay, lab, say, step, seed)
     if choice["chosen"] == "base" and lab.new_classes:
         # The base layer has no row for them: a zero row would be a guess, not a class.
         say(f"Not learnt well enough to beat the base, so left out: {lab.new_classes}")
         fit, parts = _without_new_classes(fit, parts, lab)
         start = start[: len(lab.classes)]
     step("recalibrating", 0.8)
-    calibration = _recalibrate(fit.weight, parts, replay, lab, predictor.calibration)
+    calibration = _recalibrate(fit.weight, held_out, parts, replay, lab, predictor.calibration)
     step("measuring before and after", 0.85)
     figures = _before_after(predictor, start, fit.weight, calibration, parts, replay, lab)
     seconds = time.perf_counter() - started
@@ -248,11 +253,14 @@ def _features(
     predictor: Any, lab: LabCells, progress: bool, step: Step = no_step
 ) -> dict[str, Features]:
     parts = {}
+    group = "slide_id" if lab.group_by == "slide" else "field_id"
     for part in ("fit", "calibrate", "test"):
         rows = lab.part(part)
         step(f"features of the {len(rows)} {part} cells", FEATURE_STEPS[part])
         _, feats = crop_outputs(predictor, lab.root, list(rows["path"]), part, progress, 1)
-        parts[part] = Features(feats.numpy(), rows["target"].to_numpy(dtype=np.int64))
+        parts[part] = Features(
+            feats.numpy(), rows["target"].to_numpy(dtype=np.int64), rows[group].to_numpy()
+        )
     return parts
 
 
@@ -272,6 +280,20 @@ def gain_z(base_right: np.ndarray, right: np.ndarray) -> float:
     return 0.0 if wins + losses == 0 else (wins - losses) / math.sqrt(wins + losses)
 
 
+def fold_groups(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Each cell's fold, 0..folds-1: whole groups (slides, or fields) dealt in a seeded order,
+    each to the fold that has the fewest cells so far."""
+    names, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    have = np.zeros(folds, dtype=np.int64)
+    fold_of = {}
+    for i in order:
+        k = int(have.argmin())
+        fold_of[names[i]] = k
+        have[k] += sizes[i]
+    return np.array([fold_of[g] for g in groups], dtype=np.int64)
+
+
 def _choose_fit(
     start: torch.Tensor,
     parts: dict[str, Features],
@@ -279,43 +301,61 @@ def _choose_fit(
     lab: LabCells,
     say: Say,
     step: Step = no_step,
-) -> tuple[HeadFit, dict[str, Any]]:
-    """Each candidate's fit; the best on the calibrate cells among those that keep the base."""
-    fit_part, calib = parts["fit"], parts["calibrate"]
+    seed: int = 0,
+) -> tuple[HeadFit, dict[str, Any], np.ndarray | None]:
+    """Each candidate's fit on the fit and calibrate cells; the best held-out (cross-fitted)
+    among those that beat the base and keep its cells. Also the chosen fit's held-out logits of
+    those cells (None when the base is kept: it never saw them)."""
+    learn = [parts["fit"], parts["calibrate"]]
+    x = np.concatenate([p.features for p in learn])
+    y = np.concatenate([p.targets for p in learn])
+    if any(p.groups is None for p in learn):
+        raise ValueError("the fit and calibrate cells need their slides (or fields)")
+    groups = np.concatenate([np.asarray(p.groups) for p in learn])
+    n_folds = min(MAX_FOLDS, len(np.unique(groups)))
+    folds = fold_groups(groups, n_folds, seed)
     rv_x, rv_y = replay.part(train=False)
     base_replay = _accuracy(start, rv_x, rv_y)
-    candidates: list[tuple[str, HeadFit]] = [("base", HeadFit(start, math.nan, 0))]
+    candidates: list[tuple[str, HeadFit, np.ndarray]] = [
+        ("base", HeadFit(start, math.nan, 0), x @ start.numpy().T)
+    ]
     for k, l2 in enumerate(L2_CANDIDATES):
         step(f"fitting the last layer ({k + 1} of {len(L2_CANDIDATES)})", FIT_STEPS[k])
-        # The laboratory's cells weigh as much as the replayed ones unless that forgets more
-        # than allowed (a clinic that reviewed only normal cells pulls every cell toward
-        # normal); then less, until the fit keeps the base's cells.
-        for lab_weight in LAB_WEIGHTS:
-            fitted = fit_last_layer(
+
+        def fit(keep: np.ndarray, lab_weight: float, l2: float = l2) -> HeadFit:
+            return fit_last_layer(
                 start,
-                (fit_part.features, fit_part.targets),
+                (x[keep], y[keep]),
                 replay.part(train=True),
                 new_rows=len(lab.new_classes),
                 l2=l2,
                 lab_weight=lab_weight,
             )
+
+        # The laboratory's cells weigh as much as the replayed ones unless that forgets more
+        # than allowed (a clinic that reviewed only normal cells pulls every cell toward
+        # normal); then less, until the fit keeps the base's cells.
+        everything = np.ones(len(y), dtype=bool)
+        for lab_weight in LAB_WEIGHTS:
+            fitted = fit(everything, lab_weight)
             if _accuracy(fitted.weight, rv_x, rv_y) >= base_replay - MAX_FORGETTING:
                 break
+        held_out = np.empty((len(y), len(start)))
+        for fold in range(n_folds):
+            out = folds == fold
+            held_out[out] = x[out] @ fit(~out, lab_weight).weight.numpy().T
         label = f"l2={l2:g}" + ("" if lab_weight == LAB_WEIGHTS[0] else f", lab x{lab_weight:g}")
-        candidates.append((label, fitted))
-    base_right = _right(start, calib.features, calib.targets)
+        candidates.append((label, fitted, held_out))
+    base_right = candidates[0][2].argmax(1) == y
     rows: list[dict[str, Any]] = []
-    for label, fitted in candidates:
+    for label, fitted, held_out in candidates:
+        right = held_out.argmax(1) == y
         rows.append(
             {
                 "candidate": label,
-                "calibrate_accuracy": round(
-                    _accuracy(fitted.weight, calib.features, calib.targets), 4
-                ),
+                "held_out_accuracy": round(float(right.mean()), 4),
                 "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y), 4),
-                "gain_z": round(
-                    gain_z(base_right, _right(fitted.weight, calib.features, calib.targets)), 2
-                ),
+                "gain_z": round(gain_z(base_right, right), 2),
             }
         )
     allowed = [0] + [
@@ -326,14 +366,19 @@ def _choose_fit(
         and r["replay_valid_accuracy"] >= base_replay - MAX_FORGETTING
     ]
     # Of the fits that beat the base, the best; ties go to the one nearer the base (later).
-    best = max(allowed, key=lambda i: (rows[i]["calibrate_accuracy"] if i else -1.0, i))
+    best = max(allowed, key=lambda i: (rows[i]["held_out_accuracy"] if i else -1.0, i))
+    say(
+        f"Each candidate judged on {len(y)} cells, each predicted by the candidate fitted "
+        f"without its {lab.group_by} ({n_folds} folds):"
+    )
     for r in rows:
         say(
-            f"  {r['candidate']:>8}: calibrate cells {r['calibrate_accuracy']:.3f} (gain z "
+            f"  {r['candidate']:>8}: held-out cells {r['held_out_accuracy']:.3f} (gain z "
             f"{r['gain_z']:+.2f}), replayed base cells {r['replay_valid_accuracy']:.3f}"
         )
     say(f"Chosen: {rows[best]['candidate']}")
-    return candidates[best][1], {"candidates": rows, "chosen": rows[best]["candidate"]}
+    choice = {"candidates": rows, "chosen": rows[best]["candidate"], "folds": n_folds}
+    return candidates[best][1], choice, (candidates[best][2] if best else None)
 
 
 def _without_new_classes(
@@ -345,7 +390,11 @@ def _without_new_classes(
     lab.rows = lab.rows[lab.rows["target"] < n].reset_index(drop=True)
     lab.classes, lab.new_classes = lab.classes[:n], []
     kept = {
-        name: Features(part.features[part.targets < n], part.targets[part.targets < n])
+        name: Features(
+            part.features[part.targets < n],
+            part.targets[part.targets < n],
+            None if part.groups is None else part.groups[part.targets < n],
+        )
         for name, part in parts.items()
     }
     return HeadFit(fit.weight[:n], fit.loss, fit.iterations), kept
@@ -363,17 +412,26 @@ def _field_medians(familiarity: Familiarity, x: np.ndarray, fields: np.ndarray) 
 
 def _recalibrate(
     weight: torch.Tensor,
+    held_out: np.ndarray | None,
     parts: dict[str, Features],
     replay: Replay,
     lab: LabCells,
     base: Calibration | None,
 ) -> Calibration:
-    """Temperature, review threshold, familiarity and field colours for the adapted layer."""
+    """Temperature, review threshold, familiarity and field colours for the adapted layer.
+    Temperature and threshold read the fit and calibrate cells' `held_out` logits (each from a
+    fit that did not see the cell; None: the base layer's, which saw none) and the replayed
+    base validation cells'."""
     calib = parts["calibrate"]
     rv_x, rv_y = replay.part(train=False)
+    learn_x = np.concatenate([parts["fit"].features, calib.features])
+    if held_out is None:
+        held_out = learn_x @ weight.numpy().T
+    logits = torch.cat(
+        [torch.as_tensor(held_out).float(), torch.as_tensor(rv_x).float() @ weight.float().T]
+    )
+    y = torch.as_tensor(np.concatenate([parts["fit"].targets, calib.targets, rv_y]))
     x = np.concatenate([calib.features, rv_x])
-    y = torch.as_tensor(np.concatenate([calib.targets, rv_y]))
-    logits = torch.as_tensor(x) @ weight.T
     temperature = fit_temperature(logits, y)
     conf, pred = calibrated_probabilities(logits, temperature).max(dim=1)
     target_accuracy = base.target_accuracy if base else 0.97
@@ -399,7 +457,10 @@ def _recalibrate(
         familiarity=familiarity,
         colours=colours,
         colour_threshold=colour_threshold,
-        figures={"fitted_on": "a laboratory's calibrate cells and the replayed base cells"},
+        figures={
+            "fitted_on": "a laboratory's fit and calibrate cells (each predicted by a fit "
+            "without its slide or field) and the replayed base validation cells"
+        },
     )
 
 
@@ -669,13 +730,16 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         f"before: {figures['lab_test_fields_unfamiliar']['before']}",
         f"after: {figures['lab_test_fields_unfamiliar']['after']}",
         "",
-        "## How the last layer was chosen (on the calibrate cells)",
+        "## How the last layer was chosen",
         "",
-        "| candidate | calibrate accuracy | gain over the base (sign test z) | replayed base "
+        f"Each fit and calibrate cell predicted by the candidate fitted without its "
+        f"{summary['held_out_by']} ({summary['fit'].get('folds')} folds):",
+        "",
+        "| candidate | held-out accuracy | gain over the base (sign test z) | replayed base "
         "validation accuracy |",
         "|---|---|---|---|",
         *(
-            f"| {r['candidate']} | {r['calibrate_accuracy']} | {r['gain_z']} | "
+            f"| {r['candidate']} | {r['held_out_accuracy']} | {r['gain_z']} | "
             f"{r['replay_valid_accuracy']} |"
             for r in summary["fit"]["candidates"]
         ),
