@@ -1,14 +1,15 @@
 """A laboratory's reviewed cells, read from an `import-slides` output, checked and split.
 
-Held-out cells measure and calibrate the adapted model, so they are never fitted on: whole slides
-go to one part (whole fields when there are fewer than three slides). Parts: `fit` (the last
-layer), `calibrate` (temperature, review threshold, familiarity thresholds, and the choice
-between candidate fits), `test` (the before / after figures, nothing chosen on it).
+Whole slides go to one part (whole fields when there are fewer than three slides). Parts: `fit`
+(the familiarity statistics' new cells), `calibrate` (the familiarity and field-colour thresholds,
+on cells and fields those statistics never saw), `test` (the before / after figures, nothing
+chosen or fitted on it). The last layer learns from `fit` and `calibrate` together, and its
+candidates are judged there cross-fitted, slide by slide (training/adapt/pipeline.py).
 
 The split is by cell count, not stratified by class (`split_groups`): a laboratory has a few
 slides of very different sizes, and the class-stratified split the training sets use
 (training.datasets.split.grouped_split) left the fit part 16-35 % of the cells on eight simulated
-slides (bench/bench_lab_loop.py); the fit part is what adapting learns from.
+slides (bench/bench_lab_loop.py).
 """
 
 from __future__ import annotations
