@@ -20,7 +20,11 @@ statistics). Half the smears (seeded) are its reviewed slides, the rest measure.
    the counted red cells that match a label point, each class's recall and precision among
    them, the share of those cells called abnormal without a review flag, the fields judged
    unfamiliar; of the normal cells, the share called normal and called abnormal without a
-   flag; of the abnormal cells, the share called normal without a flag.
+   flag; of the abnormal cells, the share called normal without a flag. Chula's smears are rich
+   in abnormal cells as a healthy clinic's are not, so the fields judged unfamiliar are also
+   counted among the mostly normal fields (at least MOSTLY_NORMAL of their matched cells
+   normal), and each field is listed (`per_field`: its matched cells, their normal share, and
+   which signals judged it unfamiliar).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour
 
 NORMAL = "normal"
 MATCH_RADIUS_PX = 20
+MOSTLY_NORMAL = 0.8  # a field like a healthy donor's: this share of its matched cells normal
 
 
 def _png(image: Image.Image) -> bytes:
@@ -138,6 +143,7 @@ def measure(
 ) -> dict[str, Any]:
     truth, called, flagged = [], [], []
     unfamiliar = 0
+    per_field = []
     for smear, image in fields:
         answer = client.post(
             "/analyze/smear",
@@ -148,11 +154,22 @@ def measure(
         body = answer.json()
         unfamiliar += bool(body["familiarity"]["unfamiliar"])
         counted = [c for c in body["cells"] if c["counted"]]
+        labels = []
         for cell, label in _matched(counted, _points(chula, smear)):
             if label in classes:
+                labels.append(label)
                 truth.append(label)
                 called.append(cell["label"])
                 flagged.append(bool(cell["needs_review"]))
+        per_field.append(
+            {
+                "smear": smear,
+                "matched": len(labels),
+                "normal_share": round(labels.count(NORMAL) / len(labels), 3) if labels else None,
+                "unfamiliar": bool(body["familiarity"]["unfamiliar"]),
+                "because": body["familiarity"].get("because", []),
+            }
+        )
     t, c, f = np.asarray(truth), np.asarray(called), np.asarray(flagged)
     normal, abnormal = t == NORMAL, t != NORMAL
     per_class = {}
@@ -163,9 +180,14 @@ def measure(
             "precision": round(hits / max(1, int((c == name).sum())), 4),
             "support": int((t == name).sum()),
         }
+    mostly_normal = [
+        f for f in per_field if f["normal_share"] is not None and f["normal_share"] >= MOSTLY_NORMAL
+    ]
     return {
         "fields": len(fields),
         "unfamiliar_fields": unfamiliar,
+        "mostly_normal_fields": len(mostly_normal),
+        "mostly_normal_unfamiliar": sum(f["unfamiliar"] for f in mostly_normal),
         "cells": len(t),
         "accuracy": round(float((t == c).mean()), 4),
         "abnormal_unflagged": round(float(((c != NORMAL) & ~f).mean()), 4),
@@ -179,6 +201,7 @@ def measure(
             float(((c[abnormal] == NORMAL) & ~f[abnormal]).mean()), 4
         ),
         "per_class": per_class,
+        "per_field": per_field,
     }
 
 
@@ -250,8 +273,9 @@ def main() -> int:
         print(
             f"{key:>16}: accuracy {r['accuracy']:.3f} on {r['cells']} cells, abnormal "
             f"unflagged {r['abnormal_unflagged']:.3f}, flagged {r['flagged']:.3f}, unfamiliar "
-            f"fields {r['unfamiliar_fields']}/{r['fields']}; normal cells called normal "
-            f"{r['normal_called_normal']:.3f}, abnormal cells called normal unflagged "
+            f"fields {r['unfamiliar_fields']}/{r['fields']} (mostly normal ones "
+            f"{r['mostly_normal_unfamiliar']}/{r['mostly_normal_fields']}); normal cells called "
+            f"normal {r['normal_called_normal']:.3f}, abnormal cells called normal unflagged "
             f"{r['abnormal_called_normal_unflagged']:.3f}"
         )
     print("\n".join(result["adapt_output"]))
