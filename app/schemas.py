@@ -537,12 +537,23 @@ class Headline(BaseModel):
     abnormal_unflagged: float | None = Field(
         None, description="share called abnormal without a review flag"
     )
+    abnormal_missed: float | None = Field(
+        None,
+        description="share of the abnormal cells called normal without a review flag (what a "
+        "model taught on mostly normal cells risks); null in folders written before it",
+    )
 
 
 class AdaptationOut(BaseModel):
     base_model: str = Field(description="the name of the model it was adapted from")
     before: Headline = Field(description="the base model on the laboratory's test cells")
     after: Headline = Field(description="this model on the same cells")
+    fit_chosen: str | None = Field(
+        None,
+        description="the last layer: the fit adapt chose (e.g. 'l2=0.1'), or 'base' when no fit "
+        "beat the base model on slides it was not fitted on, so that only the calibration is "
+        "the laboratory's; null when adaptation.json does not say",
+    )
     figure_url: str | None = Field(
         None,
         description="each class's recall before and after (PNG, GET /models/{id}/before-after.png"

@@ -51,7 +51,14 @@ ADAPTATION_FILE = "adaptation.json"
 REPORT_FILE = "report.md"
 FIGURE_FILE = "before_after.png"
 MAX_SHOWN_BYTES = 4 * 1024 * 1024
-HEADLINE = ("accuracy", "macro_f1", "unflagged_share", "called_normal", "abnormal_unflagged")
+HEADLINE = (
+    "accuracy",
+    "macro_f1",
+    "unflagged_share",
+    "called_normal",
+    "abnormal_unflagged",
+    "abnormal_missed",
+)
 SETTING_NEEDED = (
     "model versions are switched only when RBC_MODELS_DIR names a folder of model folders "
     "(docs/service.md, 'Model versions'); without it the service serves RBC_MODEL_DIR"
@@ -68,18 +75,20 @@ class Version:
 
 
 def headline(path: Path) -> dict[str, Any] | None:
-    """adaptation.json's before/after on the laboratory's held-out test cells, and the base
-    model's name; None without the file (or when it cannot be read)."""
+    """adaptation.json's before/after on the laboratory's held-out test cells, the base model's
+    name and the fit chosen; None without the file (or when it cannot be read)."""
     file = path / ADAPTATION_FILE
     if not file.is_file():
         return None
     try:
         summary = json.loads(file.read_text())
         test = summary["figures"]["lab_test"]
+        chosen = summary.get("fit", {}).get("chosen")
         return {
             "base_model": str(summary["base_model"]["name"]),
             "before": {k: test["before"].get(k) for k in HEADLINE},
             "after": {k: test["after"].get(k) for k in HEADLINE},
+            "fit_chosen": None if chosen is None else str(chosen),
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("%s could not be read: %s", file, exc)

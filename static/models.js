@@ -81,7 +81,13 @@
       tr.dataset.modelId = v.id;
       if (v.active) tr.classList.add("active");
       const name = el("td", "", v.name || "");
-      if (v.adaptation) name.appendChild(el("div", "note", "adapted from " + v.adaptation.base_model));
+      if (v.adaptation) {
+        name.appendChild(el("div", "note", "adapted from " + v.adaptation.base_model));
+        const fit = v.adaptation.fit_chosen;
+        // Whether the classifier itself changed, or only its calibration.
+        if (fit === "base") name.appendChild(el("div", "note", "last layer kept: only the calibration is the laboratory's"));
+        else if (fit) name.appendChild(el("div", "note", "last layer refitted (" + fit + ")"));
+      }
       if (v.error) name.appendChild(el("div", "error", v.error));
       const action = el("td");
       if (v.active) action.appendChild(el("strong", "", "active"));
@@ -97,7 +103,7 @@
       if (v.report_url) action.appendChild(showButton("Report", "report", () => showReport(v.id, v.report_url)));
       tr.append(el("td", "", v.id), name, el("td", "", change(v, "accuracy")),
         el("td", "", change(v, "macro_f1")), el("td", "", change(v, "unflagged_share")),
-        el("td", "", change(v, "called_normal")), action);
+        el("td", "", change(v, "called_normal")), el("td", "", change(v, "abnormal_missed")), action);
       tbody.appendChild(tr);
     });
     $("models-rollback").disabled = !body.switchable || !body.activation;

@@ -145,6 +145,7 @@ def _version_out(v: Version, slot: ModelSlot) -> ModelVersionOut:
             base_model=adaptation["base_model"],
             before=Headline(**adaptation["before"]),
             after=Headline(**adaptation["after"]),
+            fit_chosen=adaptation["fit_chosen"],
             figure_url=f"/models/{v.id}/before-after.png"
             if has_shown_file(v, FIGURE_FILE)
             else None,

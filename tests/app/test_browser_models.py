@@ -47,6 +47,8 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     adapted = page.locator("#models-table tbody tr[data-model-id='lab-b'] td")
     assert adapted.nth(2).inner_text() == "60.0 % \u2192 90.0 %"
     assert "adapted from default" in adapted.nth(1).inner_text()
+    assert "last layer refitted (l2=0.1)" in adapted.nth(1).inner_text()
+    assert adapted.nth(6).inner_text() == "5.0 % \u2192 5.0 %"  # abnormal cells missed
     hostile = page.locator("#models-table tbody tr[data-model-id='hostile'] td").nth(1)
     assert hostile.inner_text() == HOSTILE  # a card's name stays text
     assert page.is_disabled("#models-rollback")  # nothing activated yet

@@ -30,6 +30,7 @@ HEADLINE = {
     "unflagged_share": 0.6714,
     "called_normal": 0.2857,
     "abnormal_unflagged": 0.4,
+    "abnormal_missed": 0.05,
 }
 
 
@@ -53,6 +54,7 @@ def build_versions(model_dir: Path, root: Path) -> Path:
             {
                 "base_model": {"name": "default", "weights_sha256": "x"},
                 "figures": {"lab_test": {"before": {**HEADLINE, "n": 70}, "after": after}},
+                "fit": {"chosen": "l2=0.1", "candidates": []},
             }
         )
     )
@@ -109,6 +111,7 @@ def test_list_activate_roll_back(local: TestClient, model_dir: Path) -> None:
         "base_model": "default",
         "before": HEADLINE,
         "after": {**HEADLINE, "accuracy": 0.9},
+        "fit_chosen": "l2=0.1",
         "figure_url": "/models/lab-b/before-after.png",
     }
     assert items["lab-b"]["report_url"] == "/models/lab-b/report"
