@@ -348,5 +348,7 @@ def test_labels_that_follow_nothing_keep_the_base() -> None:
     parts, replay = _lab_and_replay(rng, lambda x: rng.integers(0, 2, size=len(x)))
     start = torch.tensor([[-1.0, 0, 0, 0], [1.0, 0, 0, 0]])
     cells_of = SimpleNamespace(new_classes=[], group_by="slide")
-    _, choice, held_out = _choose_fit(start, parts, replay, cells_of, lambda _: None)
+    said: list[str] = []
+    _, choice, held_out = _choose_fit(start, parts, replay, cells_of, said.append)
     assert choice["chosen"] == "base" and held_out is None
+    assert said[-1].startswith("The base model's last layer is kept: no fit was right")

@@ -378,6 +378,14 @@ def _choose_fit(
             f"{r['gain_z']:+.2f}), replayed base cells {r['replay_valid_accuracy']:.3f}"
         )
     say(f"Chosen: {rows[best]['candidate']}")
+    if not best:
+        say(
+            f"The base model's last layer is kept: no fit was right significantly more often "
+            f"than it on {lab.group_by}s it was not fitted on (z > {MIN_GAIN_Z} needed; best "
+            f"{max(r['gain_z'] for r in rows):+.2f}) without forgetting more than "
+            f"{MAX_FORGETTING} of the base's own cells. Only the calibration becomes the "
+            f"laboratory's; reviews of more {lab.group_by}s may change that."
+        )
     choice = {"candidates": rows, "chosen": rows[best]["candidate"], "folds": n_folds}
     return candidates[best][1], choice, (candidates[best][2] if best else None)
 
