@@ -19,9 +19,10 @@
    most MAX_FORGETTING on the replayed base validation cells; of those, the one right most
    often wins. Otherwise the base layer stays and only the calibration is the lab's.
 4. Recalibration: temperature and review threshold (for the base's target accuracy) on the
-   held-out predictions of the chosen candidate; familiarity statistics (the lab's fit cells
-   join the training cells; thresholds on the calibrate cells), and field colours (the lab's
-   fit fields join the reference), so that the lab's own fields become familiar.
+   held-out predictions of the chosen candidate; familiarity statistics (the lab's fit and
+   calibrate cells join the training cells; thresholds from each cell's and field's distance to
+   the statistics fitted without its fold), and field colours (the lab's fit fields join the
+   reference; threshold on the calibrate fields), so that the lab's own fields become familiar.
 5. Before / after on the test part; a servable model folder (export.pkl, model_state.pt,
    model.onnx, model card, calibration, replay set, report.md, adaptation.json, a figure) is
    built beside `out` and renamed into place at the end: nothing half-written.
@@ -179,7 +180,9 @@ def adapt_cells(
         fit, parts = _without_new_classes(fit, parts, lab)
         start = start[: len(lab.classes)]
     step("recalibrating", 0.8)
-    calibration = _recalibrate(fit.weight, held_out, parts, replay, lab, predictor.calibration)
+    calibration = _recalibrate(
+        fit.weight, held_out, parts, replay, lab, predictor.calibration, seed
+    )
     step("measuring before and after", 0.85)
     figures = _before_after(predictor, start, fit.weight, calibration, parts, replay, lab)
     seconds = time.perf_counter() - started
@@ -295,6 +298,22 @@ def fold_groups(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[g] for g in groups], dtype=np.int64)
 
 
+def _learn_folds(
+    parts: dict[str, Features], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The fit and calibrate cells together (features, targets), each one's fold, and the
+    number of folds: what the last layer and the familiarity statistics learn from, each judged
+    on the folds it did not learn from."""
+    learn = [parts["fit"], parts["calibrate"]]
+    if any(p.groups is None for p in learn):
+        raise ValueError("the fit and calibrate cells need their slides (or fields)")
+    x = np.concatenate([p.features for p in learn])
+    y = np.concatenate([p.targets for p in learn])
+    groups = np.concatenate([np.asarray(p.groups) for p in learn])
+    n_folds = min(MAX_FOLDS, len(np.unique(groups)))
+    return x, y, fold_groups(groups, n_folds, seed), n_folds
+
+
 def _choose_fit(
     start: torch.Tensor,
     parts: dict[str, Features],
@@ -307,14 +326,7 @@ def _choose_fit(
     """Each candidate's fit on the fit and calibrate cells; the best held-out (cross-fitted)
     among those that beat the base and keep its cells. Also the chosen fit's held-out logits of
     those cells (None when the base is kept: it never saw them)."""
-    learn = [parts["fit"], parts["calibrate"]]
-    x = np.concatenate([p.features for p in learn])
-    y = np.concatenate([p.targets for p in learn])
-    if any(p.groups is None for p in learn):
-        raise ValueError("the fit and calibrate cells need their slides (or fields)")
-    groups = np.concatenate([np.asarray(p.groups) for p in learn])
-    n_folds = min(MAX_FOLDS, len(np.unique(groups)))
-    folds = fold_groups(groups, n_folds, seed)
+    x, y, folds, n_folds = _learn_folds(parts, seed)
     rv_x, rv_y = replay.part(train=False)
     base_replay = _accuracy(start, rv_x, rv_y)
     candidates: list[tuple[str, HeadFit, np.ndarray]] = [
@@ -409,16 +421,6 @@ def _without_new_classes(
     return HeadFit(fit.weight[:n], fit.loss, fit.iterations), kept
 
 
-def _field_medians(familiarity: Familiarity, x: np.ndarray, fields: np.ndarray) -> list[float]:
-    distances = familiarity.distance(x)
-    medians = []
-    for field_id in np.unique(fields):
-        score = field_score(distances[fields == field_id].tolist())
-        if score is not None:
-            medians.append(score)
-    return medians
-
-
 def _recalibrate(
     weight: torch.Tensor,
     held_out: np.ndarray | None,
@@ -426,33 +428,50 @@ def _recalibrate(
     replay: Replay,
     lab: LabCells,
     base: Calibration | None,
+    seed: int = 0,
 ) -> Calibration:
     """Temperature, review threshold, familiarity and field colours for the adapted layer.
     Temperature and threshold read the fit and calibrate cells' `held_out` logits (each from a
     fit that did not see the cell; None: the base layer's, which saw none) and the replayed
-    base validation cells'."""
-    calib = parts["calibrate"]
+    base validation cells'. The familiarity statistics learn from the same cells and the
+    replayed training cells; their thresholds come from each cell's and field's distance to
+    statistics fitted without its fold (a calibrate part of one or two slides gave a field
+    threshold from three fields, and fields of the laboratory's own were flagged)."""
     rv_x, rv_y = replay.part(train=False)
-    learn_x = np.concatenate([parts["fit"].features, calib.features])
+    learn_x, learn_y, folds, n_folds = _learn_folds(parts, seed)
     if held_out is None:
         held_out = learn_x @ weight.numpy().T
     logits = torch.cat(
         [torch.as_tensor(held_out).float(), torch.as_tensor(rv_x).float() @ weight.float().T]
     )
-    y = torch.as_tensor(np.concatenate([parts["fit"].targets, calib.targets, rv_y]))
-    x = np.concatenate([calib.features, rv_x])
+    y = torch.as_tensor(np.concatenate([learn_y, rv_y]))
     temperature = fit_temperature(logits, y)
     conf, pred = calibrated_probabilities(logits, temperature).max(dim=1)
     target_accuracy = base.target_accuracy if base else 0.97
     threshold = choose_review_threshold(conf, pred == y, target_accuracy)
     rt_x, rt_y = replay.part(train=True)
-    familiarity = Familiarity.fit(
-        torch.as_tensor(np.concatenate([parts["fit"].features, rt_x])),
-        torch.as_tensor(np.concatenate([parts["fit"].targets, rt_y])),
+
+    def familiarity_of(keep: np.ndarray) -> Familiarity:
+        return Familiarity.fit(
+            np.concatenate([learn_x[keep], rt_x]), np.concatenate([learn_y[keep], rt_y])
+        )
+
+    familiarity = familiarity_of(np.ones(len(learn_y), dtype=bool))
+    distances = np.empty(len(learn_y), dtype=np.float32)
+    for fold in range(n_folds):
+        out = folds == fold
+        distances[out] = familiarity_of(~out).distance(learn_x[out])
+    cell_threshold = quantile(
+        np.concatenate([distances, familiarity.distance(rv_x)]).tolist(), CELL_QUANTILE
     )
-    cell_threshold = quantile(familiarity.distance(x), CELL_QUANTILE)
-    calib_fields = lab.part("calibrate")["field_id"].to_numpy()
-    medians = _field_medians(familiarity, calib.features, calib_fields)
+    learn_fields = np.concatenate(
+        [lab.part("fit")["field_id"].to_numpy(), lab.part("calibrate")["field_id"].to_numpy()]
+    )
+    medians = []
+    for field_id in np.unique(learn_fields):
+        score = field_score(distances[learn_fields == field_id].tolist())
+        if score is not None:
+            medians.append(score)
     field_threshold = max(
         [quantile(medians, FIELD_QUANTILE)] + ([base.field_threshold] if base else [])
     )
@@ -467,8 +486,8 @@ def _recalibrate(
         colours=colours,
         colour_threshold=colour_threshold,
         figures={
-            "fitted_on": "a laboratory's fit and calibrate cells (each predicted by a fit "
-            "without its slide or field) and the replayed base validation cells"
+            "fitted_on": "a laboratory's fit and calibrate cells (each judged by a fit without "
+            "its slide or field) and the replayed base validation cells"
         },
     )
 
