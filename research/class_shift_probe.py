@@ -39,15 +39,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 from core.classify.predictor import Predictor  # noqa: E402
+from research.crops import load_crops  # noqa: E402
 from research.feature_alignment_probe import features  # noqa: E402
 from training.adapt.head import fit_last_layer  # noqa: E402
+from training.adapt.replay import load_replay  # noqa: E402
 
 MIN_CLASS_CELLS = 10
 Move = Callable[[np.ndarray], np.ndarray]
@@ -94,20 +95,12 @@ def main() -> int:
     last = head[len(head) - 1]
     assert isinstance(last, torch.nn.Linear)
     weight = last.weight.detach().double()
-    with np.load(args.model / "replay.npz", allow_pickle=False) as replay:
-        r_x = replay["features"].astype(np.float64)
-        r_y = replay["labels"].astype(np.int64)
-        r_train = replay["is_train"].astype(bool)
-    ref, ref_y = r_x[r_train], r_y[r_train]
+    replay = load_replay(args.model, predictor.card)
+    assert replay is not None, f"{args.model} carries no replay set"
+    ref, ref_y = replay.part(train=True)
+    ref, ref_y = ref.astype(np.float64), ref_y.astype(np.int64)
     manifest = pd.read_csv(args.data / "manifest.csv")
     test = manifest[(manifest.split == "test") & manifest.label.isin(classes)]
-
-    def load(rows: pd.DataFrame) -> list[Image.Image]:
-        out = []
-        for rel in rows.path:
-            with Image.open(args.data / rel) as image:
-                out.append(image.convert("RGB"))
-        return out
 
     smears = sorted(test.source_image.unique())
     rng = np.random.default_rng(args.seed)
@@ -119,7 +112,8 @@ def main() -> int:
     )
     pool_y = np.array([classes.index(c) for c in pool_rows.label])
     y = np.array([classes.index(c) for c in measured_rows.label])
-    pool_clean, measured_clean = load(pool_rows), load(measured_rows)
+    pool_clean = load_crops(args.data, pool_rows.path)
+    measured_clean = load_crops(args.data, measured_rows.path)
     clean_f = features(predictor, measured_clean).astype(np.float64)
     pool_clean_f = features(predictor, pool_clean).astype(np.float64)
 

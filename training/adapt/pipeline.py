@@ -328,6 +328,7 @@ def _choose_fit(
     those cells (None when the base is kept: it never saw them)."""
     x, y, folds, n_folds = _learn_folds(parts, seed)
     rv_x, rv_y = replay.part(train=False)
+    replay_train = replay.part(train=True)
     base_replay = _accuracy(start, rv_x, rv_y)
     candidates: list[tuple[str, HeadFit, np.ndarray]] = [
         ("base", HeadFit(start, math.nan, 0), x @ start.numpy().T)
@@ -339,7 +340,7 @@ def _choose_fit(
             return fit_last_layer(
                 start,
                 (x[keep], y[keep]),
-                replay.part(train=True),
+                replay_train,
                 new_rows=len(lab.new_classes),
                 l2=l2,
                 lab_weight=lab_weight,
@@ -467,11 +468,7 @@ def _recalibrate(
     learn_fields = np.concatenate(
         [lab.part("fit")["field_id"].to_numpy(), lab.part("calibrate")["field_id"].to_numpy()]
     )
-    medians = []
-    for field_id in np.unique(learn_fields):
-        score = field_score(distances[learn_fields == field_id].tolist())
-        if score is not None:
-            medians.append(score)
+    medians = [s for s in _field_scores(distances, learn_fields).values() if s is not None]
     field_threshold = max(
         [quantile(medians, FIELD_QUANTILE)] + ([base.field_threshold] if base else [])
     )
@@ -490,6 +487,11 @@ def _recalibrate(
             "its slide or field) and the replayed base validation cells"
         },
     )
+
+
+def _field_scores(distances: np.ndarray, fields: np.ndarray) -> dict[Any, float | None]:
+    """Each field's familiarity score (`field_score`) from its cells' `distances`."""
+    return {f: field_score(distances[fields == f].tolist()) for f in np.unique(fields)}
 
 
 def _colours(lab: LabCells, base: Calibration | None) -> tuple[FieldColours | None, float | None]:
@@ -584,11 +586,9 @@ def _unfamiliar_fields(
         )
     )
     n, by_cells, by_colour, either = 0, 0, 0, 0
-    for field_id in np.unique(field_ids):
+    for field_id, score in _field_scores(distances, field_ids).items():
         n += 1
-        cells = calibration.is_unfamiliar_field(
-            field_score(distances[field_ids == field_id].tolist())
-        )
+        cells = calibration.is_unfamiliar_field(score)
         colour = False
         if calibration.colours is not None and field_id in colours:
             colour = calibration.is_unfamiliar_colour(
