@@ -352,3 +352,37 @@ def test_labels_that_follow_nothing_keep_the_base() -> None:
     _, choice, held_out = _choose_fit(start, parts, replay, cells_of, said.append)
     assert choice["chosen"] == "base" and held_out is None
     assert said[-1].startswith("The base model's last layer is kept: no fit was right")
+
+
+def test_the_labs_field_colours_are_judged_on_fields_the_reference_did_not_hold() -> None:
+    """A laboratory's fields join the colour reference, and the threshold comes from each field's
+    distance to a reference without its fold: its next fields are familiar, the base's threshold
+    is never lowered, and a stain unlike both is still flagged."""
+    import pandas as pd
+
+    from core.classify.calibration import Calibration, FieldColours
+    from training.adapt.cells import COLOUR_COLUMNS, LabCells
+    from training.adapt.pipeline import _colours, fold_groups
+
+    rng = np.random.default_rng(0)
+    base_colours = FieldColours.fit(rng.normal(0.0, 1.0, (60, 13)))
+    base = Calibration(1.0, 0.5, 0.97, 1.0, 1.0, colour_threshold=4.0, colours=base_colours)
+
+    def lab_fields(n: int) -> np.ndarray:  # another stain: far from the base's fields
+        return rng.normal(6.0, 1.0, (n, 13))
+
+    learn = lab_fields(40)
+    fields = pd.DataFrame(learn, columns=COLOUR_COLUMNS)
+    fields["field_id"] = np.arange(40)
+    fields["part"] = ["fit"] * 30 + ["calibrate"] * 10
+    lab = LabCells(Path("."), pd.DataFrame(), fields, [], [], "slide")
+    cell_fields = np.repeat(np.arange(40), 3)  # three cells a field, slides of four fields
+    folds = fold_groups(cell_fields // 4, 5)
+    colours, threshold = _colours(lab, base, cell_fields, folds)
+    assert colours is not None and threshold is not None
+    assert len(colours.reference) == 60 + 40
+    assert threshold >= base.colour_threshold
+    new = lab_fields(200)
+    flagged = np.mean([colours.distance(d) > threshold for d in new])
+    assert flagged <= 0.1, flagged
+    assert colours.distance(np.full(13, -8.0)) > threshold  # a third stain

@@ -1,10 +1,9 @@
 """A laboratory's reviewed cells, read from an `import-slides` output, checked and split.
 
 Whole slides go to one part (whole fields when there are fewer than three slides). Parts: `fit`
-(the field colours' new reference fields), `calibrate` (the field-colour threshold, on fields the
-reference never saw), `test` (the before / after figures, nothing chosen or fitted on it). The
-last layer and the familiarity statistics learn from `fit` and `calibrate` together, and are
-judged there cross-fitted, slide by slide (training/adapt/pipeline.py).
+and `calibrate`, which the last layer, the familiarity statistics and the field colours learn
+from together and are judged on cross-fitted, slide by slide (training/adapt/pipeline.py); `test`
+(the before / after figures, nothing chosen or fitted on it).
 
 The split is by cell count, not stratified by class (`split_groups`): a laboratory has a few
 slides of very different sizes, and the class-stratified split the training sets use

@@ -21,8 +21,9 @@
 4. Recalibration: temperature and review threshold (for the base's target accuracy) on the
    held-out predictions of the chosen candidate; familiarity statistics (the lab's fit and
    calibrate cells join the training cells; thresholds from each cell's and field's distance to
-   the statistics fitted without its fold), and field colours (the lab's fit fields join the
-   reference; threshold on the calibrate fields), so that the lab's own fields become familiar.
+   the statistics fitted without its fold), and field colours (the lab's fit and calibrate
+   fields join the reference; threshold from each field's distance to a reference without its
+   fold), so that the lab's own fields become familiar.
 5. Before / after on the test part; a servable model folder (export.pkl, model_state.pt,
    model.onnx, model card, calibration, replay set, report.md, adaptation.json, a figure) is
    built beside `out` and renamed into place at the end: nothing half-written.
@@ -54,7 +55,7 @@ from core.classify.calibration import (
 )
 from core.modelcard import ModelCard, ModelFileError
 from training.adapt import DEFAULT_BASE
-from training.adapt.cells import MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
+from training.adapt.cells import COLOUR_COLUMNS, MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
 from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
 from training.adapt.replay import REPLAY_FILE, Replay, load_replay
@@ -472,7 +473,7 @@ def _recalibrate(
     field_threshold = max(
         [quantile(medians, FIELD_QUANTILE)] + ([base.field_threshold] if base else [])
     )
-    colours, colour_threshold = _colours(lab, base)
+    colours, colour_threshold = _colours(lab, base, learn_fields, folds)
     return Calibration(
         temperature=temperature,
         review_threshold=threshold,
@@ -494,20 +495,35 @@ def _field_scores(distances: np.ndarray, fields: np.ndarray) -> dict[Any, float 
     return {f: field_score(distances[fields == f].tolist()) for f in np.unique(fields)}
 
 
-def _colours(lab: LabCells, base: Calibration | None) -> tuple[FieldColours | None, float | None]:
-    """The base's reference fields and the lab's fit fields; each number keeps the base's
-    spread, so the base's threshold keeps its meaning for its own fields. The threshold rises
-    to flag about 1 % of the lab's calibrate fields, never falls below the base's."""
-    fit_fields, calib_fields = lab.field_colours("fit"), lab.field_colours("calibrate")
+def _colours(
+    lab: LabCells, base: Calibration | None, learn_fields: np.ndarray, folds: np.ndarray
+) -> tuple[FieldColours | None, float | None]:
+    """The base's reference fields and the laboratory's fit and calibrate fields; each number
+    keeps the base's spread, so the base's threshold keeps its meaning for its own fields. The
+    threshold rises to flag about 1 % of the laboratory's fields, each scored against a reference
+    without its fold (`folds`, per cell of `learn_fields`: the last layer's); never below the
+    base's. From the calibrate fields alone (8 of a laboratory's 40), 13 of 50 of its other
+    fields were flagged by their colours after adapting (research/txl_clinic_probe.py)."""
     if base is None or base.colours is None or base.colour_threshold is None:
         return None, None
-    reference = np.concatenate([base.colours.reference, np.asarray(fit_fields, np.float32)])
-    colours = FieldColours(reference, base.colours.spread, base.colours.neighbour)
-    scores = [colours.distance(d) for d in calib_fields]
+    base_colours = base.colours
+    fold_of = dict(zip(learn_fields.tolist(), folds.tolist(), strict=True))
+    learn = lab.fields[lab.fields["part"].isin(["fit", "calibrate"])]
+    descriptors = learn[COLOUR_COLUMNS].to_numpy(dtype=np.float64)
+    field_folds = np.array([fold_of.get(f, -1) for f in learn["field_id"].tolist()])
+
+    def reference(keep: np.ndarray) -> FieldColours:
+        refs = np.concatenate([base_colours.reference, descriptors[keep].astype(np.float32)])
+        return FieldColours(refs, base_colours.spread, base_colours.neighbour)
+
+    scores = []
+    for fold in sorted(set(field_folds.tolist()) - {-1}):
+        without = reference(field_folds != fold)
+        scores += [without.distance(d) for d in descriptors[field_folds == fold]]
     threshold = max(
         [base.colour_threshold] + ([quantile(scores, FIELD_QUANTILE)] if scores else [])
     )
-    return colours, threshold
+    return reference(np.ones(len(descriptors), dtype=bool)), threshold
 
 
 def _outcome(
