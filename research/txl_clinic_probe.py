@@ -22,6 +22,12 @@ reach, not how right its model is.
 3. The source's test fields (used for nothing else) go through POST /analyze/smear with the same
    scale on the shipped and on the adapted model: the share of counted red cells called normal,
    called abnormal without a review flag, flagged, and the fields judged unfamiliar.
+4. With `--data` (an import-chula crop set), what the two models do with Chula's labelled test
+   crops, which are in neither model's training: as Chula took them (accuracy: what the clinic's
+   model kept), and recoloured to the source's stain (bench/bench_shift.py): the share of
+   abnormal cells called normal without the cell's own review flag (what a patient at this
+   clinic would lose unseen; the stain is only a colour map, milder than the laboratory's
+   real difference) and the share of normal cells called normal.
 Nothing is chosen on these fields; adapt runs with its defaults.
 """
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -43,8 +50,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_adapt import run_adapt  # noqa: E402
+from bench.bench_adapt import _accuracy, _missed_abnormal, _normal_calls, run_adapt  # noqa: E402
 from bench.bench_lab_loop import _png, _service, _wait  # noqa: E402
+from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
 
 NORMAL_CELL_MICRONS = 7.5
 Box = tuple[float, float, float, float]  # x centre, y centre, width, height (pixels)
@@ -154,6 +162,36 @@ def measure(client: Any, txl: Path, fields: list[str], mpp: float) -> dict[str, 
     }
 
 
+def on_chula_crops(models: dict[str, Path], crops: Path, stats: ColourStats) -> dict[str, Any]:
+    """Each model on Chula's test crops: accuracy as taken, and in the source's stain the
+    normal cells called normal and the abnormal cells called normal without a flag."""
+    from core.classify.predictor import Predictor
+
+    manifest = pd.read_csv(crops / "manifest.csv")
+    test = manifest[manifest["split"] == "test"]
+    images = []
+    for rel in test["path"]:
+        with Image.open(crops / rel) as image:
+            images.append(image.convert("RGB"))
+    labels = test["label"].tolist()
+    shifted = [recolour(image, stats) for image in images]
+    normal = [im for im, label in zip(shifted, labels, strict=True) if label == "normal"]
+    abnormal = [im for im, label in zip(shifted, labels, strict=True) if label != "normal"]
+    figures = {}
+    for name, model in models.items():
+        predictor = Predictor.load(model, device="cpu")
+        known = set(predictor.classes)
+        keep = [i for i, label in enumerate(labels) if label in known]
+        figures[name] = {
+            "chula_test_accuracy": round(
+                _accuracy(predictor, [images[i] for i in keep], [labels[i] for i in keep]), 4
+            ),
+            "stained_normal_called_normal": _normal_calls(predictor, normal)[0],
+            "stained_abnormal_called_normal_unflagged": _missed_abnormal(predictor, abnormal),
+        }
+    return {"crops": len(images), "normal": len(normal), "abnormal": len(abnormal), **figures}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--txl", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
@@ -163,6 +201,11 @@ def main() -> int:
         "--train-fields", type=int, default=0, help="how many train fields (0: all of them)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="an import-chula crop set (step 4)")
+    parser.add_argument(
+        "--colour-stats", type=Path, default=Path(tempfile.gettempdir()) / "rbc-colour-stats.json"
+    )
+    parser.add_argument("--keep", type=Path, help="copy the adapted model folder here")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     train = fields_of(args.txl, args.source, "train")
@@ -198,6 +241,16 @@ def main() -> int:
         with _service(out, Path(scratch) / "data2") as client:
             _wait(client)
             result["adapted"] = measure(client, args.txl, test, mpp)
+        if args.keep:
+            shutil.copytree(out, args.keep)
+        if args.data:
+            sources, _, _ = colour_stats(
+                args.txl, args.colour_stats, FIELDS_PER_SOURCE, STATS_SEED, False
+            )
+            stats = ColourStats.from_dict(sources[args.source]["stats"])
+            models = {"shipped": ROOT / "models" / "default", "adapted": out}
+            result["chula_crops"] = on_chula_crops(models, args.data, stats)
+            print(json.dumps(result["chula_crops"]), flush=True)
     for key in ("shipped", "adapted"):
         r = result[key]
         print(
