@@ -386,31 +386,3 @@ def test_the_labs_field_colours_are_judged_on_fields_the_reference_did_not_hold(
     flagged = np.mean([colours.distance(d) > threshold for d in new])
     assert flagged <= 0.1, flagged
     assert colours.distance(np.full(13, -8.0)) > threshold  # a third stain
-
-
-def test_what_is_forgotten_is_weighed_by_the_base_datas_class_mix(
-    adapted: dict[str, Any],
-) -> None:
-    """The replayed validation cells are a few of each class; the forgetting check weighs each
-    class's recall by its share of the base's training data, as its withheld smears have it. An
-    adapted model passes that mix on to the next adaptation."""
-    from core.modelcard import ModelCard
-    from training.adapt.pipeline import _accuracy, class_mix
-
-    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    x = np.array([[1.0, 0.0]] * 4, dtype=np.float32)  # every cell called class 0
-    y = np.array([0, 0, 1, 1])
-    assert _accuracy(weight, x, y) == pytest.approx(0.5)
-    assert _accuracy(weight, x, y, np.array([0.9, 0.1])) == pytest.approx(0.9)
-    assert _accuracy(weight, x, y, np.array([1.0, 0.0])) == pytest.approx(1.0)  # class 1 unweighed
-
-    base = ModelCard.load(REPO / "models" / "default")
-    mix = class_mix(base, [*base.classes, "sickle_cell"])
-    assert mix is not None and mix[-1] == 0 and mix.sum() == pytest.approx(1.0)
-    assert mix[base.classes.index("normal")] == max(mix)
-    lab = ModelCard.load(adapted["out"])
-    assert lab.dataset["replay_class_counts"] == base.dataset["class_counts"]
-    again = class_mix(lab, list(lab.classes))
-    assert again is not None and np.allclose(again[: len(mix) - 1], mix[:-1])
-    summary = json.loads((adapted["out"] / "adaptation.json").read_text())
-    assert summary["fit"]["replay_weighed_by"] == "the base data's class mix"

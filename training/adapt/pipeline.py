@@ -174,8 +174,7 @@ def adapt_cells(
     parts = _features(predictor, lab, progress, step)
     base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
     start = extend_weights(base_weight, list(card.classes), lab.classes)
-    mix = class_mix(card, lab.classes)
-    fit, choice, held_out = _choose_fit(start, parts, replay, lab, say, step, seed, mix)
+    fit, choice, held_out = _choose_fit(start, parts, replay, lab, say, step, seed)
     if choice["chosen"] == "base" and lab.new_classes:
         # The base layer has no row for them: a zero row would be a guess, not a class.
         say(f"Not learnt well enough to beat the base, so left out: {lab.new_classes}")
@@ -274,33 +273,8 @@ def _right(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y)
 
 
-def _accuracy(
-    weight: torch.Tensor, x: np.ndarray, y: np.ndarray, mix: np.ndarray | None = None
-) -> float:
-    """The share of `x` the layer calls right; with `mix` (a weight per class), each class's
-    recall weighed by it instead, over the classes present."""
-    if not len(y):
-        return math.nan
-    right = _right(weight, x, y)
-    if mix is None:
-        return float(right.mean())
-    present = [c for c in np.unique(y) if mix[c] > 0]
-    weights = np.asarray([mix[c] for c in present], dtype=np.float64)
-    recalls = np.asarray([right[y == c].mean() for c in present], dtype=np.float64)
-    return float((weights * recalls).sum() / weights.sum())
-
-
-def class_mix(card: ModelCard, classes: list[str]) -> np.ndarray | None:
-    """Each class's share of the base model's training data (its card's class counts; an
-    adapted card carries its base's as `replay_class_counts`), for `classes` (0 for a class it
-    lacks); None when the card has no counts. The replayed validation cells are a few of each
-    class, so their plain accuracy weighs a rare class as much as normal cells: a clinic's fit
-    lost 0.013 there and 0.038 on Chula's test crops (research/txl_clinic_probe.py, bccd)."""
-    counts = card.dataset.get("class_counts") or card.dataset.get("replay_class_counts")
-    if not isinstance(counts, dict) or not counts:
-        return None
-    mix = np.asarray([float(counts.get(c, 0)) for c in classes], dtype=np.float64)
-    return mix / mix.sum() if mix.sum() > 0 else None
+def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+    return float(_right(weight, x, y).mean()) if len(y) else math.nan
 
 
 def gain_z(base_right: np.ndarray, right: np.ndarray) -> float:
@@ -349,16 +323,14 @@ def _choose_fit(
     say: Say,
     step: Step = no_step,
     seed: int = 0,
-    mix: np.ndarray | None = None,
 ) -> tuple[HeadFit, dict[str, Any], np.ndarray | None]:
     """Each candidate's fit on the fit and calibrate cells; the best held-out (cross-fitted)
-    among those that beat the base and keep its cells (accuracy on the replayed validation
-    cells, each class weighed by `mix`: the base data's own mix of classes). Also the chosen
-    fit's held-out logits of those cells (None when the base is kept: it never saw them)."""
+    among those that beat the base and keep its cells. Also the chosen fit's held-out logits of
+    those cells (None when the base is kept: it never saw them)."""
     x, y, folds, n_folds = _learn_folds(parts, seed)
     rv_x, rv_y = replay.part(train=False)
     replay_train = replay.part(train=True)
-    base_replay = _accuracy(start, rv_x, rv_y, mix)
+    base_replay = _accuracy(start, rv_x, rv_y)
     candidates: list[tuple[str, HeadFit, np.ndarray]] = [
         ("base", HeadFit(start, math.nan, 0), x @ start.numpy().T)
     ]
@@ -381,7 +353,7 @@ def _choose_fit(
         everything = np.ones(len(y), dtype=bool)
         for lab_weight in LAB_WEIGHTS:
             fitted = fit(everything, lab_weight)
-            if _accuracy(fitted.weight, rv_x, rv_y, mix) >= base_replay - MAX_FORGETTING:
+            if _accuracy(fitted.weight, rv_x, rv_y) >= base_replay - MAX_FORGETTING:
                 break
         held_out = np.empty((len(y), len(start)))
         for fold in range(n_folds):
@@ -397,7 +369,7 @@ def _choose_fit(
             {
                 "candidate": label,
                 "held_out_accuracy": round(float(right.mean()), 4),
-                "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y, mix), 4),
+                "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y), 4),
                 "gain_z": round(gain_z(base_right, right), 2),
             }
         )
@@ -410,7 +382,6 @@ def _choose_fit(
     ]
     # Of the fits that beat the base, the best; ties go to the one nearer the base (later).
     best = max(allowed, key=lambda i: (rows[i]["held_out_accuracy"] if i else -1.0, i))
-    in_mix = "" if mix is None else " (in the base data's class mix)"
     say(
         f"Each candidate judged on {len(y)} cells, each predicted by the candidate fitted "
         f"without its {lab.group_by} ({n_folds} folds):"
@@ -418,7 +389,7 @@ def _choose_fit(
     for r in rows:
         say(
             f"  {r['candidate']:>8}: held-out cells {r['held_out_accuracy']:.3f} (gain z "
-            f"{r['gain_z']:+.2f}), replayed base cells{in_mix} {r['replay_valid_accuracy']:.3f}"
+            f"{r['gain_z']:+.2f}), replayed base cells {r['replay_valid_accuracy']:.3f}"
         )
     say(f"Chosen: {rows[best]['candidate']}")
     if not best:
@@ -429,12 +400,7 @@ def _choose_fit(
             f"{MAX_FORGETTING} of the base's own cells. Only the calibration becomes the "
             f"laboratory's; reviews of more {lab.group_by}s may change that."
         )
-    choice = {
-        "candidates": rows,
-        "chosen": rows[best]["candidate"],
-        "folds": n_folds,
-        "replay_weighed_by": "class-balanced" if mix is None else "the base data's class mix",
-    }
+    choice = {"candidates": rows, "chosen": rows[best]["candidate"], "folds": n_folds}
     return candidates[best][1], choice, (candidates[best][2] if best else None)
 
 
@@ -764,13 +730,7 @@ def _write_model(
             "n": after["n"],
             "per_class": after["per_class"],
         },
-        dataset={
-            "source": summary["source"],
-            "cells": summary["cells"],
-            # The replay set is the base's: so is the class mix that weighs it (class_mix).
-            "replay_class_counts": card.dataset.get("class_counts")
-            or card.dataset.get("replay_class_counts"),
-        },
+        dataset={"source": summary["source"], "cells": summary["cells"]},
         training_config={"base_model": summary["base_model"], "fit": summary["fit"]},
         notes=[
             f"Adapted from {card.name} on the reviewed cells of {summary['slides']} slides "
@@ -820,7 +780,7 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         f"{summary['held_out_by']} ({summary['fit'].get('folds')} folds):",
         "",
         "| candidate | held-out accuracy | gain over the base (sign test z) | replayed base "
-        f"validation accuracy ({summary['fit'].get('replay_weighed_by', 'class-balanced')}) |",
+        "validation accuracy |",
         "|---|---|---|---|",
         *(
             f"| {r['candidate']} | {r['held_out_accuracy']} | {r['gain_z']} | "
