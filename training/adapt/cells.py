@@ -47,10 +47,6 @@ class LabCells:
     def part(self, name: str) -> pd.DataFrame:
         return self.rows[self.rows["part"] == name]
 
-    def field_colours(self, name: str) -> np.ndarray:
-        chosen = self.fields[self.fields["part"] == name]
-        return chosen[COLOUR_COLUMNS].to_numpy(dtype=np.float64)
-
     def counts(self) -> dict[str, dict[str, int]]:
         """Cells per part and class."""
         return {
