@@ -154,6 +154,20 @@ def test_a_base_without_replay_is_refused(adapted: dict[str, Any], tmp_path: Pat
     assert "carries no replay set" in done.stderr
 
 
+def test_an_adapted_model_adapts_again(adapted: dict[str, Any], tmp_path: Path) -> None:
+    """A second round (`--base` the laboratory's model): its replay set and its own class come
+    along, and a fit that cannot beat it keeps it."""
+    out = tmp_path / "again"
+    done = _adapt("--database", adapted["url"], "--out", str(out), "--base", str(adapted["out"]))
+    assert done.returncode == 0, done.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    assert "sickle_cell" in card["classes"] and card["replay_file"]
+    summary = json.loads((out / "adaptation.json").read_text())
+    assert Path(summary["base_model"]["path"]) == adapted["out"]
+    assert summary["figures"]["lab_test"]["after"]["accuracy"] >= 0.9
+    assert summary["figures"]["lab_test"]["after"]["per_class"]["sickle_cell"]["recall"] >= 0.9
+
+
 # --- the parts ---------------------------------------------------------------------------------
 
 
