@@ -554,6 +554,12 @@ class AdaptationOut(BaseModel):
         "beat the base model on slides it was not fitted on, so that only the calibration is "
         "the laboratory's; null when adaptation.json does not say",
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the laboratory should know before activating it, from what was "
+        "reviewed (e.g. nearly every reviewed cell normal: abnormal cells in its stain risk being "
+        "called normal without a flag); empty when none",
+    )
     figure_url: str | None = Field(
         None,
         description="each class's recall before and after (PNG, GET /models/{id}/before-after.png"

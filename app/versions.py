@@ -89,6 +89,7 @@ def headline(path: Path) -> dict[str, Any] | None:
             "before": {k: test["before"].get(k) for k in HEADLINE},
             "after": {k: test["after"].get(k) for k in HEADLINE},
             "fit_chosen": None if chosen is None else str(chosen),
+            "warnings": [str(w) for w in summary.get("warnings", [])],
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("%s could not be read: %s", file, exc)

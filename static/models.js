@@ -87,6 +87,7 @@
         // Whether the classifier itself changed, or only its calibration.
         if (fit === "base") name.appendChild(el("div", "note", "last layer kept: only the calibration is the laboratory's"));
         else if (fit) name.appendChild(el("div", "note", "last layer refitted (" + fit + ")"));
+        (v.adaptation.warnings || []).forEach((w) => name.appendChild(el("div", "warning", "Warning: " + w)));
       }
       if (v.error) name.appendChild(el("div", "error", v.error));
       const action = el("td");

@@ -146,6 +146,7 @@ def _version_out(v: Version, slot: ModelSlot) -> ModelVersionOut:
             before=Headline(**adaptation["before"]),
             after=Headline(**adaptation["after"]),
             fit_chosen=adaptation["fit_chosen"],
+            warnings=adaptation["warnings"],
             figure_url=f"/models/{v.id}/before-after.png"
             if has_shown_file(v, FIGURE_FILE)
             else None,

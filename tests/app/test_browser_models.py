@@ -15,7 +15,7 @@ import pytest
 from tests.app.helpers import LiveServer, running_server
 from tests.app.test_browser import browser  # noqa: F401  (the module's Chromium)
 from tests.app.test_browser_slides import HOSTILE
-from tests.app.test_models import build_versions, version
+from tests.app.test_models import CLINIC_WARNING, build_versions, version
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,8 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     assert adapted.nth(2).inner_text() == "60.0 % \u2192 90.0 %"
     assert "adapted from default" in adapted.nth(1).inner_text()
     assert "last layer refitted (l2=0.1)" in adapted.nth(1).inner_text()
+    warning = adapted.nth(1).locator(".warning")
+    assert warning.inner_text() == "Warning: " + CLINIC_WARNING  # adapt's words, as text
     assert adapted.nth(6).inner_text() == "5.0 % \u2192 5.0 %"  # abnormal cells missed
     hostile = page.locator("#models-table tbody tr[data-model-id='hostile'] td").nth(1)
     assert hostile.inner_text() == HOSTILE  # a card's name stays text

@@ -43,6 +43,9 @@ def version(model_dir: Path, folder: Path, name: str) -> Path:
     return folder
 
 
+CLINIC_WARNING = "95% of the reviewed cells are normal, so the model learns <b>that</b>"
+
+
 def build_versions(model_dir: Path, root: Path) -> Path:
     versions = root / "versions"
     versions.mkdir()
@@ -55,6 +58,7 @@ def build_versions(model_dir: Path, root: Path) -> Path:
                 "base_model": {"name": "default", "weights_sha256": "x"},
                 "figures": {"lab_test": {"before": {**HEADLINE, "n": 70}, "after": after}},
                 "fit": {"chosen": "l2=0.1", "candidates": []},
+                "warnings": [CLINIC_WARNING],
             }
         )
     )
@@ -112,6 +116,7 @@ def test_list_activate_roll_back(local: TestClient, model_dir: Path) -> None:
         "before": HEADLINE,
         "after": {**HEADLINE, "accuracy": 0.9},
         "fit_chosen": "l2=0.1",
+        "warnings": [CLINIC_WARNING],
         "figure_url": "/models/lab-b/before-after.png",
     }
     assert items["lab-b"]["report_url"] == "/models/lab-b/report"
@@ -292,3 +297,20 @@ def test_a_start_falls_back_when_the_activated_version_changed(
         assert served(client) == ModelCard.load(model_dir).name
         assert listed(client)["active"] == "default"
     assert "changed since it was activated" in caplog.text
+
+
+def test_an_adaptation_written_before_warnings_lists_none(tmp_path: Path) -> None:
+    """adaptation.json of an earlier adapt has no `warnings`: listed with none, not refused."""
+    from app.versions import headline
+
+    (tmp_path / "adaptation.json").write_text(
+        json.dumps(
+            {
+                "base_model": {"name": "default"},
+                "figures": {"lab_test": {"before": HEADLINE, "after": HEADLINE}},
+                "fit": {"chosen": "base"},
+            }
+        )
+    )
+    listed = headline(tmp_path)
+    assert listed is not None and listed["warnings"] == [] and listed["fit_chosen"] == "base"

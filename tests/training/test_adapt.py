@@ -400,3 +400,26 @@ def test_the_labs_field_colours_are_judged_on_fields_the_reference_did_not_hold(
     flagged = np.mean([colours.distance(d) > threshold for d in new])
     assert flagged <= 0.1, flagged
     assert colours.distance(np.full(13, -8.0)) > threshold  # a third stain
+
+
+def test_a_clinic_that_reviewed_almost_only_normal_cells_is_warned(
+    adapted: dict[str, Any],
+) -> None:
+    """Nearly every reviewed cell normal: adapt says what the model then risks (abnormal cells in
+    the laboratory's stain called normal unflagged), in its output, adaptation.json and report;
+    a laboratory that reviewed its classes gets no such warning."""
+    import pandas as pd
+
+    from training.adapt.cells import LabCells
+    from training.adapt.pipeline import MOSTLY_NORMAL, warnings_for
+
+    def lab(labels: list[str]) -> LabCells:
+        return LabCells(Path("."), pd.DataFrame({"label": labels}), pd.DataFrame(), [], [], "slide")
+
+    clinic = warnings_for(lab(["normal"] * 95 + ["spherocyte"] * 5))
+    assert len(clinic) == 1 and clinic[0].startswith("95% of the reviewed cells are normal")
+    assert "called normal without a review flag" in clinic[0]
+    assert warnings_for(lab(["normal"] * int(MOSTLY_NORMAL * 100 - 1) + ["target_cell"] * 11)) == []
+    summary = json.loads((adapted["out"] / "adaptation.json").read_text())
+    assert summary["warnings"] == []  # the synthetic laboratory reviewed three classes
+    assert "Warning" not in (adapted["out"] / "report.md").read_text()

@@ -69,6 +69,7 @@ MAX_FORGETTING = 0.02  # accuracy on the replayed base validation cells a candid
 LAB_WEIGHTS = (1.0, 0.5, 0.25, 0.1)
 MIN_GAIN_Z = 1.645  # one-sided 5 %: a candidate must beat the base layer by more than chance
 MAX_FOLDS = 5  # groups of the fit and calibrate cells, each held out once to judge a candidate
+MOSTLY_NORMAL = 0.9  # reviewed cells this share normal or more: a clinic of healthy donors, warned
 REPORT = "report.md"
 SUMMARY = "adaptation.json"
 FIGURE = "before_after.png"
@@ -171,6 +172,8 @@ def adapt_cells(
         )
     lab = read_lab_cells(Path(cells), list(card.classes), seed)
     _say_cells(lab, say)
+    for warning in warnings_for(lab):
+        say(f"Warning: {warning}")
     parts = _features(predictor, lab, progress, step)
     base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
     start = extend_weights(base_weight, list(card.classes), lab.classes)
@@ -223,6 +226,24 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise DataError(
                 f"{out} is not a model folder: --overwrite replaces only an earlier model"
             ) from None
+
+
+def warnings_for(lab: LabCells) -> list[str]:
+    """What the laboratory should know before it activates the model, from what it reviewed."""
+    normal = float((lab.rows["label"] == "normal").mean())
+    if normal < MOSTLY_NORMAL:
+        return []
+    # Measured, not guessed: research/txl_clinic_probe.py (docs/training.md, "A clinic of
+    # healthy donors on real foreign fields", by the number of cells reviewed).
+    return [
+        f"{normal:.0%} of the reviewed cells are normal, so the model learns that this "
+        "laboratory's cells are normal; an abnormal cell in its stain may then be called normal "
+        "without a review flag, and the more normal cells are reviewed, the more (on other "
+        "laboratories' real fields, Chula's abnormal cells in the laboratory's colours: 1 % "
+        "called normal unflagged before, 1-9 % after). The test slides cannot show it when they "
+        "hold few abnormal cells: review cells of patients' slides too, of every class the "
+        "laboratory sees."
+    ]
 
 
 def _say_cells(lab: LabCells, say: Say) -> None:
@@ -643,6 +664,7 @@ def _summary(
         "fit": choice,
         "calibration": calibration.summary(),
         "figures": figures,
+        "warnings": warnings_for(lab),
         "seconds_before_writing": round(seconds, 1),
     }
 
@@ -757,6 +779,7 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         + ", ".join(f"{p} {sum(c.values())}" for p, c in summary["cells"].items())
         + ". The test cells were used for nothing but these figures.",
         "",
+        *(line for w in summary.get("warnings", []) for line in (f"**Warning.** {w}", "")),
         "## The laboratory's held-out test cells",
         "",
         *markdown_table(figures["lab_test"]["before"], figures["lab_test"]["after"]),
