@@ -28,7 +28,8 @@ reach, not how right its model is.
    abnormal cells called normal without the cell's own review flag (what a patient at this
    clinic would lose unseen; the stain is only a colour map, milder than the laboratory's
    real difference) and the share of normal cells called normal.
-Nothing is chosen on these fields; adapt runs with its defaults.
+Nothing is chosen on these fields; adapt runs with its defaults. With `--l2` (a question, not the
+product) adapt runs in this process with those pull strengths as its candidates instead.
 """
 
 from __future__ import annotations
@@ -192,6 +193,22 @@ def on_chula_crops(models: dict[str, Path], crops: Path, stats: ColourStats) -> 
     return {"crops": len(images), "normal": len(normal), "abnormal": len(abnormal), **figures}
 
 
+def adapt_with_pulls(url: str, out: Path, pulls: list[float]) -> tuple[float, list[str]]:
+    """`adapt` as run_adapt runs it, in this process, with `pulls` as the candidates' l2."""
+    from training.adapt import pipeline
+
+    lines: list[str] = []
+    saved = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS
+    pipeline.L2_CANDIDATES = tuple(pulls)
+    pipeline.FIT_STEPS = tuple(0.25 + 0.4 * k / len(pulls) for k in range(len(pulls)))
+    started = time.perf_counter()
+    try:
+        pipeline.adapt_from_database(url, out, progress=False, say=lines.append)
+    finally:
+        pipeline.L2_CANDIDATES, pipeline.FIT_STEPS = saved
+    return time.perf_counter() - started, lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--txl", type=Path, default=ROOT.parent / "shared/datasets/txl-pbc")
@@ -206,6 +223,9 @@ def main() -> int:
         "--colour-stats", type=Path, default=Path(tempfile.gettempdir()) / "rbc-colour-stats.json"
     )
     parser.add_argument("--keep", type=Path, help="copy the adapted model folder here")
+    parser.add_argument(
+        "--l2", help="the candidates' pull strengths, comma-separated (default: adapt's own)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     train = fields_of(args.txl, args.source, "train")
@@ -230,9 +250,12 @@ def main() -> int:
             print(json.dumps(result["teaching"]), flush=True)
             result["shipped"] = measure(client, args.txl, test, mpp)
         out = Path(scratch) / "lab-model"
-        seconds, lines = run_adapt(
-            "--database", f"sqlite:///{data_dir / 'rbc.sqlite3'}", "--out", str(out)
-        )
+        url = f"sqlite:///{data_dir / 'rbc.sqlite3'}"
+        if args.l2:
+            pulls = [float(v) for v in args.l2.split(",")]
+            seconds, lines = adapt_with_pulls(url, out, pulls)
+        else:
+            seconds, lines = run_adapt("--database", url, "--out", str(out))
         result["adapt_seconds"] = round(seconds, 1)
         result["adapt_output"] = lines
         adaptation = out / "adaptation.json"
