@@ -38,3 +38,24 @@ def test_only_cells_near_a_box_centre_are_reviewed() -> None:
     cells = [{"id": 1, "x": 100.0, "y": 50.0}, {"id": 2, "x": 10.0, "y": 90.0}]
     boxes = [(103.0, 52.0, 20.0, 20.0), (160.0, 50.0, 20.0, 20.0)]
     assert [c["id"] for c in matched(cells, boxes, radius=7.0)] == [1]
+
+
+def test_other_pulls_are_adapts_candidates_for_one_run_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from research.txl_clinic_probe import adapt_with_pulls
+    from training.adapt import pipeline
+
+    before = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS
+    seen = {}
+
+    def fake(url: str, out: Path, **kwargs: object) -> dict[str, object]:
+        seen["pulls"], seen["steps"] = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS
+        kwargs["say"]("Chosen: l2=0.001")  # type: ignore[operator]
+        return {}
+
+    monkeypatch.setattr(pipeline, "adapt_from_database", fake)
+    seconds, lines = adapt_with_pulls("sqlite:///x", tmp_path / "o", [0.001, 0.01, 0.1, 1.0])
+    assert seen["pulls"] == (0.001, 0.01, 0.1, 1.0) and len(seen["steps"]) == 4
+    assert lines == ["Chosen: l2=0.001"] and seconds >= 0
+    assert (pipeline.L2_CANDIDATES, pipeline.FIT_STEPS) == before
