@@ -58,4 +58,4 @@ def test_other_pulls_are_adapts_candidates_for_one_run_only(
     seconds, lines = adapt_with_pulls("sqlite:///x", tmp_path / "o", [0.001, 0.01, 0.1, 1.0])
     assert seen["pulls"] == (0.001, 0.01, 0.1, 1.0) and len(seen["steps"]) == 4
     assert lines == ["Chosen: l2=0.001"] and seconds >= 0
-    assert (pipeline.L2_CANDIDATES, pipeline.FIT_STEPS) == before
+    assert before == (pipeline.L2_CANDIDATES, pipeline.FIT_STEPS)
