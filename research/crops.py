@@ -1,5 +1,6 @@
 """Crops the probes read (a shared helper, not a probe): Chula's imported crops by their
-manifest path, and another laboratory's red cells cut as the service cuts them."""
+manifest path, another laboratory's fields (txl-pbc) by source and split, and its red cells cut
+as the service cuts them."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ def load_crops(data: Path, paths: Iterable[str]) -> list[Image.Image]:
     return out
 
 
+def fields_of(txl: Path, source: str, split: str) -> list[str]:
+    """The images (paths under `txl`) of a txl-pbc source's `split`, in order."""
+    table = pd.read_csv(txl / "sources.csv", dtype=str)
+    return sorted(table[(table.source == source) & (table.split == split)].image)
+
+
 def txl_counted_crops(
     txl: Path, source: str, split: str, predictor: Any, detector: Any
 ) -> list[Image.Image]:
@@ -27,9 +34,8 @@ def txl_counted_crops(
     them through the service's own path (`analyze_smear`, the scale estimated)."""
     from core.smear.analysis import analyze_smear
 
-    table = pd.read_csv(txl / "sources.csv", dtype=str)
     crops: list[Image.Image] = []
-    for rel in sorted(table[(table.source == source) & (table.split == split)].image):
+    for rel in fields_of(txl, source, split):
         with Image.open(txl / rel) as opened:
             field = opened.convert("RGB")
         analysed = analyze_smear(field, predictor, None, detector=detector, keep_crops=True)

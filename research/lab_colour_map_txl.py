@@ -39,12 +39,8 @@ from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, recolour  # noqa: E
 from core.classify.predictor import Predictor  # noqa: E402
 from core.detect.learned import CellDetector  # noqa: E402
 from core.smear.analysis import analyze_smear  # noqa: E402
+from research.crops import fields_of  # noqa: E402
 from research.lab_wide_shift_probe import chula_field_stats, field_stats  # noqa: E402
-
-
-def fields_of(txl: Path, source: str, split: str) -> list[str]:
-    table = pd.read_csv(txl / "sources.csv", dtype=str)
-    return sorted(table[(table.source == source) & (table.split == split)].image)
 
 
 def read(txl: Path, rel: str) -> np.ndarray:

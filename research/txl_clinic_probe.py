@@ -54,15 +54,12 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_adapt import _accuracy, _missed_abnormal, _normal_calls, run_adapt  # noqa: E402
 from bench.bench_lab_loop import _png, _service, _wait  # noqa: E402
 from bench.bench_shift import FIELDS_PER_SOURCE, STATS_SEED, ColourStats, colour_stats, recolour  # noqa: E402
+from research.crops import fields_of, load_crops  # noqa: E402
+from research.probe_fields import write_result  # noqa: E402
 
 NORMAL_CELL_MICRONS = 7.5
 Box = tuple[float, float, float, float]  # x centre, y centre, width, height (pixels)
 MATCH_FRACTION = 0.35  # a detected centre within this share of the median box side of a box's
-
-
-def fields_of(txl: Path, source: str, split: str) -> list[str]:
-    table = pd.read_csv(txl / "sources.csv", dtype=str)
-    return sorted(table[(table.source == source) & (table.split == split)].image)
 
 
 def red_boxes(txl: Path, rel: str, size: tuple[int, int]) -> list[Box]:
@@ -170,10 +167,7 @@ def on_chula_crops(models: dict[str, Path], crops: Path, stats: ColourStats) -> 
 
     manifest = pd.read_csv(crops / "manifest.csv")
     test = manifest[manifest["split"] == "test"]
-    images = []
-    for rel in test["path"]:
-        with Image.open(crops / rel) as image:
-            images.append(image.convert("RGB"))
+    images = load_crops(crops, test["path"])
     labels = test["label"].tolist()
     shifted = [recolour(image, stats) for image in images]
     normal = [im for im, label in zip(shifted, labels, strict=True) if label == "normal"]
@@ -283,8 +277,7 @@ def main() -> int:
         )
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result)
     return 0
 
 

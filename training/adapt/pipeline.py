@@ -172,7 +172,8 @@ def adapt_cells(
         )
     lab = read_lab_cells(Path(cells), list(card.classes), seed)
     _say_cells(lab, say)
-    for warning in warnings_for(lab):
+    warnings = warnings_for(lab)
+    for warning in warnings:
         say(f"Warning: {warning}")
     parts = _features(predictor, lab, progress, step)
     base_weight = _last_layer(predictor.model).weight.detach().float().cpu()
@@ -190,7 +191,7 @@ def adapt_cells(
     step("measuring before and after", 0.85)
     figures = _before_after(predictor, start, fit.weight, calibration, parts, replay, lab)
     seconds = time.perf_counter() - started
-    summary = _summary(card, base, lab, choice, figures, calibration, seconds, source)
+    summary = _summary(card, base, lab, choice, figures, calibration, warnings, seconds, source)
     step("writing the model folder", 0.9)
     staging = _staging(out)
     try:
@@ -647,6 +648,7 @@ def _summary(
     choice: dict[str, Any],
     figures: dict[str, Any],
     calibration: Calibration,
+    warnings: list[str],
     seconds: float,
     source: str | None,
 ) -> dict[str, Any]:
@@ -664,7 +666,7 @@ def _summary(
         "fit": choice,
         "calibration": calibration.summary(),
         "figures": figures,
-        "warnings": warnings_for(lab),
+        "warnings": warnings,
         "seconds_before_writing": round(seconds, 1),
     }
 
