@@ -182,6 +182,25 @@ def test_fit_moves_toward_the_lab_and_a_strong_pull_keeps_the_base() -> None:
     assert torch.allclose(held.weight, start, atol=1e-3)
 
 
+def test_replayed_classes_can_be_weighed() -> None:
+    # Two overlapping classes, nine cells of one for each of the other: weighing the rare class
+    # up moves the boundary toward the common one, so more cells are called rare.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.0, 1.0, (900, 2)), rng.normal(1.0, 1.0, (100, 2))])
+    x = np.hstack([x, np.ones((1000, 1))]).astype(np.float32)  # a constant: the layer's bias
+    y = np.repeat([0, 1], [900, 100]).astype(np.int64)
+    start = torch.zeros(2, 3)
+    plain = fit_last_layer(start, (x[:0], y[:0]), (x, y), l2=1e-6)
+    weighed = fit_last_layer(
+        start, (x[:0], y[:0]), (x, y), l2=1e-6, replay_class_weights=torch.tensor([1.0, 9.0])
+    )
+
+    def rare(fit: Any) -> int:
+        return int(((torch.as_tensor(x) @ fit.weight.T).argmax(1) == 1).sum())
+
+    assert rare(weighed) > 2 * rare(plain)
+
+
 def test_new_classes_start_from_zero_rows() -> None:
     base = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     extended = extend_weights(base, ["a", "b"], ["a", "b", "c"])

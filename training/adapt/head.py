@@ -56,22 +56,26 @@ def fit_last_layer(
     lab_weight: float = LAB_WEIGHT,
     l2: float = L2,
     max_iter: int = MAX_ITER,
+    replay_class_weights: torch.Tensor | None = None,
 ) -> HeadFit:
     """Fit a bias-free linear layer from `start` (classes, D). `lab` and `replay` are (features,
     class indices into the rows of `start`); either may be empty but not both. The last
-    `new_rows` rows are classes the base lacks."""
+    `new_rows` rows are classes the base lacks. `replay_class_weights` (classes,) weighs the
+    replayed cells' loss by class (a replay in its training mix, weighed as it was trained)."""
     anchor = start.double()
     pull = torch.full((len(start), 1), l2, dtype=torch.float64)
     if new_rows:
         pull[len(start) - new_rows :] = NEW_ROW_L2
     weight = anchor.clone().requires_grad_(True)
+    replay_weights = None if replay_class_weights is None else replay_class_weights.double()
     parts = [
         (
             torch.from_numpy(np.array(x, dtype=np.float64)),
             torch.from_numpy(np.array(y, dtype=np.int64)),
             w,
+            by_class,
         )
-        for (x, y), w in ((lab, lab_weight), (replay, 1.0))
+        for (x, y), w, by_class in ((lab, lab_weight, None), (replay, 1.0, replay_weights))
         if len(y)
     ]
     if not parts:
@@ -83,8 +87,8 @@ def fit_last_layer(
 
     def objective() -> torch.Tensor:
         loss = (pull * (weight - anchor).pow(2)).sum()
-        for x, y, w in parts:
-            loss = loss + w * F.cross_entropy(x @ weight.T, y)
+        for x, y, w, by_class in parts:
+            loss = loss + w * F.cross_entropy(x @ weight.T, y, weight=by_class)
         return loss
 
     def closure() -> torch.Tensor:
