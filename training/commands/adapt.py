@@ -14,6 +14,7 @@ from training.errors import TrainingError
 def register(sub: Subparsers) -> None:
     _add_adapt(sub)
     _add_replay(sub)
+    _add_learn_other_labs(sub)
 
 
 def _cmd_adapt(args: argparse.Namespace) -> None:
@@ -100,3 +101,53 @@ def _add_replay(sub: Subparsers) -> None:
     p.add_argument("--data", type=Path, required=True, help="its import-chula crop set")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_add_replay)
+
+
+def _cmd_learn_other_labs(args: argparse.Namespace) -> None:
+    from training.adapt.other_labs import learn_other_labs
+
+    detector = None if str(args.detector) in ("classical", "none", "") else Path(args.detector)
+    summary = learn_other_labs(
+        args.model,
+        args.data,
+        args.txl,
+        args.out,
+        detector=detector,
+        name=args.name,
+        weight=args.weight,
+        fields_per_source=args.fields_per_source,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(summary))
+
+
+def _add_learn_other_labs(sub: Subparsers) -> None:
+    from training.adapt import DEFAULT_BASE
+    from training.commands.shared import default_detector
+
+    p = sub.add_parser(
+        "learn-other-labs",
+        help="refit a model's last layer with other laboratories' red cells taught as normal",
+        description=(
+            "Before any review: refit the model's last layer on its Chula training crops and "
+            "the red cells counted on other laboratories' train fields (a YOLO set with "
+            "sources, txl-pbc), taught as normal, with the weight that keeps Chula's "
+            "validation cells; then run calibrate on the result."
+        ),
+    )
+    p.add_argument("--model", type=Path, default=DEFAULT_BASE, help="the base model folder")
+    p.add_argument("--data", type=Path, required=True, help="its import-chula crop set")
+    p.add_argument("--txl", type=Path, required=True, help="other laboratories' fields (YOLO)")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the model")
+    p.add_argument(
+        "--detector",
+        default=default_detector(),
+        help='a detector folder (default models/detector when shipped) or "classical"',
+    )
+    p.add_argument("--name", help="the model's name (default: the base's)")
+    p.add_argument("--weight", type=float, help="the other laboratories' weight, not chosen")
+    p.add_argument(
+        "--fields-per-source", type=int, help="at most this many train fields of each source"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier model at --out")
+    p.set_defaults(func=_cmd_learn_other_labs)

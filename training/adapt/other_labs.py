@@ -1,0 +1,273 @@
+"""`python -m training learn-other-labs`: the base model taught other laboratories' red cells.
+
+Before any review, the shipped classifier reads another laboratory's cells as if Chula's
+microscope had taken them (txl-pbc's red cells 11-38 % called normal). The other laboratories'
+routine smears carry no morphology labels, but most of their red cells are normal, so here they
+are taught as normal (an assumption: some are not), beside Chula's own training cells:
+
+1. Chula's training crops (an import-chula output) and the red cells counted on each other
+   laboratory's train fields (a YOLO set with its sources, txl-pbc; cut through the service's own
+   path, the scale estimated as for an unknown laboratory) go through the base network once.
+2. The last layer is refitted from the base weights (training/adapt/head.py): cross-entropy on
+   Chula's cells, weighed by class as the recipe trained them, plus the other laboratories'
+   cells as normal, weighed `w`, with a pull toward the base weights. The body stays, so the
+   familiarity statistics, the field colours and the replay set stay valid.
+3. `w` is chosen on Chula alone: the heaviest of WEIGHTS whose fit loses at most
+   MAX_FORGETTING of the replayed validation cells (adapt's own check). Leaving a txl-pbc source
+   out, that rule gave a source never taught 0.71 / 0.66 / 0.60 of its red cells called normal
+   (from 0.38 / 0.24 / 0.11) at the same accuracy on Chula's test crops
+   (research/other_labs_head_probe.py).
+4. The model folder is written as every model is (export.pkl, model_state.pt, model.onnx, card
+   with Chula's test metrics), the base's calibration and replay set copied; run
+   `python -m training calibrate` on it next (temperature and review threshold belong to the
+   new layer).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.adapt.head import HeadFit, fit_last_layer
+from training.adapt.pipeline import MAX_FORGETTING, _last_layer, _replace, _staging
+from training.adapt.replay import REPLAY_FILE, load_replay
+from training.errors import DataError
+
+NORMAL = "normal"
+WEIGHTS = (0.1, 0.25, 0.5, 1.0)  # the other laboratories' cells against Chula's
+PULL = 0.01  # l2 toward the base weights: adapt's weakest candidate
+BATCH = 256
+Say = Callable[[str], None]
+
+
+def features(predictor: Any, images: list[Image.Image]) -> np.ndarray:
+    """The 512 features the last layer reads, one view, as the service computes them."""
+    out = [
+        predictor.raw_outputs(predictor.preprocess.batch(images[s : s + BATCH]), 1)[1]
+        for s in range(0, len(images), BATCH)
+    ]
+    return np.concatenate(out).astype(np.float32) if out else np.empty((0, 0), np.float32)
+
+
+def other_lab_cells(
+    yolo: Path,
+    predictor: Any,
+    detector: Any,
+    split: str = "train",
+    fields_per_source: int | None = None,
+    say: Say = print,
+) -> dict[str, np.ndarray]:
+    """Each source's counted red cells on its `split` fields, as features (source -> (N, D))."""
+    from core.smear.analysis import analyze_smear
+    from training.datasets.fields import read_yolo
+
+    report = read_yolo(yolo, splits=(split,), progress=False)
+    if not report.fields:
+        raise DataError(f"{yolo} holds no {split} fields (a YOLO set: images/, labels/)")
+    out = {}
+    for source in report.sources():
+        fields = sorted(
+            (f for f in report.fields if f.source == source), key=lambda f: str(f.image)
+        )[:fields_per_source]
+        crops: list[Image.Image] = []
+        for field in fields:
+            with Image.open(field.image) as opened:
+                image = opened.convert("RGB")
+            analysed = analyze_smear(image, predictor, None, detector=detector, keep_crops=True)
+            crops += [analysed.crops[c.id] for c in analysed.result.counted]
+        out[source] = features(predictor, crops)
+        say(f"  {source}: {len(crops)} red cells on {len(fields)} {split} fields")
+    return out
+
+
+def chula_cells(data: Path, predictor: Any, split: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Features and class indices of an import-chula output's crops of `split`, and their rows."""
+    from training.classify.calibrate import model_crops
+
+    rows = model_crops(Path(data), predictor.classes)
+    rows = rows[rows["split"] == split].reset_index(drop=True)
+    images = []
+    for rel in rows["path"]:
+        with Image.open(Path(data) / rel) as opened:
+            images.append(opened.convert("RGB"))
+    return features(predictor, images), rows["target"].to_numpy(dtype=np.int64), rows
+
+
+def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
+    return float(((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y).mean())
+
+
+def learn_other_labs(
+    base: Path,
+    data: Path,
+    yolo: Path,
+    out: Path,
+    *,
+    detector: Path | None,
+    name: str | None = None,
+    weight: float | None = None,
+    fields_per_source: int | None = None,
+    overwrite: bool = False,
+    say: Say = print,
+) -> dict[str, Any]:
+    """Refit `base`'s last layer on Chula's training crops (`data`) and the other laboratories'
+    red cells (`yolo`) taught as normal; write the model to `out`. `weight` fixes `w` instead
+    of choosing it. Returns the choice and its figures."""
+    from core.classify.predictor import ModelLoadError, Predictor
+    from core.detect.learned import CellDetector
+    from training.classify.config import load_config
+    from training.classify.engine import class_weights
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out} already holds files; give --overwrite to replace it")
+    try:
+        predictor = Predictor.load(Path(base), device="cpu", tta_views=1)
+    except ModelLoadError as exc:
+        raise DataError(f"cannot load the base model: {exc}") from exc
+    card = predictor.card
+    if NORMAL not in card.classes:
+        raise DataError(f"the base model has no {NORMAL!r} class to teach")
+    replay = load_replay(Path(base), card)
+    if replay is None:
+        raise DataError(
+            f"the base model {base} carries no replay set to check what it keeps: add one with "
+            "`python -m training add-replay --model DIR --data CROPS`"
+        )
+    say(f"Chula's training and test crops through {base} ...")
+    train_x, train_y, train_rows = chula_cells(data, predictor, "train")
+    test_x, test_y, _ = chula_cells(data, predictor, "test")
+    config = Path(base) / "config.yaml"
+    by_class = (
+        class_weights(load_config(config, {}), list(card.classes), train_rows["label"])
+        if config.is_file()
+        else None
+    )
+    say(f"Other laboratories' red cells ({yolo}) ...")
+    found = None if detector is None else CellDetector.load(Path(detector))
+    cells = other_lab_cells(Path(yolo), predictor, found, "train", fields_per_source, say)
+    lab_x = np.concatenate([v for v in cells.values() if len(v)])
+    lab_y = np.full(len(lab_x), list(card.classes).index(NORMAL), dtype=np.int64)
+    start = _last_layer(predictor.model).weight.detach().float().cpu()
+    valid = replay.part(False)
+    base_valid = _accuracy(start, *valid)
+    fits: list[tuple[float, float, HeadFit]] = []  # (weight, forgetting, fit)
+    for w in [weight] if weight is not None else WEIGHTS:
+        fit = fit_last_layer(
+            start,
+            (lab_x, lab_y),
+            (train_x, train_y),
+            lab_weight=w,
+            l2=PULL,
+            replay_class_weights=by_class,
+        )
+        forgetting = base_valid - _accuracy(fit.weight, *valid)
+        fits.append((w, round(forgetting, 4), fit))
+        say(f"  w={w}: loses {forgetting:+.4f} of the replayed validation cells")
+    kept = [f for f in fits if weight is not None or f[1] <= MAX_FORGETTING]
+    if not kept:
+        raise DataError(
+            f"every weight loses more than {MAX_FORGETTING} of the base's validation cells; "
+            "the base layer stays (nothing written)"
+        )
+    chosen_weight, _, chosen = max(kept, key=lambda f: f[0])
+    new_weight = chosen.weight
+    summary: dict[str, Any] = {
+        "base": str(base),
+        "other_lab_cells": {k: len(v) for k, v in cells.items()},
+        "chula_training_cells": len(train_x),
+        "weight": chosen_weight,
+        "pull": PULL,
+        "candidates": [{"weight": w, "forgetting": f} for w, f, _ in fits],
+        "chula_test_accuracy": {
+            "before": round(_accuracy(start, test_x, test_y), 4),
+            "after": round(_accuracy(new_weight, test_x, test_y), 4),
+        },
+    }
+    staging = _staging(out)
+    try:
+        _write(staging, Path(base), card, new_weight, test_x, test_y, summary, name)
+        _replace(staging, out, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    acc = summary["chula_test_accuracy"]
+    say(
+        f"w={chosen_weight}: Chula's test crops {acc['before']:.4f} -> {acc['after']:.4f}. "
+        f"Written to {out}; next: python -m training calibrate --model {out} --data {data}"
+    )
+    return summary
+
+
+def _write(
+    staging: Path,
+    base: Path,
+    card: Any,
+    weight: torch.Tensor,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    summary: dict[str, Any],
+    name: str | None,
+) -> None:
+    """The network with its new last layer through the export every model takes, Chula's test
+    metrics on its card, the base's calibration and replay set beside it."""
+    from core.modelcard import ModelCard, sha256_file
+    from training.classify.evaluate import classification_metrics, confusion_matrix, most_confused
+    from training.classify.export import _probe_batch, export_learner
+    from training.classify.learner import load_exported
+
+    learn, _ = load_exported(base)
+    head = learn.model[1]
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    head[len(head) - 1] = layer
+    classes = list(card.classes)
+    pred = (torch.as_tensor(test_x) @ weight.T).argmax(1).numpy()
+    cm = confusion_matrix(test_y, pred, len(classes))
+    metrics = {
+        "split": "test",
+        **classification_metrics(test_y, pred, classes),
+        "confusion_matrix": cm.tolist(),
+        "most_confused": most_confused(cm, classes),
+    }
+    cells = ", ".join(f"{k} {v}" for k, v in summary["other_lab_cells"].items())
+    export_learner(
+        learn,
+        staging,
+        _probe_batch(card),
+        name=name or card.name,
+        classes=classes,
+        architecture=card.architecture,
+        input_size=card.input_size,
+        normalization=card.normalization,
+        crop_window_px=card.crop_window_px,
+        resize_method=card.resize_method,
+        method=card.method,
+        tta_views=card.tta_views,
+        microns_per_pixel=card.microns_per_pixel,
+        metrics=metrics,
+        dataset=card.dataset,
+        training_config={**card.training_config, "other_labs": summary},
+        notes=[
+            *card.notes,
+            f"Last layer refitted (python -m training learn-other-labs) on Chula's training "
+            f"crops and other laboratories' red cells taught as normal ({cells}; weight "
+            f"{summary['weight']}, chosen to keep Chula's validation cells): the body is the "
+            f"base's. Chula's test accuracy {summary['chula_test_accuracy']['before']} -> "
+            f"{summary['chula_test_accuracy']['after']}.",
+        ],
+    )
+    for extra in ("calibration.json", "calibration.npz", "calibration.md", "config.yaml"):
+        if (base / extra).is_file():
+            shutil.copy2(base / extra, staging / extra)
+    shutil.copy2(base / REPLAY_FILE, staging / REPLAY_FILE)
+    written = ModelCard.load(staging)
+    written.replay_file, written.replay_sha256 = REPLAY_FILE, sha256_file(staging / REPLAY_FILE)
+    written.save(staging)
