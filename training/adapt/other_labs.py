@@ -25,6 +25,7 @@ are taught as normal (an assumption: some are not), beside Chula's own training 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,12 @@ from training.adapt.replay import REPLAY_FILE, load_replay
 from training.errors import DataError
 
 NORMAL = "normal"
+# The base's training record, kept beside the refitted model (the body is the base's).
+CARRIED = ("config.yaml", "history.csv", "loss_curves.png", "lr_find.png")
+# Its calibration, served until `calibrate` fits the new layer's own.
+CALIBRATION = ("calibration.json", "calibration.npz", "calibration.md", "reliability_test.png")
+METRICS_KEYS = ("split", "accuracy", "macro_f1", "n", "per_class", "confusion_matrix")
+TOP_LOSSES = 9
 WEIGHTS = (0.1, 0.25, 0.5, 1.0)  # the other laboratories' cells against Chula's
 PULL = 0.01  # l2 toward the base weights: adapt's weakest candidate
 BATCH = 256
@@ -140,6 +147,7 @@ def learn_other_labs(
             f"the base model {base} carries no replay set to check what it keeps: add one with "
             "`python -m training add-replay --model DIR --data CROPS`"
         )
+    items = training_items(card, Path(data))
     say(f"Chula's training and test crops through {base} ...")
     train_x, train_y, train_rows = chula_cells(data, predictor, "train")
     test_x, test_y, _ = chula_cells(data, predictor, "test")
@@ -192,7 +200,7 @@ def learn_other_labs(
     }
     staging = _staging(out)
     try:
-        _write(staging, Path(base), card, new_weight, test_x, test_y, summary, name)
+        _write(staging, Path(base), card, new_weight, summary, name, items)
         _replace(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,7 +208,8 @@ def learn_other_labs(
     acc = summary["chula_test_accuracy"]
     say(
         f"w={chosen_weight}: Chula's test crops {acc['before']:.4f} -> {acc['after']:.4f}. "
-        f"Written to {out}; next: python -m training calibrate --model {out} --data {data}"
+        f"Written to {out} with the base's calibration; fit its own next: "
+        f"python -m training calibrate --model {out} --data {data}"
     )
     return summary
 
@@ -210,15 +219,14 @@ def _write(
     base: Path,
     card: Any,
     weight: torch.Tensor,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
     summary: dict[str, Any],
     name: str | None,
+    items: Any,
 ) -> None:
-    """The network with its new last layer through the export every model takes, Chula's test
-    metrics on its card, the base's calibration and replay set beside it."""
+    """The network with its new last layer through the export every model takes, measured on
+    the valid and test splits of the data it was trained on (card, report.md, metrics.json, the
+    figures), the base's training record, calibration and replay set beside it."""
     from core.modelcard import ModelCard, sha256_file
-    from training.classify.evaluate import classification_metrics, confusion_matrix, most_confused
     from training.classify.export import _probe_batch, export_learner
     from training.classify.learner import load_exported
 
@@ -228,22 +236,16 @@ def _write(
     with torch.no_grad():
         layer.weight.copy_(weight)
     head[len(head) - 1] = layer
-    classes = list(card.classes)
-    pred = (torch.as_tensor(test_x) @ weight.T).argmax(1).numpy()
-    cm = confusion_matrix(test_y, pred, len(classes))
-    metrics = {
-        "split": "test",
-        **classification_metrics(test_y, pred, classes),
-        "confusion_matrix": cm.tolist(),
-        "most_confused": most_confused(cm, classes),
-    }
+    staging.mkdir(parents=True, exist_ok=True)
+    results = _evaluate(learn, items, staging)
+    test = {k: v for k, v in results[-1].items() if k != "top_losses"}
     cells = ", ".join(f"{k} {v}" for k, v in summary["other_lab_cells"].items())
     export_learner(
         learn,
         staging,
         _probe_batch(card),
         name=name or card.name,
-        classes=classes,
+        classes=list(card.classes),
         architecture=card.architecture,
         input_size=card.input_size,
         normalization=card.normalization,
@@ -252,7 +254,7 @@ def _write(
         method=card.method,
         tta_views=card.tta_views,
         microns_per_pixel=card.microns_per_pixel,
-        metrics=metrics,
+        metrics=test,
         dataset=card.dataset,
         training_config={**card.training_config, "other_labs": summary},
         notes=[
@@ -264,10 +266,85 @@ def _write(
             f"{summary['chula_test_accuracy']['after']}.",
         ],
     )
-    for extra in ("calibration.json", "calibration.npz", "calibration.md", "config.yaml"):
+    for extra in (*CARRIED, *CALIBRATION, REPLAY_FILE):
         if (base / extra).is_file():
             shutil.copy2(base / extra, staging / extra)
-    shutil.copy2(base / REPLAY_FILE, staging / REPLAY_FILE)
+    _write_report(staging, base, summary, results)
+    metrics = [{k: r[k] for k in METRICS_KEYS} for r in results]
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     written = ModelCard.load(staging)
     written.replay_file, written.replay_sha256 = REPLAY_FILE, sha256_file(staging / REPLAY_FILE)
     written.save(staging)
+
+
+def training_items(card: Any, data: Path) -> Any:
+    """The base's training data as it split it (items with their split), refused unless it is
+    byte for byte the data the base was trained and measured on (its fingerprint): the new
+    figures must be comparable with the base's."""
+    from training.classify.config import TrainConfig
+    from training.classify.data import assign_splits, fingerprint, scan_dataset
+
+    known = {f for f in TrainConfig.__dataclass_fields__ if f != "augment"}
+    config = TrainConfig(**{k: v for k, v in card.training_config.items() if k in known})
+    items = assign_splits(scan_dataset(Path(data), list(card.classes), progress=False), config)
+    if fingerprint(items, Path(data)) != card.dataset.get("fingerprint"):
+        raise DataError(
+            f"{data} is not the crop set the base model was trained on (fingerprint differs): "
+            "give the base's own import-chula output"
+        )
+    return items
+
+
+def _evaluate(learn: Any, items: Any, out: Path) -> list[dict[str, Any]]:
+    """The new learner's metrics and figures on the valid and test splits."""
+    from training.classify.evaluate import predict
+    from training.classify.interpret import interpret_split
+
+    results = []
+    for split in ("valid", "test"):
+        pred = predict(learn, items[items["split"] == split], 1)
+        results.append(interpret_split(learn, pred, split, out, TOP_LOSSES))
+    return results
+
+
+def _write_report(
+    staging: Path, base: Path, summary: dict[str, Any], results: list[dict[str, Any]]
+) -> None:
+    """report.md: the base's training section, what was refitted, and the new evaluation."""
+    from training.classify.interpret import confused_pairs, split_figures
+
+    training = ""
+    if (base / "report.md").is_file():
+        training = (base / "report.md").read_text().split("\n## Evaluation", 1)[0].rstrip()
+    cells = ", ".join(f"{k} {v}" for k, v in summary["other_lab_cells"].items())
+    candidates = "; ".join(f"{c['weight']}: {c['forgetting']:+.4f}" for c in summary["candidates"])
+    lines = [
+        training,
+        "",
+        "## Last layer refitted with other laboratories' red cells",
+        "",
+        f"`python -m training learn-other-labs` (training/adapt/other_labs.py): the base's "
+        f"last layer refitted on {summary['chula_training_cells']} Chula training crops "
+        f"(weighed by class as trained) and other laboratories' red cells taught as normal "
+        f"({cells}), pulled toward the base weights (l2 {summary['pull']}). The weight of the "
+        f"other laboratories' cells, {summary['weight']}, is the heaviest whose fit loses at most "
+        f"{MAX_FORGETTING} of the replayed validation cells (weight: loss {candidates}). The "
+        "body, and so the training figures above, are the base's.",
+        "",
+    ]
+    for res in results:
+        split = res["split"]
+        lines += [
+            f"## Evaluation on the {split} split",
+            "",
+            *split_figures(res),
+            f"![confusion matrix](confusion_{split}.png)",
+            "",
+            f"![per-class figures](per_class_{split}.png)",
+            "",
+            confused_pairs(res),
+            "",
+            f"![top losses](top_losses_{split}.png)",
+            "",
+        ]
+    (staging / "report.md").write_text("\n".join(lines))
