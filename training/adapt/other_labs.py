@@ -262,8 +262,9 @@ def _write(
             f"Last layer refitted (python -m training learn-other-labs) on Chula's training "
             f"crops and other laboratories' red cells taught as normal ({cells}; weight "
             f"{summary['weight']}, chosen to keep Chula's validation cells): the body is the "
-            f"base's. Chula's test accuracy {summary['chula_test_accuracy']['before']} -> "
-            f"{summary['chula_test_accuracy']['after']}.",
+            f"base's. The notes above are the base's; on the same test split its accuracy and "
+            f"macro-F1 were {card.metrics['accuracy']:.3f} and {card.metrics['macro_f1']:.3f}, "
+            f"this model's are {test['accuracy']:.3f} and {test['macro_f1']:.3f}.",
         ],
     )
     for extra in (*CARRIED, *CALIBRATION, REPLAY_FILE):
