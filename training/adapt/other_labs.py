@@ -187,7 +187,7 @@ def learn_other_labs(
     chosen_weight, _, chosen = max(kept, key=lambda f: f[0])
     new_weight = chosen.weight
     summary: dict[str, Any] = {
-        "base": str(base),
+        "base": {"name": card.name, "weights_sha256": card.weights_sha256},
         "other_lab_cells": {k: len(v) for k, v in cells.items()},
         "chula_training_cells": len(train_x),
         "weight": chosen_weight,
