@@ -29,7 +29,8 @@ reach, not how right its model is.
    clinic would lose unseen; the stain is only a colour map, milder than the laboratory's
    real difference) and the share of normal cells called normal.
 Nothing is chosen on these fields; adapt runs with its defaults. With `--l2` (a question, not the
-product) adapt runs in this process with those pull strengths as its candidates instead.
+product) adapt runs in this process with those pull strengths as its candidates instead; with
+`--replay-mix training`, with the replayed cells weighed to the base's training mix.
 """
 
 from __future__ import annotations
@@ -187,19 +188,55 @@ def on_chula_crops(models: dict[str, Path], crops: Path, stats: ColourStats) -> 
     return {"crops": len(images), "normal": len(normal), "abnormal": len(abnormal), **figures}
 
 
-def adapt_with_pulls(url: str, out: Path, pulls: list[float]) -> tuple[float, list[str]]:
-    """`adapt` as run_adapt runs it, in this process, with `pulls` as the candidates' l2."""
+def training_mix_weights(card: Any, classes: int, replayed: np.ndarray) -> Any:
+    """Per-class weights that give the replayed cells (250 a class) the base's own training mix
+    as its recipe weighed it: class c's total weight proportional to n_c ** (1 - p) (n_c its
+    training cells, p the recipe's power: 0.5 for inverse_sqrt), so each replayed cell weighs
+    n_c ** (1 - p) / r_c; mean 1 over the replayed cells. Rows past the base's classes (the
+    laboratory's own) weigh 1: they have no replayed cells."""
+    import torch
+
+    power = {"none": 0.0, "inverse_sqrt": 0.5, "inverse": 1.0}[
+        card.training_config.get("class_weighting", "none")
+    ]
+    counts = card.dataset["class_counts"]
+    replayed_per_class = np.bincount(replayed, minlength=classes).astype(float)
+    weights = np.ones(classes)
+    for i, name in enumerate(card.classes):
+        if replayed_per_class[i]:
+            weights[i] = counts[name] ** (1 - power) / replayed_per_class[i]
+    weights /= (weights[replayed] if len(replayed) else weights).mean()
+    return torch.tensor(weights)
+
+
+def adapt_with_pulls(
+    url: str, out: Path, pulls: list[float] | None, replay_mix: str = "balanced"
+) -> tuple[float, list[str]]:
+    """`adapt` as run_adapt runs it, in this process, with `pulls` as the candidates' l2 (None:
+    adapt's own) and, with `replay_mix` "training", the replayed cells weighed to the base's
+    training mix (training_mix_weights) instead of class-balanced."""
+    from core.modelcard import ModelCard
     from training.adapt import pipeline
 
     lines: list[str] = []
-    saved = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS
-    pipeline.L2_CANDIDATES = tuple(pulls)
-    pipeline.FIT_STEPS = tuple(0.25 + 0.4 * k / len(pulls) for k in range(len(pulls)))
+    saved = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.fit_last_layer
+    if pulls:
+        pipeline.L2_CANDIDATES = tuple(pulls)
+        pipeline.FIT_STEPS = tuple(0.25 + 0.4 * k / len(pulls) for k in range(len(pulls)))
+    if replay_mix == "training":
+        card = ModelCard.load(ROOT / "models" / "default")
+        plain = pipeline.fit_last_layer
+
+        def weighed(start: Any, lab: Any, replay: Any, **kwargs: Any) -> Any:
+            by_class = training_mix_weights(card, len(start), np.asarray(replay[1]))
+            return plain(start, lab, replay, replay_class_weights=by_class, **kwargs)
+
+        pipeline.fit_last_layer = weighed  # type: ignore[assignment]
     started = time.perf_counter()
     try:
         pipeline.adapt_from_database(url, out, progress=False, say=lines.append)
     finally:
-        pipeline.L2_CANDIDATES, pipeline.FIT_STEPS = saved
+        pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.fit_last_layer = saved
     return time.perf_counter() - started, lines
 
 
@@ -219,6 +256,12 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="copy the adapted model folder here")
     parser.add_argument(
         "--l2", help="the candidates' pull strengths, comma-separated (default: adapt's own)"
+    )
+    parser.add_argument(
+        "--replay-mix",
+        choices=("balanced", "training"),
+        default="balanced",
+        help="replayed cells class-balanced (adapt's own) or weighed to the base's training mix",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -245,9 +288,9 @@ def main() -> int:
             result["shipped"] = measure(client, args.txl, test, mpp)
         out = Path(scratch) / "lab-model"
         url = f"sqlite:///{data_dir / 'rbc.sqlite3'}"
-        if args.l2:
-            pulls = [float(v) for v in args.l2.split(",")]
-            seconds, lines = adapt_with_pulls(url, out, pulls)
+        if args.l2 or args.replay_mix != "balanced":
+            pulls = [float(v) for v in args.l2.split(",")] if args.l2 else None
+            seconds, lines = adapt_with_pulls(url, out, pulls, args.replay_mix)
         else:
             seconds, lines = run_adapt("--database", url, "--out", str(out))
         result["adapt_seconds"] = round(seconds, 1)
