@@ -30,7 +30,8 @@ reach, not how right its model is.
    real difference) and the share of normal cells called normal.
 Nothing is chosen on these fields; adapt runs with its defaults. With `--l2` (a question, not the
 product) adapt runs in this process with those pull strengths as its candidates instead; with
-`--replay-mix training`, with the replayed cells weighed to the base's training mix.
+`--replay-mix balanced|training`, with the replayed cells class-balanced or weighed to the base's
+training mix (adapt's own since stop 38).
 """
 
 from __future__ import annotations
@@ -188,55 +189,26 @@ def on_chula_crops(models: dict[str, Path], crops: Path, stats: ColourStats) -> 
     return {"crops": len(images), "normal": len(normal), "abnormal": len(abnormal), **figures}
 
 
-def training_mix_weights(card: Any, classes: int, replayed: np.ndarray) -> Any:
-    """Per-class weights that give the replayed cells (250 a class) the base's own training mix
-    as its recipe weighed it: class c's total weight proportional to n_c ** (1 - p) (n_c its
-    training cells, p the recipe's power: 0.5 for inverse_sqrt), so each replayed cell weighs
-    n_c ** (1 - p) / r_c; mean 1 over the replayed cells. Rows past the base's classes (the
-    laboratory's own) weigh 1: they have no replayed cells."""
-    import torch
-
-    power = {"none": 0.0, "inverse_sqrt": 0.5, "inverse": 1.0}[
-        card.training_config.get("class_weighting", "none")
-    ]
-    counts = card.dataset["class_counts"]
-    replayed_per_class = np.bincount(replayed, minlength=classes).astype(float)
-    weights = np.ones(classes)
-    for i, name in enumerate(card.classes):
-        if replayed_per_class[i]:
-            weights[i] = counts[name] ** (1 - power) / replayed_per_class[i]
-    weights /= (weights[replayed] if len(replayed) else weights).mean()
-    return torch.tensor(weights)
-
-
 def adapt_with_pulls(
-    url: str, out: Path, pulls: list[float] | None, replay_mix: str = "balanced"
+    url: str, out: Path, pulls: list[float] | None, replay_mix: str | None = None
 ) -> tuple[float, list[str]]:
     """`adapt` as run_adapt runs it, in this process, with `pulls` as the candidates' l2 (None:
-    adapt's own) and, with `replay_mix` "training", the replayed cells weighed to the base's
-    training mix (training_mix_weights) instead of class-balanced."""
-    from core.modelcard import ModelCard
+    adapt's own) and `replay_mix` ("training" or "balanced"; None: adapt's own) for the weight
+    of the replayed cells' classes."""
     from training.adapt import pipeline
 
     lines: list[str] = []
-    saved = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.fit_last_layer
+    saved = pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.REPLAY_MIX
     if pulls:
         pipeline.L2_CANDIDATES = tuple(pulls)
         pipeline.FIT_STEPS = tuple(0.25 + 0.4 * k / len(pulls) for k in range(len(pulls)))
-    if replay_mix == "training":
-        card = ModelCard.load(ROOT / "models" / "default")
-        plain = pipeline.fit_last_layer
-
-        def weighed(start: Any, lab: Any, replay: Any, **kwargs: Any) -> Any:
-            by_class = training_mix_weights(card, len(start), np.asarray(replay[1]))
-            return plain(start, lab, replay, replay_class_weights=by_class, **kwargs)
-
-        pipeline.fit_last_layer = weighed  # type: ignore[assignment]
+    if replay_mix:
+        pipeline.REPLAY_MIX = replay_mix
     started = time.perf_counter()
     try:
         pipeline.adapt_from_database(url, out, progress=False, say=lines.append)
     finally:
-        pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.fit_last_layer = saved
+        pipeline.L2_CANDIDATES, pipeline.FIT_STEPS, pipeline.REPLAY_MIX = saved
     return time.perf_counter() - started, lines
 
 
@@ -260,8 +232,8 @@ def main() -> int:
     parser.add_argument(
         "--replay-mix",
         choices=("balanced", "training"),
-        default="balanced",
-        help="replayed cells class-balanced (adapt's own) or weighed to the base's training mix",
+        help="replayed cells weighed to the base's training mix (adapt's own since stop 38) or "
+        "class-balanced (before)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -288,7 +260,7 @@ def main() -> int:
             result["shipped"] = measure(client, args.txl, test, mpp)
         out = Path(scratch) / "lab-model"
         url = f"sqlite:///{data_dir / 'rbc.sqlite3'}"
-        if args.l2 or args.replay_mix != "balanced":
+        if args.l2 or args.replay_mix:
             pulls = [float(v) for v in args.l2.split(",")] if args.l2 else None
             seconds, lines = adapt_with_pulls(url, out, pulls, args.replay_mix)
         else:

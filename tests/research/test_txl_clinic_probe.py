@@ -61,40 +61,20 @@ def test_other_pulls_are_adapts_candidates_for_one_run_only(
     assert before == (pipeline.L2_CANDIDATES, pipeline.FIT_STEPS)
 
 
-def test_the_training_mix_gives_each_class_its_weight_in_training() -> None:
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from research.txl_clinic_probe import training_mix_weights
-
-    card = SimpleNamespace(
-        classes=["a", "b"],
-        training_config={"class_weighting": "inverse_sqrt"},
-        dataset={"class_counts": {"a": 400, "b": 100}},
-    )
-    replayed = np.array([0, 0, 1, 1])  # two replayed cells of each class
-    weights = training_mix_weights(card, 3, replayed).numpy()  # a third row: the lab's own class
-    # Class totals in training, inverse-sqrt weighed: sqrt(400) : sqrt(100) = 2 : 1.
-    assert weights[0] / weights[1] == pytest.approx(2.0)
-    assert weights[replayed].mean() == pytest.approx(1.0)
-    assert weights[2] > 0
-
-
-def test_the_training_mix_is_patched_for_one_run_only(
+def test_the_replay_mix_is_set_for_one_run_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from research.txl_clinic_probe import adapt_with_pulls
     from training.adapt import pipeline
 
-    plain = pipeline.fit_last_layer
+    before = pipeline.REPLAY_MIX
     seen = {}
 
     def fake(url: str, out: Path, **kwargs: object) -> dict[str, object]:
-        seen["fit"] = pipeline.fit_last_layer
+        seen["mix"], seen["pulls"] = pipeline.REPLAY_MIX, pipeline.L2_CANDIDATES
         return {}
 
     monkeypatch.setattr(pipeline, "adapt_from_database", fake)
-    adapt_with_pulls("sqlite:///x", tmp_path / "o", None, "training")
-    assert seen["fit"] is not plain and pipeline.fit_last_layer is plain
-    assert pipeline.L2_CANDIDATES == (0.01, 0.1, 1.0)
+    adapt_with_pulls("sqlite:///x", tmp_path / "o", None, "balanced")
+    assert seen == {"mix": "balanced", "pulls": (0.01, 0.1, 1.0)}
+    assert before == pipeline.REPLAY_MIX

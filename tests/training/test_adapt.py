@@ -201,6 +201,29 @@ def test_replayed_classes_can_be_weighed() -> None:
     assert rare(weighed) > 2 * rare(plain)
 
 
+def test_the_replay_weighs_each_class_as_the_base_was_trained() -> None:
+    from types import SimpleNamespace
+
+    from training.adapt.replay import training_mix_weights
+
+    card = SimpleNamespace(
+        classes=["a", "b"],
+        training_config={"class_weighting": "inverse_sqrt"},
+        dataset={"class_counts": {"a": 400, "b": 100}},
+    )
+    replayed = np.array([0, 0, 1, 1])  # two replayed cells of each class
+    weights = training_mix_weights(card, 3, replayed)  # type: ignore[arg-type]
+    assert weights is not None
+    # Each class's total in training, inverse-sqrt weighed: sqrt(400) : sqrt(100) = 2 : 1.
+    assert weights[0] / weights[1] == pytest.approx(2.0)
+    assert weights[replayed].mean() == pytest.approx(1.0)
+    # Before the mean is taken out: 20 / 2, 10 / 2 and 1 for the laboratory's own class.
+    assert weights == pytest.approx(np.array([10.0, 5.0, 1.0]) / 7.5)
+    # An adapted model's card gives no training counts: the replay stays balanced.
+    adapted = SimpleNamespace(classes=["a", "b"], training_config={}, dataset={"cells": 4})
+    assert training_mix_weights(adapted, 2, replayed) is None  # type: ignore[arg-type]
+
+
 def test_new_classes_start_from_zero_rows() -> None:
     base = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     extended = extend_weights(base, ["a", "b"], ["a", "b", "c"])

@@ -120,3 +120,30 @@ def load_replay(model_dir: Path, card: ModelCard) -> Replay | None:
     if n and not (replay.labels.min() >= 0 and replay.labels.max() < len(replay.classes)):
         raise ModelFileError(f"{path}: a label outside the model's classes")
     return replay
+
+
+# How the recipe weighed a class of n training cells in its loss: n ** -power.
+CLASS_WEIGHTING_POWER = {"none": 0.0, "inverse_sqrt": 0.5, "inverse": 1.0}
+
+
+def training_mix_weights(card: ModelCard, classes: int, replayed: np.ndarray) -> np.ndarray | None:
+    """Per-class weights (classes,) that give the replayed training cells (a few hundred of each
+    class) the weight their classes had in the base's own training loss: class c's total
+    proportional to n_c ** (1 - power) (n_c its training cells, power the recipe's class
+    weighting), so each replayed cell weighs n_c ** (1 - power) / r_c; mean 1 over the replayed
+    cells. Why: a class-balanced replay pulls the last layer toward a balanced prior (refitted
+    on it alone, the shipped model lost 0.028 on Chula's test crops, normal cells called normal
+    0.825 -> 0.723: research/other_labs_head_probe.py). Rows past the card's classes (the
+    laboratory's own) weigh 1: nothing of theirs is replayed. None when the card does not give
+    its training class counts (an adapted model's card): the replay then stays balanced."""
+    counts = (card.dataset or {}).get("class_counts") or {}
+    weighting = (card.training_config or {}).get("class_weighting", "none")
+    if not counts or weighting not in CLASS_WEIGHTING_POWER or len(replayed) == 0:
+        return None
+    power = CLASS_WEIGHTING_POWER[weighting]
+    replayed_per_class = np.bincount(replayed, minlength=classes).astype(np.float64)
+    weights = np.ones(classes, dtype=np.float64)
+    for i, name in enumerate(card.classes[:classes]):
+        if replayed_per_class[i] and counts.get(name):
+            weights[i] = float(counts[name]) ** (1 - power) / replayed_per_class[i]
+    return weights / weights[replayed].mean()
