@@ -36,7 +36,13 @@ import torch
 from PIL import Image
 
 from training.adapt.head import HeadFit, fit_last_layer
-from training.adapt.pipeline import MAX_FORGETTING, _last_layer, _replace, _staging
+from training.adapt.pipeline import (
+    MAX_FORGETTING,
+    _last_layer,
+    _replace,
+    _staging,
+    set_last_layer,
+)
 from training.adapt.replay import REPLAY_FILE, load_replay
 from training.errors import DataError
 
@@ -231,11 +237,7 @@ def _write(
     from training.classify.learner import load_exported
 
     learn, _ = load_exported(base)
-    head = learn.model[1]
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-    head[len(head) - 1] = layer
+    set_last_layer(learn, weight)
     staging.mkdir(parents=True, exist_ok=True)
     results = _evaluate(learn, items, staging)
     test = {k: v for k, v in results[-1].items() if k != "top_losses"}

@@ -700,6 +700,15 @@ def _replace(staging: Path, out: Path, overwrite: bool) -> None:
     replace_folder(staging, out)
 
 
+def set_last_layer(learn: Any, weight: torch.Tensor) -> None:
+    """The exported learner's last layer replaced by a bias-free one holding `weight`."""
+    head = learn.model[1]
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    head[len(head) - 1] = layer
+
+
 def _set_vocab(learn: Any, classes: list[str]) -> None:
     """The exported learner's class list (fastai keeps it on each loader's Categorize)."""
     from fastai.data.transforms import Categorize, CategoryMap
@@ -736,11 +745,7 @@ def _write_model(
     from training.classify.learner import load_exported
 
     learn, _ = load_exported(Path(base))
-    head = learn.model[1]
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-    head[len(head) - 1] = layer
+    set_last_layer(learn, weight)
     _set_vocab(learn, lab.classes)
     preprocess = Preprocessor.from_card(card)
     images = []
