@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,6 +54,7 @@ from research.crops import load_crops, txl_counted_crops  # noqa: E402
 from research.lab_wide_shift_probe import chula_field_stats  # noqa: E402
 from research.probe_fields import command_line, write_result  # noqa: E402
 from training.adapt.head import fit_last_layer  # noqa: E402
+from training.adapt.other_labs import features, heaviest_kept  # noqa: E402
 from training.adapt.pipeline import MAX_FORGETTING, _last_layer  # noqa: E402
 from training.adapt.replay import load_replay  # noqa: E402
 from training.classify.calibrate import model_crops  # noqa: E402
@@ -67,15 +67,6 @@ SPHEROCYTE = "spherocyte"
 TEACHERS = {"raabin": ("bccd", "bcd"), "bccd": ("raabin",), "bcd": ("raabin",)}
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 PULL = 0.01  # adapt's weakest pull toward the base weights (training/adapt/pipeline.py)
-
-
-def outputs(predictor: Predictor, images: list[Image.Image]) -> np.ndarray:
-    """The features (N, D) the last layer reads."""
-    feats = [
-        predictor.raw_outputs(predictor.preprocess.batch(images[s : s + 256]), 1)[1]
-        for s in range(0, len(images), 256)
-    ]
-    return np.concatenate(feats) if feats else np.empty((0, 512), dtype=np.float32)
 
 
 def calls(
@@ -133,9 +124,8 @@ def crop_figures(
 
 def choose(candidates: list[dict[str, Any]]) -> float | None:
     """The heaviest weight whose fit forgets at most MAX_FORGETTING of the replayed validation
-    cells; None when none does (the base layer stays)."""
-    kept = [c["weight"] for c in candidates if c["forgetting"] <= MAX_FORGETTING]
-    return max(kept) if kept else None
+    cells (learn-other-labs' own rule); None when none does (the base layer stays)."""
+    return heaviest_kept([(c["weight"], c["forgetting"]) for c in candidates])
 
 
 def main() -> int:
@@ -185,7 +175,7 @@ def main() -> int:
         for source in TEACHERS:
             for split in ("train", "test"):
                 crops = txl_counted_crops(args.txl, source, split, predictor, detector)
-                txl[f"{source}/{split}"] = outputs(predictor, crops)
+                txl[f"{source}/{split}"] = features(predictor, crops)
                 print(f"{source} {split}: {len(crops)} counted red cells", flush=True)
 
     rows = model_crops(args.data, classes)
@@ -193,7 +183,7 @@ def main() -> int:
     truth = test.target.to_numpy(dtype=np.int64)
     if "chula/clean" not in txl:
         images = load_crops(args.data, test.path)
-        txl["chula/clean"] = outputs(predictor, images)
+        txl["chula/clean"] = features(predictor, images)
         manifest = pd.read_csv(args.data / "manifest.csv")
         own = chula_field_stats(
             manifest, args.chula, FIELDS_PER_SOURCE, np.random.default_rng(STATS_SEED)
@@ -204,7 +194,7 @@ def main() -> int:
         for source in TEACHERS:
             target = ColourStats.from_dict(stats[source]["stats"])
             shifted = [recolour(i, target, own=own) for i in images]
-            txl[f"chula/{source}"] = outputs(predictor, shifted)
+            txl[f"chula/{source}"] = features(predictor, shifted)
             print(f"Chula's {len(images)} test crops recoloured to {source}", flush=True)
         if args.cache:
             np.savez(args.cache, **txl)
@@ -212,7 +202,7 @@ def main() -> int:
     if args.anchor == "train":
         train = rows[rows.split == "train"].reset_index(drop=True)
         if "chula_train/features" not in txl:
-            txl["chula_train/features"] = outputs(predictor, load_crops(args.data, train.path))
+            txl["chula_train/features"] = features(predictor, load_crops(args.data, train.path))
             print(f"Chula's {len(train)} training crops", flush=True)
             if args.cache:
                 np.savez(args.cache, **txl)

@@ -38,6 +38,7 @@ from PIL import Image
 from training.adapt.head import HeadFit, fit_last_layer
 from training.adapt.pipeline import (
     MAX_FORGETTING,
+    _accuracy,
     _last_layer,
     _replace,
     _staging,
@@ -101,19 +102,19 @@ def other_lab_cells(
 
 def chula_cells(data: Path, predictor: Any, split: str) -> tuple[np.ndarray, np.ndarray, Any]:
     """Features and class indices of an import-chula output's crops of `split`, and their rows."""
-    from training.classify.calibrate import model_crops
+    from training.classify.calibrate import crop_outputs, model_crops
 
     rows = model_crops(Path(data), predictor.classes)
     rows = rows[rows["split"] == split].reset_index(drop=True)
-    images = []
-    for rel in rows["path"]:
-        with Image.open(Path(data) / rel) as opened:
-            images.append(opened.convert("RGB"))
-    return features(predictor, images), rows["target"].to_numpy(dtype=np.int64), rows
+    _, feats = crop_outputs(predictor, Path(data), list(rows["path"]), split, False, 1)
+    return feats.numpy(), rows["target"].to_numpy(dtype=np.int64), rows
 
 
-def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
-    return float(((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y).mean())
+def heaviest_kept(candidates: list[tuple[float, float]]) -> float | None:
+    """Of (weight, forgetting) pairs, the heaviest weight whose fit forgets at most
+    MAX_FORGETTING of the replayed validation cells; None when none does."""
+    kept = [w for w, forgetting in candidates if forgetting <= MAX_FORGETTING]
+    return max(kept) if kept else None
 
 
 def learn_other_labs(
@@ -184,14 +185,13 @@ def learn_other_labs(
         forgetting = base_valid - _accuracy(fit.weight, *valid)
         fits.append((w, round(forgetting, 4), fit))
         say(f"  w={w}: loses {forgetting:+.4f} of the replayed validation cells")
-    kept = [f for f in fits if weight is not None or f[1] <= MAX_FORGETTING]
-    if not kept:
+    chosen_weight = weight if weight is not None else heaviest_kept([(w, f) for w, f, _ in fits])
+    if chosen_weight is None:
         raise DataError(
             f"every weight loses more than {MAX_FORGETTING} of the base's validation cells; "
             "the base layer stays (nothing written)"
         )
-    chosen_weight, _, chosen = max(kept, key=lambda f: f[0])
-    new_weight = chosen.weight
+    new_weight = next(fit for w, _, fit in fits if w == chosen_weight).weight
     summary: dict[str, Any] = {
         "base": {"name": card.name, "weights_sha256": card.weights_sha256},
         "other_lab_cells": {k: len(v) for k, v in cells.items()},
@@ -232,7 +232,7 @@ def _write(
     """The network with its new last layer through the export every model takes, measured on
     the valid and test splits of the data it was trained on (card, report.md, metrics.json, the
     figures), the base's training record, calibration and replay set beside it."""
-    from core.modelcard import ModelCard, sha256_file
+    from core.modelcard import sha256_file
     from training.classify.export import _probe_batch, export_learner
     from training.classify.learner import load_exported
 
@@ -242,7 +242,7 @@ def _write(
     results = _evaluate(learn, items, staging)
     test = {k: v for k, v in results[-1].items() if k != "top_losses"}
     cells = ", ".join(f"{k} {v}" for k, v in summary["other_lab_cells"].items())
-    export_learner(
+    written = export_learner(
         learn,
         staging,
         _probe_batch(card),
@@ -275,7 +275,6 @@ def _write(
     _write_report(staging, base, summary, results)
     metrics = [{k: r[k] for k in METRICS_KEYS} for r in results]
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    written = ModelCard.load(staging)
     written.replay_file, written.replay_sha256 = REPLAY_FILE, sha256_file(staging / REPLAY_FILE)
     written.save(staging)
 
@@ -284,12 +283,10 @@ def training_items(card: Any, data: Path) -> Any:
     """The base's training data as it split it (items with their split), refused unless it is
     byte for byte the data the base was trained and measured on (its fingerprint): the new
     figures must be comparable with the base's."""
-    from training.classify.config import TrainConfig
-    from training.classify.data import assign_splits, fingerprint, scan_dataset
+    from training.classify.data import fingerprint
+    from training.classify.export import card_splits
 
-    known = {f for f in TrainConfig.__dataclass_fields__ if f != "augment"}
-    config = TrainConfig(**{k: v for k, v in card.training_config.items() if k in known})
-    items = assign_splits(scan_dataset(Path(data), list(card.classes), progress=False), config)
+    items = card_splits(card, Path(data))
     if fingerprint(items, Path(data)) != card.dataset.get("fingerprint"):
         raise DataError(
             f"{data} is not the crop set the base model was trained on (fingerprint differs): "
@@ -314,7 +311,7 @@ def _write_report(
     staging: Path, base: Path, summary: dict[str, Any], results: list[dict[str, Any]]
 ) -> None:
     """report.md: the base's training section, what was refitted, and the new evaluation."""
-    from training.classify.interpret import confused_pairs, split_figures
+    from training.classify.interpret import evaluation_section
 
     training = ""
     if (base / "report.md").is_file():
@@ -336,18 +333,5 @@ def _write_report(
         "",
     ]
     for res in results:
-        split = res["split"]
-        lines += [
-            f"## Evaluation on the {split} split",
-            "",
-            *split_figures(res),
-            f"![confusion matrix](confusion_{split}.png)",
-            "",
-            f"![per-class figures](per_class_{split}.png)",
-            "",
-            confused_pairs(res),
-            "",
-            f"![top losses](top_losses_{split}.png)",
-            "",
-        ]
+        lines += evaluation_section(res)
     (staging / "report.md").write_text("\n".join(lines))

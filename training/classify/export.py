@@ -181,11 +181,21 @@ def _probe_batch(card: ModelCard, n: int = 8) -> torch.Tensor:
     return torch.randn(n, 3, card.input_size, card.input_size, generator=generator)
 
 
+def card_splits(card: ModelCard, root: Path) -> Any:
+    """The items of the data set at `root`, split as the card's training configuration split
+    them (compare `fingerprint(items, root)` with the card's to know it is the same data)."""
+    from training.classify.config import TrainConfig
+    from training.classify.data import assign_splits, scan_dataset
+
+    known = {f for f in TrainConfig.__dataclass_fields__ if f != "augment"}
+    cfg = TrainConfig(**{k: v for k, v in card.training_config.items() if k in known})
+    return assign_splits(scan_dataset(root, card.classes, progress=False), cfg)
+
+
 def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict[str, Any]]:
     """Metrics of the valid and test splits of the data the card was trained on, averaging
     `tta_views` test-time views. Refuses data that is not byte for byte the training data."""
-    from training.classify.config import TrainConfig
-    from training.classify.data import assign_splits, fingerprint, scan_dataset
+    from training.classify.data import fingerprint
     from training.classify.evaluate import (
         classification_metrics,
         confusion_matrix,
@@ -200,9 +210,7 @@ def measure_with_views(learn: Any, card: ModelCard, tta_views: int) -> list[dict
             f"measuring {tta_views} test-time views needs the run's data at {root}, which is not "
             "there; import it again (or export without --tta-views)"
         )
-    known = {f for f in TrainConfig.__dataclass_fields__ if f != "augment"}
-    cfg = TrainConfig(**{k: v for k, v in card.training_config.items() if k in known})
-    items = assign_splits(scan_dataset(root, card.classes, progress=False), cfg)
+    items = card_splits(card, root)
     if fingerprint(items, root) != card.dataset.get("fingerprint"):
         raise ExportError(
             f"the data at {root} is not the data this model was trained and measured on "

@@ -196,6 +196,25 @@ def confused_pairs(res: dict[str, Any]) -> str:
     return "Most confused pairs (actual → predicted: count): " + (pairs or "none")
 
 
+def evaluation_section(res: dict[str, Any]) -> list[str]:
+    """Report lines for one evaluated split (`interpret_split`'s result): figures, per-class
+    table, confusion matrix, per-class plot, the most confused pairs, the top losses."""
+    split = res["split"]
+    return [
+        f"## Evaluation on the {split} split",
+        "",
+        *split_figures(res),
+        f"![confusion matrix](confusion_{split}.png)",
+        "",
+        f"![per-class figures](per_class_{split}.png)",
+        "",
+        confused_pairs(res),
+        "",
+        f"![top losses](top_losses_{split}.png)",
+        "",
+    ]
+
+
 def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any]]) -> Path:
     """report.md: the run's settings, curves and, per evaluated split, metrics and figures."""
     lines = [
@@ -229,20 +248,7 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
         else:
             lines += [f"Max lr {used:.2e}, given (the learning-rate finder did not run).", ""]
     for res in results:
-        split = res["split"]
-        lines += [
-            f"## Evaluation on the {split} split",
-            "",
-            *split_figures(res),
-            f"![confusion matrix](confusion_{split}.png)",
-            "",
-            f"![per-class figures](per_class_{split}.png)",
-            "",
-            confused_pairs(res),
-            "",
-            f"![top losses](top_losses_{split}.png)",
-            "",
-        ]
+        lines += evaluation_section(res)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
