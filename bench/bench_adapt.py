@@ -39,6 +39,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,48 @@ def _missed_abnormal(predictor: Any, images: list[Image.Image]) -> float:
     return round(float(np.mean([p.label == "normal" and not p.needs_review for p in called])), 4)
 
 
+def _queue_head(
+    rows: pd.DataFrame, n: int, base: Any, crops: Callable[[pd.DataFrame], list[Image.Image]]
+) -> pd.DataFrame:
+    """The `n` cells a technologist reviews by following each slide's review queue (the
+    service's `teaching_order`, on the base model's calls of the laboratory's crops): every
+    slide to the same depth, its queue's first cell, then its second, and so on."""
+    from records.entities import CellRecord
+    from records.views import teaching_order
+
+    rows = rows.reset_index(drop=True)
+    called = base.predict(crops(rows))
+    slide_of = {s: i + 1 for i, s in enumerate(sorted(rows["source_image"].unique()))}
+    queues = []
+    for smear, part in rows.groupby("source_image", sort=True):
+        sid = slide_of[smear]
+        records = [
+            CellRecord(
+                id=int(i) + 1,
+                slide_id=sid,
+                field_id=sid,
+                kind="red_cell",
+                x=0.0,
+                y=0.0,
+                box=(0, 0, 0, 0),
+                at_border=False,
+                counted=True,
+                proposed_label=called[i].label,
+                confidence=called[i].confidence,
+                probabilities=called[i].probabilities,
+                needs_review=called[i].needs_review,
+                final_label=None,
+                reviewed_by=None,
+                reviewed_at=None,
+                version=1,
+            )
+            for i in part.index
+        ]
+        queues.append([q.cell.id - 1 for q in teaching_order(records, sid)])
+    order = [q[depth] for depth in range(max(map(len, queues))) for q in queues if depth < len(q)]
+    return rows.loc[order[:n]]
+
+
 def _lab_folder(
     dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats | None
 ) -> None:
@@ -112,6 +155,14 @@ def run_source(
     from core.classify.predictor import Predictor
     from training.adapt.pipeline import adapt_cells
 
+    def crops(rows: pd.DataFrame, shifted: bool) -> list[Image.Image]:
+        out = []
+        for rel in rows["path"]:
+            with Image.open(args.data / rel) as image:
+                rgb = image.convert("RGB")
+            out.append(recolour(rgb, stats) if shifted else rgb)
+        return out
+
     smears = sorted(test["source_image"].unique())
     rng = np.random.default_rng(args.seed)
     rng.shuffle(smears)
@@ -121,17 +172,12 @@ def run_source(
     review = review[review["label"].isin(lab_classes)]
     if args.review_classes:
         review = review[review["label"].isin(args.review_classes.split(","))]
-    review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
+    if args.order == "queue":
+        review = _queue_head(review, args.reviewed, base, lambda rows: crops(rows, True))
+    else:
+        review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
     evaluate = test[~test["source_image"].isin(review_smears)]
     known = evaluate[evaluate["label"].isin(base.classes)]
-
-    def crops(rows: pd.DataFrame, shifted: bool) -> list[Image.Image]:
-        out = []
-        for rel in rows["path"]:
-            with Image.open(args.data / rel) as image:
-                rgb = image.convert("RGB")
-            out.append(recolour(rgb, stats) if shifted else rgb)
-        return out
 
     with tempfile.TemporaryDirectory() as scratch:
         lab = Path(scratch) / "lab"
@@ -242,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         help="review only these classes, comma-separated (normal: a clinic of healthy donors)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--order",
+        choices=("random", "queue"),
+        default="random",
+        help="which cells the laboratory reviews: drawn at random, or each slide's review "
+        "queue followed (the least-margin cells of each proposed class first, a tenth at random)",
+    )
     parser.add_argument("--out", type=Path, help="JSON of every figure")
     parser.add_argument("--time-cells", type=int, help="time the command on this many cells")
     parser.add_argument(

@@ -2,7 +2,8 @@
 the adapted model served.
 
     .venv/bin/python bench/bench_lab_loop.py --data /tmp/chula-crops --source raabin \
-        [--slides 8 --fields-per-slide 3] [--out research/results/adapt/lab-loop-raabin.json]
+        [--slides 8 --fields-per-slide 3] [--order all|queue|random --reviews-per-slide 60] \
+        [--out research/results/adapt/lab-loop-raabin.json]
 
 The laboratory's fields are Chula's test smears recoloured to a txl-pbc source's stain and camera
 (bench/bench_shift.py, the whole field: cell and background pixels each to the source's
@@ -13,7 +14,10 @@ statistics). Half the smears (seeded) are its reviewed slides, the rest measure.
    pixel; each red cell the detector found that matches a Chula label point (within 20 px,
    closest pairs first) is reviewed with PATCH to that label (Chula's elliptocytes, a class
    the model lacks, stay unreviewed; with `--review-classes normal` only the normal cells are
-   reviewed, as a clinic of healthy donors would); each slide is signed off.
+   reviewed, as a clinic of healthy donors would); each slide is signed off. With `--order
+   queue --reviews-per-slide K` the technologist reviews only the first K of them in the
+   slide's review queue (the service's order, the cells that teach most first); `--order
+   random` reviews K of them drawn at random, the same count without the queue.
 2. `python -m training adapt --database URL --out DIR` runs as a laboratory runs it.
 3. The measuring fields go through POST /analyze/smear (scale given) on the base model (clean
    and recoloured fields) and on the adapted model (recoloured fields). Per service: accuracy of
@@ -101,6 +105,32 @@ def _wait(client: Any) -> None:
     raise SystemExit("the model did not load")
 
 
+def _review_order(
+    client: Any, slide_id: int, truth: dict[int, str], args: argparse.Namespace
+) -> list[tuple[int, int]]:
+    """(cell id, version) of the cells the technologist reviews on a slide, in order: every
+    cell with a label point (`--order all`), or the first `--reviews-per-slide` of them as
+    the slide's review queue (GET /slides/{id}/review-queue) puts them (`queue`) or drawn at
+    random (`random`). The queue's cells without a label point are passed over: nobody knows
+    their class."""
+    queue: list[dict[str, Any]] = []
+    while True:
+        page = client.get(
+            f"/slides/{slide_id}/review-queue", params={"offset": len(queue), "limit": 200}
+        )
+        assert page.status_code == 200, page.text
+        queue += page.json()["items"]
+        if len(queue) >= page.json()["total"] or not page.json()["items"]:
+            break
+    known = [(c["id"], c["version"]) for c in queue if c["id"] in truth]
+    if args.order == "all":
+        return known
+    if args.order == "random":
+        rng = np.random.default_rng([args.seed, slide_id])
+        known = [known[i] for i in rng.permutation(len(known))]
+    return known[: args.reviews_per_slide]
+
+
 def teach(
     client: Any, fields: list[tuple[str, Image.Image]], args: argparse.Namespace, classes: list[str]
 ) -> dict[str, int]:
@@ -113,6 +143,7 @@ def teach(
         )
         assert slide.status_code == 201, slide.text
         slide_id = slide.json()["id"]
+        truth: dict[int, str] = {}  # cell id -> its label point's class
         for smear, image in fields[s : s + per_slide]:
             added = client.post(
                 f"/slides/{slide_id}/fields",
@@ -126,12 +157,14 @@ def teach(
                     continue
                 if args.review_classes and label not in args.review_classes.split(","):
                     continue  # a clinic that reviews only some classes leaves the rest
-                done = client.patch(
-                    f"/slides/{slide_id}/cells/{cell['id']}",
-                    json={"version": cell["version"], "label": label},
-                )
-                assert done.status_code == 200, done.text
-                reviewed += 1
+                truth[cell["id"]] = label
+        for cell_id, version in _review_order(client, slide_id, truth, args):
+            done = client.patch(
+                f"/slides/{slide_id}/cells/{cell_id}",
+                json={"version": version, "label": truth[cell_id]},
+            )
+            assert done.status_code == 200, done.text
+            reviewed += 1
         version = client.get(f"/slides/{slide_id}").json()["version"]
         signed = client.post(f"/slides/{slide_id}/sign-off", json={"version": version})
         assert signed.status_code == 200, signed.text
@@ -216,6 +249,14 @@ def main() -> int:
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--fields-per-slide", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--order",
+        choices=("all", "queue", "random"),
+        default="all",
+        help="which of a slide's cells with a label point are reviewed: all of them, or the "
+        "first --reviews-per-slide in the slide's review queue, or that many at random",
+    )
+    parser.add_argument("--reviews-per-slide", type=int, default=60)
     parser.add_argument(
         "--review-classes",
         help="review only cells of these labels, comma-separated (normal: a clinic of healthy "

@@ -1,13 +1,16 @@
-"""The simulated-laboratory bench (bench/bench_adapt.py): what a clinic of healthy donors sees."""
+"""The simulated-laboratory bench (bench/bench_adapt.py): what a clinic of healthy donors sees,
+and which cells a laboratory that follows the review queue reviews."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 from PIL import Image
 
-from bench.bench_adapt import _missed_abnormal, _normal_calls
+from bench.bench_adapt import _missed_abnormal, _normal_calls, _queue_head
+from records.views import _draw
 
 
 @dataclass
@@ -42,3 +45,43 @@ def test_missed_abnormal_counts_normal_calls_nobody_will_look_at() -> None:
     answers = [Called("normal", False), Called("normal", True), Called("target_cell", False)]
     images = [Image.new("RGB", (8, 8))] * len(answers)
     assert _missed_abnormal(Scripted(answers), images) == round(1 / 3, 4)
+
+
+@dataclass
+class Proposed:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    needs_review: bool = False
+
+
+def test_the_queue_head_takes_each_slides_most_doubtful_cells_first() -> None:
+    # Two slides of four cells; the margin (top-1 minus top-2) is what the queue orders by.
+    margins = {"a": [0.9, 0.1, 0.5, 0.3], "b": [0.2, 0.8, 0.05, 0.6]}
+    rows, answers = [], []
+    for smear, values in margins.items():
+        for i, margin in enumerate(values):
+            rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
+            top = (1 + margin) / 2
+            answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
+    table = pd.DataFrame(rows)
+    seen: list[int] = []
+
+    def crops(part: pd.DataFrame) -> list[Image.Image]:
+        seen.append(len(part))
+        return [Image.new("RGB", (8, 8))] * len(part)
+
+    head = _queue_head(table, 4, Scripted(answers), crops)  # type: ignore[arg-type]
+    assert seen == [8]  # the base model reads every cell once
+    # Each slide's queue: one cell in ten (here one of four, drawn by records.views._draw) is a
+    # random check, placed after the others here; the rest go least margin first. Every slide
+    # is reviewed to the same depth: the first two of each queue.
+    expected = []
+    for sid, (smear, values) in enumerate(margins.items(), start=1):
+        ids = [4 * (sid - 1) + i + 1 for i in range(4)]  # the cells' ids: row number + 1
+        spot = min(ids, key=lambda c: (_draw(sid, c), c))
+        main = sorted((c for c in ids if c != spot), key=lambda c: values[(c - 1) % 4])
+        expected += [f"{smear}{(c - 1) % 4}.png" for c in main[:2]]
+    assert sorted(head["path"]) == sorted(expected)
+    assert list(head["source_image"]) == ["a", "b", "a", "b"]
+    assert _queue_head(table, 100, Scripted(answers), crops).shape[0] == 8  # no more than there are
