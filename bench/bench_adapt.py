@@ -26,7 +26,10 @@ Figures per source, all on the second half's crops of the base model's classes:
   without a review flag (what a laboratory would miss unseen).
 `--review-classes normal` makes the laboratory a clinic of healthy donors: it reviews only
 normal cells. With `--new-class elliptocyte` the laboratory also reviews Chula's elliptocytes, a
-class the base model lacks, and the adapted model's recall of it is reported.
+class the base model lacks, and the adapted model's recall of it is reported. `--order queue`
+takes the reviewed cells as a technologist following each slide's review queue would (the
+service's `teaching_order` on the base model's calls), `--order confidence` as one working down
+the page's default list (least confident first); the default draws them at random.
 
 `--time-cells N` instead times the command itself, `python -m training adapt --cells DIR`, on a
 laboratory of N reviewed cells (Chula's training crops, each smear a slide), start to finish.
@@ -85,11 +88,16 @@ def _missed_abnormal(predictor: Any, images: list[Image.Image]) -> float:
 
 
 def _queue_head(
-    rows: pd.DataFrame, n: int, base: Any, crops: Callable[[pd.DataFrame], list[Image.Image]]
+    rows: pd.DataFrame,
+    n: int,
+    base: Any,
+    crops: Callable[[pd.DataFrame], list[Image.Image]],
+    order: str = "queue",
 ) -> pd.DataFrame:
     """The `n` cells a technologist reviews by following each slide's review queue (the
-    service's `teaching_order`, on the base model's calls of the laboratory's crops): every
-    slide to the same depth, its queue's first cell, then its second, and so on."""
+    service's `teaching_order`, on the base model's calls of the laboratory's crops), or with
+    `order="confidence"` the page's default list, least confident first: every slide to the
+    same depth, its first cell, then its second, and so on."""
     from records.entities import CellRecord
     from records.views import teaching_order
 
@@ -121,9 +129,13 @@ def _queue_head(
             )
             for i in part.index
         ]
-        queues.append([q.cell.id - 1 for q in teaching_order(records, sid)])
-    order = [q[depth] for depth in range(max(map(len, queues))) for q in queues if depth < len(q)]
-    return rows.loc[order[:n]]
+        if order == "confidence":
+            ranked = sorted(records, key=lambda c: (c.confidence, c.id))
+            queues.append([c.id - 1 for c in ranked])
+        else:
+            queues.append([q.cell.id - 1 for q in teaching_order(records, sid)])
+    picked = [q[depth] for depth in range(max(map(len, queues))) for q in queues if depth < len(q)]
+    return rows.loc[picked[:n]]
 
 
 def _lab_folder(
@@ -172,8 +184,10 @@ def run_source(
     review = review[review["label"].isin(lab_classes)]
     if args.review_classes:
         review = review[review["label"].isin(args.review_classes.split(","))]
-    if args.order == "queue":
-        review = _queue_head(review, args.reviewed, base, lambda rows: crops(rows, True))
+    if args.order in ("queue", "confidence"):
+        review = _queue_head(
+            review, args.reviewed, base, lambda rows: crops(rows, True), args.order
+        )
     else:
         review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
     evaluate = test[~test["source_image"].isin(review_smears)]
@@ -290,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--order",
-        choices=("random", "queue"),
+        choices=("random", "queue", "confidence"),
         default="random",
-        help="which cells the laboratory reviews: drawn at random, or each slide's review "
-        "queue followed (the least-margin cells of each proposed class first, a tenth at random)",
+        help="which cells the laboratory reviews: drawn at random, each slide's review queue "
+        "followed (the least-margin cells of each proposed class first, a tenth at random), or "
+        "each slide's cells least confident first (the page's default list)",
     )
     parser.add_argument("--out", type=Path, help="JSON of every figure")
     parser.add_argument("--time-cells", type=int, help="time the command on this many cells")

@@ -85,3 +85,20 @@ def test_the_queue_head_takes_each_slides_most_doubtful_cells_first() -> None:
     assert sorted(head["path"]) == sorted(expected)
     assert list(head["source_image"]) == ["a", "b", "a", "b"]
     assert _queue_head(table, 100, Scripted(answers), crops).shape[0] == 8  # no more than there are
+
+
+def test_the_pages_default_list_takes_each_slides_least_confident_cells_first() -> None:
+    confidences = {"a": [0.9, 0.6, 0.7, 0.95], "b": [0.55, 0.99, 0.8, 0.65]}
+    rows, answers = [], []
+    for smear, values in confidences.items():
+        for i, top in enumerate(values):
+            rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
+            answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
+    head = _queue_head(
+        pd.DataFrame(rows),
+        3,
+        Scripted(answers),  # type: ignore[arg-type]
+        lambda part: [Image.new("RGB", (8, 8))] * len(part),
+        order="confidence",
+    )
+    assert list(head["path"]) == ["a1.png", "b0.png", "a2.png"]
