@@ -35,3 +35,15 @@ def test_runs_are_read_by_source_in_order_of_reviews_and_drawn(
     assert out.read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "raabin       250" in printed and "base" in printed and "50%" in printed
+
+
+def test_runs_in_another_order_are_their_own_curve(tmp_path: Path) -> None:
+    random = _run(tmp_path / "r.json", 500, 0.0, "base")
+    queue = _run(tmp_path / "q.json", 500, 0.4, "l2=0.1")
+    run = json.loads(queue.read_text())
+    run["command"] = "bench/bench_adapt.py --data d --order queue --out q.json"
+    queue.write_text(json.dumps(run))
+    by_source = read_runs([random, queue])
+    assert sorted(by_source) == ["raabin", "raabin (queue)"]
+    assert by_source["raabin (queue)"][0]["recovered"] == 0.4
+    assert main([str(random), str(queue), "--out", str(tmp_path / "c.png")]) == 0
