@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     by_source = read_runs(args.runs)
     print("source  reviewed  shifted  adapted  regained  chula_change  chosen")
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
     colours: dict[str, Any] = {}
     for k, (source, rows) in enumerate(sorted(by_source.items())):
         n = [int(str(r["reviewed"])) for r in rows]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("reviewed cells (of half of Chula's test smears; dashed: not at random)")
     ax.set_ylabel("shift's cost regained on the other half (%)")
     ax.set_title("Simulated laboratories: adapt's gain against reviews\n(hollow: base layer kept)")
-    ax.legend(title="stain of")
+    ax.legend(title="stain of", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
