@@ -87,7 +87,7 @@ def _missed_abnormal(predictor: Any, images: list[Image.Image]) -> float:
     return round(float(np.mean([p.label == "normal" and not p.needs_review for p in called])), 4)
 
 
-def _queue_head(
+def _reviewed_first(
     rows: pd.DataFrame,
     n: int,
     base: Any,
@@ -185,7 +185,7 @@ def run_source(
     if args.review_classes:
         review = review[review["label"].isin(args.review_classes.split(","))]
     if args.order in ("queue", "confidence"):
-        review = _queue_head(
+        review = _reviewed_first(
             review, args.reviewed, base, lambda rows: crops(rows, True), args.order
         )
     else:

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from bench.bench_adapt import _missed_abnormal, _normal_calls, _queue_head
+from bench.bench_adapt import _missed_abnormal, _normal_calls, _reviewed_first
 from records.views import _draw
 
 
@@ -55,7 +55,7 @@ class Proposed:
     needs_review: bool = False
 
 
-def test_the_queue_head_takes_each_slides_most_doubtful_cells_first() -> None:
+def test_the_reviewed_first_takes_each_slides_most_doubtful_cells_first() -> None:
     # Two slides of four cells; the margin (top-1 minus top-2) is what the queue orders by.
     margins = {"a": [0.9, 0.1, 0.5, 0.3], "b": [0.2, 0.8, 0.05, 0.6]}
     rows, answers = [], []
@@ -71,7 +71,7 @@ def test_the_queue_head_takes_each_slides_most_doubtful_cells_first() -> None:
         seen.append(len(part))
         return [Image.new("RGB", (8, 8))] * len(part)
 
-    head = _queue_head(table, 4, Scripted(answers), crops)  # type: ignore[arg-type]
+    head = _reviewed_first(table, 4, Scripted(answers), crops)  # type: ignore[arg-type]
     assert seen == [8]  # the base model reads every cell once
     # Each slide's queue: one cell in ten (here one of four, drawn by records.views._draw) is a
     # random check, placed after the others here; the rest go least margin first. Every slide
@@ -84,7 +84,9 @@ def test_the_queue_head_takes_each_slides_most_doubtful_cells_first() -> None:
         expected += [f"{smear}{(c - 1) % 4}.png" for c in main[:2]]
     assert sorted(head["path"]) == sorted(expected)
     assert list(head["source_image"]) == ["a", "b", "a", "b"]
-    assert _queue_head(table, 100, Scripted(answers), crops).shape[0] == 8  # no more than there are
+    assert (
+        _reviewed_first(table, 100, Scripted(answers), crops).shape[0] == 8
+    )  # no more than there are
 
 
 def test_the_pages_default_list_takes_each_slides_least_confident_cells_first() -> None:
@@ -94,7 +96,7 @@ def test_the_pages_default_list_takes_each_slides_least_confident_cells_first() 
         for i, top in enumerate(values):
             rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
             answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
-    head = _queue_head(
+    head = _reviewed_first(
         pd.DataFrame(rows),
         3,
         Scripted(answers),  # type: ignore[arg-type]
