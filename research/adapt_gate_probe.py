@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,6 @@ KEPT = ("source", "shifted", "adapted", "recovered", "chula_change", "chosen", "
 
 def run(bench_args: list[str], gate: float) -> list[dict[str, Any]]:
     """bench_adapt's rows with the gate set to `gate` (restored afterwards)."""
-    import tempfile
-
     saved = pipeline.MIN_GAIN_Z
     pipeline.MIN_GAIN_Z = gate
     try:

@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     from core.classify.predictor import Predictor
-    from training.adapt.other_labs import features
-    from training.adapt.pipeline import _last_layer
     from training.classify.calibrate import model_crops
 
     started = time.perf_counter()
@@ -87,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.model} is not calibrated")
     classes = list(predictor.classes)
     normal = classes.index(NORMAL)
-    layer = _last_layer(predictor.model)
-    weight = layer.weight.detach().float().numpy()
-    bias = 0.0 if layer.bias is None else layer.bias.detach().float().numpy()
     rows = model_crops(args.data, classes)
     manifest = pd.read_csv(args.data / "manifest.csv")
     own = chula_field_stats(
@@ -111,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in SOURCES
         }
         for stain, crops in stains.items():
-            feats = features(predictor, crops)
-            logits = feats @ weight.T + bias
+            logits, feats = predictor.raw_outputs(predictor.preprocess.batch(crops), 1)
             distances = calibration.familiarity.distance(feats)
             rows_out = {
                 "model": figures(logits, distances, truth, calibration, normal, 0.0),

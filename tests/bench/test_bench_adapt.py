@@ -55,16 +55,20 @@ class Proposed:
     needs_review: bool = False
 
 
-def test_the_reviewed_first_takes_each_slides_most_doubtful_cells_first() -> None:
+def _slides(tops: dict[str, list[float]]) -> tuple[pd.DataFrame, list[Proposed]]:
+    """Crops of slides (smear -> each cell's top probability), all proposed normal."""
+    rows, answers = [], []
+    for smear, values in tops.items():
+        for i, top in enumerate(values):
+            rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
+            answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
+    return pd.DataFrame(rows), answers
+
+
+def test_the_queue_takes_each_slides_most_doubtful_cells_first() -> None:
     # Two slides of four cells; the margin (top-1 minus top-2) is what the queue orders by.
     margins = {"a": [0.9, 0.1, 0.5, 0.3], "b": [0.2, 0.8, 0.05, 0.6]}
-    rows, answers = [], []
-    for smear, values in margins.items():
-        for i, margin in enumerate(values):
-            rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
-            top = (1 + margin) / 2
-            answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
-    table = pd.DataFrame(rows)
+    table, answers = _slides({k: [(1 + m) / 2 for m in v] for k, v in margins.items()})
     seen: list[int] = []
 
     def crops(part: pd.DataFrame) -> list[Image.Image]:
@@ -90,14 +94,9 @@ def test_the_reviewed_first_takes_each_slides_most_doubtful_cells_first() -> Non
 
 
 def test_the_pages_default_list_takes_each_slides_least_confident_cells_first() -> None:
-    confidences = {"a": [0.9, 0.6, 0.7, 0.95], "b": [0.55, 0.99, 0.8, 0.65]}
-    rows, answers = [], []
-    for smear, values in confidences.items():
-        for i, top in enumerate(values):
-            rows.append({"source_image": smear, "path": f"{smear}{i}.png", "label": "normal"})
-            answers.append(Proposed("normal", top, {"normal": top, "spherocyte": 1 - top}))
+    table, answers = _slides({"a": [0.9, 0.6, 0.7, 0.95], "b": [0.55, 0.99, 0.8, 0.65]})
     head = _reviewed_first(
-        pd.DataFrame(rows),
+        table,
         3,
         Scripted(answers),  # type: ignore[arg-type]
         lambda part: [Image.new("RGB", (8, 8))] * len(part),
