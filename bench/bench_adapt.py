@@ -29,7 +29,10 @@ normal cells. With `--new-class elliptocyte` the laboratory also reviews Chula's
 class the base model lacks, and the adapted model's recall of it is reported. `--order queue`
 takes the reviewed cells as a technologist following each slide's review queue would (the
 service's `teaching_order` on the base model's calls), `--order confidence` as one working down
-the page's default list (least confident first); the default draws them at random.
+the page's default list (least confident first); the default draws them at random. As
+import-slides does, the folder holds population.csv (every crop of the reviewed smears, with the
+base model's call and margin), by which adapt weighs the reviewed cells to stand for their
+slides (training/adapt/judging.py); `--no-population` leaves it out.
 
 `--time-cells N` instead times the command itself, `python -m training adapt --cells DIR`, on a
 laboratory of N reviewed cells (Chula's training crops, each smear a slide), start to finish.
@@ -42,7 +45,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,21 +90,17 @@ def _missed_abnormal(predictor: Any, images: list[Image.Image]) -> float:
 
 
 def _reviewed_first(
-    rows: pd.DataFrame,
-    n: int,
-    base: Any,
-    crops: Callable[[pd.DataFrame], list[Image.Image]],
-    order: str = "queue",
+    rows: pd.DataFrame, n: int, called: list[Any], order: str = "queue"
 ) -> pd.DataFrame:
     """The `n` cells a technologist reviews by following each slide's review queue (the
-    service's `teaching_order`, on the base model's calls of the laboratory's crops), or with
-    `order="confidence"` the page's default list, least confident first: every slide to the
-    same depth, its first cell, then its second, and so on."""
+    service's `teaching_order`, on the base model's calls of the laboratory's crops, `called`,
+    one per row), or with `order="confidence"` the page's default list, least confident first:
+    every slide to the same depth, its first cell, then its second, and so on."""
     from records.entities import CellRecord
     from records.views import teaching_order
 
+    index = rows.index
     rows = rows.reset_index(drop=True)
-    called = base.predict(crops(rows))
     slide_of = {s: i + 1 for i, s in enumerate(sorted(rows["source_image"].unique()))}
     queues = []
     for smear, part in rows.groupby("source_image", sort=True):
@@ -135,23 +133,59 @@ def _reviewed_first(
         else:
             queues.append([q.cell.id - 1 for q in teaching_order(records, sid)])
     picked = [q[depth] for depth in range(max(map(len, queues))) for q in queues if depth < len(q)]
-    return rows.loc[picked[:n]]
+    return rows.loc[picked[:n]].set_axis(index[picked[:n]])
+
+
+def _population(rows: pd.DataFrame, called: list[Any]) -> pd.DataFrame:
+    """What import-slides writes as population.csv, for the crops `rows` (their index the cell
+    id, each smear a slide of one field) and the base model's calls of them."""
+    from records.entities import margin_of
+
+    return pd.DataFrame(
+        {
+            "cell_id": rows.index,
+            "source_image": rows["source_image"].to_numpy(),
+            "proposed_label": [c.label for c in called],
+            "margin": [margin_of(c.probabilities) for c in called],
+        }
+    )
 
 
 def _lab_folder(
-    dest: Path, rows: pd.DataFrame, crops: list[Image.Image], chula: Path, stats: ColourStats | None
+    dest: Path,
+    rows: pd.DataFrame,
+    crops: list[Image.Image],
+    chula: Path,
+    stats: ColourStats | None,
+    population: pd.DataFrame | None = None,
 ) -> None:
-    """An import-slides-shaped folder: each smear a slide of one field."""
+    """An import-slides-shaped folder: each smear a slide of one field, each crop's row index
+    its cell id; with `population` (`_population`), population.csv for the reviewed smears."""
+    from training.datasets.slides import POPULATION_COLUMNS, POPULATION_FILE
+
     smears = sorted(rows["source_image"].unique())
     ids = {s: i + 1 for i, s in enumerate(smears)}
     manifest = []
-    for (_, row), crop in zip(rows.iterrows(), crops, strict=True):
+    for (cell_id, row), crop in zip(rows.iterrows(), crops, strict=True):
         rel = f"{row['label']}/{Path(row['path']).stem}.png"
         (dest / row["label"]).mkdir(parents=True, exist_ok=True)
         crop.save(dest / rel)
         sid = ids[row["source_image"]]
-        manifest.append({"path": rel, "label": row["label"], "slide_id": sid, "field_id": sid})
+        manifest.append(
+            {
+                "path": rel,
+                "label": row["label"],
+                "slide_id": sid,
+                "field_id": sid,
+                "cell_id": cell_id,
+            }
+        )
     pd.DataFrame(manifest).to_csv(dest / "manifest.csv", index=False)
+    if population is not None:
+        cells = population[population["source_image"].isin(ids)].copy()
+        cells["slide_id"] = cells["field_id"] = cells["source_image"].map(ids)
+        cells["reviewed"] = cells["cell_id"].isin(rows.index)
+        cells[POPULATION_COLUMNS].to_csv(dest / POPULATION_FILE, index=False)
     fields = []
     for smear, sid in ids.items():
         with Image.open(chula / "Dataset" / smear) as field:
@@ -184,9 +218,12 @@ def run_source(
     review = review[review["label"].isin(lab_classes)]
     if args.review_classes:
         review = review[review["label"].isin(args.review_classes.split(","))]
+    # The base model's calls of every crop of the reviewed smears, as the analysis kept them.
+    slides = test[test["source_image"].isin(review_smears)]
+    called = dict(zip(slides.index, base.predict(crops(slides, True)), strict=True))
     if args.order in ("queue", "confidence"):
         review = _reviewed_first(
-            review, args.reviewed, base, lambda rows: crops(rows, True), args.order
+            review, args.reviewed, [called[i] for i in review.index], args.order
         )
     else:
         review = review.sample(n=min(args.reviewed, len(review)), random_state=args.seed)
@@ -195,7 +232,8 @@ def run_source(
 
     with tempfile.TemporaryDirectory() as scratch:
         lab = Path(scratch) / "lab"
-        _lab_folder(lab, review, crops(review, True), args.chula, stats)
+        population = None if args.no_population else _population(slides, list(called.values()))
+        _lab_folder(lab, review, crops(review, True), args.chula, stats, population)
         started = time.perf_counter()
         adapt_cells(
             lab, Path(scratch) / "model", base=args.base, progress=False, say=lambda _: None
@@ -224,6 +262,7 @@ def run_source(
             4,
         ),
         "chosen": summary["fit"]["chosen"],
+        "judging": summary["fit"].get("judging"),
         "seconds": round(seconds, 1),
         "candidates": summary["fit"]["candidates"],  # how each fit was judged
     }
@@ -309,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         help="which cells the laboratory reviews: drawn at random, each slide's review queue "
         "followed (the least-margin cells of each proposed class first, a tenth at random), or "
         "each slide's cells least confident first (the page's default list)",
+    )
+    parser.add_argument(
+        "--no-population",
+        action="store_true",
+        help="write no population.csv: adapt judges the reviewed cells unweighed, as before "
+        "stop 40 (import-slides writes one)",
     )
     parser.add_argument("--out", type=Path, help="JSON of every figure")
     parser.add_argument("--time-cells", type=int, help="time the command on this many cells")

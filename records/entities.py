@@ -142,12 +142,16 @@ class CellRecord:
 
     @property
     def margin(self) -> float | None:
-        """How far the classifier's first choice led its second: the largest probability minus
-        the next one (the largest itself with one class). None when no probabilities are kept."""
-        if not self.probabilities:
-            return None
-        top = sorted(self.probabilities.values(), reverse=True)
-        return top[0] - (top[1] if len(top) > 1 else 0.0)
+        return margin_of(self.probabilities)
+
+
+def margin_of(probabilities: dict[str, float] | None) -> float | None:
+    """How far the classifier's first choice led its second: the largest probability minus the
+    next one (the largest itself with one class). None when no probabilities are kept."""
+    if not probabilities:
+        return None
+    top = sorted(probabilities.values(), reverse=True)
+    return top[0] - (top[1] if len(top) > 1 else 0.0)
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,23 @@ and which cells a laboratory that follows the review queue reviews."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 from PIL import Image
 
-from bench.bench_adapt import _missed_abnormal, _normal_calls, _reviewed_first
+from bench.bench_adapt import (
+    _lab_folder,
+    _missed_abnormal,
+    _normal_calls,
+    _population,
+    _reviewed_first,
+)
 from records.views import _draw
+from training.adapt.judging import read_population
+from training.datasets.slides import POPULATION_FILE
 
 
 @dataclass
@@ -69,14 +79,7 @@ def test_the_queue_takes_each_slides_most_doubtful_cells_first() -> None:
     # Two slides of four cells; the margin (top-1 minus top-2) is what the queue orders by.
     margins = {"a": [0.9, 0.1, 0.5, 0.3], "b": [0.2, 0.8, 0.05, 0.6]}
     table, answers = _slides({k: [(1 + m) / 2 for m in v] for k, v in margins.items()})
-    seen: list[int] = []
-
-    def crops(part: pd.DataFrame) -> list[Image.Image]:
-        seen.append(len(part))
-        return [Image.new("RGB", (8, 8))] * len(part)
-
-    head = _reviewed_first(table, 4, Scripted(answers), crops)  # type: ignore[arg-type]
-    assert seen == [8]  # the base model reads every cell once
+    head = _reviewed_first(table, 4, answers)
     # Each slide's queue: one cell in ten (here one of four, drawn by records.views._draw) is a
     # random check, placed after the others here; the rest go least margin first. Every slide
     # is reviewed to the same depth: the first two of each queue.
@@ -88,18 +91,37 @@ def test_the_queue_takes_each_slides_most_doubtful_cells_first() -> None:
         expected += [f"{smear}{(c - 1) % 4}.png" for c in main[:2]]
     assert sorted(head["path"]) == sorted(expected)
     assert list(head["source_image"]) == ["a", "b", "a", "b"]
-    assert (
-        _reviewed_first(table, 100, Scripted(answers), crops).shape[0] == 8
-    )  # no more than there are
+    assert _reviewed_first(table, 100, answers).shape[0] == 8  # no more than there are
+    # The rows keep their index: it is each crop's cell id in the laboratory's folder.
+    assert all(table.loc[i, "path"] == row.path for i, row in head.iterrows())
 
 
 def test_the_pages_default_list_takes_each_slides_least_confident_cells_first() -> None:
     table, answers = _slides({"a": [0.9, 0.6, 0.7, 0.95], "b": [0.55, 0.99, 0.8, 0.65]})
-    head = _reviewed_first(
-        table,
-        3,
-        Scripted(answers),  # type: ignore[arg-type]
-        lambda part: [Image.new("RGB", (8, 8))] * len(part),
-        order="confidence",
-    )
+    head = _reviewed_first(table, 3, answers, order="confidence")
     assert list(head["path"]) == ["a1.png", "b0.png", "a2.png"]
+
+
+def test_the_laboratorys_folder_lists_every_cell_of_its_reviewed_slides(tmp_path: Path) -> None:
+    """population.csv as import-slides writes it: every crop of the smears that have a reviewed
+    cell, with the base model's call, its margin and whether it was reviewed; read back by
+    adapt's weighing."""
+    table, answers = _slides({"a": [0.9, 0.6, 0.7, 0.95], "b": [0.55, 0.99], "c": [0.8]})
+    table.index = table.index + 100  # cell ids are the crops' row indices, whatever they are
+    reviewed = table.loc[[100, 101, 104]]
+    chula = tmp_path / "chula"  # the smears' fields, for their colours
+    (chula / "Dataset").mkdir(parents=True)
+    for smear in "abc":
+        Image.new("RGB", (16, 16), (200, 180, 190)).save(chula / "Dataset" / smear, format="PNG")
+    lab = tmp_path / "lab"
+    crops = [Image.new("RGB", (8, 8))] * 3
+    _lab_folder(lab, reviewed, crops, chula, None, _population(table, answers))
+    manifest = pd.read_csv(lab / "manifest.csv")
+    population = pd.read_csv(lab / POPULATION_FILE)
+    assert list(manifest["cell_id"]) == [100, 101, 104]
+    assert sorted(population["cell_id"]) == [100, 101, 102, 103, 104, 105]  # not slide c's
+    assert set(population.loc[population["reviewed"], "cell_id"]) == {100, 101, 104}
+    by_id = population.set_index("cell_id")
+    assert by_id.loc[101, "margin"] == pytest.approx(0.2)  # 0.6 - 0.4
+    assert by_id.loc[104, "slide_id"] == manifest.loc[2, "slide_id"] != manifest.loc[0, "slide_id"]
+    assert set(read_population(lab / POPULATION_FILE, {1, 2})["cell_id"]) == set(by_id.index)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -73,6 +74,10 @@ def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, An
     summary = json.loads((out / "adaptation.json").read_text())
     assert summary["new_classes"] == ["sickle_cell"]
     assert summary["held_out_by"] == "slide"
+    # Every cell of these slides was reviewed, so they stand for themselves (the 3 echinocytes
+    # left out are the only cells not judged).
+    judging = summary["fit"]["judging"]
+    assert judging["weighed"] and judging["uncovered"] == 0.0 and judging["max_weight"] < 1.2
     before, after = (
         summary["figures"]["lab_test"]["before"],
         summary["figures"]["lab_test"]["after"],
@@ -465,3 +470,59 @@ def test_a_clinic_that_reviewed_almost_only_normal_cells_is_warned(
     summary = json.loads((adapted["out"] / "adaptation.json").read_text())
     assert summary["warnings"] == []  # the synthetic laboratory reviewed three classes
     assert "Warning" not in (adapted["out"] / "report.md").read_text()
+
+
+def _queue_population() -> tuple[pd.DataFrame, np.ndarray]:
+    """A slide of 300 cells proposed normal and 30 proposed spherocyte; a technologist followed
+    the queue: every spherocyte, the 60 least sure normal cells and 6 sure ones."""
+    rng = np.random.default_rng(0)
+    margins = np.concatenate([rng.uniform(0, 1, 300), rng.uniform(0, 1, 30)])
+    population = pd.DataFrame(
+        {
+            "cell_id": np.arange(330),
+            "slide_id": 1,
+            "field_id": 1,
+            "proposed_label": ["normal"] * 300 + ["spherocyte"] * 30,
+            "margin": margins,
+        }
+    )
+    order = np.argsort(margins[:300])
+    reviewed = np.concatenate([order[:60], order[-6:], np.arange(300, 330)])
+    population["reviewed"] = population["cell_id"].isin(reviewed)
+    return population, reviewed
+
+
+def test_reviewed_cells_are_weighed_to_stand_for_their_slides() -> None:
+    from training.adapt.judging import representative_weights
+
+    population, reviewed = _queue_population()
+    judging = representative_weights(reviewed, population)
+    w = dict(zip(reviewed, judging.weights, strict=True))
+    assert judging.weighed and np.mean(judging.weights) == pytest.approx(1.0)
+    # The sure normal cells stand for the hundred sure ones never reviewed; the least sure third
+    # (60 of its 100 reviewed), and the spherocytes (all reviewed), for themselves.
+    sure, doubtful, sphero = reviewed[-31], reviewed[0], reviewed[-1]
+    assert w[sure] / w[doubtful] == pytest.approx((100 / 6) / (100 / 60))
+    assert w[sphero] / w[doubtful] == pytest.approx(1 / (100 / 60))
+    # The middle third of normal margins holds no reviewed cell: it cannot be stood for.
+    assert judging.uncovered == pytest.approx(100 / 330)
+    assert judging.effective_cells < len(reviewed)
+
+    # A slide reviewed in full, or no record of the others: every cell weighs 1.
+    everything = representative_weights(population["cell_id"].to_numpy(), population)
+    assert np.allclose(everything.weights, 1.0) and everything.uncovered == 0.0
+    unknown = representative_weights(reviewed, None)
+    assert not unknown.weighed and np.all(unknown.weights == 1.0)
+
+
+def test_a_fit_that_wins_on_doubtful_cells_but_loses_on_sure_ones_is_not_a_gain() -> None:
+    """The gate's sign test with the cells weighed: a candidate right on 20 more of the queue's
+    doubtful cells but wrong on 8 of its few sure ones, which stand for ten times as many."""
+    from training.adapt.pipeline import MIN_GAIN_Z, gain_z
+
+    base = np.array([False] * 20 + [True] * 8 + [True] * 72)
+    fit = np.array([True] * 20 + [False] * 8 + [True] * 72)
+    assert gain_z(base, fit) > MIN_GAIN_Z  # the reviewed cells alone: (20 - 8) / sqrt(28)
+    weights = np.array([1.0] * 20 + [10.0] * 8 + [1.0] * 72)
+    assert gain_z(base, fit, weights) < 0
+    assert gain_z(base, fit, np.ones(100)) == pytest.approx(gain_z(base, fit))

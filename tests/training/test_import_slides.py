@@ -41,7 +41,12 @@ from tests.synthetic import make_smear
 from training.__main__ import main
 from training.classify.data import assign_splits, scan_dataset
 from training.datasets import slides as slides_module
-from training.datasets.slides import MANIFEST_COLUMNS, import_slides
+from training.datasets.slides import (
+    MANIFEST_COLUMNS,
+    POPULATION_COLUMNS,
+    POPULATION_FILE,
+    import_slides,
+)
 from training.datasets.split import SPLITS
 from training.errors import DataError
 
@@ -265,6 +270,30 @@ def test_signed_off_only(database: dict[str, Any], tmp_path: Path) -> None:
     assert set(manifest["sample_id"]) == {"S-D"} and set(manifest["slide_status"]) == {"signed_off"}
     assert set(manifest["split"]) == {"train"} and report.n_slides == 1
     assert "Note" not in report.summary()  # no split with a positive share was left empty
+
+
+def test_every_red_cell_of_the_slides_is_listed_with_its_margin(
+    database: dict[str, Any], tmp_path: Path
+) -> None:
+    """population.csv: what the reviews were drawn from, for adapt to weigh them by."""
+    out = tmp_path / "set"
+    import_slides(database["url"], out, signed_off_only=True, progress=False)
+    manifest = _manifest(out)
+    population = pd.read_csv(out / POPULATION_FILE)
+    assert list(population.columns) == POPULATION_COLUMNS
+    with open_store(database["url"]) as store:
+        slide_id = int(manifest["slide_id"].iloc[0])
+        red = [c for c in list_cells(store, slide_id, limit=1000)[0] if c.kind == "red_cell"]
+    # Every red cell of the signed-off slide, reviewed or not; no other slide's.
+    assert sorted(population["cell_id"]) == sorted(c.id for c in red)
+    assert set(population["slide_id"]) == {slide_id}
+    reviewed = set(population.loc[population["reviewed"], "cell_id"])
+    assert reviewed == set(manifest["cell_id"]) and len(reviewed) < len(population)
+    by_id = {c.id: c for c in red}
+    for row in population.itertuples():
+        assert row.proposed_label == by_id[row.cell_id].proposed_label
+        assert row.margin == pytest.approx(by_id[row.cell_id].margin)
+        assert 0.0 <= row.margin <= 1.0
 
 
 def test_split_is_deterministic_and_out_is_guarded(

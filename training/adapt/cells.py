@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.adapt.judging import read_population
+from training.datasets.slides import POPULATION_FILE
 from training.errors import DataError
 
 MIN_CELLS = 200  # usable reviewed red cells, all classes together
@@ -44,8 +46,14 @@ class LabCells:
     too_few: dict[str, int] = field(default_factory=dict)  # label -> reviewed cells it has
     not_learnt: list[str] = field(default_factory=list)  # new classes no fit learnt
 
+    population: pd.DataFrame | None = None  # every red cell of the slides (judging.py)
+
     def part(self, name: str) -> pd.DataFrame:
         return self.rows[self.rows["part"] == name]
+
+    def learn_rows(self) -> pd.DataFrame:
+        """The fit and calibrate cells, in the order adapt learns from and judges them."""
+        return pd.concat([self.part("fit"), self.part("calibrate")])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Cells per part and class."""
@@ -107,6 +115,11 @@ def read_lab_cells(root: Path, base_classes: list[str], seed: int = 0) -> LabCel
         new_classes=new,
         group_by=group_by,
         too_few=too_few,
+        population=(
+            read_population(Path(root) / POPULATION_FILE, set(rows["slide_id"]))
+            if "cell_id" in rows
+            else None
+        ),
     )
 
 

@@ -17,7 +17,9 @@
    only if those held-out predictions are right significantly more often than the base's (a
    one-sided sign test on the cells where the two disagree, z > MIN_GAIN_Z) and it loses at
    most MAX_FORGETTING on the replayed base validation cells; of those, the one right most
-   often wins. Otherwise the base layer stays and only the calibration is the lab's.
+   often wins. Otherwise the base layer stays and only the calibration is the lab's. The
+   reviewed cells are weighed to stand for their slides' cells (training/adapt/judging.py:
+   the review queue picks the doubtful ones first) in the test and in "most often".
 4. Recalibration: temperature and review threshold (for the base's target accuracy) on the
    held-out predictions of the chosen candidate; familiarity statistics (the lab's fit and
    calibrate cells join the training cells; thresholds from each cell's and field's distance to
@@ -58,6 +60,7 @@ from training.adapt import DEFAULT_BASE
 from training.adapt.cells import COLOUR_COLUMNS, MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
 from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
+from training.adapt.judging import Judging, representative_weights, unweighed
 from training.adapt.replay import REPLAY_FILE, Replay, load_replay, training_mix_weights
 from training.classify.calibrate import CELL_QUANTILE, FIELD_QUANTILE, crop_outputs, quantile
 from training.errors import DataError
@@ -188,7 +191,13 @@ def adapt_cells(
         if REPLAY_MIX == "training"
         else None
     )
-    fit, choice, held_out = _choose_fit(start, parts, replay, lab, say, step, seed, mix)
+    judged = lab.learn_rows()
+    judging = representative_weights(
+        judged["cell_id"].to_numpy() if "cell_id" in judged else np.array([]), lab.population
+    )
+    fit, choice, held_out = _choose_fit(
+        start, parts, replay, lab, say, step, seed, mix, judging if judging.weighed else None
+    )
     choice["replay_mix"] = "balanced" if mix is None else "training"
     if choice["chosen"] == "base" and lab.new_classes:
         # The base layer has no row for them: a zero row would be a guess, not a class.
@@ -310,12 +319,16 @@ def _accuracy(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> float:
     return float(_right(weight, x, y).mean()) if len(y) else math.nan
 
 
-def gain_z(base_right: np.ndarray, right: np.ndarray) -> float:
+def gain_z(base_right: np.ndarray, right: np.ndarray, weights: np.ndarray | None = None) -> float:
     """The sign test's z for "right more often than the base" on paired cells: cells only the
-    candidate gets right against cells only the base does (0 when they never disagree)."""
-    wins = int((right & ~base_right).sum())
-    losses = int((base_right & ~right).sum())
-    return 0.0 if wins + losses == 0 else (wins - losses) / math.sqrt(wins + losses)
+    candidate gets right against cells only the base does (0 when they never disagree). With
+    `weights`, each cell counts its weight: under no difference each disagreement is a win or a
+    loss alike, so the weighed sum has variance sum(w^2) over them."""
+    w = np.ones(len(right)) if weights is None else np.asarray(weights, dtype=float)
+    wins = float(w[right & ~base_right].sum())
+    losses = float(w[base_right & ~right].sum())
+    spread = float((w[right != base_right] ** 2).sum())
+    return 0.0 if spread == 0 else (wins - losses) / math.sqrt(spread)
 
 
 def fold_groups(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -357,13 +370,17 @@ def _choose_fit(
     step: Step = no_step,
     seed: int = 0,
     replay_weights: np.ndarray | None = None,
+    judging: Judging | None = None,
 ) -> tuple[HeadFit, dict[str, Any], np.ndarray | None]:
     """Each candidate's fit on the fit and calibrate cells; the best held-out (cross-fitted)
     among those that beat the base and keep its cells. Also the chosen fit's held-out logits of
     those cells (None when the base is kept: it never saw them). `replay_weights` weighs the
-    replayed cells by class (None: each class alike)."""
+    replayed cells by class (None: each class alike); `judging` weighs the judged cells (None:
+    each alike)."""
     by_class = None if replay_weights is None else torch.as_tensor(replay_weights)
     x, y, folds, n_folds = _learn_folds(parts, seed)
+    judging = judging or unweighed(len(y))
+    w = judging.weights
     rv_x, rv_y = replay.part(train=False)
     replay_train = replay.part(train=True)
     base_replay = _accuracy(start, rv_x, rv_y)
@@ -405,9 +422,11 @@ def _choose_fit(
         rows.append(
             {
                 "candidate": label,
-                "held_out_accuracy": round(float(right.mean()), 4),
+                # Weighed to stand for the slides' cells (the reviewed cells' own beside it).
+                "held_out_accuracy": round(float(np.average(right, weights=w)), 4),
+                "held_out_accuracy_reviewed": round(float(right.mean()), 4),
                 "replay_valid_accuracy": round(_accuracy(fitted.weight, rv_x, rv_y), 4),
-                "gain_z": round(gain_z(base_right, right), 2),
+                "gain_z": round(gain_z(base_right, right, w), 2),
             }
         )
     allowed = [0] + [
@@ -423,6 +442,12 @@ def _choose_fit(
         f"Each candidate judged on {len(y)} cells, each predicted by the candidate fitted "
         f"without its {lab.group_by} ({n_folds} folds):"
     )
+    if judging.weighed:
+        say(
+            f"  the reviewed cells weighed to stand for their slides' cells (worth "
+            f"{judging.effective_cells:.0f} cells; {judging.uncovered:.0%} of the slides' cells "
+            "are of a kind no reviewed cell stands for)"
+        )
     for r in rows:
         say(
             f"  {r['candidate']:>8}: held-out cells {r['held_out_accuracy']:.3f} (gain z "
@@ -437,7 +462,12 @@ def _choose_fit(
             f"{MAX_FORGETTING} of the base's own cells. Only the calibration becomes the "
             f"laboratory's; reviews of more {lab.group_by}s may change that."
         )
-    choice = {"candidates": rows, "chosen": rows[best]["candidate"], "folds": n_folds}
+    choice = {
+        "candidates": rows,
+        "chosen": rows[best]["candidate"],
+        "folds": n_folds,
+        "judging": judging.as_dict(),
+    }
     return candidates[best][1], choice, (candidates[best][2] if best else None)
 
 
@@ -822,13 +852,16 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         "## How the last layer was chosen",
         "",
         f"Each fit and calibrate cell predicted by the candidate fitted without its "
-        f"{summary['held_out_by']} ({summary['fit'].get('folds')} folds):",
+        f"{summary['held_out_by']} ({summary['fit'].get('folds')} folds)"
+        + _judging_words(summary["fit"].get("judging"))
+        + ":",
         "",
-        "| candidate | held-out accuracy | gain over the base (sign test z) | replayed base "
-        "validation accuracy |",
-        "|---|---|---|---|",
+        "| candidate | held-out accuracy | the same, reviewed cells unweighed | gain over the "
+        "base (sign test z) | replayed base validation accuracy |",
+        "|---|---|---|---|---|",
         *(
-            f"| {r['candidate']} | {r['held_out_accuracy']} | {r['gain_z']} | "
+            f"| {r['candidate']} | {r['held_out_accuracy']} | "
+            f"{r.get('held_out_accuracy_reviewed', r['held_out_accuracy'])} | {r['gain_z']} | "
             f"{r['replay_valid_accuracy']} |"
             for r in summary["fit"]["candidates"]
         ),
@@ -841,6 +874,16 @@ def _write_report(model_dir: Path, summary: dict[str, Any]) -> None:
         "",
     ]
     (model_dir / REPORT).write_text("\n".join(lines))
+
+
+def _judging_words(judging: dict[str, Any] | None) -> str:
+    if not judging or not judging.get("weighed"):
+        return "; every reviewed cell weighs alike (no record of the slides' other cells)"
+    return (
+        f"; each weighed to stand for the slides' cells by what the analysis proposed and how "
+        f"sure it was (worth {judging['effective_cells']} cells; "
+        f"{judging['uncovered']:.0%} of the slides' cells of a kind no reviewed cell stands for)"
+    )
 
 
 def _plot(dest: Path, lab_test: dict[str, Any]) -> None:

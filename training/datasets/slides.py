@@ -5,8 +5,10 @@ a folder-per-class crop set, split by slide, that `python -m training feature-ex
 Output: `out/<label>/slide<S>_field<F>_cell<C>.png`, `out/manifest.csv` (columns
 `MANIFEST_COLUMNS`; `split` is what the training pipeline reads), `out/fields.csv` (each field
 read: its slide, split and colour descriptor, `core.classify.calibration.field_colour_descriptor`
-of the uploaded image, as the service computes it: what `adapt` makes familiar) and
-`out/import_report.json`.
+of the uploaded image, as the service computes it: what `adapt` makes familiar),
+`out/population.csv` (every red cell of the imported slides, reviewed or not, with what the
+analysis proposed and its margin: what the reviews were drawn from, so that `adapt` can weigh
+them to stand for the slides, training/adapt/judging.py) and `out/import_report.json`.
 
 Each field is decoded once, through the service's own decoding path (core.imageio), brought to
 the classifier's training scale exactly as the smear analysis does (the whole field resized with
@@ -66,6 +68,8 @@ MANIFEST_COLUMNS = [
     "reviewer",
     "reviewed_at",
 ]
+POPULATION_FILE = "population.csv"
+POPULATION_COLUMNS = ["cell_id", "slide_id", "field_id", "proposed_label", "margin", "reviewed"]
 MAX_EXAMPLES = 10
 # A label becomes a folder name: word characters, dots, plus, minus and inner spaces only.
 _SAFE_LABEL = re.compile(r"\w(?:[\w.+ -]{0,98}[\w+-])?")
@@ -288,13 +292,23 @@ def _crop_from_store(
         first = next(cells, None)  # no progress bar before the "no cells" error line
         if first is None:
             return []
-        return _write_crops(
+        rows = _write_crops(
             itertools.chain([first], cells), dest, window, drop_border, report, progress, colours
         )
+        _write_population(store, dest, {int(str(r["slide_id"])) for r in rows})
+        return rows
     except SQLAlchemyError as exc:
         raise DataError(f"database {store.display_url}: {first_line(exc)}") from None
     finally:
         store.close()
+
+
+def _write_population(store: Any, dest: Path, slide_ids: set[int]) -> None:
+    """POPULATION_FILE: every red cell of the slides `slide_ids` (records.export)."""
+    from records.export import slide_population
+
+    population = pd.DataFrame(slide_population(store, slide_ids), columns=POPULATION_COLUMNS)
+    population.to_csv(dest / POPULATION_FILE, index=False, lineterminator="\n")
 
 
 def _nothing_to_import(report: SlidesImportReport) -> DataError:
