@@ -531,6 +531,12 @@ class Headline(BaseModel):
     """A model's figures on the laboratory's held-out test cells (adaptation.json)."""
 
     accuracy: float | None = None
+    accuracy_weighed: float | None = Field(
+        None,
+        description="the accuracy with each test cell weighed to stand for all the cells of its "
+        "slide (reviews that follow the review queue are mostly doubtful cells); null when the "
+        "import recorded no other cells, and in folders written before it",
+    )
     macro_f1: float | None = None
     unflagged_share: float | None = Field(None, description="share not flagged for review")
     called_normal: float | None = Field(None, description="share called normal")

@@ -53,6 +53,7 @@ FIGURE_FILE = "before_after.png"
 MAX_SHOWN_BYTES = 4 * 1024 * 1024
 HEADLINE = (
     "accuracy",
+    "accuracy_weighed",
     "macro_f1",
     "unflagged_share",
     "called_normal",

@@ -26,6 +26,7 @@ from tests.records.test_records import PgDatabase
 
 HEADLINE = {
     "accuracy": 0.6,
+    "accuracy_weighed": 0.55,
     "macro_f1": 0.6667,
     "unflagged_share": 0.6714,
     "called_normal": 0.2857,
@@ -300,17 +301,20 @@ def test_a_start_falls_back_when_the_activated_version_changed(
 
 
 def test_an_adaptation_written_before_warnings_lists_none(tmp_path: Path) -> None:
-    """adaptation.json of an earlier adapt has no `warnings`: listed with none, not refused."""
+    """adaptation.json of an earlier adapt has no `warnings` nor weighed accuracy: listed with
+    none, not refused."""
     from app.versions import headline
 
+    earlier = {k: v for k, v in HEADLINE.items() if k != "accuracy_weighed"}
     (tmp_path / "adaptation.json").write_text(
         json.dumps(
             {
                 "base_model": {"name": "default"},
-                "figures": {"lab_test": {"before": HEADLINE, "after": HEADLINE}},
+                "figures": {"lab_test": {"before": earlier, "after": earlier}},
                 "fit": {"chosen": "base"},
             }
         )
     )
     listed = headline(tmp_path)
     assert listed is not None and listed["warnings"] == [] and listed["fit_chosen"] == "base"
+    assert listed["before"]["accuracy_weighed"] is None

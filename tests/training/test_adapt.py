@@ -28,7 +28,7 @@ from PIL import Image
 from tests.lab_records import BASE, SLIDES, draw_cell, lab_database
 from tests.synthetic import SMEAR_BACKGROUND
 from training.adapt.cells import MIN_CELLS, read_lab_cells
-from training.adapt.figures import cell_figures
+from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import extend_weights, fit_last_layer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +78,9 @@ def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, An
     # left out are the only cells not judged).
     judging = summary["fit"]["judging"]
     assert judging["weighed"] and judging["uncovered"] == 0.0 and judging["max_weight"] < 1.2
+    for when in ("before", "after"):
+        figures = summary["figures"]["lab_test"][when]
+        assert figures["accuracy_weighed"] == pytest.approx(figures["accuracy"], abs=0.03)
     before, after = (
         summary["figures"]["lab_test"]["before"],
         summary["figures"]["lab_test"]["after"],
@@ -91,6 +94,9 @@ def test_adapt_writes_a_servable_model_that_learnt_the_lab(adapted: dict[str, An
     assert "## The laboratory's held-out test cells" in report
     # What a model taught on mostly normal cells risks, on the lab's cells and on the base's.
     assert report.count("| abnormal cells called normal without a flag |") == 2
+    # The test slides' accuracy also weighed; how the fit was judged, and on what.
+    assert report.count("| accuracy, the cells weighed to stand for their slides |") == 1
+    assert "each weighed to stand for the slides' cells" in report
 
     # Served by both engines, with the lab's classes, and its own calibration.
     for engine in ("onnx", "torch"):
@@ -251,6 +257,17 @@ def test_cell_figures_count_flags_and_abnormal_calls() -> None:
         "support": 3,
         "called": 2,
     }
+    # Without a record of the slides' other cells there is no weighed accuracy, nor its row.
+    assert fig["accuracy_weighed"] is None
+    assert not any("weighed" in line for line in markdown_table(fig, fig))
+    # The wrong cell (the third) stands for three cells like it.
+    weighed = cell_figures(
+        probs, targets, ["normal", "spherocyte"], 0.65, None, None, np.array([1.0, 1.0, 3.0, 1.0])
+    )
+    assert weighed["accuracy_weighed"] == 0.5 and weighed["accuracy"] == 0.75
+    assert "| accuracy, the cells weighed to stand for their slides | 0.500 | 0.500 |" in (
+        markdown_table(weighed, weighed)
+    )
 
 
 def test_fewer_than_three_slides_are_held_out_by_field(tmp_path: Path) -> None:
@@ -513,6 +530,15 @@ def test_reviewed_cells_are_weighed_to_stand_for_their_slides() -> None:
     assert np.allclose(everything.weights, 1.0) and everything.uncovered == 0.0
     unknown = representative_weights(reviewed, None)
     assert not unknown.weighed and np.all(unknown.weights == 1.0)
+
+    # Slides none of the judged cells come from (the test part's) do not count.
+    other = population.assign(cell_id=population["cell_id"] + 1000, slide_id=2, field_id=2)
+    other["proposed_label"] = "normal"
+    both = representative_weights(reviewed, pd.concat([population, other]))
+    assert np.allclose(both.weights, judging.weights) and both.uncovered == judging.uncovered
+    # Held out by field instead: the field is the group.
+    by_field = representative_weights(reviewed, pd.concat([population, other]), "field_id")
+    assert np.allclose(by_field.weights, judging.weights)
 
 
 def test_a_fit_that_wins_on_doubtful_cells_but_loses_on_sure_ones_is_not_a_gain() -> None:

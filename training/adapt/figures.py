@@ -24,11 +24,14 @@ def cell_figures(
     review_threshold: float,
     distances: np.ndarray | None,
     cell_threshold: float | None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 over the classes present, each class's precision / recall, and what
     review would see: the share not flagged and its accuracy, the share called normal, the
     share called abnormal without a flag, and of the abnormal cells the share called normal
-    without a flag (missed unseen: what a model taught mostly normal cells risks)."""
+    without a flag (missed unseen: what a model taught mostly normal cells risks). With
+    `weights` (training/adapt/judging.py), also the accuracy with each cell weighed to stand for
+    the cells of its slides."""
     n = len(targets)
     pred = probs.argmax(axis=1)
     right = pred == targets
@@ -53,9 +56,13 @@ def cell_figures(
         }
     normal = classes.index(NORMAL) if NORMAL in classes else -1
     unflagged = ~flagged
+    weighed = None
+    if weights is not None and n:
+        weighed = round(float(np.average(right, weights=weights)), 4)
     return {
         "n": n,
         "accuracy": _rate(int(right.sum()), n),
+        "accuracy_weighed": weighed,
         "macro_f1": round(float(np.mean(f1s)), 4) if f1s else None,
         "unflagged_share": _rate(int(unflagged.sum()), n),
         "unflagged_accuracy": _rate(int((right & unflagged).sum()), int(unflagged.sum())),
@@ -72,6 +79,7 @@ def cell_figures(
 HEADLINES = (
     ("n", "cells"),
     ("accuracy", "accuracy"),
+    ("accuracy_weighed", "accuracy, the cells weighed to stand for their slides"),
     ("macro_f1", "macro-F1 (classes present)"),
     ("unflagged_share", "share not flagged for review"),
     ("unflagged_accuracy", "accuracy of those not flagged"),
@@ -92,6 +100,8 @@ def markdown_table(
 
     lines = ["| figure | before | after |", "|---|---|---|"]
     for key, what in HEADLINES:
+        if before.get(key) is None and after.get(key) is None and key == "accuracy_weighed":
+            continue  # no record of the slides' other cells
         if only is None or key in only:
             lines.append(f"| {what} | {cell(before.get(key))} | {cell(after.get(key))} |")
     if only is not None:

@@ -71,12 +71,19 @@ def strata(population: pd.DataFrame) -> pd.Series:
     return label + "|" + bins.astype(str)
 
 
-def representative_weights(judged_cells: np.ndarray, population: pd.DataFrame | None) -> Judging:
+def representative_weights(
+    judged_cells: np.ndarray, population: pd.DataFrame | None, group: str = "slide_id"
+) -> Judging:
     """Weights for the judged cells (their `cell_id`s, in the judging order) from the cells of
-    their slides (`population`: POPULATION_COLUMNS, every red cell of those slides). Cells the
+    the slides they come from (`population`: POPULATION_COLUMNS, every red cell of the
+    laboratory's slides; `group="field_id"` where adapt holds out fields, not slides). Cells the
     population lacks, or no population at all, weigh 1."""
     n = len(judged_cells)
     if population is None or not n:
+        return unweighed(n)
+    groups = population.loc[population["cell_id"].isin(judged_cells), group]
+    population = population[population[group].isin(groups)].reset_index(drop=True)
+    if population.empty:
         return unweighed(n)
     stratum = strata(population)
     of_cell = dict(zip(population["cell_id"].to_numpy(), stratum.to_numpy(), strict=True))
@@ -86,7 +93,7 @@ def representative_weights(judged_cells: np.ndarray, population: pd.DataFrame | 
     slides_total = stratum.value_counts()
     reviewed_total = judged.dropna().value_counts()
     rate = (reviewed_total / slides_total.reindex(reviewed_total.index)).to_dict()
-    weights = np.array([1.0 / rate[s] if s is not None else np.nan for s in judged])
+    weights = np.array([1.0 / rate[s] if pd.notna(s) else np.nan for s in judged])
     known = ~np.isnan(weights)
     weights[known] *= known.sum() / weights[known].sum()  # mean 1 over the weighed cells
     weights[~known] = 1.0

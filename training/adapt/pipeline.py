@@ -193,7 +193,9 @@ def adapt_cells(
     )
     judged = lab.learn_rows()
     judging = representative_weights(
-        judged["cell_id"].to_numpy() if "cell_id" in judged else np.array([]), lab.population
+        judged["cell_id"].to_numpy() if "cell_id" in judged else np.array([]),
+        lab.population,
+        f"{lab.group_by}_id",
     )
     fit, choice, held_out = _choose_fit(
         start, parts, replay, lab, say, step, seed, mix, judging if judging.weighed else None
@@ -601,6 +603,7 @@ def _outcome(
     y: np.ndarray,
     classes: list[str],
     known: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """`cell_figures` of a layer; with `known`, only its first `known` classes can be called
     (the base model, which has no row for a new class)."""
@@ -613,7 +616,7 @@ def _outcome(
     if calibration is not None and calibration.familiarity is not None:
         distances = calibration.familiarity.distance(x)
         cell_threshold = calibration.cell_threshold
-    return cell_figures(probs, y, classes, threshold, distances, cell_threshold)
+    return cell_figures(probs, y, classes, threshold, distances, cell_threshold, weights)
 
 
 def _before_after(
@@ -630,10 +633,17 @@ def _before_after(
     base_cal, base_thr = predictor.calibration, predictor.review_threshold
     test = parts["test"]
     rv_x, rv_y = replay.part(train=False)
+    test_rows = lab.part("test")
+    judging = representative_weights(
+        test_rows["cell_id"].to_numpy() if "cell_id" in test_rows else np.array([]),
+        lab.population,
+        f"{lab.group_by}_id",
+    )
+    test_weights = judging.weights if judging.weighed else None
     figures: dict[str, Any] = {}
-    for key, (x, y) in {
-        "lab_test": (test.features, test.targets),
-        "base_valid": (rv_x, rv_y),
+    for key, (x, y, w) in {
+        "lab_test": (test.features, test.targets, test_weights),
+        "base_valid": (rv_x, rv_y, None),
     }.items():
         figures[key] = {
             "before": _outcome(
@@ -644,8 +654,11 @@ def _before_after(
                 y,
                 lab.classes,
                 len(lab.classes) - len(lab.new_classes),
+                w,
             ),
-            "after": _outcome(weight, calibration, calibration.review_threshold, x, y, lab.classes),
+            "after": _outcome(
+                weight, calibration, calibration.review_threshold, x, y, lab.classes, weights=w
+            ),
         }
     figures["lab_test_fields_unfamiliar"] = {
         "before": _unfamiliar_fields(base_cal, lab, test.features),
