@@ -102,7 +102,14 @@
       const figureUrl = v.adaptation && v.adaptation.figure_url;
       if (figureUrl) action.appendChild(showButton("Before / after", "figure", () => showFigure(v.id, figureUrl)));
       if (v.report_url) action.appendChild(showButton("Report", "report", () => showReport(v.id, v.report_url)));
-      tr.append(el("td", "", v.id), name, el("td", "", change(v, "accuracy")),
+      const accuracy = el("td", "", change(v, "accuracy"));
+      const a = v.adaptation;
+      // The test cells weighed to stand for their slides' cells (reviews by the queue are
+      // mostly doubtful ones); absent for folders written before it.
+      if (a && a.before.accuracy_weighed != null && a.after.accuracy_weighed != null) {
+        accuracy.appendChild(el("div", "note", "weighed to the slides: " + change(v, "accuracy_weighed")));
+      }
+      tr.append(el("td", "", v.id), name, accuracy,
         el("td", "", change(v, "macro_f1")), el("td", "", change(v, "unflagged_share")),
         el("td", "", change(v, "called_normal")), el("td", "", change(v, "abnormal_missed")), action);
       tbody.appendChild(tr);

@@ -45,7 +45,10 @@ def test_models_panel(browser: Any, server: LiveServer) -> None:  # noqa: F811
     )
     assert ids == [v["id"] for v in httpx.get(server.url + "/models").json()["items"]]
     adapted = page.locator("#models-table tbody tr[data-model-id='lab-b'] td")
-    assert adapted.nth(2).inner_text() == "60.0 % \u2192 90.0 %"
+    assert adapted.nth(2).inner_text().splitlines() == [
+        "60.0 % \u2192 90.0 %",
+        "weighed to the slides: 55.0 % \u2192 55.0 %",
+    ]
     assert "adapted from default" in adapted.nth(1).inner_text()
     assert "last layer refitted (l2=0.1)" in adapted.nth(1).inner_text()
     warning = adapted.nth(1).locator(".warning")
