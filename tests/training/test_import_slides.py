@@ -109,9 +109,15 @@ def _field(pixels: np.ndarray, name: str, zoom: int, mpp: float | None) -> Field
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The records database's URL, and each reviewed cell's final label by cell id."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('records') / 'rbc.sqlite3'}"
+    yield {"url": url, "reviewed": _fill(url)}
+
+
+def _fill(url: str) -> dict[int, str]:
+    """The slides of FIELDS_PER_SLIDE in the records database at `url`, REVIEWED_PER_FIELD cells
+    of each field reviewed (one relabelled), S-D signed off: each reviewed cell's final label."""
     from records.store import add_field
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('records') / 'rbc.sqlite3'}"
     reviewed: dict[int, str] = {}
     with open_store(url) as store:
         store.upgrade()
@@ -135,7 +141,7 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
                     reviewed[cell.id] = done.final_label
             if sample_id == "S-D":
                 sign_off(store, user, slide.id, get_slide(store, slide.id).version)
-    yield {"url": url, "reviewed": reviewed}
+    return reviewed
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -276,12 +282,28 @@ def test_every_red_cell_of_the_slides_is_listed_with_its_margin(
     database: dict[str, Any], tmp_path: Path
 ) -> None:
     """population.csv: what the reviews were drawn from, for adapt to weigh them by."""
-    out = tmp_path / "set"
-    import_slides(database["url"], out, signed_off_only=True, progress=False)
+    _check_population(database["url"], tmp_path / "set")
+
+
+def test_the_population_from_postgresql(tmp_path: Path) -> None:
+    """The same from the records on the real PostgreSQL server (its JSON probabilities)."""
+    from tests.records.test_records import PgDatabase
+
+    pg = PgDatabase()
+    try:
+        url = pg.new_empty()
+        _fill(url)
+        _check_population(url, tmp_path / "set")
+    finally:
+        pg.drop()
+
+
+def _check_population(url: str, out: Path) -> None:
+    import_slides(url, out, signed_off_only=True, progress=False)
     manifest = _manifest(out)
     population = pd.read_csv(out / POPULATION_FILE)
     assert list(population.columns) == POPULATION_COLUMNS
-    with open_store(database["url"]) as store:
+    with open_store(url) as store:
         slide_id = int(manifest["slide_id"].iloc[0])
         red = [c for c in list_cells(store, slide_id, limit=1000)[0] if c.kind == "red_cell"]
     # Every red cell of the signed-off slide, reviewed or not; no other slide's.
