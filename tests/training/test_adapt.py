@@ -11,6 +11,7 @@ true label.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -510,7 +511,7 @@ def _queue_population() -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def test_reviewed_cells_are_weighed_to_stand_for_their_slides() -> None:
-    from training.adapt.judging import representative_weights
+    from training.adapt.judging import representative_weights, thin_evidence
 
     population, reviewed = _queue_population()
     judging = representative_weights(reviewed, population)
@@ -524,6 +525,10 @@ def test_reviewed_cells_are_weighed_to_stand_for_their_slides() -> None:
     # The middle third of normal margins holds no reviewed cell: it cannot be stood for.
     assert judging.uncovered == pytest.approx(100 / 330)
     assert judging.effective_cells < len(reviewed)
+    # Worth 28 of 96 cells: enough to judge on without a note; a tenth of them would not be.
+    assert thin_evidence(judging) is None
+    thin = dataclasses.replace(judging, effective_cells=len(reviewed) / 10)
+    assert "Reviewing some slides in full" in str(thin_evidence(thin))
 
     # A slide reviewed in full, or no record of the others: every cell weighs 1.
     everything = representative_weights(population["cell_id"].to_numpy(), population)

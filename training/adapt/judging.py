@@ -28,6 +28,7 @@ from training.errors import DataError
 
 MARGIN_BINS = 3  # per proposed class: doubtful, middling, sure
 MIN_CELLS_PER_BIN = 10  # a class with fewer cells per bin among the slides is one stratum
+THIN_SHARE = 0.2  # weighed cells worth less than this share of those judged: adapt says so
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,20 @@ class Judging:
             "strata": self.strata,
             "max_weight": round(float(self.weights.max()), 2) if len(self.weights) else None,
         }
+
+
+def thin_evidence(judging: Judging) -> str | None:
+    """A hint when the weighed cells are worth less than THIN_SHARE of those judged: the
+    reviews lean on a few kinds of cell, so the judgement is weak and adapt keeps the base more
+    often. None otherwise."""
+    n = len(judging.weights)
+    if not judging.weighed or not n or judging.effective_cells >= THIN_SHARE * n:
+        return None
+    return (
+        f"the reviewed cells stand for their slides as only {judging.effective_cells:.0f} cells "
+        f"of {n} would: most are of the kinds the review queue puts first. Reviewing some "
+        "slides in full gives adapt firmer evidence"
+    )
 
 
 def unweighed(n: int) -> Judging:

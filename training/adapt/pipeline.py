@@ -60,7 +60,7 @@ from training.adapt import DEFAULT_BASE
 from training.adapt.cells import COLOUR_COLUMNS, MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
 from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
-from training.adapt.judging import Judging, representative_weights, unweighed
+from training.adapt.judging import Judging, representative_weights, thin_evidence, unweighed
 from training.adapt.replay import REPLAY_FILE, Replay, load_replay, training_mix_weights
 from training.classify.calibrate import CELL_QUANTILE, FIELD_QUANTILE, crop_outputs, quantile
 from training.errors import DataError
@@ -450,6 +450,9 @@ def _choose_fit(
             f"{judging.effective_cells:.0f} cells; {judging.uncovered:.0%} of the slides' cells "
             "are of a kind no reviewed cell stands for)"
         )
+        hint = thin_evidence(judging)
+        if hint:
+            say(f"  Note: {hint}")
     for r in rows:
         say(
             f"  {r['candidate']:>8}: held-out cells {r['held_out_accuracy']:.3f} (gain z "
