@@ -27,6 +27,7 @@ MIN_CELLS = 200  # usable reviewed red cells, all classes together
 MIN_GROUPS = 3  # fields at least (slides when there are three): some must be held out
 MIN_NEW_CLASS_CELLS = 30  # a reviewed class the base lacks becomes a class of its own from here
 PARTS = ("fit", "calibrate", "test")
+LEARN_PARTS = ("fit", "calibrate")  # what the fits learn from and are judged on, in this order
 FRACTIONS = (0.6, 0.2, 0.2)
 COLOUR_COLUMNS = [f"c{i}" for i in range(13)]
 
@@ -53,7 +54,7 @@ class LabCells:
 
     def learn_rows(self) -> pd.DataFrame:
         """The fit and calibrate cells, in the order adapt learns from and judges them."""
-        return pd.concat([self.part("fit"), self.part("calibrate")])
+        return pd.concat([self.part(name) for name in LEARN_PARTS])
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Cells per part and class."""

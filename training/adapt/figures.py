@@ -88,6 +88,8 @@ HEADLINES = (
     ("abnormal_missed", "abnormal cells called normal without a flag"),
 )
 
+SHOWN_IF_GIVEN = {"accuracy_weighed"}  # absent without a record of the slides' other cells
+
 
 def markdown_table(
     before: dict[str, Any], after: dict[str, Any], only: tuple[str, ...] | None = None
@@ -100,8 +102,8 @@ def markdown_table(
 
     lines = ["| figure | before | after |", "|---|---|---|"]
     for key, what in HEADLINES:
-        if before.get(key) is None and after.get(key) is None and key == "accuracy_weighed":
-            continue  # no record of the slides' other cells
+        if key in SHOWN_IF_GIVEN and before.get(key) is None and after.get(key) is None:
+            continue
         if only is None or key in only:
             lines.append(f"| {what} | {cell(before.get(key))} | {cell(after.get(key))} |")
     if only is not None:

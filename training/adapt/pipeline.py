@@ -57,7 +57,13 @@ from core.classify.calibration import (
 )
 from core.modelcard import ModelCard, ModelFileError
 from training.adapt import DEFAULT_BASE
-from training.adapt.cells import COLOUR_COLUMNS, MIN_NEW_CLASS_CELLS, LabCells, read_lab_cells
+from training.adapt.cells import (
+    COLOUR_COLUMNS,
+    LEARN_PARTS,
+    MIN_NEW_CLASS_CELLS,
+    LabCells,
+    read_lab_cells,
+)
 from training.adapt.figures import cell_figures, markdown_table
 from training.adapt.head import L2, HeadFit, extend_weights, fit_last_layer
 from training.adapt.judging import Judging, representative_weights, thin_evidence, unweighed
@@ -191,15 +197,8 @@ def adapt_cells(
         if REPLAY_MIX == "training"
         else None
     )
-    judged = lab.learn_rows()
-    judging = representative_weights(
-        judged["cell_id"].to_numpy() if "cell_id" in judged else np.array([]),
-        lab.population,
-        f"{lab.group_by}_id",
-    )
-    fit, choice, held_out = _choose_fit(
-        start, parts, replay, lab, say, step, seed, mix, judging if judging.weighed else None
-    )
+    judging = _judging(lab, lab.learn_rows())
+    fit, choice, held_out = _choose_fit(start, parts, replay, lab, say, step, seed, mix, judging)
     choice["replay_mix"] = "balanced" if mix is None else "training"
     if choice["chosen"] == "base" and lab.new_classes:
         # The base layer has no row for them: a zero row would be a guess, not a class.
@@ -313,6 +312,13 @@ def _features(
     return parts
 
 
+def _judging(lab: LabCells, rows: Any) -> Judging:
+    """The weights that make `rows` (cells of `lab`, in order) stand for the cells of their
+    slides (or fields); all 1 when the crop set has no cell ids or no population.csv."""
+    ids = rows["cell_id"].to_numpy() if "cell_id" in rows else np.full(len(rows), -1)
+    return representative_weights(ids, lab.population, f"{lab.group_by}_id")
+
+
 def _right(weight: torch.Tensor, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray((torch.as_tensor(x) @ weight.T).argmax(1).numpy() == y)
 
@@ -353,7 +359,7 @@ def _learn_folds(
     """The fit and calibrate cells together (features, targets), each one's fold, and the
     number of folds: what the last layer and the familiarity statistics learn from, each judged
     on the folds it did not learn from."""
-    learn = [parts["fit"], parts["calibrate"]]
+    learn = [parts[name] for name in LEARN_PARTS]
     if any(p.groups is None for p in learn):
         raise ValueError("the fit and calibrate cells need their slides (or fields)")
     x = np.concatenate([p.features for p in learn])
@@ -636,12 +642,7 @@ def _before_after(
     base_cal, base_thr = predictor.calibration, predictor.review_threshold
     test = parts["test"]
     rv_x, rv_y = replay.part(train=False)
-    test_rows = lab.part("test")
-    judging = representative_weights(
-        test_rows["cell_id"].to_numpy() if "cell_id" in test_rows else np.array([]),
-        lab.population,
-        f"{lab.group_by}_id",
-    )
+    judging = _judging(lab, lab.part("test"))
     test_weights = judging.weights if judging.weighed else None
     figures: dict[str, Any] = {}
     for key, (x, y, w) in {
